@@ -1,0 +1,45 @@
+// The streaming executor: runs a Plan. Each output file is created under a staging directory
+// inside the target, preallocated, its header written, then every tensor's fragments are read
+// (pread, coalesced runs), converted to the output dtype, hashed (XXH3-128) and written with
+// pwrite through a bounded staging buffer. Page cache is kept in check by windowed writeback
+// (sync_file_range) and POSIX_FADV_DONTNEED on inputs and outputs. When every file is complete
+// and fsynced, files are renamed into the target (index and manifest last); on any error the
+// staging directory is removed and the target holds nothing new.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ckptstream/result.h"
+#include "plan/plan.h"
+
+namespace ckptstream {
+
+// Per-tensor checksums of what was written (the manifest, see manifest.h).
+struct TensorDigest {
+  std::string name;
+  std::string xxh3_128;  // 32 lowercase hex digits of the tensor's bytes as written
+};
+struct FileDigest {
+  std::string name;
+  std::uint64_t size = 0;
+  std::vector<TensorDigest> tensors;  // in file order
+};
+struct Manifest {
+  std::vector<FileDigest> files;
+};
+
+struct ExecOptions {
+  std::uint64_t buffer_bytes = 16ull << 20;      // staging buffer (resident memory bound)
+  std::uint64_t writeback_bytes = 256ull << 20;  // sync_file_range / fadvise window
+  // Called after each chunk with (bytes written so far, total bytes); may be empty.
+  std::function<void(std::uint64_t, std::uint64_t)> on_progress;
+};
+
+Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,
+                              const ExecOptions& options);
+
+}  // namespace ckptstream

@@ -1,0 +1,98 @@
+#include "io/input_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <boost/iostreams/device/mapped_file.hpp>
+#include <cerrno>
+#include <cstring>
+
+namespace ckptstream {
+
+struct InputFile::Mapping {
+  boost::iostreams::mapped_file_source source;
+};
+
+InputFile::InputFile(std::filesystem::path path, int fd, std::uint64_t size)
+    : path_(std::move(path)), fd_(fd), size_(size) {}
+
+InputFile::InputFile(InputFile&& other) noexcept
+    : path_(std::move(other.path_)),
+      fd_(std::exchange(other.fd_, -1)),
+      size_(other.size_),
+      mapping_(std::move(other.mapping_)) {}
+
+InputFile& InputFile::operator=(InputFile&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(other.path_);
+    fd_ = std::exchange(other.fd_, -1);
+    size_ = other.size_;
+    mapping_ = std::move(other.mapping_);
+  }
+  return *this;
+}
+
+InputFile::~InputFile() {
+  mapping_.reset();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<InputFile> InputFile::open(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return io_error(path.string() + ": cannot open: " + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return io_error(path.string() + ": cannot stat: " + std::strerror(err));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return invalid_input(path.string() + ": not a regular file");
+  }
+  return InputFile(path, fd, static_cast<std::uint64_t>(st.st_size));
+}
+
+Status InputFile::read_at(std::uint64_t offset, std::span<std::byte> out) const {
+  if (!range_fits(offset, out.size(), size_)) {
+    return invalid_input(path_.string() + ": truncated: needs bytes [" + std::to_string(offset) +
+                         ", " + std::to_string(offset + out.size()) + ") but the file has " +
+                         std::to_string(size_));
+  }
+  std::size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
+                        static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return io_error(path_.string() + ": read failed: " + std::strerror(errno));
+    }
+    if (n == 0) return invalid_input(path_.string() + ": file shrank while reading");
+    done += static_cast<std::size_t>(n);
+  }
+  return {};
+}
+
+Result<std::span<const std::byte>> InputFile::mapped() const {
+  if (size_ == 0) return std::span<const std::byte>();
+  if (!mapping_) {
+    auto mapping = std::make_unique<Mapping>();
+    try {
+      mapping->source.open(path_.string());
+    } catch (const std::exception& e) {
+      return io_error(path_.string() + ": cannot map: " + e.what());
+    }
+    mapping_ = std::move(mapping);
+  }
+  return std::span<const std::byte>(reinterpret_cast<const std::byte*>(mapping_->source.data()),
+                                    mapping_->source.size());
+}
+
+void InputFile::drop_cache(std::uint64_t offset, std::uint64_t length) const {
+  ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length),
+                  POSIX_FADV_DONTNEED);
+}
+
+}  // namespace ckptstream

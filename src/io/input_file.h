@@ -1,0 +1,56 @@
+// Read-only access to an input file: positional reads (pread) for bulk tensor bytes, which keep
+// resident memory bounded, and an optional read-only memory map for metadata that parsers walk
+// as a byte span (zip directories, pickles). Neither copies the file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "ckptstream/result.h"
+
+namespace ckptstream {
+
+class InputFile {
+ public:
+  static Result<InputFile> open(const std::filesystem::path& path);
+
+  InputFile(InputFile&& other) noexcept;
+  InputFile& operator=(InputFile&& other) noexcept;
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+  ~InputFile();
+
+  const std::filesystem::path& path() const { return path_; }
+  std::uint64_t size() const { return size_; }
+  int fd() const { return fd_; }
+
+  // Reads exactly out.size() bytes at `offset`; an error (naming the file) if the file is shorter.
+  Status read_at(std::uint64_t offset, std::span<std::byte> out) const;
+
+  // The whole file as a read-only mapping, created on first use. Pages are faulted in lazily, so
+  // mapping a large file and reading only its metadata costs only those pages.
+  Result<std::span<const std::byte>> mapped() const;
+
+  // Tells the kernel that the page-cache pages of [offset, offset+length) will not be read again.
+  void drop_cache(std::uint64_t offset, std::uint64_t length) const;
+
+ private:
+  InputFile(std::filesystem::path path, int fd, std::uint64_t size);
+
+  std::filesystem::path path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+  struct Mapping;
+  mutable std::unique_ptr<Mapping> mapping_;
+};
+
+// Bounds check with overflow-safe arithmetic: does [offset, offset+length) fit in `size`?
+inline bool range_fits(std::uint64_t offset, std::uint64_t length, std::uint64_t size) {
+  return offset <= size && length <= size - offset;
+}
+
+}  // namespace ckptstream

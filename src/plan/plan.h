@@ -1,0 +1,81 @@
+// The plan: everything known before a byte moves. Format readers describe where each source
+// tensor's bytes live (TensorRef) and how they tile a logical tensor (Fragment); the planner
+// assigns logical tensors to output safetensors files and byte offsets; the executor runs it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "ckptstream/dtype.h"
+
+namespace ckptstream {
+
+using Shape = std::vector<std::int64_t>;
+
+// A strided view of a tensor whose storage lies in an input file. Shape, strides and offset are
+// in elements of `dtype`, exactly as torch records them (the storage may be larger than the view).
+struct TensorRef {
+  std::size_t input = 0;              // index into Plan::inputs
+  std::uint64_t storage_begin = 0;    // absolute byte offset of storage element 0 in the file
+  std::uint64_t storage_nbytes = 0;   // bytes of the storage, for bounds checks
+  DType dtype = DType::kF32;
+  Shape shape;
+  Shape strides;
+  std::int64_t offset = 0;            // storage offset, in elements
+  bool byteswap = false;              // stored in big-endian order
+};
+
+// "This box of a source tensor lands at these offsets of a logical tensor": the source view's
+// shape is the box; `offsets` has one entry per dimension of the logical tensor.
+struct Fragment {
+  TensorRef source;
+  Shape offsets;
+};
+
+// A tensor of the output: its name, global shape, the dtype it is written in, and the
+// fragments that tile it exactly (no holes, no overlaps; checked by the planner).
+struct LogicalTensor {
+  std::string name;
+  DType source_dtype = DType::kF32;  // dtype of every fragment
+  DType dtype = DType::kF32;         // dtype written
+  Shape shape;
+  std::vector<Fragment> fragments;
+};
+
+std::int64_t numel(const Shape& shape);
+std::uint64_t nbytes(const LogicalTensor& tensor);  // in the written dtype
+
+// A tensor placed in an output file: [data_begin, data_end) relative to the byte buffer that
+// follows the header (safetensors data_offsets).
+struct PlacedTensor {
+  LogicalTensor tensor;
+  std::uint64_t data_begin = 0;
+  std::uint64_t data_end = 0;
+};
+
+// One output safetensors file: its complete header (the 8-byte length + padded JSON), and its
+// tensors in file order.
+struct OutputFile {
+  std::string name;                  // "model.safetensors", "model-00001-of-00003.safetensors"
+  std::string header;                // bytes [0, header.size()) of the file
+  std::vector<PlacedTensor> tensors;  // sorted by data_begin
+  std::uint64_t size() const;        // header + data
+};
+
+// A file copied byte for byte next to the output (config.json, tokenizer files, ...).
+struct SideFile {
+  std::filesystem::path source;
+  std::string name;  // relative name in the output directory
+};
+
+struct Plan {
+  std::vector<std::filesystem::path> inputs;  // TensorRef::input indexes this
+  std::vector<OutputFile> files;
+  std::string index_json;                     // model.safetensors.index.json; empty for one file
+  std::vector<SideFile> side_files;
+  std::uint64_t total_size = 0;               // tensor bytes over all files
+};
+
+}  // namespace ckptstream

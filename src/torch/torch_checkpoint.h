@@ -1,0 +1,90 @@
+// What a torch.save file holds, as plain values: every tensor reachable from the saved object,
+// named by its dotted path ("model.layers.0.weight", "optim.state.0.exp_avg", "list.3"), with the
+// location of its storage in the file. Nothing is executed and no tensor byte is read here.
+// Byte-level formats: ../shared/docs/formats/torch.md §1 (zip), §2 (legacy), §3 (DTensor).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckptstream/dtype.h"
+#include "ckptstream/result.h"
+#include "plan/plan.h"
+
+namespace ckptstream::pickle {
+struct Value;
+}
+
+namespace ckptstream {
+
+// One storage record: a contiguous run of bytes in the file.
+struct StorageRecord {
+  std::string key;               // "0", "1", ... (zip) or the pointer string (legacy)
+  DType dtype = DType::kU8;      // dtype of the storage (uint8 for UntypedStorage)
+  std::uint64_t file_offset = 0; // absolute offset of the first byte in the file
+  std::uint64_t nbytes = 0;
+};
+
+// DTensor placement of one mesh dimension (torch.md §3.1).
+struct Placement {
+  enum class Kind { kShard, kReplicate, kPartial, kStridedShard, kOther };
+  Kind kind = Kind::kReplicate;
+  std::int64_t dim = 0;           // Shard / _StridedShard
+  std::int64_t split_factor = 1;  // _StridedShard
+  std::string reduce_op;          // Partial
+  std::string class_name;         // as written, for messages
+};
+
+struct DeviceMeshInfo {
+  std::string device_type;             // "cuda", "cpu", ...
+  Shape shape;                         // mesh shape
+  std::vector<std::int64_t> ranks;     // row-major, numel(shape) entries
+  std::vector<std::string> dim_names;  // empty when unnamed
+};
+
+struct DTensorInfo {
+  DType dtype = DType::kF32;
+  Shape global_shape;
+  Shape global_stride;
+  std::vector<Placement> placements;  // one per mesh dimension
+  DeviceMeshInfo mesh;
+};
+
+struct TorchTensor {
+  std::string name;
+  DType dtype = DType::kF32;
+  Shape shape;                  // of the stored (local) tensor
+  Shape strides;
+  std::int64_t storage_offset = 0;  // elements
+  std::size_t storage = 0;          // index into TorchCheckpoint::storages
+  bool requires_grad = false;
+  bool is_parameter = false;
+  bool conj = false;               // metadata bits of _rebuild_tensor_v2/v3; values need conj/neg
+  bool neg = false;
+  std::string subclass;            // "module.Class" for tensor subclasses, "" otherwise
+  std::optional<DTensorInfo> dtensor;  // DTensor: the fields above describe its local shard
+};
+
+struct TorchCheckpoint {
+  enum class Format { kZip, kLegacy };
+  std::filesystem::path path;
+  Format format = Format::kZip;
+  bool big_endian = false;                  // byteorder record says "big"
+  std::vector<StorageRecord> storages;
+  std::vector<TorchTensor> tensors;         // in the order the pickle yields them
+  std::shared_ptr<const pickle::Value> root;  // the whole unpickled object
+
+  // A TensorRef for tensors[i] (input index `input` in the plan).
+  TensorRef ref(std::size_t i, std::size_t input) const;
+};
+
+// Reads the metadata of a torch.save file (zip or legacy format). Errors name the file and the
+// problem: truncated or corrupt zip, compressed entries, TorchScript archives, the old tar
+// format, unknown opcodes, missing storage records, views reaching past their storage.
+Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path);
+
+}  // namespace ckptstream
