@@ -32,7 +32,7 @@ inline constexpr std::string_view kIndexFileName = "model.safetensors.index.json
 struct TensorEntry {
   std::string name;
   DType dtype = DType::kF32;
-  Shape shape;
+  Shape shape;  // torch's shape: for F4 (kF4E2M1FNx2) the header's last dimension halved
   std::uint64_t data_begin = 0;  // relative to data_start
   std::uint64_t data_end = 0;
 };

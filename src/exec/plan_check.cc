@@ -1,0 +1,206 @@
+#include "exec/plan_check.h"
+
+#include <algorithm>
+#include <numeric>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "exec/dtype_convert.h"
+#include "exec/manifest.h"
+
+namespace ckptstream {
+namespace {
+
+std::optional<std::int64_t> checked_numel(const Shape& shape) {
+  std::int64_t n = 1;
+  for (auto d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return std::nullopt;
+  return n;
+}
+
+std::string quoted(const std::string& name) {
+  return "'" + name + "'";
+}
+
+// The index of the last storage element a non-empty view touches, if it does not overflow.
+std::optional<std::int64_t> last_element(const TensorRef& view) {
+  std::int64_t last = view.offset;
+  for (std::size_t d = 0; d < view.shape.size(); ++d) {
+    std::int64_t step = 0;
+    if (__builtin_mul_overflow(view.shape[d] - 1, view.strides[d], &step) ||
+        __builtin_add_overflow(last, step, &last))
+      return std::nullopt;
+  }
+  return last;
+}
+
+Status check_view_shape(const Fragment& fragment, const Shape& logical) {
+  const TensorRef& view = fragment.source;
+  std::size_t rank = logical.size();
+  if (view.shape.size() != rank || view.strides.size() != rank || fragment.offsets.size() != rank) {
+    return invalid_input(
+        "rank mismatch: tensor has " + std::to_string(rank) +
+        " dims, fragment shape/strides/offsets have " + std::to_string(view.shape.size()) + "/" +
+        std::to_string(view.strides.size()) + "/" + std::to_string(fragment.offsets.size()));
+  }
+  if (view.offset < 0) return invalid_input("negative storage offset");
+  for (std::size_t d = 0; d < rank; ++d) {
+    if (view.shape[d] < 0) return invalid_input("negative size in dim " + std::to_string(d));
+    if (view.strides[d] < 0) return unsupported("negative stride in dim " + std::to_string(d));
+    if (fragment.offsets[d] < 0 || fragment.offsets[d] > logical[d] ||
+        view.shape[d] > logical[d] - fragment.offsets[d]) {
+      return invalid_input("box [" + std::to_string(fragment.offsets[d]) + ", " +
+                           std::to_string(fragment.offsets[d] + view.shape[d]) + ") of dim " +
+                           std::to_string(d) + " lies outside the tensor's size " +
+                           std::to_string(logical[d]));
+    }
+  }
+  return {};
+}
+
+Status check_view_bytes(const TensorRef& view, std::span<const InputFile> inputs) {
+  if (view.input >= inputs.size())
+    return invalid_input("input index " + std::to_string(view.input) + " out of range");
+  const InputFile& file = inputs[view.input];
+  if (!range_fits(view.storage_begin, view.storage_nbytes, file.size())) {
+    return invalid_input(file.path().string() + ": storage [" + std::to_string(view.storage_begin) +
+                         ", +" + std::to_string(view.storage_nbytes) +
+                         ") lies past the end of the file (" + std::to_string(file.size()) +
+                         " bytes)");
+  }
+  if (checked_numel(view.shape).value_or(0) == 0) return {};
+  auto last = last_element(view);
+  auto storage_elements = view.storage_nbytes / element_size(view.dtype);
+  if (!last || static_cast<std::uint64_t>(*last) >= storage_elements) {
+    return invalid_input(file.path().string() + ": view reaches past its storage of " +
+                         std::to_string(view.storage_nbytes) + " bytes at offset " +
+                         std::to_string(view.storage_begin));
+  }
+  return {};
+}
+
+bool boxes_overlap(const Fragment& a, const Fragment& b) {
+  for (std::size_t d = 0; d < a.offsets.size(); ++d) {
+    if (a.offsets[d] >= b.offsets[d] + b.source.shape[d]) return false;
+    if (b.offsets[d] >= a.offsets[d] + a.source.shape[d]) return false;
+  }
+  return true;
+}
+
+// Fragments lie inside the tensor (checked before); they tile it exactly when no two overlap
+// and their sizes add up to the tensor's. Sorted by their start in dim 0, a fragment can only
+// overlap those that start before it ends there.
+Status check_tiling(const LogicalTensor& tensor, std::int64_t numel) {
+  std::vector<std::size_t> order;
+  std::int64_t covered = 0;
+  for (std::size_t i = 0; i < tensor.fragments.size(); ++i) {
+    std::int64_t n = *checked_numel(tensor.fragments[i].source.shape);
+    if (n == 0) continue;
+    order.push_back(i);
+    // Saturate: a sum past numel means an overlap, which the loop below reports.
+    if (__builtin_add_overflow(covered, n, &covered)) covered = INT64_MAX;
+  }
+  auto start = [&](std::size_t i) {
+    return tensor.fragments[i].offsets.empty() ? 0 : tensor.fragments[i].offsets[0];
+  };
+  auto end = [&](std::size_t i) {
+    const auto& f = tensor.fragments[i];
+    return f.offsets.empty() ? 1 : f.offsets[0] + f.source.shape[0];
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return start(a) < start(b); });
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    for (std::size_t j = i + 1; j < order.size() && start(order[j]) < end(order[i]); ++j) {
+      if (boxes_overlap(tensor.fragments[order[i]], tensor.fragments[order[j]])) {
+        return invalid_input("fragments " + std::to_string(order[i]) + " and " +
+                             std::to_string(order[j]) + " overlap");
+      }
+    }
+  }
+  if (covered != numel) {
+    return invalid_input("fragments cover " + std::to_string(covered) + " of " +
+                         std::to_string(numel) + " elements (holes)");
+  }
+  return {};
+}
+
+bool is_safe_relative_name(const std::string& name) {
+  std::filesystem::path path(name);
+  if (name.empty() || path.is_absolute()) return false;
+  for (const auto& part : path) {
+    if (part == "." || part == ".." || part.empty()) return false;
+    if (part.string().rfind(".ckptstream-staging", 0) == 0) return false;
+  }
+  return name.back() != '/';
+}
+
+}  // namespace
+
+Status check_output_names(const Plan& plan) {
+  std::vector<std::string> names;
+  for (const auto& file : plan.files) names.push_back(file.name);
+  for (const auto& side : plan.side_files) names.push_back(side.name);
+  if (!plan.index_json.empty()) names.emplace_back("model.safetensors.index.json");
+  names.emplace_back(kManifestFileName);
+  std::set<std::string> seen;
+  for (const auto& name : names) {
+    if (!is_safe_relative_name(name))
+      return usage_error("output name " + quoted(name) + " is not a plain relative path");
+    if (!seen.insert(name).second)
+      return usage_error("output name " + quoted(name) + " is used twice");
+  }
+  return {};
+}
+
+Status check_output_file(const OutputFile& file) {
+  std::uint64_t previous_end = 0;
+  for (const auto& placed : file.tensors) {
+    auto numel = checked_numel(placed.tensor.shape);
+    std::uint64_t bytes = 0;
+    if (!numel || __builtin_mul_overflow(static_cast<std::uint64_t>(*numel),
+                                         element_size(placed.tensor.dtype), &bytes)) {
+      return invalid_input("tensor " + quoted(placed.tensor.name) + ": shape overflows");
+    }
+    if (placed.data_begin < previous_end || placed.data_end < placed.data_begin ||
+        placed.data_end - placed.data_begin != bytes) {
+      return invalid_input("tensor " + quoted(placed.tensor.name) + ": data_offsets [" +
+                           std::to_string(placed.data_begin) + ", " +
+                           std::to_string(placed.data_end) + ") overlap the previous tensor " +
+                           "or do not hold its " + std::to_string(bytes) + " bytes");
+    }
+    previous_end = placed.data_end;
+  }
+  if (previous_end > UINT64_MAX - file.header.size()) return invalid_input("file size overflows");
+  return {};
+}
+
+Status check_tensor(const LogicalTensor& tensor, std::span<const InputFile> inputs) {
+  auto fail = [&](const Error& error) {
+    return error.with_context("tensor " + quoted(tensor.name));
+  };
+  auto numel = checked_numel(tensor.shape);
+  if (!numel) return fail(invalid_input("bad shape"));
+  if (!can_convert(tensor.source_dtype, tensor.dtype)) {
+    return fail(unsupported("cannot convert " + std::string(torch_name(tensor.source_dtype)) +
+                            " to " + std::string(torch_name(tensor.dtype))));
+  }
+  for (std::size_t i = 0; i < tensor.fragments.size(); ++i) {
+    const Fragment& fragment = tensor.fragments[i];
+    auto fragment_fail = [&](const Error& error) {
+      return fail(error.with_context("fragment " + std::to_string(i)));
+    };
+    if (fragment.source.dtype != tensor.source_dtype)
+      return fragment_fail(invalid_input("dtype differs from the tensor's source dtype"));
+    if (auto status = check_view_shape(fragment, tensor.shape); !status.ok())
+      return fragment_fail(status.error());
+    if (auto status = check_view_bytes(fragment.source, inputs); !status.ok())
+      return fragment_fail(status.error());
+  }
+  if (*numel == 0) return {};
+  if (auto status = check_tiling(tensor, *numel); !status.ok())
+    return fail(status.error().with_context("fragments do not tile the tensor"));
+  return {};
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,492 @@
+// The streaming executor on hand-made plans: exact output bytes against a naive per-element
+// reference, errors, staging cleanup, side files, index and manifest.
+#include <doctest/doctest.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "exec/dtype_convert.h"
+#include "exec/executor.h"
+#include "exec/manifest.h"
+
+using namespace ckptstream;
+namespace fs = std::filesystem;
+using Bytes = std::vector<std::byte>;
+
+namespace {
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "ckpt_test_exec_XXXXXX").string();
+    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+    path_ = pattern;
+    fs::create_directory(path_ / "in");
+    fs::create_directory(path_ / "out");
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  fs::path in(const std::string& name) const { return path_ / "in" / name; }
+  fs::path out() const { return path_ / "out"; }
+
+ private:
+  fs::path path_;
+};
+
+void write_file(const fs::path& path, const Bytes& bytes) {
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(bytes.data()),
+             static_cast<std::streamsize>(bytes.size()));
+}
+
+Bytes read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  Bytes bytes(chars.size());
+  std::memcpy(bytes.data(), chars.data(), chars.size());
+  return bytes;
+}
+
+template <class T>
+Bytes bytes_of(const std::vector<T>& values) {
+  Bytes bytes(values.size() * sizeof(T));
+  std::memcpy(bytes.data(), values.data(), bytes.size());
+  return bytes;
+}
+
+std::vector<std::string> listing(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size(), 1);
+  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
+  return strides;
+}
+
+TensorRef view(std::size_t input, std::uint64_t begin, std::uint64_t nbytes, DType dtype,
+               Shape shape, Shape strides, std::int64_t offset = 0) {
+  TensorRef ref;
+  ref.input = input;
+  ref.storage_begin = begin;
+  ref.storage_nbytes = nbytes;
+  ref.dtype = dtype;
+  ref.shape = std::move(shape);
+  ref.strides = std::move(strides);
+  ref.offset = offset;
+  return ref;
+}
+
+// Places the tensors back to back in one output file with an 8-byte stand-in header.
+OutputFile output_file(const std::string& name, std::vector<LogicalTensor> tensors) {
+  OutputFile file;
+  file.name = name;
+  file.header = "HEADER!!";
+  std::uint64_t position = 0;
+  for (auto& tensor : tensors) {
+    PlacedTensor placed{std::move(tensor), position, 0};
+    placed.data_end = position + nbytes(placed.tensor);
+    position = placed.data_end;
+    file.tensors.push_back(std::move(placed));
+  }
+  return file;
+}
+
+// The naive reference: element by element, find the fragment, read, swap, convert.
+Bytes reference_bytes(const LogicalTensor& tensor, const std::vector<Bytes>& inputs) {
+  std::int64_t n = numel(tensor.shape);
+  std::size_t in_size = element_size(tensor.source_dtype), out_size = element_size(tensor.dtype);
+  Bytes out(static_cast<std::size_t>(n) * out_size);
+  Shape strides = contiguous_strides(tensor.shape);
+  for (std::int64_t flat = 0; flat < n; ++flat) {
+    int found = 0;
+    for (const Fragment& f : tensor.fragments) {
+      std::int64_t src = f.source.offset;
+      bool inside = true;
+      for (std::size_t d = 0; d < tensor.shape.size(); ++d) {
+        std::int64_t i = flat / strides[d] % tensor.shape[d] - f.offsets[d];
+        inside = inside && i >= 0 && i < f.source.shape[d];
+        src += i * f.source.strides[d];
+      }
+      if (!inside) continue;
+      ++found;
+      std::byte element[16];
+      std::memcpy(element, &inputs[f.source.input][f.source.storage_begin + src * in_size],
+                  in_size);
+      if (f.source.byteswap) std::reverse(element, element + in_size);
+      convert_elements_at(tensor.source_dtype, tensor.dtype, element,
+                          &out[static_cast<std::size_t>(flat) * out_size], 1,
+                          static_cast<std::size_t>(flat), static_cast<std::size_t>(n));
+    }
+    REQUIRE(found == 1);
+  }
+  return out;
+}
+
+std::string xxh3_128_hex(const Bytes& bytes) {
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits(bytes.data(), bytes.size()));
+  std::string hex;
+  for (unsigned char b : canonical.digest) {
+    static const char* digits = "0123456789abcdef";
+    hex += digits[b >> 4];
+    hex += digits[b & 15];
+  }
+  return hex;
+}
+
+// Runs the plan and checks every output byte and hash against the reference.
+void run_and_check(const Plan& plan, const fs::path& target, std::uint64_t buffer_bytes) {
+  std::vector<Bytes> inputs;
+  for (const auto& path : plan.inputs) inputs.push_back(read_file(path));
+  ExecOptions options;
+  options.buffer_bytes = buffer_bytes;
+  options.writeback_bytes = 256;  // exercise the writeback windows on tiny files too
+  auto manifest = execute_plan(plan, target, options);
+  REQUIRE_MESSAGE(manifest.ok(), manifest.error().message);
+  REQUIRE(manifest->files.size() == plan.files.size());
+  for (std::size_t f = 0; f < plan.files.size(); ++f) {
+    const OutputFile& file = plan.files[f];
+    Bytes written = read_file(target / file.name);
+    REQUIRE(written.size() == file.size());
+    CHECK(std::memcmp(written.data(), file.header.data(), file.header.size()) == 0);
+    CHECK(manifest->files[f].size == file.size());
+    for (std::size_t t = 0; t < file.tensors.size(); ++t) {
+      const PlacedTensor& placed = file.tensors[t];
+      CAPTURE(placed.tensor.name);
+      Bytes want = reference_bytes(placed.tensor, inputs);
+      auto begin =
+          written.begin() + static_cast<std::ptrdiff_t>(file.header.size() + placed.data_begin);
+      Bytes got(begin, begin + static_cast<std::ptrdiff_t>(want.size()));
+      CHECK(got == want);
+      CHECK(manifest->files[f].tensors[t].name == placed.tensor.name);
+      CHECK(manifest->files[f].tensors[t].xxh3_128 == xxh3_128_hex(got));
+    }
+  }
+  for (const auto& name : listing(target)) CHECK(name.rfind(".ckptstream-staging", 0) != 0);
+}
+
+// A float tensor of `n` values 1, 2, ... stored at byte `begin` of a file of noise.
+Bytes numbered_storage(std::size_t n, std::size_t begin, std::size_t after = 3) {
+  std::vector<float> values(n);
+  std::iota(values.begin(), values.end(), 1.0f);
+  Bytes bytes(begin, std::byte{0xAB});
+  Bytes data = bytes_of(values);
+  bytes.insert(bytes.end(), data.begin(), data.end());
+  bytes.insert(bytes.end(), after, std::byte{0xCD});
+  return bytes;
+}
+
+LogicalTensor tensor(const std::string& name, Shape shape, std::vector<Fragment> fragments,
+                     DType source = DType::kF32, DType out = DType::kF32) {
+  return LogicalTensor{name, source, out, std::move(shape), std::move(fragments)};
+}
+
+Plan single_file_plan(const fs::path& input, std::vector<LogicalTensor> tensors) {
+  Plan plan;
+  plan.inputs = {input};
+  plan.files.push_back(output_file("model.safetensors", std::move(tensors)));
+  return plan;
+}
+
+}  // namespace
+
+TEST_CASE("contiguous, transposed, offset and strided views are copied exactly") {
+  TempDir dir;
+  write_file(dir.in("a.bin"), numbered_storage(60, 13));
+  std::uint64_t storage = 60 * 4;
+  auto whole = view(0, 13, storage, DType::kF32, {5, 7}, {7, 1});
+  auto transposed = view(0, 13, storage, DType::kF32, {7, 5}, {1, 7});  // storage is [5, 7]
+  auto sliced = view(0, 13, storage, DType::kF32, {4, 3}, {14, 2}, 3);  // every 2nd row and column
+  auto scalar = view(0, 13, storage, DType::kF32, {}, {}, 59);
+  auto empty = view(0, 13, storage, DType::kF32, {0, 3}, {3, 1});
+  Plan plan =
+      single_file_plan(dir.in("a.bin"), {tensor("whole", {5, 7}, {{whole, {0, 0}}}),
+                                         tensor("transposed", {7, 5}, {{transposed, {0, 0}}}),
+                                         tensor("sliced", {4, 3}, {{sliced, {0, 0}}}),
+                                         tensor("scalar", {}, {{scalar, {}}}),
+                                         tensor("empty", {0, 3}, {{empty, {0, 0}}})});
+  for (std::uint64_t buffer : {16ull << 20, 64ull, 36ull}) {
+    CAPTURE(buffer);
+    run_and_check(plan, dir.out(), buffer);
+  }
+  // Spot-check the reference itself: transposed[1][0] is storage element 1 (value 2).
+  Bytes out = read_file(dir.out() / "model.safetensors");
+  float value;
+  std::memcpy(&value, &out[8 + 35 * 4 + 5 * 4], 4);
+  CHECK(value == 2.0f);
+  CHECK(listing(dir.out()) ==
+        std::vector<std::string>{"ckptstream.manifest.json", "model.safetensors"});
+}
+
+TEST_CASE("fragments tiling dim 0, dim 1 and a 3-d tensor, uneven and empty") {
+  TempDir dir;
+  write_file(dir.in("a.bin"), numbered_storage(200, 5));
+  auto at = [](std::uint64_t element, Shape shape) {
+    return view(0, 5 + element * 4, numel(shape) * 4, DType::kF32, shape,
+                contiguous_strides(shape));
+  };
+  // [5, 4] as rows 0-1 and 2-4 (Shard(0), uneven), plus an empty shard.
+  auto rows = tensor("rows", {5, 4},
+                     {{at(0, {2, 4}), {0, 0}}, {at(8, {3, 4}), {2, 0}}, {at(0, {0, 4}), {5, 0}}});
+  // [3, 7] as columns 0-2 and 3-6 (Shard(1): one run per row).
+  auto cols = tensor("cols", {3, 7}, {{at(40, {3, 3}), {0, 0}}, {at(60, {3, 4}), {0, 3}}});
+  // [3, 4, 5] split on dim 1 (1 + 3) and then dim 2 (2 + 3) of the second part.
+  auto cube = tensor("cube", {3, 4, 5},
+                     {{at(100, {3, 1, 5}), {0, 0, 0}},
+                      {at(120, {3, 3, 2}), {0, 1, 0}},
+                      {at(140, {3, 3, 3}), {0, 1, 2}},
+                      {at(0, {3, 0, 5}), {0, 4, 0}}});
+  Plan plan = single_file_plan(dir.in("a.bin"), {rows, cols, cube});
+  for (std::uint64_t buffer : {16ull << 20, 64ull, 28ull, 4ull}) {
+    CAPTURE(buffer);
+    run_and_check(plan, dir.out(), buffer);
+  }
+}
+
+TEST_CASE("dtype conversion and byte swapping in the executor") {
+  TempDir dir;
+  std::vector<float> values = {
+      1.0f,   -2.5f, 3.14159f,       65520.0f,
+      1e-40f, -0.0f, std::nanf("1"), std::numeric_limits<float>::infinity()};
+  std::vector<std::uint32_t> swapped(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &values[i], 4);
+    swapped[i] = __builtin_bswap32(bits);
+  }
+  Bytes file = bytes_of(values);
+  Bytes big = bytes_of(swapped);
+  file.insert(file.end(), big.begin(), big.end());
+  write_file(dir.in("a.bin"), file);
+  auto little = view(0, 0, 32, DType::kF32, {8}, {1});
+  auto big_endian = view(0, 32, 32, DType::kF32, {8}, {1});
+  big_endian.byteswap = true;
+  auto transposed_big = view(0, 32, 32, DType::kF32, {4, 2}, {1, 4});
+  transposed_big.byteswap = true;
+  Plan plan = single_file_plan(
+      dir.in("a.bin"),
+      {tensor("bf16", {8}, {{little, {0}}}, DType::kF32, DType::kBF16),
+       tensor("f16", {2, 4}, {{view(0, 0, 32, DType::kF32, {2, 4}, {4, 1}), {0, 0}}}, DType::kF32,
+              DType::kF16),
+       tensor("f64", {8}, {{little, {0}}}, DType::kF32, DType::kF64),
+       tensor("swapped", {8}, {{big_endian, {0}}}),
+       tensor("swapped_bf16", {4, 2}, {{transposed_big, {0, 0}}}, DType::kF32, DType::kBF16)});
+  for (std::uint64_t buffer : {16ull << 20, 20ull}) run_and_check(plan, dir.out(), buffer);
+  Bytes out = read_file(dir.out() / "model.safetensors");
+  std::uint16_t first[8];
+  std::memcpy(first, &out[8], 16);
+  CHECK(first[0] == 0x3F80);  // 1.0
+  CHECK(first[6] == 0xFFFF);  // NaN, as torch writes it
+  float swapped_value;
+  std::memcpy(&swapped_value, &out[8 + 16 + 16 + 64 + 4], 4);
+  CHECK(swapped_value == -2.5f);
+}
+
+TEST_CASE("randomised layouts match the per-element reference") {
+  TempDir dir;
+  std::mt19937 rng(1234);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  const std::pair<DType, DType> pairs[] = {{DType::kF32, DType::kF32},  {DType::kF32, DType::kBF16},
+                                           {DType::kBF16, DType::kF32}, {DType::kF16, DType::kF64},
+                                           {DType::kF64, DType::kBF16}, {DType::kI64, DType::kI64},
+                                           {DType::kU8, DType::kU8}};
+  for (int round = 0; round < 60; ++round) {
+    CAPTURE(round);
+    Bytes input(static_cast<std::size_t>(pick(0, 9)), std::byte{0x5A});
+    auto [source_dtype, out_dtype] = pairs[pick(0, 6)];
+    std::size_t es = element_size(source_dtype);
+    std::vector<LogicalTensor> tensors;
+    for (int t = 0; t < 3; ++t) {
+      Shape shape(static_cast<std::size_t>(pick(0, 3)));
+      for (auto& d : shape) d = pick(0, 7) == 0 ? 0 : pick(1, 6);
+      // Cut one dim (if any) into up to three fragments, possibly empty.
+      int cut_dim = shape.empty() ? -1 : pick(0, static_cast<int>(shape.size()) - 1);
+      std::vector<std::pair<std::int64_t, std::int64_t>> pieces{
+          {0, cut_dim < 0 ? 1 : shape[cut_dim]}};
+      if (cut_dim >= 0 && pick(0, 1)) {
+        std::int64_t a = pick(0, static_cast<int>(shape[cut_dim])),
+                     b = pick(0, static_cast<int>(shape[cut_dim]));
+        if (a > b) std::swap(a, b);
+        pieces = {{0, a}, {a, b - a}, {b, shape[cut_dim] - b}};
+      }
+      LogicalTensor logical = tensor("t" + std::to_string(t), shape, {}, source_dtype, out_dtype);
+      for (auto [begin, size] : pieces) {
+        Shape box = shape, offsets(shape.size(), 0);
+        if (cut_dim >= 0) box[cut_dim] = size, offsets[cut_dim] = begin;
+        // Storage: the box's dims in a random order, each possibly padded or stepped by 2.
+        std::vector<std::size_t> order(box.size());
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), rng);
+        Shape strides(box.size());
+        std::int64_t stride = pick(1, 2);
+        for (std::size_t k = order.size(); k-- > 0;) {
+          strides[order[k]] = stride;
+          stride *= std::max<std::int64_t>(box[order[k]], 1) + pick(0, 1);
+        }
+        std::int64_t offset = pick(0, 3);
+        std::int64_t storage_elements = stride + offset + pick(0, 2);
+        std::size_t begin_byte = input.size();
+        for (std::int64_t i = 0; i < storage_elements * static_cast<std::int64_t>(es); ++i)
+          input.push_back(static_cast<std::byte>(pick(0, 255)));
+        auto ref = view(0, begin_byte, storage_elements * es, source_dtype, box, strides, offset);
+        ref.byteswap = pick(0, 3) == 0;
+        logical.fragments.push_back({ref, offsets});
+      }
+      std::shuffle(logical.fragments.begin(), logical.fragments.end(), rng);
+      tensors.push_back(logical);
+    }
+    write_file(dir.in("r.bin"), input);
+    Plan plan = single_file_plan(dir.in("r.bin"), tensors);
+    const std::uint64_t buffers[] = {16, 24, 40, 64, 100, 1 << 20};
+    run_and_check(plan, dir.out(), buffers[pick(0, 5)]);
+  }
+}
+
+TEST_CASE("side files, index and manifest; existing files are replaced") {
+  TempDir dir;
+  write_file(dir.in("a.bin"), numbered_storage(12, 0));
+  write_file(dir.in("config.json"), bytes_of(std::vector<char>{'{', '}', '\n'}));
+  write_file(dir.out() / "model-00001-of-00002.safetensors",
+             bytes_of(std::vector<char>{'o', 'l', 'd'}));
+  Plan plan;
+  plan.inputs = {dir.in("a.bin")};
+  auto half = [](std::uint64_t begin) { return view(0, begin, 24, DType::kF32, {2, 3}, {3, 1}); };
+  plan.files.push_back(
+      output_file("model-00001-of-00002.safetensors", {tensor("a", {2, 3}, {{half(0), {0, 0}}})}));
+  plan.files.push_back(
+      output_file("model-00002-of-00002.safetensors",
+                  {tensor("b", {2, 3}, {{half(24), {0, 0}}}, DType::kF32, DType::kBF16),
+                   tensor("c\"\\\n", {0}, {})}));
+  plan.index_json = "{\"weight_map\": {}}\n";
+  plan.side_files.push_back({dir.in("config.json"), "config.json"});
+  plan.side_files.push_back({dir.in("config.json"), "sub/extra.json"});
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> progress;
+  ExecOptions options;
+  options.on_progress = [&](std::uint64_t done, std::uint64_t total) {
+    progress.emplace_back(done, total);
+  };
+  auto manifest = execute_plan(plan, dir.out(), options);
+  REQUIRE_MESSAGE(manifest.ok(), manifest.error().message);
+  CHECK(listing(dir.out()) == std::vector<std::string>{"ckptstream.manifest.json", "config.json",
+                                                       "model-00001-of-00002.safetensors",
+                                                       "model-00002-of-00002.safetensors",
+                                                       "model.safetensors.index.json", "sub"});
+  CHECK(read_file(dir.out() / "config.json") == read_file(dir.in("config.json")));
+  CHECK(read_file(dir.out() / "sub" / "extra.json") == read_file(dir.in("config.json")));
+  CHECK(read_file(dir.out() / "model.safetensors.index.json") ==
+        bytes_of(std::vector<char>(plan.index_json.begin(), plan.index_json.end())));
+  CHECK(read_file(dir.out() / "model-00001-of-00002.safetensors").size() == 8 + 24);
+  REQUIRE(!progress.empty());
+  CHECK(progress.back() == std::pair<std::uint64_t, std::uint64_t>{36, 36});
+  CHECK(std::is_sorted(progress.begin(), progress.end()));
+
+  auto reread = read_manifest(dir.out() / std::string(kManifestFileName));
+  REQUIRE_MESSAGE(reread.ok(), reread.error().message);
+  REQUIRE(reread->files.size() == 2);
+  CHECK(reread->files[1].tensors[1].name == "c\"\\\n");
+  CHECK(reread->files[1].tensors[1].xxh3_128 == xxh3_128_hex({}));
+  CHECK(manifest_to_json(*reread) == manifest_to_json(*manifest));
+  Bytes file1 = read_file(dir.out() / "model-00001-of-00002.safetensors");
+  CHECK(reread->files[0].tensors[0].xxh3_128 ==
+        xxh3_128_hex(Bytes(file1.begin() + 8, file1.end())));
+}
+
+TEST_CASE("manifest JSON is indented and stable; bad manifests are named") {
+  Manifest manifest{
+      {{"m.safetensors", 40, {{"w", std::string(32, 'a')}}}, {"e.safetensors", 8, {}}}};
+  CHECK(manifest_to_json(manifest) ==
+        "{\n  \"format\": \"ckptstream-manifest\",\n  \"version\": 1,\n  \"hash\": \"xxh3-128\",\n"
+        "  \"files\": {\n    \"m.safetensors\": {\n      \"size\": 40,\n      \"tensors\": {\n"
+        "        \"w\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n      }\n    },\n"
+        "    \"e.safetensors\": {\n      \"size\": 8,\n      \"tensors\": {}\n    }\n  }\n}\n");
+  CHECK(manifest_to_json(Manifest{}).find("\"files\": {}") != std::string::npos);
+  TempDir dir;
+  write_file(dir.in("bad.json"), bytes_of(std::vector<char>{'{', '}'}));
+  auto bad = read_manifest(dir.in("bad.json"));
+  REQUIRE(!bad.ok());
+  CHECK(bad.error().message.find("bad.json") != std::string::npos);
+  auto missing = read_manifest(dir.in("missing.json"));
+  REQUIRE(!missing.ok());
+  CHECK(missing.error().kind == ErrorKind::kIo);
+  TensorHasher hasher;
+  hasher.update("ab", 2);
+  hasher.update("c", 1);
+  CHECK(hasher.hex_digest() == xxh3_128_hex(bytes_of(std::vector<char>{'a', 'b', 'c'})));
+}
+
+TEST_CASE("invalid plans fail before writing; failures leave the target untouched") {
+  TempDir dir;
+  write_file(dir.in("a.bin"), numbered_storage(20, 0, 0));
+  write_file(dir.out() / "keep.txt", bytes_of(std::vector<char>{'k'}));
+  auto rows = [](std::uint64_t begin, std::int64_t n) {
+    return view(0, begin, static_cast<std::uint64_t>(n) * 16, DType::kF32, {n, 4}, {4, 1});
+  };
+  auto expect_error = [&](const Plan& plan, const std::string& part1, const std::string& part2) {
+    auto result = execute_plan(plan, dir.out(), {});
+    REQUIRE(!result.ok());
+    INFO(result.error().message);
+    CHECK(result.error().message.find(part1) != std::string::npos);
+    CHECK(result.error().message.find(part2) != std::string::npos);
+    CHECK(listing(dir.out()) == std::vector<std::string>{"keep.txt"});
+  };
+  SUBCASE("hole") {
+    expect_error(single_file_plan(dir.in("a.bin"), {tensor("w", {4, 4}, {{rows(0, 3), {0, 0}}})}),
+                 "'w'", "holes");
+  }
+  SUBCASE("overlap") {
+    expect_error(
+        single_file_plan(dir.in("a.bin"),
+                         {tensor("w", {4, 4}, {{rows(0, 3), {0, 0}}, {rows(0, 2), {2, 0}}})}),
+        "'w'", "overlap");
+  }
+  SUBCASE("fragment outside the tensor") {
+    expect_error(single_file_plan(dir.in("a.bin"), {tensor("w", {4, 4}, {{rows(0, 4), {1, 0}}})}),
+                 "'w'", "outside");
+  }
+  SUBCASE("view past its storage") {
+    auto ref = view(0, 0, 40, DType::kF32, {4, 4}, {4, 1});
+    expect_error(single_file_plan(dir.in("a.bin"), {tensor("w", {4, 4}, {{ref, {0, 0}}})}), "a.bin",
+                 "past its storage");
+  }
+  SUBCASE("storage past the end of the input (truncated source)") {
+    expect_error(single_file_plan(dir.in("a.bin"), {tensor("w", {4, 4}, {{rows(40, 4), {0, 0}}})}),
+                 "a.bin", "past the end");
+  }
+  SUBCASE("unconvertible dtype") {
+    auto ref = view(0, 0, 64, DType::kI32, {4, 4}, {4, 1});
+    expect_error(single_file_plan(dir.in("a.bin"),
+                                  {tensor("w", {4, 4}, {{ref, {0, 0}}}, DType::kI32, DType::kF32)}),
+                 "'w'", "convert");
+  }
+  SUBCASE("missing input") {
+    Plan plan = single_file_plan(dir.in("nope.bin"), {});
+    expect_error(plan, "nope.bin", "open");
+  }
+  SUBCASE("a failure after files were staged removes them") {
+    Plan plan = single_file_plan(dir.in("a.bin"), {tensor("w", {4, 4}, {{rows(0, 4), {0, 0}}})});
+    plan.side_files.push_back({dir.in("absent.json"), "config.json"});
+    expect_error(plan, "absent.json", "config.json");
+  }
+  SUBCASE("unsafe or duplicate output names") {
+    Plan plan = single_file_plan(dir.in("a.bin"), {});
+    plan.files[0].name = "../escape.safetensors";
+    expect_error(plan, "escape", "relative");
+    plan.files[0].name = "ckptstream.manifest.json";
+    expect_error(plan, "manifest", "twice");
+  }
+}
