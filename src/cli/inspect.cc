@@ -1,0 +1,196 @@
+// `ckptstream inspect PATH...`: the tensors of torch.save and safetensors files, or of every such
+// file in a directory: name, dtype, shape, bytes, file and byte offset (plus DTensor placement).
+#include <algorithm>
+#include <cstdio>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "core/json_text.h"
+#include "formats/detect.h"
+#include "io/input_file.h"
+#include "safetensors/safetensors.h"
+#include "torch/torch_checkpoint.h"
+
+namespace ckptstream::cli {
+namespace fs = std::filesystem;
+namespace {
+
+struct Row {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  std::uint64_t bytes = 0;
+  std::uint64_t offset = 0;  // absolute offset of the first byte in the file
+  std::string extra;         // strides / DTensor notes
+  std::string extra_json;    // the same, as JSON members (with a leading comma)
+};
+
+struct Listing {
+  fs::path path;
+  std::string format;
+  std::vector<Row> rows;
+};
+
+std::string shape_text(const Shape& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string placement_text(const Placement& p) {
+  switch (p.kind) {
+    case Placement::Kind::kShard: return "Shard(" + std::to_string(p.dim) + ")";
+    case Placement::Kind::kReplicate: return "Replicate()";
+    case Placement::Kind::kPartial: return "Partial(" + p.reduce_op + ")";
+    case Placement::Kind::kStridedShard:
+      return "_StridedShard(" + std::to_string(p.dim) + ", " + std::to_string(p.split_factor) +
+             ")";
+    case Placement::Kind::kOther: return p.class_name;
+  }
+  return p.class_name;
+}
+
+bool is_contiguous(const Shape& shape, const Shape& strides) {
+  std::int64_t expected = 1;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    if (shape[i] != 1 && strides[i] != expected) return false;
+    expected *= shape[i];
+  }
+  return true;
+}
+
+Result<Listing> list_torch(const fs::path& path) {
+  CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
+  Listing listing{path, ckpt.format == TorchCheckpoint::Format::kZip ? "torch-zip" : "torch-legacy",
+                  {}};
+  for (const auto& t : ckpt.tensors) {
+    const auto& storage = ckpt.storages[t.storage];
+    Row row{t.name, t.dtype, t.shape,
+            static_cast<std::uint64_t>(numel(t.shape)) * element_size(t.dtype),
+            storage.file_offset + static_cast<std::uint64_t>(t.storage_offset) *
+                                      element_size(t.dtype),
+            "", ""};
+    if (!is_contiguous(t.shape, t.strides)) {
+      row.extra += " strides=" + shape_text(t.strides);
+    }
+    row.extra_json += ",\"strides\":" + shape_text(t.strides) +
+                      ",\"storage_offset\":" + std::to_string(t.storage_offset) +
+                      ",\"storage_key\":" + json_quote(storage.key);
+    if (t.is_parameter) row.extra += " parameter";
+    if (!t.subclass.empty() && !t.dtensor) row.extra += " subclass=" + t.subclass;
+    if (t.dtensor) {
+      std::string placements, placements_json;
+      for (std::size_t i = 0; i < t.dtensor->placements.size(); ++i) {
+        placements += (i ? ", " : "") + placement_text(t.dtensor->placements[i]);
+        placements_json += (i ? "," : "") + json_quote(placement_text(t.dtensor->placements[i]));
+      }
+      row.extra += " dtensor global=" + shape_text(t.dtensor->global_shape) + " placements=(" +
+                   placements + ") mesh=" + shape_text(t.dtensor->mesh.shape);
+      row.extra_json += ",\"dtensor\":{\"global_shape\":" + shape_text(t.dtensor->global_shape) +
+                        ",\"placements\":[" + placements_json +
+                        "],\"mesh_shape\":" + shape_text(t.dtensor->mesh.shape) + "}";
+    }
+    listing.rows.push_back(std::move(row));
+  }
+  return listing;
+}
+
+Result<Listing> list_safetensors(const fs::path& path) {
+  CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(path));
+  CKPT_ASSIGN_OR_RETURN(auto header, safetensors::read_header(file));
+  Listing listing{path, "safetensors", {}};
+  for (const auto& e : header.tensors)
+    listing.rows.push_back(Row{e.name, e.dtype, e.shape, e.data_end - e.data_begin,
+                               header.data_start + e.data_begin, "", ""});
+  return listing;
+}
+
+Result<Listing> list_file(const fs::path& path) {
+  CKPT_ASSIGN_OR_RETURN(auto kind, detect_file_kind(path));
+  switch (kind) {
+    case FileKind::kTorchZip:
+    case FileKind::kTorchLegacy: return list_torch(path);
+    case FileKind::kSafetensors: return list_safetensors(path);
+    case FileKind::kOther: break;
+  }
+  return invalid_input(path.string() + ": neither a torch.save file nor safetensors");
+}
+
+Result<std::vector<Listing>> list_paths(const std::vector<fs::path>& paths) {
+  std::vector<Listing> listings;
+  for (const auto& path : paths) {
+    if (!fs::exists(path)) return invalid_input(path.string() + ": no such file or directory");
+    if (!fs::is_directory(path)) {
+      CKPT_ASSIGN_OR_RETURN(auto listing, list_file(path));
+      listings.push_back(std::move(listing));
+      continue;
+    }
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::directory_iterator(path))
+      if (entry.is_regular_file()) files.push_back(entry.path());
+    std::sort(files.begin(), files.end());
+    for (const auto& file : files) {
+      auto kind = detect_file_kind(file);
+      if (!kind.ok() || *kind == FileKind::kOther) continue;
+      CKPT_ASSIGN_OR_RETURN(auto listing, list_file(file));
+      listings.push_back(std::move(listing));
+    }
+  }
+  return listings;
+}
+
+void print_json(const std::vector<Listing>& listings) {
+  std::ostringstream out;
+  out << "{\"files\":[";
+  for (std::size_t f = 0; f < listings.size(); ++f) {
+    const auto& l = listings[f];
+    out << (f ? "," : "") << "\n {\"path\":" << json_quote(l.path.string())
+        << ",\"format\":" << json_quote(l.format) << ",\"tensors\":[";
+    for (std::size_t i = 0; i < l.rows.size(); ++i) {
+      const auto& r = l.rows[i];
+      out << (i ? "," : "") << "\n  {\"name\":" << json_quote(r.name) << ",\"dtype\":"
+          << json_quote(torch_name(r.dtype)) << ",\"shape\":" << shape_text(r.shape)
+          << ",\"bytes\":" << r.bytes << ",\"file\":" << json_quote(l.path.string())
+          << ",\"offset\":" << r.offset << r.extra_json << "}";
+    }
+    out << "]}";
+  }
+  out << "\n]}\n";
+  std::fputs(out.str().c_str(), stdout);
+}
+
+void print_text(const std::vector<Listing>& listings) {
+  for (const auto& l : listings) {
+    std::uint64_t total = 0;
+    for (const auto& r : l.rows) total += r.bytes;
+    std::printf("%s (%s): %zu tensors, %s\n", l.path.c_str(), l.format.c_str(), l.rows.size(),
+                human_bytes(total).c_str());
+    for (const auto& r : l.rows)
+      std::printf("  %-48s %-9s %-20s %12llu B @%llu%s\n", r.name.c_str(),
+                  std::string(torch_name(r.dtype)).c_str(), shape_text(r.shape).c_str(),
+                  static_cast<unsigned long long>(r.bytes),
+                  static_cast<unsigned long long>(r.offset), r.extra.c_str());
+  }
+}
+
+}  // namespace
+
+void add_inspect(CLI::App& app, InspectArgs& args) {
+  auto* cmd = app.add_subcommand(
+      "inspect", "List the tensors of torch.save / safetensors files or directories of them");
+  cmd->add_option("paths", args.paths, "files or directories")->required();
+  cmd->add_flag("--json", args.json, "machine-readable output");
+}
+
+int run_inspect(const InspectArgs& args) {
+  auto listings = list_paths(args.paths);
+  if (!listings.ok()) return report_error(listings.error());
+  if (args.json)
+    print_json(*listings);
+  else
+    print_text(*listings);
+  return kExitOk;
+}
+
+}  // namespace ckptstream::cli

@@ -1,0 +1,331 @@
+#include "formats/torch_sources.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <simdjson.h>
+#include <tuple>
+
+#include "io/input_file.h"
+
+namespace ckptstream {
+namespace fs = std::filesystem;
+namespace {
+
+bool has_suffix(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+bool has_prefix(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
+// Trainer state that lives beside model weights in Hugging Face / accelerate checkpoints.
+bool is_trainer_state(std::string_view name) {
+  return name == "optimizer.pt" || name == "scheduler.pt" || name == "scaler.pt" ||
+         name == "training_args.bin" || has_prefix(name, "rng_state") ||
+         has_prefix(name, "optimizer") || has_prefix(name, "extra_state");
+}
+
+bool is_torch_file_name(std::string_view name) {
+  return has_suffix(name, ".pt") || has_suffix(name, ".pth") || has_suffix(name, ".bin");
+}
+
+bool is_side_file_name(std::string_view name) {
+  static constexpr std::string_view kExact[] = {
+      "config.json",         "generation_config.json", "special_tokens_map.json",
+      "added_tokens.json",   "merges.txt",             "preprocessor_config.json",
+      "processor_config.json", "tokenizer.model",       "spiece.model",
+      "sentencepiece.bpe.model"};
+  for (auto exact : kExact)
+    if (name == exact) return true;
+  return has_prefix(name, "tokenizer") || has_prefix(name, "chat_template") ||
+         has_prefix(name, "vocab.") || has_suffix(name, ".tiktoken");
+}
+
+Result<std::string> read_small_file(const fs::path& path) {
+  CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(path));
+  if (file.size() > (64u << 20)) return invalid_input(path.string() + ": larger than 64 MiB");
+  std::string text(file.size(), '\0');
+  CKPT_TRY(file.read_at(0, std::as_writable_bytes(std::span(text.data(), text.size()))));
+  return text;
+}
+
+// Python modules named in config.json's auto_map ("modeling_x.XForCausalLM" -> modeling_x.py).
+std::vector<std::string> remote_code_modules(const fs::path& config) {
+  std::vector<std::string> modules;
+  auto text = read_small_file(config);
+  if (!text.ok()) return modules;
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (parser.parse(*text).get(doc)) return modules;
+  simdjson::dom::object auto_map;
+  if (doc["auto_map"].get(auto_map)) return modules;
+  auto add = [&](std::string_view ref) {
+    auto sep = ref.rfind("--");  // "repo--module.Class" form
+    if (sep != std::string_view::npos) ref = ref.substr(sep + 2);
+    auto dot = ref.find('.');
+    if (dot != std::string_view::npos) modules.emplace_back(std::string(ref.substr(0, dot)) + ".py");
+  };
+  for (auto field : auto_map) {
+    std::string_view ref;
+    simdjson::dom::array refs;
+    if (!field.value.get(ref)) {
+      add(ref);
+    } else if (!field.value.get(refs)) {
+      for (auto item : refs)
+        if (!item.get(ref)) add(ref);
+    }
+  }
+  return modules;
+}
+
+// The shard files of a Hugging Face *.index.json, in order of first appearance.
+Result<std::vector<fs::path>> files_of_index(const fs::path& index) {
+  CKPT_ASSIGN_OR_RETURN(auto text, read_small_file(index));
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  simdjson::dom::object weight_map;
+  if (parser.parse(text).get(doc) || doc["weight_map"].get(weight_map))
+    return invalid_input(index.string() + ": not a JSON object with a weight_map");
+  std::vector<fs::path> files;
+  std::set<std::string> seen;
+  for (auto field : weight_map) {
+    std::string_view file;
+    if (field.value.get(file))
+      return invalid_input(index.string() + ": weight_map value of " + std::string(field.key) +
+                           " is not a string");
+    if (file.find('/') != std::string_view::npos || file == "..")
+      return invalid_input(index.string() + ": weight_map names a file outside its directory: " +
+                           std::string(file));
+    if (seen.insert(std::string(file)).second) files.push_back(index.parent_path() / file);
+  }
+  for (const auto& file : files)
+    if (!fs::exists(file))
+      return invalid_input(index.string() + ": names " + file.filename().string() +
+                           ", which does not exist");
+  return files;
+}
+
+Status add_directory(const fs::path& dir, TorchSourceSet& set) {
+  std::vector<fs::path> indexes, torch_files;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    if (!entry.is_regular_file()) continue;
+    auto name = entry.path().filename().string();
+    if (has_suffix(name, ".bin.index.json") || has_suffix(name, ".pt.index.json"))
+      indexes.push_back(entry.path());
+    else if (is_torch_file_name(name) && !is_trainer_state(name))
+      torch_files.push_back(entry.path());
+    else if (is_torch_file_name(name))
+      set.notes.push_back("skipped trainer state " + entry.path().string());
+  }
+  if (ec) return io_error(dir.string() + ": cannot list: " + ec.message());
+  if (indexes.size() > 1)
+    return invalid_input(dir.string() + ": more than one *.index.json; name the one to use");
+  if (indexes.size() == 1) {
+    CKPT_ASSIGN_OR_RETURN(auto files, files_of_index(indexes[0]));
+    set.notes.push_back("using " + indexes[0].string());
+    set.files.insert(set.files.end(), files.begin(), files.end());
+    return {};
+  }
+  if (torch_files.empty())
+    return invalid_input(dir.string() + ": no torch checkpoint (*.pt, *.pth, *.bin) found");
+  std::sort(torch_files.begin(), torch_files.end());
+  set.files.insert(set.files.end(), torch_files.begin(), torch_files.end());
+  return {};
+}
+
+struct ViewKey {
+  std::size_t storage;
+  DType dtype;
+  Shape shape;
+  Shape strides;
+  std::int64_t offset;
+  auto operator<=>(const ViewKey&) const = default;
+};
+
+bool covers_whole_storage(const TorchTensor& t, const StorageRecord& storage) {
+  if (t.storage_offset != 0) return false;
+  std::int64_t expected = 1;
+  for (std::size_t i = t.shape.size(); i-- > 0;) {
+    if (t.shape[i] != 1 && t.strides[i] != expected) return false;
+    expected *= t.shape[i];
+  }
+  return static_cast<std::uint64_t>(expected) * element_size(t.dtype) == storage.nbytes;
+}
+
+// transformers drops these names of a tied pair (its models list them in _tied_weights_keys).
+bool is_tied_output_name(std::string_view name) {
+  return name == "lm_head.weight" || has_suffix(name, ".lm_head.weight");
+}
+
+// For each group of exact aliases, the names that are not written: huggingface_hub's
+// _remove_duplicate_names keeps the sorted-first complete name not in the discard list.
+std::map<std::size_t, std::size_t> alias_drops(const TorchCheckpoint& ckpt) {
+  std::map<ViewKey, std::vector<std::size_t>> groups;
+  for (std::size_t i = 0; i < ckpt.tensors.size(); ++i) {
+    const auto& t = ckpt.tensors[i];
+    if (t.dtensor) continue;
+    groups[ViewKey{t.storage, t.dtype, t.shape, t.strides, t.storage_offset}].push_back(i);
+  }
+  std::map<std::size_t, std::size_t> dropped;  // dropped tensor -> kept tensor
+  for (const auto& [key, members] : groups) {
+    if (members.size() < 2) continue;
+    auto rank = [&](std::size_t i) {
+      const auto& t = ckpt.tensors[i];
+      bool complete = covers_whole_storage(t, ckpt.storages[t.storage]);
+      return std::make_tuple(!complete, is_tied_output_name(t.name), t.name);
+    };
+    std::size_t keep = *std::min_element(members.begin(), members.end(),
+                                         [&](auto a, auto b) { return rank(a) < rank(b); });
+    for (auto i : members)
+      if (i != keep) dropped[i] = keep;
+  }
+  return dropped;
+}
+
+Status check_convertible(const TorchCheckpoint& ckpt, const TorchTensor& t) {
+  auto where = ckpt.path.string() + ": tensor " + t.name;
+  if (t.dtensor)
+    return unsupported(where +
+                       " is a DTensor shard (one rank's piece); merge the ranks with "
+                       "`ckptstream merge` instead of converting one file");
+  if (t.conj || t.neg)
+    return unsupported(where + " has a lazy conj/neg bit; resolve it in torch before saving");
+  if (dtype_info(t.dtype).safetensors_name.empty())
+    return unsupported(where + " has dtype " + std::string(torch_name(t.dtype)) +
+                       ", which safetensors cannot store");
+  return {};
+}
+
+}  // namespace
+
+std::vector<SideFile> find_side_files(const fs::path& dir) {
+  std::vector<SideFile> side;
+  std::set<std::string> wanted;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    auto name = entry.path().filename().string();
+    if (entry.is_regular_file() && is_side_file_name(name)) wanted.insert(name);
+  }
+  if (wanted.count("config.json"))
+    for (auto& module : remote_code_modules(dir / "config.json"))
+      if (fs::is_regular_file(dir / module)) wanted.insert(module);
+  for (const auto& name : wanted) side.push_back(SideFile{dir / name, name});
+  return side;
+}
+
+Result<TorchSourceSet> find_torch_sources(const std::vector<fs::path>& args) {
+  TorchSourceSet set;
+  if (args.empty()) return usage_error("no source given");
+  for (const auto& arg : args) {
+    std::error_code ec;
+    auto status = fs::status(arg, ec);
+    if (!fs::exists(status)) return invalid_input(arg.string() + ": no such file or directory");
+    if (fs::is_directory(status)) {
+      CKPT_TRY(add_directory(arg, set));
+    } else if (has_suffix(arg.filename().string(), ".index.json")) {
+      CKPT_ASSIGN_OR_RETURN(auto files, files_of_index(arg));
+      set.files.insert(set.files.end(), files.begin(), files.end());
+    } else {
+      set.files.push_back(arg);
+    }
+  }
+  std::set<fs::path> unique;
+  for (const auto& file : set.files)
+    if (!unique.insert(fs::weakly_canonical(file)).second)
+      return usage_error(file.string() + ": given twice");
+  auto dir = fs::is_directory(args.front()) ? args.front() : args.front().parent_path();
+  if (dir.empty()) dir = ".";
+  set.side_files = find_side_files(dir);
+  if (fs::is_regular_file(dir / "config.json")) set.config_json = dir / "config.json";
+  return set;
+}
+
+Result<DTypeChoice> parse_dtype_choice(std::string_view text) {
+  if (text == "auto") return DTypeChoice::kAuto;
+  if (text == "keep") return DTypeChoice::kKeep;
+  if (text == "bf16" || text == "bfloat16") return DTypeChoice::kBF16;
+  if (text == "fp16" || text == "float16" || text == "half") return DTypeChoice::kF16;
+  if (text == "fp32" || text == "float32" || text == "float") return DTypeChoice::kF32;
+  return usage_error("--dtype must be one of auto, keep, bf16, fp16, fp32 (got '" +
+                     std::string(text) + "')");
+}
+
+namespace {
+Result<simdjson::dom::element> parse_config(simdjson::dom::parser& parser, const std::string& text,
+                                            const fs::path& config) {
+  simdjson::dom::element doc;
+  if (parser.parse(text).get(doc) || !doc.is_object())
+    return invalid_input(config.string() + ": not a JSON object");
+  return doc;
+}
+}  // namespace
+
+Result<std::optional<DType>> resolve_float_dtype(DTypeChoice choice,
+                                                 const std::optional<fs::path>& config) {
+  switch (choice) {
+    case DTypeChoice::kKeep: return std::optional<DType>();
+    case DTypeChoice::kBF16: return std::optional<DType>(DType::kBF16);
+    case DTypeChoice::kF16: return std::optional<DType>(DType::kF16);
+    case DTypeChoice::kF32: return std::optional<DType>(DType::kF32);
+    case DTypeChoice::kAuto: break;
+  }
+  if (!config) return std::optional<DType>();
+  CKPT_ASSIGN_OR_RETURN(auto text, read_small_file(*config));
+  simdjson::dom::parser parser;
+  CKPT_ASSIGN_OR_RETURN(auto doc, parse_config(parser, text, *config));
+  std::string_view name;
+  if (doc["torch_dtype"].get(name) && doc["dtype"].get(name)) return std::optional<DType>();
+  if (name == "auto") return std::optional<DType>();
+  auto dtype = dtype_from_torch_name(name);
+  if (!dtype || !dtype_info(*dtype).is_float)
+    return invalid_input(config->string() + ": torch_dtype '" + std::string(name) +
+                         "' is not a floating-point dtype");
+  return std::optional<DType>(*dtype);
+}
+
+Result<bool> config_ties_word_embeddings(const std::optional<fs::path>& config) {
+  if (!config) return false;
+  CKPT_ASSIGN_OR_RETURN(auto text, read_small_file(*config));
+  simdjson::dom::parser parser;
+  CKPT_ASSIGN_OR_RETURN(auto doc, parse_config(parser, text, *config));
+  bool tied = false;
+  if (doc["tie_word_embeddings"].get(tied)) return false;
+  return tied;
+}
+
+Result<TorchConversion> plan_torch_conversion(const TorchSourceSet& sources,
+                                              std::optional<DType> float_dtype) {
+  TorchConversion conversion;
+  std::map<std::string, fs::path> seen;
+  for (const auto& path : sources.files) {
+    CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
+    std::size_t input = conversion.inputs.size();
+    conversion.inputs.push_back(path);
+    auto dropped = alias_drops(ckpt);
+    for (std::size_t i = 0; i < ckpt.tensors.size(); ++i) {
+      const auto& t = ckpt.tensors[i];
+      if (auto it = dropped.find(i); it != dropped.end()) {
+        conversion.dropped_aliases.push_back(t.name + " (tied to " +
+                                             ckpt.tensors[it->second].name + ")");
+        continue;
+      }
+      CKPT_TRY(check_convertible(ckpt, t));
+      auto [previous, inserted] = seen.emplace(t.name, path);
+      if (!inserted)
+        return invalid_input("tensor " + t.name + " is in both " + previous->second.string() +
+                             " and " + path.string());
+      LogicalTensor tensor;
+      tensor.name = t.name;
+      tensor.source_dtype = t.dtype;
+      tensor.dtype = (float_dtype && dtype_info(t.dtype).is_float) ? *float_dtype : t.dtype;
+      tensor.shape = t.shape;
+      tensor.fragments.push_back(Fragment{ckpt.ref(i, input), Shape(t.shape.size(), 0)});
+      conversion.tensors.push_back(std::move(tensor));
+    }
+  }
+  return conversion;
+}
+
+}  // namespace ckptstream

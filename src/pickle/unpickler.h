@@ -1,0 +1,43 @@
+// A pickle VM (protocols 0-5) that builds plain values (value.h) and never executes anything.
+//
+// A pickle is a stream of one-byte opcodes with inline arguments, run by a stack machine with a
+// mark stack and a memo; STOP returns the top of the stack. The opcode table is in
+// ../shared/docs/formats/torch.md §5. Multi-byte integers are little-endian except BINFLOAT,
+// which is a big-endian IEEE double. Text opcodes of protocol 0 (INT, LONG, FLOAT, STRING,
+// UNICODE, GET, PUT, GLOBAL, INST, PERSID) carry newline-terminated arguments.
+//
+// Calls are not made. REDUCE / NEWOBJ / NEWOBJ_EX / INST / OBJ produce an Object node, except for
+// these harmless constructors, which produce plain values:
+//   collections.OrderedDict(), collections.Counter()     -> Dict (module/name record the class)
+//   _codecs.encode(str, 'latin1'), builtins.bytes(...)   -> Bytes
+//   builtins.bytearray(...)                              -> Bytes
+//   builtins.set(list), builtins.frozenset(list)         -> Set, FrozenSet
+//   torch.Size(tuple)                                    -> Tuple
+//   builtins.getattr(Global, 'Name')                     -> Global (name "Outer.Name")
+//   copyreg._reconstructor(cls, base, state)             -> Object of cls (args empty)
+// ("builtins" also matches the protocol-2 spelling "__builtin__", "copyreg" also "copy_reg".)
+// BUILD stores its state on the node (Object, Dict, ...); attributes are read with Value::attr.
+// Persistent ids become PersistentId nodes for the caller to interpret.
+//
+// Every length is checked against the bytes left, so a malformed stream gives an error naming
+// the opcode and offset, never a crash or an oversized allocation.
+#pragma once
+
+#include <cstddef>
+#include <span>
+
+#include "ckptstream/result.h"
+#include "pickle/value.h"
+
+namespace ckptstream::pickle {
+
+struct Unpickled {
+  ValuePtr value;
+  std::size_t end = 0;  // offset just past the STOP opcode
+};
+
+// Runs the pickle that starts at `offset` of `data` up to its STOP. Errors read
+// "pickle: <problem> at offset N" (offsets relative to data[0]).
+Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset = 0);
+
+}  // namespace ckptstream::pickle

@@ -1,0 +1,40 @@
+// Turns the unpickled object of a torch.save file into named tensors (torch.md §1.6, §3.1).
+// Internal to the torch module; read_torch_file (torch_checkpoint.h) is the entry point.
+//
+// Flattening rule (names of TorchCheckpoint::tensors): starting from the saved object with an
+// empty name, a tensor is a leaf; a dict or OrderedDict contributes "<name>.<key>" for every
+// string or integer key (other key types are skipped); a list or tuple contributes
+// "<name>.<index>"; any other object (a class instance) contributes "<name>.<attr>" for the
+// entries of its BUILD state (its __dict__, or both parts of a (dict, slots) state). Attributes
+// that BUILD sets on a dict (the `_metadata` of a state_dict) are not walked. A tensor saved at the
+// top level is named "". Names are joined with "." and the first component has no leading dot.
+// The same tensor object reached under two names is listed twice (sharing its storage).
+// Everything else (numbers, strings, sets, unknown calls' arguments) is not a tensor and is
+// ignored. A DTensor is one leaf: its local shard plus DTensorInfo (the mesh tensor inside its spec
+// is not listed).
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <unordered_map>
+
+#include "pickle/value.h"
+#include "torch/torch_checkpoint.h"
+
+namespace ckptstream::torch_internal {
+
+// What a persistent id resolved to: its storage and the dtype its storage class implies.
+struct StorageUse {
+  std::size_t storage = 0;
+  DType dtype = DType::kU8;
+};
+
+using StorageUses = std::unordered_map<const pickle::Value*, StorageUse>;
+
+// Appends to ckpt.tensors every tensor reachable from `root` (ckpt.storages must be located, so
+// that views can be validated and mesh tensors read). `bytes` is the whole file.
+Status collect_tensors(const pickle::Value& root, const StorageUses& uses,
+                       std::span<const std::byte> bytes, TorchCheckpoint& ckpt);
+
+}  // namespace ckptstream::torch_internal

@@ -1,0 +1,344 @@
+// read_torch_file: format detection (torch.md §0), the zip format (§1) and the legacy format
+// (§2). The unpickled object is interpreted into tensors by tensor_interpreter.cc.
+#include "torch/torch_checkpoint.h"
+
+#include <cstring>
+#include <unordered_set>
+
+#include "io/input_file.h"
+#include "pickle/unpickler.h"
+#include "pickle/value.h"
+#include "torch/tensor_interpreter.h"
+#include "zip/zip_archive.h"
+
+namespace ckptstream {
+namespace {
+
+using pickle::Kind;
+using pickle::Value;
+using pickle::ValuePtr;
+using torch_internal::StorageUse;
+using torch_internal::StorageUses;
+
+// The legacy magic number 0x1950A86A20F9469CFC6C as LONG1 stores it.
+constexpr unsigned char kLegacyMagic[] = {0x6C, 0xFC, 0x9C, 0x46, 0xF9,
+                                          0x20, 0x6A, 0xA8, 0x50, 0x19};
+constexpr std::int64_t kLegacyProtocolVersion = 1001;
+
+bool starts_with(std::span<const std::byte> bytes, std::size_t at, std::string_view text) {
+  return at <= bytes.size() && text.size() <= bytes.size() - at &&
+         std::memcmp(bytes.data() + at, text.data(), text.size()) == 0;
+}
+
+std::string_view text_of(std::span<const std::byte> bytes, std::uint64_t offset,
+                         std::uint64_t size) {
+  return {reinterpret_cast<const char*>(bytes.data() + offset), static_cast<std::size_t>(size)};
+}
+
+// One storage persistent id: ('storage', storage_type, key, location, numel[, view_metadata]).
+struct StorageId {
+  DType dtype = DType::kU8;
+  std::string key;
+  std::uint64_t numel = 0;
+  ValuePtr view;  // legacy: None or (view_key, offset, size)
+};
+
+Result<std::optional<StorageId>> parse_storage_id(const Value& pid) {
+  using Maybe = std::optional<StorageId>;
+  if (!pid.is(Kind::kTuple) || pid.items.empty()) return Maybe{};
+  auto tag = pid.items[0]->as_string();
+  if (!tag || *tag != "storage") return Maybe{};
+  const auto& f = pid.items;
+  if (f.size() < 5) return invalid_input("storage persistent id has fewer than 5 fields");
+  StorageId id;
+  std::string cls = f[1]->class_name();
+  if (cls.empty() || cls.find("Storage") == std::string::npos)
+    return invalid_input("storage persistent id names no storage class");
+  if (cls == "UntypedStorage") {
+    id.dtype = DType::kU8;
+  } else {
+    auto dtype = dtype_from_storage_class(cls);
+    if (!dtype) return unsupported("unknown storage class " + cls);
+    id.dtype = *dtype;
+  }
+  auto key = f[2]->as_string();
+  if (!key) return invalid_input("storage key is not a string");
+  id.key = std::string(*key);
+  auto numel = f[4]->as_int();
+  if (!numel || *numel < 0) return invalid_input("storage '" + id.key + "': bad element count");
+  id.numel = static_cast<std::uint64_t>(*numel);
+  if (f.size() > 5 && !f[5]->is(Kind::kNone)) id.view = f[5];
+  return Maybe(std::move(id));
+}
+
+// Every persistent-id node of the graph, in a deterministic (depth-first) order.
+std::vector<const Value*> persistent_ids(const Value& root) {
+  std::vector<const Value*> out;
+  std::unordered_set<const Value*> seen;
+  std::vector<const Value*> todo{&root};
+  while (!todo.empty()) {
+    const Value* v = todo.back();
+    todo.pop_back();
+    if (!v || !seen.insert(v).second) continue;
+    if (v->is(Kind::kPersistentId)) out.push_back(v);
+    for (auto it = v->items.rbegin(); it != v->items.rend(); ++it) todo.push_back(it->get());
+    for (auto it = v->entries.rbegin(); it != v->entries.rend(); ++it) {
+      todo.push_back(it->second.get());
+      todo.push_back(it->first.get());
+    }
+    for (const ValuePtr* p : {&v->state, &v->kwargs, &v->args, &v->callable})
+      if (*p) todo.push_back(p->get());
+  }
+  return out;
+}
+
+class Reader {
+ public:
+  Reader(const InputFile& file, std::span<const std::byte> bytes, TorchCheckpoint& ckpt)
+      : file_(file), bytes_(bytes), ckpt_(ckpt) {}
+
+  Status read() {
+    if (starts_with(bytes_, 0, "PK\x03\x04")) return read_zip();
+    if (starts_with(bytes_, 0, "PYTORCH1"))
+      return unsupported("pre-release PYTORCH1 archive format (rejected by PyTorch too)");
+    if (starts_with(bytes_, 257, "ustar"))
+      return unsupported("tar-based torch.save format of PyTorch <= 0.3 is not supported");
+    if (!bytes_.empty() && static_cast<std::uint8_t>(bytes_[0]) == 0x80) return read_legacy();
+    if (bytes_.size() < 4) return invalid_input("file too short to be a torch.save file");
+    return invalid_input("not a torch.save file (neither a zip archive nor a legacy pickle)");
+  }
+
+ private:
+  // ---- zip format ------------------------------------------------------------------------------
+  Status read_zip() {
+    ckpt_.format = TorchCheckpoint::Format::kZip;
+    CKPT_ASSIGN_OR_RETURN(auto archive, zip::Archive::parse(bytes_, file_.path().string()));
+    archive_ = &archive;
+    if (archive.entries().empty()) return invalid_input("zip archive has no entries");
+    const std::string& first = archive.entries().front().name;
+    auto slash = first.find('/');
+    if (slash == std::string::npos)
+      return invalid_input("zip entry '" + first + "' is not under an archive directory");
+    prefix_ = first.substr(0, slash + 1);
+    for (const auto& e : archive.entries())
+      if (e.name == prefix_ + "constants.pkl" || e.name.rfind(prefix_ + "code/", 0) == 0)
+        return unsupported("this is a TorchScript archive (it has " + e.name +
+                           "), not a torch.save file; save a state_dict instead");
+    if (!archive.find(prefix_ + "data.pkl"))
+      return invalid_input("no " + prefix_ + "data.pkl record: not a torch.save archive");
+    CKPT_ASSIGN_OR_RETURN(const zip::Entry* pkl, archive.stored(prefix_ + "data.pkl"));
+    if (const zip::Entry* order = archive.find(prefix_ + "byteorder")) {
+      CKPT_TRY(archive.stored(order->name));
+      std::string_view text = text_of(bytes_, order->data_offset, order->size);
+      if (text == "big")
+        ckpt_.big_endian = true;
+      else if (text != "little")
+        return invalid_input("byteorder record says '" + std::string(text) + "'");
+    }
+    auto pickled = pickle::unpickle(bytes_.subspan(static_cast<std::size_t>(pkl->data_offset),
+                                                   static_cast<std::size_t>(pkl->size)));
+    if (!pickled.ok()) return pickled.error().with_context("data.pkl");
+    ckpt_.root = pickled->value;
+    CKPT_TRY(resolve_storages(*pickled->value));
+    Status status = torch_internal::collect_tensors(*pickled->value, uses_, bytes_, ckpt_);
+    archive_ = nullptr;
+    return status;
+  }
+
+  // ---- legacy format ---------------------------------------------------------------------------
+  Status read_legacy() {
+    ckpt_.format = TorchCheckpoint::Format::kLegacy;
+    std::size_t at = 0;
+    auto next = [&](const char* what) -> Result<ValuePtr> {
+      auto p = pickle::unpickle(bytes_, at);
+      if (!p.ok()) return p.error().with_context(std::string("legacy ") + what);
+      at = p->end;
+      return p->value;
+    };
+    CKPT_ASSIGN_OR_RETURN(ValuePtr magic, next("magic number"));
+    if (!magic->is(Kind::kBigInt) || magic->text.size() != sizeof kLegacyMagic ||
+        std::memcmp(magic->text.data(), kLegacyMagic, sizeof kLegacyMagic) != 0)
+      return invalid_input("not a torch.save file (a pickle without torch's magic number)");
+    CKPT_ASSIGN_OR_RETURN(ValuePtr version, next("protocol version"));
+    if (version->as_int() != kLegacyProtocolVersion)
+      return unsupported("legacy protocol version " + version->int_decimal() + " (expected 1001)");
+    CKPT_ASSIGN_OR_RETURN(ValuePtr sys_info, next("sys_info"));
+    if (auto little = sys_info->find("little_endian"))
+      ckpt_.big_endian = !little->as_bool().value_or(true);
+    CKPT_ASSIGN_OR_RETURN(ValuePtr root, next("object pickle"));
+    ckpt_.root = root;
+    CKPT_ASSIGN_OR_RETURN(ValuePtr keys, next("storage key list"));
+    if (!keys->is_sequence()) return invalid_input("legacy storage key list is not a list");
+    CKPT_TRY(resolve_storages(*root));
+    CKPT_TRY(locate_legacy_storages(*keys, at));
+    return torch_internal::collect_tensors(*root, uses_, bytes_, ckpt_);
+  }
+
+  // Raw storages follow the key list: per key an 8-byte element count, then the elements.
+  Status locate_legacy_storages(const Value& keys, std::uint64_t at) {
+    std::vector<bool> located(ckpt_.storages.size(), false);
+    for (const auto& k : keys.items) {
+      auto key = k->as_string();
+      if (!key) return invalid_input("legacy storage key list holds a non-string");
+      auto it = by_key_.find(std::string(*key));
+      if (it == by_key_.end())
+        return invalid_input("legacy storage '" + std::string(*key) + "' is never referenced");
+      StorageRecord& s = ckpt_.storages[it->second];
+      if (!range_fits(at, 8, bytes_.size()))
+        return invalid_input("legacy storage '" + s.key + "': element count at offset " +
+                             std::to_string(at) + " lies past the end of the file (truncated?)");
+      std::uint64_t numel = 0;
+      for (int b = 0; b < 8; ++b) {
+        std::size_t k8 =
+            ckpt_.big_endian ? static_cast<std::size_t>(b) : 7 - static_cast<std::size_t>(b);
+        numel = (numel << 8) | static_cast<std::uint8_t>(bytes_[at + k8]);
+      }
+      std::uint64_t nbytes = 0;
+      if (__builtin_mul_overflow(numel, element_size(s.dtype), &nbytes) || nbytes != s.nbytes)
+        return invalid_input("legacy storage '" + s.key + "' holds " + std::to_string(numel) +
+                             " elements, but its persistent id says " +
+                             std::to_string(s.nbytes / element_size(s.dtype)));
+      s.file_offset = at + 8;
+      if (!range_fits(s.file_offset, s.nbytes, bytes_.size()))
+        return invalid_input("legacy storage '" + s.key + "' (" + std::to_string(s.nbytes) +
+                             " bytes at offset " + std::to_string(s.file_offset) +
+                             ") runs past the end of the file (" + std::to_string(bytes_.size()) +
+                             " bytes; truncated?)");
+      located[it->second] = true;
+      at = s.file_offset + s.nbytes;
+    }
+    for (const auto& [index, view] : legacy_views_) {
+      const StorageRecord& root = ckpt_.storages[view.root];
+      StorageRecord& s = ckpt_.storages[index];
+      if (!located[view.root])
+        return invalid_input("legacy storage '" + root.key + "' has no data");
+      std::uint64_t begin = 0;
+      if (__builtin_mul_overflow(view.offset, element_size(root.dtype), &begin) ||
+          !range_fits(begin, s.nbytes, root.nbytes))
+        return invalid_input("legacy storage view '" + s.key + "' reaches past storage '" +
+                             root.key + "'");
+      s.file_offset = root.file_offset + begin;
+      located[index] = true;
+    }
+    for (std::size_t i = 0; i < located.size(); ++i)
+      if (!located[i])
+        return invalid_input("legacy storage '" + ckpt_.storages[i].key +
+                             "' is missing from the storage key list");
+    return {};
+  }
+
+  // ---- storages --------------------------------------------------------------------------------
+  Status resolve_storages(const Value& root) {
+    for (const Value* pid : persistent_ids(root)) {
+      auto id = parse_storage_id(*pid->args);
+      if (!id.ok()) return id.error();
+      if (!id->has_value()) continue;
+      CKPT_ASSIGN_OR_RETURN(std::size_t index, storage_for(**id));
+      uses_[pid] = StorageUse{index, (*id)->dtype};
+    }
+    return {};
+  }
+
+  Result<std::size_t> storage_for(const StorageId& id) {
+    if (id.view) return legacy_view(id);
+    auto found = by_key_.find(id.key);
+    if (found != by_key_.end()) return found->second;
+    StorageRecord s;
+    s.key = id.key;
+    s.dtype = id.dtype;
+    if (__builtin_mul_overflow(id.numel, element_size(id.dtype), &s.nbytes))
+      return invalid_input("storage '" + id.key + "': element count overflows");
+    if (archive_) {
+      std::string name = prefix_ + "data/" + id.key;
+      if (!archive_->find(name))
+        return invalid_input("storage '" + id.key + "': record " + name + " is missing");
+      CKPT_ASSIGN_OR_RETURN(const zip::Entry* e, archive_->stored(name));
+      if (e->size != s.nbytes)
+        return invalid_input("storage '" + id.key + "': record " + name + " holds " +
+                             std::to_string(e->size) + " bytes, but its persistent id says " +
+                             std::to_string(id.numel) + " " + std::string(torch_name(id.dtype)) +
+                             " elements (" + std::to_string(s.nbytes) + " bytes)");
+      s.file_offset = e->data_offset;
+    }
+    ckpt_.storages.push_back(std::move(s));
+    by_key_.emplace(id.key, ckpt_.storages.size() - 1);
+    return ckpt_.storages.size() - 1;
+  }
+
+  // Legacy storage views: (view_key, offset, size) slices of the root storage `key`.
+  struct LegacyView {
+    std::size_t root = 0;
+    std::uint64_t offset = 0;
+  };
+
+  Result<std::size_t> legacy_view(const StorageId& id) {
+    const auto& v = id.view;
+    if (!v->is(Kind::kTuple) || v->items.size() != 3)
+      return invalid_input("storage '" + id.key + "': malformed view metadata");
+    auto view_key = v->items[0]->as_string();
+    auto offset = v->items[1]->as_int();
+    auto size = v->items[2]->as_int();
+    if (!view_key || !offset || !size || *offset < 0 || *size < 0)
+      return invalid_input("storage '" + id.key + "': malformed view metadata");
+    StorageId root_id = id;
+    root_id.view = nullptr;
+    CKPT_ASSIGN_OR_RETURN(std::size_t root, storage_for(root_id));
+    std::string key = std::string(*view_key);
+    auto found = by_key_.find(key);
+    if (found != by_key_.end()) return found->second;
+    StorageRecord s;
+    s.key = key;
+    s.dtype = id.dtype;
+    if (__builtin_mul_overflow(static_cast<std::uint64_t>(*size), element_size(id.dtype),
+                               &s.nbytes))
+      return invalid_input("storage view '" + key + "': size overflows");
+    ckpt_.storages.push_back(std::move(s));
+    std::size_t index = ckpt_.storages.size() - 1;
+    by_key_.emplace(key, index);
+    legacy_views_.emplace_back(index, LegacyView{root, static_cast<std::uint64_t>(*offset)});
+    return index;
+  }
+
+  const InputFile& file_;
+  std::span<const std::byte> bytes_;
+  TorchCheckpoint& ckpt_;
+  const zip::Archive* archive_ = nullptr;
+  std::string prefix_;
+  std::unordered_map<std::string, std::size_t> by_key_;
+  std::vector<std::pair<std::size_t, LegacyView>> legacy_views_;
+  StorageUses uses_;
+};
+
+}  // namespace
+
+Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path) {
+  CKPT_ASSIGN_OR_RETURN(InputFile file, InputFile::open(path));
+  CKPT_ASSIGN_OR_RETURN(auto bytes, file.mapped());
+  TorchCheckpoint ckpt;
+  ckpt.path = path;
+  Status status = Reader(file, bytes, ckpt).read();
+  if (!status.ok()) {
+    const std::string& message = status.error().message;
+    // Zip errors already name the file.
+    if (message.rfind(path.string() + ":", 0) == 0) return status.error();
+    return status.error().with_context(path.string());
+  }
+  return ckpt;
+}
+
+TensorRef TorchCheckpoint::ref(std::size_t i, std::size_t input) const {
+  const TorchTensor& t = tensors[i];
+  const StorageRecord& s = storages[t.storage];
+  TensorRef r;
+  r.input = input;
+  r.storage_begin = s.file_offset;
+  r.storage_nbytes = s.nbytes;
+  r.dtype = t.dtype;
+  r.shape = t.shape;
+  r.strides = t.strides;
+  r.offset = t.storage_offset;
+  r.byteswap = big_endian;
+  return r;
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,118 @@
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "formats/detect.h"
+#include "formats/torch_sources.h"
+
+using namespace ckptstream;
+namespace fs = std::filesystem;
+
+namespace {
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() / ("ckpt_test_formats_" + name)) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+  fs::path write(const std::string& name, const std::string& text) const {
+    std::ofstream(path / name, std::ios::binary) << text;
+    return path / name;
+  }
+};
+}  // namespace
+
+TEST_CASE("side files: config, tokenizer, templates and remote code named in auto_map") {
+  TempDir dir("side");
+  dir.write("config.json",
+            R"({"auto_map": {"AutoConfig": "configuration_x.XConfig",
+                "AutoModelForCausalLM": ["modeling_x.XModel", null]}, "torch_dtype": "bfloat16"})");
+  dir.write("configuration_x.py", "");
+  dir.write("modeling_x.py", "");
+  dir.write("unrelated.py", "");
+  dir.write("tokenizer.json", "{}");
+  dir.write("tokenizer_config.json", "{}");
+  dir.write("chat_template.jinja", "");
+  dir.write("generation_config.json", "{}");
+  dir.write("notes.txt", "");
+  std::vector<std::string> names;
+  for (const auto& side : find_side_files(dir.path)) names.push_back(side.name);
+  CHECK(names == std::vector<std::string>{"chat_template.jinja", "config.json",
+                                          "configuration_x.py", "generation_config.json",
+                                          "modeling_x.py", "tokenizer.json",
+                                          "tokenizer_config.json"});
+}
+
+TEST_CASE("--dtype auto follows config.json's torch_dtype or dtype") {
+  TempDir dir("dtype");
+  auto v4 = dir.write("v4.json", R"({"torch_dtype": "bfloat16"})");
+  auto v5 = dir.write("v5.json", R"({"dtype": "float16"})");
+  auto none = dir.write("none.json", R"({"hidden_size": 8})");
+  auto bad = dir.write("bad.json", R"({"torch_dtype": "int8"})");
+  auto choice = parse_dtype_choice("auto");
+  REQUIRE(choice.ok());
+  CHECK(resolve_float_dtype(*choice, v4).value() == DType::kBF16);
+  CHECK(resolve_float_dtype(*choice, v5).value() == DType::kF16);
+  CHECK(!resolve_float_dtype(*choice, none).value().has_value());
+  CHECK(!resolve_float_dtype(*choice, std::nullopt).value().has_value());
+  CHECK(!resolve_float_dtype(*choice, bad).ok());
+  CHECK(resolve_float_dtype(parse_dtype_choice("fp32").value(), v4).value() == DType::kF32);
+  CHECK(!resolve_float_dtype(parse_dtype_choice("keep").value(), v4).value().has_value());
+  auto wrong = parse_dtype_choice("int4");
+  REQUIRE(!wrong.ok());
+  CHECK(wrong.error().kind == ErrorKind::kUsage);
+}
+
+TEST_CASE("tie_word_embeddings is read from config.json") {
+  TempDir dir("tie");
+  CHECK(config_ties_word_embeddings(dir.write("a.json", R"({"tie_word_embeddings": true})"))
+            .value());
+  CHECK(!config_ties_word_embeddings(dir.write("b.json", R"({})")).value());
+  CHECK(!config_ties_word_embeddings(dir.write("c.json", "not json")).ok());
+}
+
+TEST_CASE("sources: a directory with an HF index gives its shards in order; trainer state is skipped") {
+  TempDir dir("sources");
+  dir.write("pytorch_model-00002-of-00002.bin", "x");
+  dir.write("pytorch_model-00001-of-00002.bin", "x");
+  dir.write("optimizer.pt", "x");
+  dir.write("pytorch_model.bin.index.json",
+            R"({"metadata": {"total_size": 8}, "weight_map": {
+                 "a": "pytorch_model-00001-of-00002.bin", "b": "pytorch_model-00002-of-00002.bin",
+                 "c": "pytorch_model-00001-of-00002.bin"}})");
+  auto set = find_torch_sources({dir.path});
+  REQUIRE(set.ok());
+  REQUIRE(set->files.size() == 2);
+  CHECK(set->files[0].filename() == "pytorch_model-00001-of-00002.bin");
+  CHECK(set->files[1].filename() == "pytorch_model-00002-of-00002.bin");
+
+  fs::remove(dir.path / "pytorch_model.bin.index.json");
+  set = find_torch_sources({dir.path});
+  REQUIRE(set.ok());
+  CHECK(set->files.size() == 2);  // optimizer.pt is not a model file
+
+  auto missing = find_torch_sources({dir.path / "nope.pt"});
+  REQUIRE(!missing.ok());
+  CHECK(missing.error().message.find("nope.pt: no such file") != std::string::npos);
+
+  dir.write("broken.bin.index.json", R"({"weight_map": {"a": "../../etc/passwd"}})");
+  auto escape = find_torch_sources({dir.path / "broken.bin.index.json"});
+  REQUIRE(!escape.ok());
+  CHECK(escape.error().message.find("outside its directory") != std::string::npos);
+}
+
+TEST_CASE("file kinds are detected from the first bytes") {
+  TempDir dir("detect");
+  CHECK(detect_file_kind(dir.write("z", std::string("PK\x03\x04rest", 8))).value() ==
+        FileKind::kTorchZip);
+  CHECK(detect_file_kind(dir.write("l", std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20"
+                                                    "\x6a\xa8\x50\x19\x2e",
+                                                    15)))
+            .value() == FileKind::kTorchLegacy);
+  std::string st("\x08\0\0\0\0\0\0\0{}      ", 16);
+  CHECK(detect_file_kind(dir.write("s", st)).value() == FileKind::kSafetensors);
+  CHECK(detect_file_kind(dir.write("o", "hello world")).value() == FileKind::kOther);
+}

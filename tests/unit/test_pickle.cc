@@ -1,0 +1,351 @@
+#include <doctest/doctest.h>
+
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "pickle/unpickler.h"
+#include "pickle/value.h"
+
+using namespace ckptstream;
+using namespace ckptstream::pickle;
+using namespace std::string_literals;
+
+namespace {
+
+std::vector<std::byte> bytes_of(std::string_view s) {
+  std::vector<std::byte> out(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) out[i] = static_cast<std::byte>(s[i]);
+  return out;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Mirrors canon() of tools/fixtures/make_torch_fixtures.py.
+std::string canon(const Value& v) {
+  auto join = [](const std::vector<ValuePtr>& items) {
+    std::string out;
+    for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + canon(*items[i]);
+    return out;
+  };
+  switch (v.kind) {
+    case Kind::kNone:
+      return "None";
+    case Kind::kBool:
+      return v.boolean ? "True" : "False";
+    case Kind::kInt:
+    case Kind::kBigInt:
+      return v.int_decimal();
+    case Kind::kFloat: {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.17g", v.real);
+      return buf;
+    }
+    case Kind::kString:
+      return "'" + v.text + "'";
+    case Kind::kBytes: {
+      std::string out = "b'";
+      char buf[3];
+      for (char c : v.text) {
+        std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned char>(c));
+        out += buf;
+      }
+      return out + "'";
+    }
+    case Kind::kTuple:
+      return "(" + join(v.items) + ")";
+    case Kind::kList:
+      return "[" + join(v.items) + "]";
+    case Kind::kSet:
+    case Kind::kFrozenSet:
+      return "{" + join(v.items) + "}";
+    case Kind::kDict: {
+      std::string out = "{";
+      for (std::size_t i = 0; i < v.entries.size(); ++i)
+        out += (i ? ", " : "") + canon(*v.entries[i].first) + ": " + canon(*v.entries[i].second);
+      return out + "}";
+    }
+    case Kind::kGlobal:
+      return "<" + v.qualified_name() + ">";
+    case Kind::kObject:
+      return "<object " + v.callable_name() + ">";
+    case Kind::kPersistentId:
+      return "<pid " + canon(*v.args) + ">";
+  }
+  return "?";
+}
+
+Result<Unpickled> run(std::string_view pickle_bytes) {
+  auto data = bytes_of(pickle_bytes);
+  return unpickle(data);
+}
+
+ValuePtr ok(std::string_view pickle_bytes) {
+  auto r = run(pickle_bytes);
+  if (!r.ok()) FAIL(r.error().message);
+  return r->value;
+}
+
+std::string error_of(std::string_view pickle_bytes) {
+  auto r = run(pickle_bytes);
+  REQUIRE(!r.ok());
+  return r.error().message;
+}
+
+// String literals keep their embedded NUL bytes.
+template <std::size_t N>
+ValuePtr ok(const char (&literal)[N]) {
+  return ok(std::string_view(literal, N - 1));
+}
+template <std::size_t N>
+std::string error_of(const char (&literal)[N]) {
+  return error_of(std::string_view(literal, N - 1));
+}
+
+}  // namespace
+
+TEST_CASE("pickles of protocols 0-5 written by Python give the same plain values") {
+  std::string expected = read_file(CKPT_FIXTURES "/torch/pickle_expected.txt");
+  while (!expected.empty() && expected.back() == '\n') expected.pop_back();
+  for (int proto = 0; proto <= 5; ++proto) {
+    CAPTURE(proto);
+    std::string data =
+        read_file(CKPT_FIXTURES "/torch/pickle_proto" + std::to_string(proto) + ".pkl");
+    auto r = run(data);
+    REQUIRE_MESSAGE(r.ok(), (r.ok() ? "" : r.error().message));
+    CHECK(r->end == data.size());
+    CHECK(canon(*r->value) == expected);
+  }
+}
+
+TEST_CASE("integers: BININT family, LONG1/LONG4 and protocol-0 text") {
+  CHECK(ok("\x80\x02K\xff.")->integer == 255);
+  CHECK(ok(std::string("\x80\x02M\x01\x02.", 6))->integer == 0x0201);
+  CHECK(ok("\x80\x02J\xfe\xff\xff\xff.")->integer == -2);
+  CHECK(ok(std::string("\x80\x02\x8a\x00.", 5))->integer == 0);
+  CHECK(ok("\x80\x02\x8a\x01\xff.")->integer == -1);
+  // 2**63 needs 9 bytes: a BigInt.
+  auto big = ok(std::string("\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x80\x00.", 14));
+  CHECK(big->kind == Kind::kBigInt);
+  CHECK(big->int_decimal() == "9223372036854775808");
+  auto min = ok(std::string("\x80\x02\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80.", 13));
+  CHECK(min->integer == INT64_MIN);
+  CHECK(ok(std::string("\x8b\x02\x00\x00\x00\x00\x01.", 8))->integer == 256);
+  CHECK(ok("I42\n.")->integer == 42);
+  CHECK(ok("I01\n.")->kind == Kind::kBool);
+  CHECK(ok("L-12345678901234567890123L\n.")->int_decimal() == "-12345678901234567890123");
+  CHECK(error_of("\x8b\xff\xff\xff\xff.").find("negative length") != std::string::npos);
+}
+
+TEST_CASE("floats: BINFLOAT is big-endian, FLOAT is text") {
+  CHECK(ok("G\x3f\xf8\x00\x00\x00\x00\x00\x00."s)->real == 1.5);
+  CHECK(ok("F-0.25\n.")->real == -0.25);
+}
+
+TEST_CASE("strings and bytes of every width") {
+  CHECK(ok(std::string("X\x03\x00\x00\x00"
+                       "abc.",
+                       9))
+            ->text == "abc");
+  CHECK(ok("\x8c\x02hi.")->text == "hi");
+  CHECK(ok(std::string("\x8d\x01\x00\x00\x00\x00\x00\x00\x00z.", 11))->text == "z");
+  auto b = ok(std::string("C\x02\x00\xff.", 5));
+  CHECK(b->kind == Kind::kBytes);
+  CHECK(b->text == std::string("\x00\xff", 2));
+  CHECK(ok(std::string("B\x01\x00\x00\x00q.", 7))->text == "q");
+  CHECK(ok(std::string("\x8e\x01\x00\x00\x00\x00\x00\x00\x00q.", 11))->kind == Kind::kBytes);
+  CHECK(ok(std::string("\x96\x01\x00\x00\x00\x00\x00\x00\x00q.", 11))->kind == Kind::kBytes);
+  // Python-2 byte strings decode as latin-1.
+  CHECK(ok("U\x02\xe9t.")->text == "\xc3\xa9t");
+  CHECK(ok(std::string("T\x01\x00\x00\x00k.", 7))->text == "k");
+  CHECK(ok("S'a\\'b\\n'\n.")->text == "a'b\n");
+  CHECK(ok("Vcaf\xe9 \\u20ac\n.")->text == "caf\xc3\xa9 \xe2\x82\xac");
+  // protocol-2 bytes: _codecs.encode(str, 'latin1')
+  auto enc = ok("c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86R."s);
+  CHECK(enc->kind == Kind::kBytes);
+  CHECK(enc->text == "\xff");
+  CHECK(ok("c__builtin__\nbytes\n)R.")->kind == Kind::kBytes);
+}
+
+TEST_CASE("containers: tuples, lists, dicts, sets, marks") {
+  auto t = ok("(K\x01K\x02t.");
+  CHECK(t->kind == Kind::kTuple);
+  CHECK(t->items.size() == 2);
+  CHECK(ok("K\x01K\x02K\x03\x87.")->items.size() == 3);
+  CHECK(ok(").")->items.empty());
+  auto l =
+      ok("](K\x01K\x02"
+         "eK\x03"
+         "a.");
+  CHECK(canon(*l) == "[1, 2, 3]");
+  CHECK(canon(*ok("(K\x01K\x02l.")) == "[1, 2]");
+  auto d =
+      ok("}(X\x01\x00\x00\x00"
+         "aK\x01X\x01\x00\x00\x00"
+         "bK\x02uX\x01\x00\x00\x00"
+         "aK\x03s."s);
+  CHECK(canon(*d) == "{'a': 3, 'b': 2}");  // re-setting a key replaces its value
+  REQUIRE(d->find("b"));
+  CHECK(d->find("b")->integer == 2);
+  CHECK(canon(*ok("(K\x01K\x02"
+                  "d.")) == "{1: 2}");
+  CHECK(canon(*ok("\x8f(K\x01K\x02\x90.")) == "{1, 2}");
+  CHECK(ok("(K\x01\x91.")->kind == Kind::kFrozenSet);
+  CHECK(canon(*ok("c__builtin__\nset\n]K\x05"
+                  "a\x85R.")) == "{5}");
+  CHECK(canon(*ok("K\x01(K\x02K\x03"
+                  "1.")) == "1");  // POP_MARK
+  CHECK(canon(*ok("K\x01K\x02"
+                  "0.")) == "1");  // POP
+  CHECK(canon(*ok("K\x01"
+                  "2\x86.")) == "(1, 1)");  // DUP
+}
+
+TEST_CASE("memo: BINPUT/LONG_BINPUT/MEMOIZE/PUT share one node") {
+  auto v = ok("]q\x00h\x00\x86.");
+  REQUIRE(v->items.size() == 2);
+  CHECK(v->items[0] == v->items[1]);
+  auto w = ok(std::string("]r\x00\x01\x00\x00j\x00\x01\x00\x00\x86.", 13));
+  CHECK(w->items[0] == w->items[1]);
+  auto m = ok("]\x94h\x00\x86.");
+  CHECK(m->items[0] == m->items[1]);
+  auto p = ok("]p7\ng7\n\x86.");
+  CHECK(p->items[0] == p->items[1]);
+  // Mutation after memoization is seen through every reference.
+  auto x =
+      ok("]q\x00h\x00K\x01"
+         "a\x86.");
+  CHECK(x->items[0]->items.size() == 1);
+  // A list containing itself: no crash, no infinite loop.
+  auto cyc =
+      ok("]q\x00h\x00"
+         "a.");
+  CHECK(cyc->items[0] == cyc);
+  cyc->items.clear();  // break the cycle so that the test does not leak
+}
+
+TEST_CASE("globals and calls stay names and objects; harmless ones become values") {
+  auto g = ok("cfoo.bar\nBaz\n.");
+  CHECK(g->kind == Kind::kGlobal);
+  CHECK(g->qualified_name() == "foo.bar.Baz");
+  CHECK(ok("\x8c\x01m\x8c\x01n\x93.")->qualified_name() == "m.n");
+  auto od = ok("ccollections\nOrderedDict\n)R.");
+  CHECK(od->kind == Kind::kDict);
+  CHECK(od->name == "OrderedDict");
+  CHECK(canon(*ok("ctorch\nSize\nK\x02K\x03\x86\x85R.")) == "(2, 3)");
+  auto nested = ok("c__builtin__\ngetattr\ncm\nOuter\nX\x05\x00\x00\x00Inner\x86R."s);
+  CHECK(nested->kind == Kind::kGlobal);
+  CHECK(nested->name == "Outer.Inner");
+  CHECK(nested->class_name() == "Inner");
+  auto call = ok("cos\nsystem\nX\x02\x00\x00\x00ls\x85R.");  // never executed
+  CHECK(call->kind == Kind::kObject);
+  CHECK(call->callable_name() == "os.system");
+  CHECK(canon(*call->args) == "('ls')");
+  auto kw = ok("cm\nC\n)}X\x01\x00\x00\x00kK\x01s\x92."s);
+  CHECK(kw->kind == Kind::kObject);
+  REQUIRE(kw->kwargs);
+  CHECK(kw->kwargs->find("k")->integer == 1);
+  auto inst = ok("(K\x01im\nC\n.");
+  CHECK(inst->callable_name() == "m.C");
+  CHECK(canon(*inst->args) == "(1)");
+  auto obj = ok("(cm\nC\nK\x02o.");
+  CHECK(obj->callable_name() == "m.C");
+  auto rec =
+      ok("ccopy_reg\n_reconstructor\n(cm\nC\nc__builtin__\nobject\nNtR}X\x01\x00\x00\x00"
+         "aK\x01sb."s);
+  CHECK(rec->callable_name() == "m.C");
+  CHECK(rec->attr("a")->integer == 1);
+}
+
+TEST_CASE("BUILD: dict state, (None, slots), (dict, slots), other states") {
+  auto d =
+      ok("cm\nC\n)\x81}X\x01\x00\x00\x00"
+         "aK\x01sb."s);
+  CHECK(d->attr("a")->integer == 1);
+  auto slots =
+      ok("cm\nC\n)\x81N}X\x01\x00\x00\x00sK\x02s\x86"
+         "b."s);
+  CHECK(slots->attr("s")->integer == 2);
+  auto both =
+      ok("cm\nC\n)\x81}X\x01\x00\x00\x00"
+         "aK\x01s}X\x01\x00\x00\x00sK\x02s\x86"
+         "b."s);
+  CHECK(both->attr("a")->integer == 1);
+  CHECK(both->attr("s")->integer == 2);
+  auto other =
+      ok("cm\nC\n)\x81K\x01K\x02\x86"
+         "b.");
+  CHECK(canon(*other->state) == "(1, 2)");
+  CHECK(other->attr("a") == nullptr);
+  // Two BUILDs with dicts merge; BUILD on an OrderedDict keeps its attributes aside.
+  auto twice =
+      ok("cm\nC\n)\x81}X\x01\x00\x00\x00"
+         "aK\x01sb}X\x01\x00\x00\x00"
+         "bK\x02sb."s);
+  CHECK(twice->attr("a")->integer == 1);
+  CHECK(twice->attr("b")->integer == 2);
+  auto od = ok("ccollections\nOrderedDict\n)R}X\x09\x00\x00\x00_metadataK\x01sb."s);
+  CHECK(od->entries.empty());
+  CHECK(od->attr("_metadata")->integer == 1);
+}
+
+TEST_CASE("persistent ids") {
+  auto p = ok("(X\x07\x00\x00\x00storageK\x01tQ."s);
+  CHECK(p->kind == Kind::kPersistentId);
+  CHECK(canon(*p->args) == "('storage', 1)");
+  CHECK(canon(*ok("Pabc\n.")) == "<pid 'abc'>");
+}
+
+TEST_CASE("starts at an offset and reports where STOP ended (back-to-back pickles)") {
+  std::string two = "\x80\x02K\x07.\x80\x02K\x08.";
+  auto data = bytes_of(two);
+  auto first = unpickle(data, 0);
+  REQUIRE(first.ok());
+  CHECK(first->value->integer == 7);
+  CHECK(first->end == 5);
+  auto second = unpickle(data, first->end);
+  REQUIRE(second.ok());
+  CHECK(second->value->integer == 8);
+  CHECK(second->end == data.size());
+  CHECK(!unpickle(data, 100).ok());
+}
+
+TEST_CASE("errors are clear and never crash") {
+  CHECK(error_of("\x80\x02\xff.") == "pickle: unknown opcode 0xff at offset 2");
+  CHECK(error_of("\x80\x02.").find("stack underflow at offset 2") != std::string::npos);
+  CHECK(error_of("t.").find("MARK missing") != std::string::npos);
+  CHECK(error_of("h\x05.").find("memo index 5 not found") != std::string::npos);
+  CHECK(error_of("\x80\x02K\x01").find("truncated") != std::string::npos);
+  CHECK(error_of("X\xff\xff\xff\x7f").find("truncated") != std::string::npos);
+  CHECK(error_of(std::string("\x8d\xff\xff\xff\xff\xff\xff\xff\xff", 9)).find("truncated") !=
+        std::string::npos);
+  CHECK(error_of(std::string("\x95\xff\xff\xff\xff\xff\xff\xff\xff", 9)).find("truncated") !=
+        std::string::npos);
+  CHECK(error_of("K\x01K\x02"
+                 "a.")
+            .find("APPEND to a int") != std::string::npos);
+  CHECK(error_of("}(K\x01u.").find("odd number") != std::string::npos);
+  CHECK(error_of("\x80\x09.").find("protocol 9") != std::string::npos);
+  CHECK(error_of("\x82\x01.").find("EXT") != std::string::npos);
+  CHECK(error_of("(K\x01\x82").find("EXT") != std::string::npos);
+  CHECK(error_of("K\x01(\x93.").find("stack underflow") != std::string::npos);  // below the mark
+  CHECK(error_of("Ifoo\n.").find("INT") != std::string::npos);
+  CHECK(error_of("").find("truncated") != std::string::npos);
+  // Every prefix of a real pickle fails cleanly.
+  std::string data = read_file(CKPT_FIXTURES "/torch/pickle_proto4.pkl");
+  for (std::size_t n = 0; n < data.size(); n += 7) CHECK(!run(data.substr(0, n)).ok());
+}
+
+TEST_CASE("deeply nested values are destroyed without recursion") {
+  std::string deep = "N";
+  deep.append(1'000'000, '\x85');  // ((((None,),),)...)
+  deep += ".";
+  auto v = ok(deep);
+  CHECK(v->kind == Kind::kTuple);
+}

@@ -1,0 +1,427 @@
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pickle/value.h"
+#include "torch/torch_checkpoint.h"
+#include "zip/zip_archive.h"
+
+using namespace ckptstream;
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---- a minimal JSON reader for the expected files ------------------------------------------
+struct Json {
+  enum Type { kNull, kBool, kNumber, kString, kArray, kObject } type = kNull;
+  bool b = false;
+  double number = 0;
+  std::string str;
+  std::vector<Json> array;
+  std::vector<std::pair<std::string, Json>> object;  // in file order
+
+  const Json& operator[](const std::string& key) const {
+    for (const auto& [k, v] : object)
+      if (k == key) return v;
+    static const Json null;
+    return null;
+  }
+  bool has(const std::string& key) const {
+    for (const auto& [k, v] : object)
+      if (k == key) return true;
+    return false;
+  }
+  std::vector<std::int64_t> ints() const {
+    std::vector<std::int64_t> out;
+    for (const auto& v : array) out.push_back(static_cast<std::int64_t>(v.number));
+    return out;
+  }
+};
+
+struct JsonParser {
+  const std::string& s;
+  std::size_t i = 0;
+  void ws() {
+    while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+  }
+  Json parse() {
+    ws();
+    Json j;
+    REQUIRE(i < s.size());
+    char c = s[i];
+    if (c == '{') {
+      j.type = Json::kObject;
+      ++i;
+      ws();
+      if (s[i] == '}') return ++i, j;
+      while (true) {
+        ws();
+        std::string key = parse().str;
+        ws();
+        REQUIRE(s[i] == ':');
+        ++i;
+        j.object.emplace_back(key, parse());
+        ws();
+        if (s[i++] == '}') return j;
+      }
+    }
+    if (c == '[') {
+      j.type = Json::kArray;
+      ++i;
+      ws();
+      if (s[i] == ']') return ++i, j;
+      while (true) {
+        j.array.push_back(parse());
+        ws();
+        if (s[i++] == ']') return j;
+      }
+    }
+    if (c == '"') {
+      j.type = Json::kString;
+      ++i;
+      while (s[i] != '"') {
+        if (s[i] == '\\') ++i;
+        j.str.push_back(s[i++]);
+      }
+      ++i;
+      return j;
+    }
+    if (s.compare(i, 4, "true") == 0) return i += 4, j.type = Json::kBool, j.b = true, j;
+    if (s.compare(i, 5, "false") == 0) return i += 5, j.type = Json::kBool, j;
+    if (s.compare(i, 4, "null") == 0) return i += 4, j;
+    j.type = Json::kNumber;
+    std::size_t used = 0;
+    j.number = std::stod(s.substr(i, 40), &used);
+    i += used;
+    return j;
+  }
+};
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+Json read_json(const fs::path& path) {
+  std::string text = read_text(path);
+  JsonParser p{text};
+  return p.parse();
+}
+
+const fs::path kDir = fs::path(CKPT_FIXTURES) / "torch";
+
+// The tensor's elements in row-major order, gathered through its storage offset and strides
+// from the file, as contiguous little-endian bytes (hex).
+std::string gather_hex(const TorchCheckpoint& ckpt, std::size_t i, const std::string& file) {
+  TensorRef r = ckpt.ref(i, 0);
+  std::size_t size = element_size(r.dtype);
+  bool complex = dtype_info(r.dtype).is_complex;
+  std::size_t n = 1;
+  for (auto d : r.shape) n *= static_cast<std::size_t>(d);
+  std::string out;
+  std::vector<std::int64_t> index(r.shape.size(), 0);
+  char buf[3];
+  for (std::size_t k = 0; k < n; ++k) {
+    std::int64_t element = r.offset;
+    for (std::size_t d = 0; d < r.shape.size(); ++d) element += index[d] * r.strides[d];
+    std::uint64_t at = r.storage_begin + static_cast<std::uint64_t>(element) * size;
+    REQUIRE(static_cast<std::uint64_t>(element + 1) * size <= r.storage_nbytes);
+    REQUIRE(at + size <= file.size());
+    std::string e = file.substr(at, size);
+    if (r.byteswap) {
+      std::size_t part = complex ? size / 2 : size;
+      for (std::size_t p = 0; p < size; p += part)
+        std::reverse(e.begin() + static_cast<long>(p), e.begin() + static_cast<long>(p + part));
+    }
+    for (char c : e) {
+      std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned char>(c));
+      out += buf;
+    }
+    for (std::size_t d = r.shape.size(); d-- > 0;) {
+      if (++index[d] < r.shape[d]) break;
+      index[d] = 0;
+    }
+  }
+  return out;
+}
+
+const char* placement_kind(Placement::Kind k) {
+  switch (k) {
+    case Placement::Kind::kShard:
+      return "Shard";
+    case Placement::Kind::kReplicate:
+      return "Replicate";
+    case Placement::Kind::kPartial:
+      return "Partial";
+    case Placement::Kind::kStridedShard:
+      return "_StridedShard";
+    case Placement::Kind::kOther:
+      return "?";
+  }
+  return "?";
+}
+
+void check_fixture(const std::string& name) {
+  CAPTURE(name);
+  auto ckpt = read_torch_file(kDir / name);
+  REQUIRE_MESSAGE(ckpt.ok(), (ckpt.ok() ? "" : ckpt.error().message));
+  Json expected = read_json(kDir / (name + ".json"));
+  std::string file = read_text(kDir / name);
+  CHECK(ckpt->format == (expected["format"].str == "zip" ? TorchCheckpoint::Format::kZip
+                                                         : TorchCheckpoint::Format::kLegacy));
+  CHECK(ckpt->big_endian == expected["big_endian"].b);
+  const auto& tensors = expected["tensors"].object;
+  REQUIRE(ckpt->tensors.size() == tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const auto& [tname, e] = tensors[i];
+    const TorchTensor& t = ckpt->tensors[i];
+    CAPTURE(tname);
+    CHECK(t.name == tname);
+    CHECK(torch_name(t.dtype) == e["dtype"].str);
+    CHECK(t.shape == e["shape"].ints());
+    CHECK(t.strides == e["stride"].ints());
+    CHECK(t.storage_offset == static_cast<std::int64_t>(e["storage_offset"].number));
+    CHECK(t.requires_grad == e["requires_grad"].b);
+    CHECK(t.is_parameter == e["is_parameter"].b);
+    CHECK(t.subclass == e["subclass"].str);
+    CHECK(t.conj == e["conj"].b);
+    CHECK(t.neg == e["neg"].b);
+    CHECK(gather_hex(*ckpt, i, file) == e["hex"].str);
+    CHECK(t.dtensor.has_value() == e.has("dtensor"));
+    if (t.dtensor && e.has("dtensor")) {
+      const Json& d = e["dtensor"];
+      CHECK(t.dtensor->global_shape == d["global_shape"].ints());
+      CHECK(t.dtensor->global_stride == d["global_stride"].ints());
+      CHECK(t.dtensor->mesh.ranks == d["mesh"].ints());
+      CHECK(t.dtensor->mesh.shape == d["mesh_shape"].ints());
+      CHECK(t.dtensor->mesh.device_type == d["device_type"].str);
+      std::vector<std::string> names;
+      for (const auto& n : d["dim_names"].array) names.push_back(n.str);
+      CHECK(t.dtensor->mesh.dim_names == names);
+      REQUIRE(t.dtensor->placements.size() == d["placements"].array.size());
+      for (std::size_t p = 0; p < t.dtensor->placements.size(); ++p) {
+        const Json& ep = d["placements"].array[p];
+        const Placement& got = t.dtensor->placements[p];
+        CHECK(placement_kind(got.kind) == ep["kind"].str);
+        if (ep.has("dim")) CHECK(got.dim == static_cast<std::int64_t>(ep["dim"].number));
+        if (ep.has("reduce_op")) CHECK(got.reduce_op == ep["reduce_op"].str);
+      }
+    }
+  }
+}
+
+// ---- bad inputs, made by mutating good fixtures in a temp dir --------------------------------
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("ckpt_test_torch_" + std::to_string(::getpid()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+fs::path write_mutated(const TempDir& dir, const std::string& name, const std::string& bytes) {
+  fs::path p = dir.path / name;
+  std::ofstream(p, std::ios::binary) << bytes;
+  return p;
+}
+
+void replace_all(std::string& s, const std::string& from, const std::string& to) {
+  REQUIRE(from.size() == to.size());
+  std::size_t n = 0;
+  for (auto at = s.find(from); at != std::string::npos; at = s.find(from, at + 1), ++n)
+    s.replace(at, from.size(), to);
+  REQUIRE(n > 0);
+}
+
+std::string read_error(const fs::path& path) {
+  auto r = read_torch_file(path);
+  REQUIRE(!r.ok());
+  CHECK(r.error().message.rfind(path.string() + ": ", 0) == 0);  // names the file
+  return r.error().message;
+}
+
+std::uint64_t data_offset(const std::string& bytes, const std::string& entry) {
+  auto archive = zip::Archive::parse(
+      std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()), "x");
+  REQUIRE(archive.ok());
+  REQUIRE(archive->find(entry));
+  return archive->find(entry)->data_offset;
+}
+
+}  // namespace
+
+TEST_CASE("every dtype torch can save") {
+  check_fixture("dtypes.pt");
+}
+TEST_CASE("views, shared storages, one tensor under two names, conj/neg bits") {
+  check_fixture("views.pt");
+}
+TEST_CASE("nested state: module state_dict, optimizer, lists, objects (pickle protocol 2)") {
+  check_fixture("module_p2.pt");
+}
+TEST_CASE("pickle protocol 4") {
+  check_fixture("module_p4.pt");
+}
+TEST_CASE("pickle protocol 5") {
+  check_fixture("module_p5.pt");
+}
+TEST_CASE("parameters, requires_grad and a tensor subclass") {
+  check_fixture("params.pt");
+}
+TEST_CASE("legacy (non-zip) format") {
+  check_fixture("legacy.pt");
+}
+TEST_CASE("big-endian archive") {
+  check_fixture("big_endian.pt");
+}
+TEST_CASE("DTensor shards of two ranks") {
+  check_fixture("dtensor_rank0.pt");
+  check_fixture("dtensor_rank1.pt");
+}
+
+TEST_CASE("details of the flattened names and the root object") {
+  auto ckpt = read_torch_file(kDir / "module_p2.pt");
+  REQUIRE(ckpt.ok());
+  std::vector<std::string> names;
+  for (const auto& t : ckpt->tensors) names.push_back(t.name);
+  CHECK(names.front() == "model.0.weight");
+  CHECK(std::find(names.begin(), names.end(), "optim.state.0.exp_avg") != names.end());
+  CHECK(std::find(names.begin(), names.end(), "obj.inner.b") != names.end());
+  REQUIRE(ckpt->root);
+  auto model = ckpt->root->find("model");
+  REQUIRE(model);
+  CHECK(model->name == "OrderedDict");
+  CHECK(model->attr("_metadata") != nullptr);  // BUILD attributes kept aside, not flattened
+  auto views = read_torch_file(kDir / "views.pt");
+  REQUIRE(views.ok());
+  CHECK(views->tensors[0].storage == views->tensors[1].storage);  // w and w.t()
+  TensorRef r = views->ref(1, 3);
+  CHECK(r.input == 3);
+  CHECK(r.shape == Shape{6, 8});
+  CHECK(r.strides == Shape{1, 6});
+  CHECK(r.storage_nbytes == 8 * 6 * 4);
+  CHECK(r.storage_begin % 64 == 0);
+  CHECK(!r.byteswap);
+}
+
+TEST_CASE("bad inputs give clear errors naming the file and the problem") {
+  TempDir dir;
+  std::string views = read_text(kDir / "views.pt");
+
+  SUBCASE("truncated zip") {
+    auto p = write_mutated(dir, "truncated.pt", views.substr(0, views.size() / 2));
+    CHECK(read_error(p).find("zip: no end-of-central-directory record") != std::string::npos);
+  }
+  SUBCASE("corrupt central directory") {
+    std::string bad = views;
+    auto cd = bad.find("PK\x01\x02");
+    REQUIRE(cd != std::string::npos);
+    bad[cd + 3] = 'X';
+    CHECK(read_error(write_mutated(dir, "corrupt.pt", bad)).find("corrupt") != std::string::npos);
+  }
+  SUBCASE("compressed entry") {
+    std::string bad = views;
+    auto cd = bad.find("PK\x01\x02");
+    REQUIRE(bad.compare(cd + 46, 14, "views/data.pkl") == 0);
+    bad[cd + 10] = 8;  // method DEFLATE
+    std::string e = read_error(write_mutated(dir, "compressed.pt", bad));
+    CHECK(e.find("entry 'views/data.pkl' is compressed (method 8)") != std::string::npos);
+  }
+  SUBCASE("TorchScript-like archive") {
+    std::string bad = views;
+    replace_all(bad, "views/byteorder", "views/code/abcd");
+    CHECK(read_error(write_mutated(dir, "script.pt", bad)).find("TorchScript archive") !=
+          std::string::npos);
+  }
+  SUBCASE("unknown pickle opcode") {
+    std::string bad = views;
+    auto at = data_offset(bad, "views/data.pkl");
+    bad[at + 2] = '\xff';
+    CHECK(read_error(write_mutated(dir, "opcode.pt", bad))
+              .find("data.pkl: pickle: unknown opcode 0xff at offset 2") != std::string::npos);
+  }
+  SUBCASE("missing storage record") {
+    std::string bad = views;
+    replace_all(bad, "views/data/0", "views/data/X");
+    CHECK(read_error(write_mutated(dir, "missing.pt", bad))
+              .find("storage '0': record views/data/0 is missing") != std::string::npos);
+  }
+  SUBCASE("shape reaching past the storage") {
+    std::string bad = views;
+    auto at = bad.find(std::string("K\x08K\x06\x86", 5));  // w's size (8, 6)
+    REQUIRE(at != std::string::npos);
+    bad[at + 1] = '\x09';
+    std::string e = read_error(write_mutated(dir, "view.pt", bad));
+    CHECK(e.find("tensor 'w': view (offset 0, size [9, 6], stride [6, 1]) reaches past storage "
+                 "'0' of 48 float32 elements") != std::string::npos);
+  }
+  SUBCASE("storage record size disagreeing with the persistent id") {
+    std::string bad = views;
+    auto at = bad.find(std::string("K\x30t", 3));  // numel 48 of storage '0'
+    REQUIRE(at != std::string::npos);
+    bad[at + 1] = '\x31';
+    CHECK(read_error(write_mutated(dir, "numel.pt", bad)).find("holds 192 bytes") !=
+          std::string::npos);
+  }
+  SUBCASE("legacy file truncated in the storages") {
+    std::string legacy = read_text(kDir / "legacy.pt");
+    auto p = write_mutated(dir, "legacy_cut.pt", legacy.substr(0, legacy.size() - 2));
+    std::string e = read_error(p);
+    CHECK(e.find("runs past the end of the file") != std::string::npos);
+    CHECK(e.find("truncated") != std::string::npos);
+    // Cut inside a storage's element count.
+    p = write_mutated(dir, "legacy_cut2.pt", legacy.substr(0, legacy.size() - 10));
+    CHECK(read_error(p).find("element count at offset") != std::string::npos);
+  }
+  SUBCASE("not a checkpoint, old formats") {
+    CHECK(read_error(write_mutated(dir, "text.pt", "hello world")).find("not a torch.save") !=
+          std::string::npos);
+    CHECK(read_error(write_mutated(dir, "p1.pt", "PYTORCH1....")).find("PYTORCH1") !=
+          std::string::npos);
+    std::string tar(512, '\0');
+    tar.replace(257, 5, "ustar");
+    CHECK(read_error(write_mutated(dir, "tar.pt", tar)).find("tar-based") != std::string::npos);
+    CHECK(read_error(write_mutated(dir, "pickle.pt", "\x80\x02K\x01.")).find("magic") !=
+          std::string::npos);
+  }
+  SUBCASE("every truncation of a zip and of a legacy file fails cleanly") {
+    std::string legacy = read_text(kDir / "legacy.pt");
+    for (const std::string* src : {&views, &legacy})
+      for (std::size_t n = 0; n < src->size(); n += 97) {
+        auto p = write_mutated(dir, "cut.pt", src->substr(0, n));
+        CHECK(!read_torch_file(p).ok());
+      }
+  }
+}
+
+TEST_CASE("random byte mutations of fixtures never crash") {
+  TempDir dir;
+  std::uint64_t seed = 12345;
+  auto next = [&]() {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return seed >> 33;
+  };
+  for (const char* name : {"views.pt", "legacy.pt", "dtensor_rank0.pt", "module_p4.pt"}) {
+    std::string good = read_text(kDir / name);
+    for (int round = 0; round < 150; ++round) {
+      std::string bad = good;
+      for (int k = 0; k < 4; ++k) bad[next() % bad.size()] = static_cast<char>(next() & 0xFF);
+      auto p = write_mutated(dir, "mutated.pt", bad);
+      auto r = read_torch_file(p);  // either outcome is fine; crashing is not
+      if (!r.ok()) CHECK(!r.error().message.empty());
+    }
+  }
+}

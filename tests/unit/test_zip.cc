@@ -1,0 +1,237 @@
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <vector>
+
+#include "zip/zip_archive.h"
+
+using namespace ckptstream;
+using namespace ckptstream::zip;
+
+namespace {
+
+std::vector<std::byte> read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  std::string s(std::istreambuf_iterator<char>(in), {});
+  std::vector<std::byte> out(s.size());
+  std::memcpy(out.data(), s.data(), s.size());
+  return out;
+}
+
+// A minimal zip writer for hand-built archives.
+struct ZipBuilder {
+  struct Options {
+    std::uint16_t method = 0;
+    bool zip64_sizes = false;   // central sizes 0xFFFFFFFF + zip64 extra
+    bool zip64_offset = false;  // central offset 0xFFFFFFFF + zip64 extra
+    std::size_t padding = 0;    // "FB" extra in the local header
+  };
+  std::vector<std::byte> out;
+  std::vector<std::byte> central;
+  std::uint64_t count = 0;
+
+  void put(std::vector<std::byte>& v, std::uint64_t x, int width) {
+    for (int i = 0; i < width; ++i) v.push_back(static_cast<std::byte>((x >> (8 * i)) & 0xFF));
+  }
+  void put(std::vector<std::byte>& v, std::string_view s) {
+    for (char c : s) v.push_back(static_cast<std::byte>(c));
+  }
+
+  void add(const std::string& name, const std::string& data, Options o) {
+    std::uint64_t local = out.size();
+    put(out, 0x04034b50, 4);
+    put(out, 20, 2);
+    put(out, 0x0808, 2);
+    put(out, o.method, 2);
+    put(out, 0, 4);
+    put(out, 0, 4);  // crc
+    put(out, 0, 4);
+    put(out, 0, 4);  // sizes (in the data descriptor)
+    put(out, name.size(), 2);
+    put(out, o.padding ? o.padding + 4 : 0, 2);
+    put(out, name);
+    if (o.padding) {
+      put(out, 0x4246, 2);
+      put(out, o.padding, 2);
+      put(out, std::string(o.padding, 'Z'));
+    }
+    put(out, data);
+    put(out, 0x08074b50, 4);
+    put(out, 0, 4);
+    put(out, data.size(), 4);
+    put(out, data.size(), 4);
+
+    std::vector<std::byte> extra;
+    if (o.zip64_sizes || o.zip64_offset) {
+      put(extra, 0x0001, 2);
+      put(extra, (o.zip64_sizes ? 16 : 0) + (o.zip64_offset ? 8 : 0), 2);
+      if (o.zip64_sizes) {
+        put(extra, data.size(), 8);
+        put(extra, data.size(), 8);
+      }
+      if (o.zip64_offset) put(extra, local, 8);
+    }
+    put(central, 0x02014b50, 4);
+    put(central, 0x031E, 2);
+    put(central, 45, 2);
+    put(central, 0x0808, 2);
+    put(central, o.method, 2);
+    put(central, 0, 4);
+    put(central, 0x12345678, 4);
+    put(central, o.zip64_sizes ? 0xFFFFFFFF : data.size(), 4);
+    put(central, o.zip64_sizes ? 0xFFFFFFFF : data.size(), 4);
+    put(central, name.size(), 2);
+    put(central, extra.size(), 2);
+    put(central, 0, 2);
+    put(central, 0, 2);
+    put(central, 0, 2);
+    put(central, 0, 4);
+    put(central, o.zip64_offset ? 0xFFFFFFFF : local, 4);
+    put(central, name);
+    central.insert(central.end(), extra.begin(), extra.end());
+    ++count;
+  }
+
+  std::vector<std::byte> finish(bool zip64 = true) {
+    std::uint64_t cd_offset = out.size();
+    out.insert(out.end(), central.begin(), central.end());
+    std::uint64_t eocd64 = out.size();
+    if (zip64) {
+      put(out, 0x06064b50, 4);
+      put(out, 44, 8);
+      put(out, 0x031E, 2);
+      put(out, 45, 2);
+      put(out, 0, 4);
+      put(out, 0, 4);
+      put(out, count, 8);
+      put(out, count, 8);
+      put(out, central.size(), 8);
+      put(out, cd_offset, 8);
+      put(out, 0x07064b50, 4);
+      put(out, 0, 4);
+      put(out, eocd64, 8);
+      put(out, 1, 4);
+    }
+    put(out, 0x06054b50, 4);
+    put(out, 0, 2);
+    put(out, 0, 2);
+    put(out, zip64 ? 0xFFFF : count, 2);
+    put(out, zip64 ? 0xFFFF : count, 2);
+    put(out, zip64 ? 0xFFFFFFFF : central.size(), 4);
+    put(out, zip64 ? 0xFFFFFFFF : cd_offset, 4);
+    put(out, 0, 2);
+    return out;
+  }
+};
+
+std::string text_at(const std::vector<std::byte>& bytes, const Entry& e) {
+  return std::string(reinterpret_cast<const char*>(bytes.data() + e.data_offset), e.size);
+}
+
+}  // namespace
+
+TEST_CASE("reads a torch.save archive: names, 64-byte aligned data, sizes") {
+  auto bytes = read_file(CKPT_FIXTURES "/torch/views.pt");
+  auto archive = Archive::parse(bytes, "views.pt");
+  REQUIRE_MESSAGE(archive.ok(), (archive.ok() ? "" : archive.error().message));
+  REQUIRE(!archive->entries().empty());
+  CHECK(archive->entries().front().name == "views/data.pkl");
+  const Entry* order = archive->find("views/byteorder");
+  REQUIRE(order);
+  CHECK(text_at(bytes, *order) == "little");
+  const Entry* pkl = archive->find("views/data.pkl");
+  REQUIRE(pkl);
+  CHECK(pkl->data_offset % 64 == 0);
+  CHECK(static_cast<std::uint8_t>(bytes[pkl->data_offset]) == 0x80);  // PROTO
+  for (const auto& e : archive->entries()) {
+    CHECK(e.is_stored());
+    CHECK(e.data_offset + e.size <= bytes.size());
+  }
+  CHECK(archive->find("views/nope") == nullptr);
+  auto missing = archive->stored("views/nope");
+  REQUIRE(!missing.ok());
+  CHECK(missing.error().message == "views.pt: zip: no entry 'views/nope'");
+}
+
+TEST_CASE("hand-built archives: classic EOCD, zip64 EOCD, zip64 extra fields") {
+  for (bool zip64 : {false, true}) {
+    ZipBuilder b;
+    b.add("a/one", "hello", {});
+    b.add("a/two", "world!", {0, true, false, 13});
+    b.add("a/three", "xyz", {0, true, true, 0});
+    b.add("a/four", "", {0, false, true, 0});
+    auto bytes = b.finish(zip64);
+    auto archive = Archive::parse(bytes, "hand.zip");
+    REQUIRE_MESSAGE(archive.ok(), (archive.ok() ? "" : archive.error().message));
+    REQUIRE(archive->entries().size() == 4);
+    CHECK(text_at(bytes, *archive->find("a/one")) == "hello");
+    CHECK(text_at(bytes, *archive->find("a/two")) == "world!");
+    CHECK(text_at(bytes, *archive->find("a/three")) == "xyz");
+    CHECK(archive->find("a/four")->size == 0);
+    CHECK(archive->find("a/one")->crc32 == 0x12345678);
+  }
+}
+
+TEST_CASE("a compressed entry is an error naming it, when asked for its bytes") {
+  ZipBuilder b;
+  b.add("a/data.pkl", "abc", {8, false, false, 0});
+  auto bytes = b.finish();
+  auto archive = Archive::parse(bytes, "c.zip");
+  REQUIRE(archive.ok());
+  auto e = archive->stored("a/data.pkl");
+  REQUIRE(!e.ok());
+  CHECK(e.error().kind == ErrorKind::kUnsupported);
+  CHECK(e.error().message ==
+        "c.zip: zip: entry 'a/data.pkl' is compressed (method 8); only STORED entries can be "
+        "streamed");
+}
+
+TEST_CASE("corrupt and truncated archives give errors naming the file") {
+  ZipBuilder b;
+  b.add("a/x", "0123456789", {});
+  auto good = b.finish();
+  auto error = [](std::vector<std::byte> bytes) {
+    auto a = Archive::parse(bytes, "bad.zip");
+    REQUIRE(!a.ok());
+    CHECK(a.error().message.rfind("bad.zip: zip: ", 0) == 0);
+    return a.error().message;
+  };
+  // Truncated: the end records are gone.
+  CHECK(error({good.begin(), good.begin() + 40}).find("no end-of-central-directory") !=
+        std::string::npos);
+  CHECK(error({good.begin(), good.begin() + 10}).find("too short") != std::string::npos);
+  // Every truncation fails cleanly.
+  for (std::size_t n = 0; n < good.size(); ++n) {
+    std::vector<std::byte> cut(good.begin(), good.begin() + static_cast<long>(n));
+    CHECK(!Archive::parse(cut, "cut.zip").ok());
+  }
+  // Central directory signature broken.
+  auto bad = good;
+  std::size_t cd = 30 + 3 + 10 + 16;
+  REQUIRE(static_cast<std::uint8_t>(bad[cd + 2]) == 0x01);
+  bad[cd + 2] = std::byte{0x09};
+  CHECK(error(bad).find("central directory entry 0 at offset 59 is corrupt") != std::string::npos);
+  // Local header offset pointing nowhere.
+  bad = good;
+  bad[cd + 42] = std::byte{0x07};
+  CHECK(error(bad).find("no local header") != std::string::npos);
+  // Sizes beyond the file.
+  bad = good;
+  bad[cd + 23] = std::byte{0x7f};
+  bad[cd + 27] = std::byte{0x7f};
+  CHECK(error(bad).find("runs past the end of the file") != std::string::npos);
+  // Zip64 locator pointing outside.
+  bad = good;
+  std::size_t locator = bad.size() - 22 - 20;
+  bad[locator + 8] = std::byte{0xff};
+  CHECK(error(bad).find("zip64") != std::string::npos);
+  // Entry count larger than the directory can hold.
+  bad = good;
+  std::size_t eocd64 = locator - 56;
+  bad[eocd64 + 32] = std::byte{0xff};
+  CHECK(error(bad).find("cannot hold") != std::string::npos);
+}
