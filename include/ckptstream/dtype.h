@@ -46,21 +46,25 @@ enum class DType : std::uint8_t {
 
 struct DTypeInfo {
   DType dtype;
-  std::string_view torch_name;         // `torch.<name>`: "float32", "bfloat16", ...
-  std::string_view storage_class;      // legacy typed storage ("FloatStorage"), "" if none
-  std::string_view safetensors_name;   // "F32", "BF16", ... ; "" if safetensors has no code
-  std::size_t element_size;            // bytes per storage element
-  int safetensors_rank;                // position in safetensors' Dtype enum (sort order), -1 if none
-  bool is_float;                       // real floating point (castable by --dtype)
+  std::string_view torch_name;        // `torch.<name>`: "float32", "bfloat16", ...
+  std::string_view storage_class;     // legacy typed storage ("FloatStorage"), "" if none
+  std::string_view safetensors_name;  // "F32", "BF16", ... ; "" if safetensors has no code
+  std::size_t element_size;           // bytes per storage element
+  int safetensors_rank;  // position in safetensors' Dtype enum (sort order), -1 if none
+  bool is_float;         // real floating point (castable by --dtype)
   bool is_complex;
 };
 
 const DTypeInfo& dtype_info(DType dtype);
-inline std::size_t element_size(DType dtype) { return dtype_info(dtype).element_size; }
-inline std::string_view torch_name(DType dtype) { return dtype_info(dtype).torch_name; }
+inline std::size_t element_size(DType dtype) {
+  return dtype_info(dtype).element_size;
+}
+inline std::string_view torch_name(DType dtype) {
+  return dtype_info(dtype).torch_name;
+}
 
-std::optional<DType> dtype_from_torch_name(std::string_view name);         // "float32"
-std::optional<DType> dtype_from_storage_class(std::string_view name);      // "FloatStorage"
-std::optional<DType> dtype_from_safetensors_name(std::string_view name);   // "F32"
+std::optional<DType> dtype_from_torch_name(std::string_view name);        // "float32"
+std::optional<DType> dtype_from_storage_class(std::string_view name);     // "FloatStorage"
+std::optional<DType> dtype_from_safetensors_name(std::string_view name);  // "F32"
 
 }  // namespace ckptstream

@@ -34,7 +34,9 @@ inline Error invalid_input(std::string message) {
 inline Error unsupported(std::string message) {
   return Error{ErrorKind::kUnsupported, std::move(message)};
 }
-inline Error io_error(std::string message) { return Error{ErrorKind::kIo, std::move(message)}; }
+inline Error io_error(std::string message) {
+  return Error{ErrorKind::kIo, std::move(message)};
+}
 inline Error mismatch(std::string message) {
   return Error{ErrorKind::kMismatch, std::move(message)};
 }
@@ -45,7 +47,7 @@ inline Error usage_error(std::string message) {
 template <class T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : state_(std::move(value)) {}  // NOLINT: implicit by design
+  Result(T value) : state_(std::move(value)) {}      // NOLINT: implicit by design
   Result(Error error) : state_(std::move(error)) {}  // NOLINT
 
   bool ok() const { return state_.index() == 0; }
@@ -102,16 +104,16 @@ using Status = Result<void>;
 #define CKPT_CONCAT(a, b) CKPT_CONCAT_INNER(a, b)
 
 // Returns the error of a failed Status/Result from the enclosing function.
-#define CKPT_TRY(expr)                                      \
-  do {                                                      \
-    auto&& ckpt_try_result = (expr);                        \
+#define CKPT_TRY(expr)                                         \
+  do {                                                         \
+    auto&& ckpt_try_result = (expr);                           \
     if (!ckpt_try_result.ok()) return ckpt_try_result.error(); \
   } while (0)
 
 // Like CKPT_TRY, prefixing the error message with a context string.
-#define CKPT_TRY_CTX(expr, context)                                               \
-  do {                                                                            \
-    auto&& ckpt_try_result = (expr);                                              \
+#define CKPT_TRY_CTX(expr, context)                                                  \
+  do {                                                                               \
+    auto&& ckpt_try_result = (expr);                                                 \
     if (!ckpt_try_result.ok()) return ckpt_try_result.error().with_context(context); \
   } while (0)
 

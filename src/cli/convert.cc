@@ -37,7 +37,8 @@ class TargetDir {
   static Result<TargetDir> prepare(const fs::path& dir) {
     std::error_code ec;
     if (fs::exists(dir, ec)) {
-      if (!fs::is_directory(dir)) return usage_error(dir.string() + ": exists and is not a directory");
+      if (!fs::is_directory(dir))
+        return usage_error(dir.string() + ": exists and is not a directory");
       return TargetDir(dir, false);
     }
     fs::create_directories(dir, ec);
@@ -82,8 +83,7 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
   cmd->add_option("sources", args.sources,
                   "torch.save files, a *.bin.index.json, or directories holding them")
       ->required();
-  cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")
-      ->required();
+  cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")->required();
   cmd->add_option("--dtype", args.dtype,
                   "auto (config.json's torch_dtype, else keep), keep, bf16, fp16, fp32; "
                   "only floating-point tensors are cast")

@@ -40,13 +40,16 @@ std::string shape_text(const Shape& shape) {
 
 std::string placement_text(const Placement& p) {
   switch (p.kind) {
-    case Placement::Kind::kShard: return "Shard(" + std::to_string(p.dim) + ")";
-    case Placement::Kind::kReplicate: return "Replicate()";
-    case Placement::Kind::kPartial: return "Partial(" + p.reduce_op + ")";
+    case Placement::Kind::kShard:
+      return "Shard(" + std::to_string(p.dim) + ")";
+    case Placement::Kind::kReplicate:
+      return "Replicate()";
+    case Placement::Kind::kPartial:
+      return "Partial(" + p.reduce_op + ")";
     case Placement::Kind::kStridedShard:
-      return "_StridedShard(" + std::to_string(p.dim) + ", " + std::to_string(p.split_factor) +
-             ")";
-    case Placement::Kind::kOther: return p.class_name;
+      return "_StridedShard(" + std::to_string(p.dim) + ", " + std::to_string(p.split_factor) + ")";
+    case Placement::Kind::kOther:
+      return p.class_name;
   }
   return p.class_name;
 }
@@ -62,15 +65,18 @@ bool is_contiguous(const Shape& shape, const Shape& strides) {
 
 Result<Listing> list_torch(const fs::path& path) {
   CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
-  Listing listing{path, ckpt.format == TorchCheckpoint::Format::kZip ? "torch-zip" : "torch-legacy",
-                  {}};
+  Listing listing{
+      path, ckpt.format == TorchCheckpoint::Format::kZip ? "torch-zip" : "torch-legacy", {}};
   for (const auto& t : ckpt.tensors) {
     const auto& storage = ckpt.storages[t.storage];
-    Row row{t.name, t.dtype, t.shape,
-            static_cast<std::uint64_t>(numel(t.shape)) * element_size(t.dtype),
-            storage.file_offset + static_cast<std::uint64_t>(t.storage_offset) *
-                                      element_size(t.dtype),
-            "", ""};
+    Row row{
+        t.name,
+        t.dtype,
+        t.shape,
+        static_cast<std::uint64_t>(numel(t.shape)) * element_size(t.dtype),
+        storage.file_offset + static_cast<std::uint64_t>(t.storage_offset) * element_size(t.dtype),
+        "",
+        ""};
     if (!is_contiguous(t.shape, t.strides)) {
       row.extra += " strides=" + shape_text(t.strides);
     }
@@ -110,9 +116,12 @@ Result<Listing> list_file(const fs::path& path) {
   CKPT_ASSIGN_OR_RETURN(auto kind, detect_file_kind(path));
   switch (kind) {
     case FileKind::kTorchZip:
-    case FileKind::kTorchLegacy: return list_torch(path);
-    case FileKind::kSafetensors: return list_safetensors(path);
-    case FileKind::kOther: break;
+    case FileKind::kTorchLegacy:
+      return list_torch(path);
+    case FileKind::kSafetensors:
+      return list_safetensors(path);
+    case FileKind::kOther:
+      break;
   }
   return invalid_input(path.string() + ": neither a torch.save file nor safetensors");
 }
@@ -149,10 +158,11 @@ void print_json(const std::vector<Listing>& listings) {
         << ",\"format\":" << json_quote(l.format) << ",\"tensors\":[";
     for (std::size_t i = 0; i < l.rows.size(); ++i) {
       const auto& r = l.rows[i];
-      out << (i ? "," : "") << "\n  {\"name\":" << json_quote(r.name) << ",\"dtype\":"
-          << json_quote(torch_name(r.dtype)) << ",\"shape\":" << shape_text(r.shape)
-          << ",\"bytes\":" << r.bytes << ",\"file\":" << json_quote(l.path.string())
-          << ",\"offset\":" << r.offset << r.extra_json << "}";
+      out << (i ? "," : "") << "\n  {\"name\":" << json_quote(r.name)
+          << ",\"dtype\":" << json_quote(torch_name(r.dtype))
+          << ",\"shape\":" << shape_text(r.shape) << ",\"bytes\":" << r.bytes
+          << ",\"file\":" << json_quote(l.path.string()) << ",\"offset\":" << r.offset
+          << r.extra_json << "}";
     }
     out << "]}";
   }

@@ -7,11 +7,15 @@ namespace ckptstream::cli {
 
 int exit_code_for(const Error& error) {
   switch (error.kind) {
-    case ErrorKind::kMismatch: return kExitMismatch;
-    case ErrorKind::kUsage: return kExitUsage;
+    case ErrorKind::kMismatch:
+      return kExitMismatch;
+    case ErrorKind::kUsage:
+      return kExitUsage;
     case ErrorKind::kInvalidInput:
-    case ErrorKind::kUnsupported: return kExitBadInput;
-    case ErrorKind::kIo: return kExitIo;
+    case ErrorKind::kUnsupported:
+      return kExitBadInput;
+    case ErrorKind::kIo:
+      return kExitIo;
   }
   return kExitBadInput;
 }

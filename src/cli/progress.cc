@@ -24,7 +24,9 @@ ProgressBar::ProgressBar(std::string label, bool quiet)
       enabled_(!quiet && ::isatty(STDERR_FILENO)),
       start_(std::chrono::steady_clock::now()) {}
 
-ProgressBar::~ProgressBar() { finish(); }
+ProgressBar::~ProgressBar() {
+  finish();
+}
 
 void ProgressBar::update(std::uint64_t done, std::uint64_t total) {
   if (!enabled_) return;

@@ -30,8 +30,8 @@ int run_verify(const VerifyArgs& args) {
     return kExitMismatch;
   }
   if (!args.quiet)
-    std::printf("verified %zu tensors (%s) in %zu files: all checksums match\n", report->tensors,
-                human_bytes(report->bytes).c_str(), report->files);
+    std::printf("verified %zu tensors (%s) in %zu file%s: all checksums match\n", report->tensors,
+                human_bytes(report->bytes).c_str(), report->files, report->files == 1 ? "" : "s");
   return kExitOk;
 }
 

@@ -44,7 +44,9 @@ constexpr std::array<DTypeInfo, 32> kDTypes = {{
 
 }  // namespace
 
-const DTypeInfo& dtype_info(DType dtype) { return kDTypes[static_cast<std::size_t>(dtype)]; }
+const DTypeInfo& dtype_info(DType dtype) {
+  return kDTypes[static_cast<std::size_t>(dtype)];
+}
 
 std::optional<DType> dtype_from_torch_name(std::string_view name) {
   for (const auto& info : kDTypes)

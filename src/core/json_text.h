@@ -1,5 +1,11 @@
-// Small helpers for writing JSON text by hand (reports, plans, manifests) where the exact bytes
-// matter and a DOM would be overkill.
+// JSON text written by hand (headers, indexes, manifests, reports), escaped as the two reference
+// writers do, so that our headers and index files are byte for byte those of
+// `safetensors.torch.save_file` and transformers' `save_pretrained`:
+//  - serde_json (Rust, used by the safetensors writer) escapes only `"`, `\` and the control
+//    characters U+0000..U+001F (\b \t \n \f \r in short form, the rest as \u00xx with lowercase
+//    hex); everything else, U+007F and non-ASCII included, is copied as UTF-8.
+//  - Python's json.dumps(ensure_ascii=True) also escapes U+007F and every non-ASCII code point as
+//    \uxxxx (lowercase hex), code points above U+FFFF as a UTF-16 surrogate pair.
 #pragma once
 
 #include <string>
@@ -7,8 +13,17 @@
 
 namespace ckptstream {
 
-// `text` as a JSON string literal, quotes included. Escapes '"', '\\' and control characters;
-// other UTF-8 passes through unchanged.
+// True if `text` is well-formed UTF-8 (no overlong forms, no surrogates, at most U+10FFFF).
+bool is_valid_utf8(std::string_view text);
+
+// Appends `text` (valid UTF-8) as a quoted JSON string, escaped as serde_json does.
+void append_serde_json_string(std::string& out, std::string_view text);
+
+// Appends `text` (valid UTF-8) as a quoted JSON string, escaped as Python's json.dumps does with
+// ensure_ascii=True.
+void append_python_json_string(std::string& out, std::string_view text);
+
+// `text` as a JSON string literal, quotes included, escaped as serde_json does (valid UTF-8 in).
 std::string json_quote(std::string_view text);
 
 }  // namespace ckptstream

@@ -12,8 +12,6 @@
 namespace ckptstream {
 namespace {
 
-constexpr const char* kIndexFileName = "model.safetensors.index.json";
-
 std::string tensor_context(const std::string& name) {
   return "tensor '" + name + "'";
 }
@@ -82,7 +80,7 @@ Result<Manifest> write_all_files(const Plan& plan, const OutputStaging& staging,
     commit_order.push_back(side.name);
   }
   if (!plan.index_json.empty()) {
-    CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(kIndexFileName));
+    CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(std::string(kIndexFileName)));
     CKPT_TRY(write_small_file(path, plan.index_json));
     commit_order.emplace_back(kIndexFileName);
   }

@@ -13,8 +13,8 @@ Result<FileKind> detect_file_kind(const std::filesystem::path& path) {
   auto n = std::min<std::uint64_t>(head.size(), file.size());
   CKPT_TRY(file.read_at(0, std::as_writable_bytes(std::span(head.data(), n))));
   static constexpr unsigned char kZip[] = {0x50, 0x4B, 0x03, 0x04};
-  static constexpr unsigned char kLegacy[] = {0x80, 0x02, 0x8A, 0x0A, 0x6C, 0xFC, 0x9C, 0x46,
-                                              0xF9, 0x20};
+  static constexpr unsigned char kLegacy[] = {0x80, 0x02, 0x8A, 0x0A, 0x6C,
+                                              0xFC, 0x9C, 0x46, 0xF9, 0x20};
   if (n >= 4 && std::memcmp(head.data(), kZip, 4) == 0) return FileKind::kTorchZip;
   if (n >= 10 && std::memcmp(head.data(), kLegacy, 10) == 0) return FileKind::kTorchLegacy;
   if (n >= 9) {

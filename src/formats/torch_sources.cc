@@ -1,9 +1,9 @@
 #include "formats/torch_sources.h"
 
+#include <simdjson.h>
 #include <algorithm>
 #include <map>
 #include <set>
-#include <simdjson.h>
 #include <tuple>
 
 #include "io/input_file.h"
@@ -32,10 +32,9 @@ bool is_torch_file_name(std::string_view name) {
 
 bool is_side_file_name(std::string_view name) {
   static constexpr std::string_view kExact[] = {
-      "config.json",         "generation_config.json", "special_tokens_map.json",
-      "added_tokens.json",   "merges.txt",             "preprocessor_config.json",
-      "processor_config.json", "tokenizer.model",       "spiece.model",
-      "sentencepiece.bpe.model"};
+      "config.json",  "generation_config.json",   "special_tokens_map.json", "added_tokens.json",
+      "merges.txt",   "preprocessor_config.json", "processor_config.json",   "tokenizer.model",
+      "spiece.model", "sentencepiece.bpe.model"};
   for (auto exact : kExact)
     if (name == exact) return true;
   return has_prefix(name, "tokenizer") || has_prefix(name, "chat_template") ||
@@ -64,7 +63,8 @@ std::vector<std::string> remote_code_modules(const fs::path& config) {
     auto sep = ref.rfind("--");  // "repo--module.Class" form
     if (sep != std::string_view::npos) ref = ref.substr(sep + 2);
     auto dot = ref.find('.');
-    if (dot != std::string_view::npos) modules.emplace_back(std::string(ref.substr(0, dot)) + ".py");
+    if (dot != std::string_view::npos)
+      modules.emplace_back(std::string(ref.substr(0, dot)) + ".py");
   };
   for (auto field : auto_map) {
     std::string_view ref;
@@ -95,8 +95,8 @@ Result<std::vector<fs::path>> files_of_index(const fs::path& index) {
       return invalid_input(index.string() + ": weight_map value of " + std::string(field.key) +
                            " is not a string");
     if (file.find('/') != std::string_view::npos || file == "..")
-      return invalid_input(index.string() + ": weight_map names a file outside its directory: " +
-                           std::string(file));
+      return invalid_input(index.string() +
+                           ": weight_map names a file outside its directory: " + std::string(file));
     if (seen.insert(std::string(file)).second) files.push_back(index.parent_path() / file);
   }
   for (const auto& file : files)
@@ -265,11 +265,16 @@ Result<simdjson::dom::element> parse_config(simdjson::dom::parser& parser, const
 Result<std::optional<DType>> resolve_float_dtype(DTypeChoice choice,
                                                  const std::optional<fs::path>& config) {
   switch (choice) {
-    case DTypeChoice::kKeep: return std::optional<DType>();
-    case DTypeChoice::kBF16: return std::optional<DType>(DType::kBF16);
-    case DTypeChoice::kF16: return std::optional<DType>(DType::kF16);
-    case DTypeChoice::kF32: return std::optional<DType>(DType::kF32);
-    case DTypeChoice::kAuto: break;
+    case DTypeChoice::kKeep:
+      return std::optional<DType>();
+    case DTypeChoice::kBF16:
+      return std::optional<DType>(DType::kBF16);
+    case DTypeChoice::kF16:
+      return std::optional<DType>(DType::kF16);
+    case DTypeChoice::kF32:
+      return std::optional<DType>(DType::kF32);
+    case DTypeChoice::kAuto:
+      break;
   }
   if (!config) return std::optional<DType>();
   CKPT_ASSIGN_OR_RETURN(auto text, read_small_file(*config));
@@ -307,8 +312,8 @@ Result<TorchConversion> plan_torch_conversion(const TorchSourceSet& sources,
     for (std::size_t i = 0; i < ckpt.tensors.size(); ++i) {
       const auto& t = ckpt.tensors[i];
       if (auto it = dropped.find(i); it != dropped.end()) {
-        conversion.dropped_aliases.push_back(t.name + " (tied to " +
-                                             ckpt.tensors[it->second].name + ")");
+        conversion.dropped_aliases.push_back(t.name + " (tied to " + ckpt.tensors[it->second].name +
+                                             ")");
         continue;
       }
       CKPT_TRY(check_convertible(ckpt, t));

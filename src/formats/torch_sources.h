@@ -17,10 +17,10 @@
 namespace ckptstream {
 
 struct TorchSourceSet {
-  std::vector<std::filesystem::path> files;   // torch.save files, in state-dict order
-  std::vector<SideFile> side_files;           // copied byte for byte next to the output
+  std::vector<std::filesystem::path> files;  // torch.save files, in state-dict order
+  std::vector<SideFile> side_files;          // copied byte for byte next to the output
   std::optional<std::filesystem::path> config_json;
-  std::vector<std::string> notes;             // what was found and skipped, for the user
+  std::vector<std::string> notes;  // what was found and skipped, for the user
 };
 
 // Resolves command-line sources: files are taken as given; a directory contributes the files of
@@ -38,8 +38,8 @@ Result<DTypeChoice> parse_dtype_choice(std::string_view text);
 
 // The dtype floating-point tensors are written in (nullopt: keep each tensor's own). `auto`
 // takes `torch_dtype` (or transformers v5's `dtype`) from config.json when there is one.
-Result<std::optional<DType>> resolve_float_dtype(DTypeChoice choice,
-                                                 const std::optional<std::filesystem::path>& config);
+Result<std::optional<DType>> resolve_float_dtype(
+    DTypeChoice choice, const std::optional<std::filesystem::path>& config);
 
 // config.json's tie_word_embeddings (false when absent or no config).
 Result<bool> config_ties_word_embeddings(const std::optional<std::filesystem::path>& config);
@@ -47,7 +47,7 @@ Result<bool> config_ties_word_embeddings(const std::optional<std::filesystem::pa
 struct TorchConversion {
   std::vector<std::filesystem::path> inputs;  // Plan::inputs
   std::vector<LogicalTensor> tensors;         // state-dict order
-  std::vector<std::string> dropped_aliases;   // "lm_head.weight (tied to model.embed_tokens.weight)"
+  std::vector<std::string> dropped_aliases;  // "lm_head.weight (tied to model.embed_tokens.weight)"
 };
 
 // Reads every source's metadata and maps its tensors to output tensors, one fragment each.

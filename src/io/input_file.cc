@@ -63,8 +63,8 @@ Status InputFile::read_at(std::uint64_t offset, std::span<std::byte> out) const 
   }
   std::size_t done = 0;
   while (done < out.size()) {
-    ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
-                        static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       return io_error(path_.string() + ": read failed: " + std::strerror(errno));
@@ -91,8 +91,7 @@ Result<std::span<const std::byte>> InputFile::mapped() const {
 }
 
 void InputFile::drop_cache(std::uint64_t offset, std::uint64_t length) const {
-  ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length),
-                  POSIX_FADV_DONTNEED);
+  ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
 }
 
 }  // namespace ckptstream

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ckptstream/dtype.h"
@@ -17,14 +18,14 @@ using Shape = std::vector<std::int64_t>;
 // A strided view of a tensor whose storage lies in an input file. Shape, strides and offset are
 // in elements of `dtype`, exactly as torch records them (the storage may be larger than the view).
 struct TensorRef {
-  std::size_t input = 0;              // index into Plan::inputs
-  std::uint64_t storage_begin = 0;    // absolute byte offset of storage element 0 in the file
-  std::uint64_t storage_nbytes = 0;   // bytes of the storage, for bounds checks
+  std::size_t input = 0;             // index into Plan::inputs
+  std::uint64_t storage_begin = 0;   // absolute byte offset of storage element 0 in the file
+  std::uint64_t storage_nbytes = 0;  // bytes of the storage, for bounds checks
   DType dtype = DType::kF32;
   Shape shape;
   Shape strides;
-  std::int64_t offset = 0;            // storage offset, in elements
-  bool byteswap = false;              // stored in big-endian order
+  std::int64_t offset = 0;  // storage offset, in elements
+  bool byteswap = false;    // stored in big-endian order
 };
 
 // "This box of a source tensor lands at these offsets of a logical tensor": the source view's
@@ -58,10 +59,10 @@ struct PlacedTensor {
 // One output safetensors file: its complete header (the 8-byte length + padded JSON), and its
 // tensors in file order.
 struct OutputFile {
-  std::string name;                  // "model.safetensors", "model-00001-of-00003.safetensors"
-  std::string header;                // bytes [0, header.size()) of the file
+  std::string name;                   // "model.safetensors", "model-00001-of-00003.safetensors"
+  std::string header;                 // bytes [0, header.size()) of the file
   std::vector<PlacedTensor> tensors;  // sorted by data_begin
-  std::uint64_t size() const;        // header + data
+  std::uint64_t size() const;         // header + data
 };
 
 // A file copied byte for byte next to the output (config.json, tokenizer files, ...).
@@ -70,12 +71,15 @@ struct SideFile {
   std::string name;  // relative name in the output directory
 };
 
+// The name Hugging Face gives the index of a sharded safetensors model.
+inline constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
+
 struct Plan {
   std::vector<std::filesystem::path> inputs;  // TensorRef::input indexes this
   std::vector<OutputFile> files;
-  std::string index_json;                     // model.safetensors.index.json; empty for one file
+  std::string index_json;  // kIndexFileName's bytes; empty for one file
   std::vector<SideFile> side_files;
-  std::uint64_t total_size = 0;               // tensor bytes over all files
+  std::uint64_t total_size = 0;  // tensor bytes over all files
 };
 
 }  // namespace ckptstream

@@ -25,7 +25,7 @@ namespace ckptstream::safetensors {
 
 inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
 inline constexpr std::uint64_t kDefaultMaxShardSize = 5'000'000'000;  // huggingface_hub "5GB"
-inline constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
+using ckptstream::kIndexFileName;                                     // plan.h
 
 // --- reading -------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@
 #include <limits>
 #include <unordered_set>
 
-#include "safetensors/json_text.h"
+#include "core/json_text.h"
 #include "safetensors/safetensors.h"
 
 namespace ckptstream::safetensors {

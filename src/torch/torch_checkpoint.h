@@ -23,9 +23,9 @@ namespace ckptstream {
 
 // One storage record: a contiguous run of bytes in the file.
 struct StorageRecord {
-  std::string key;               // "0", "1", ... (zip) or the pointer string (legacy)
-  DType dtype = DType::kU8;      // dtype of the storage (uint8 for UntypedStorage)
-  std::uint64_t file_offset = 0; // absolute offset of the first byte in the file
+  std::string key;                // "0", "1", ... (zip) or the pointer string (legacy)
+  DType dtype = DType::kU8;       // dtype of the storage (uint8 for UntypedStorage)
+  std::uint64_t file_offset = 0;  // absolute offset of the first byte in the file
   std::uint64_t nbytes = 0;
 };
 
@@ -57,15 +57,15 @@ struct DTensorInfo {
 struct TorchTensor {
   std::string name;
   DType dtype = DType::kF32;
-  Shape shape;                  // of the stored (local) tensor
+  Shape shape;  // of the stored (local) tensor
   Shape strides;
   std::int64_t storage_offset = 0;  // elements
   std::size_t storage = 0;          // index into TorchCheckpoint::storages
   bool requires_grad = false;
   bool is_parameter = false;
-  bool conj = false;               // metadata bits of _rebuild_tensor_v2/v3; values need conj/neg
+  bool conj = false;  // metadata bits of _rebuild_tensor_v2/v3; values need conj/neg
   bool neg = false;
-  std::string subclass;            // "module.Class" for tensor subclasses, "" otherwise
+  std::string subclass;                // "module.Class" for tensor subclasses, "" otherwise
   std::optional<DTensorInfo> dtensor;  // DTensor: the fields above describe its local shard
 };
 
@@ -73,9 +73,9 @@ struct TorchCheckpoint {
   enum class Format { kZip, kLegacy };
   std::filesystem::path path;
   Format format = Format::kZip;
-  bool big_endian = false;                  // byteorder record says "big"
+  bool big_endian = false;  // byteorder record says "big"
   std::vector<StorageRecord> storages;
-  std::vector<TorchTensor> tensors;         // in the order the pickle yields them
+  std::vector<TorchTensor> tensors;           // in the order the pickle yields them
   std::shared_ptr<const pickle::Value> root;  // the whole unpickled object
 
   // A TensorRef for tensors[i] (input index `input` in the plan).

@@ -146,9 +146,9 @@ Result<VerifyReport> verify_output(const fs::path& dir, const VerifyOptions& opt
     for (const auto& t : digest->second->tensors) hashes[t.name] = t.xxh3_128;
     for (const auto& entry : header.tensors) {
       ++report.tensors;
-      CKPT_ASSIGN_OR_RETURN(auto hex, hash_range(file, header.data_start + entry.data_begin,
-                                                 header.data_start + entry.data_end, buffer, done,
-                                                 total, options));
+      CKPT_ASSIGN_OR_RETURN(
+          auto hex, hash_range(file, header.data_start + entry.data_begin,
+                               header.data_start + entry.data_end, buffer, done, total, options));
       report.bytes += entry.data_end - entry.data_begin;
       auto want = hashes.find(entry.name);
       if (want == hashes.end())

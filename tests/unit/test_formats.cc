@@ -68,13 +68,14 @@ TEST_CASE("--dtype auto follows config.json's torch_dtype or dtype") {
 
 TEST_CASE("tie_word_embeddings is read from config.json") {
   TempDir dir("tie");
-  CHECK(config_ties_word_embeddings(dir.write("a.json", R"({"tie_word_embeddings": true})"))
-            .value());
+  CHECK(
+      config_ties_word_embeddings(dir.write("a.json", R"({"tie_word_embeddings": true})")).value());
   CHECK(!config_ties_word_embeddings(dir.write("b.json", R"({})")).value());
   CHECK(!config_ties_word_embeddings(dir.write("c.json", "not json")).ok());
 }
 
-TEST_CASE("sources: a directory with an HF index gives its shards in order; trainer state is skipped") {
+TEST_CASE(
+    "sources: a directory with an HF index gives its shards in order; trainer state is skipped") {
   TempDir dir("sources");
   dir.write("pytorch_model-00002-of-00002.bin", "x");
   dir.write("pytorch_model-00001-of-00002.bin", "x");
