@@ -3,11 +3,15 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "formats/merge_plan.h"
+#include "verify/compare.h"
 
 namespace ckptstream::cli {
 
@@ -39,9 +43,70 @@ struct ConvertArgs {
 void add_convert(CLI::App& app, ConvertArgs& args);
 int run_convert(const ConvertArgs& args);
 
+// The options every command that reads a training checkpoint shares (merge, plan, test,
+// verify --source), spelled as verl's model merger spells them (dashes and underscores both).
+struct CheckpointArgs {
+  std::string backend = "auto";
+  std::filesystem::path local_dir;
+  std::string dtype = "auto";
+  std::string max_shard_size = "5GB";
+  bool tie_word_embedding = false;
+  bool is_value_model = false;
+  bool trust_remote_code = false;
+  bool use_cpu_initialization = false;
+  bool keep_packed_experts = false;
+  std::string lora = "fuse";
+  std::optional<double> lora_alpha;
+  std::optional<std::int64_t> lora_rank;
+  bool use_rslora = false;
+  unsigned threads = 0;
+  bool quiet = false;
+};
+void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required);
+// Detects the layout and plans the model the checkpoint becomes (merge_plan.h).
+Result<MergePlan> plan_from_args(const CheckpointArgs& args);
+
+// --atol / --rtol, for test and verify --reference.
+void add_tolerance_options(CLI::App& cmd, double& atol, double& rtol);
+// Prints a comparison's problems and worst tensor; returns the exit code.
+int print_comparison(const CompareReport& report, const std::filesystem::path& reference,
+                     bool quiet);
+
+struct MergeArgs {
+  CheckpointArgs checkpoint;
+  std::filesystem::path target_dir;
+  std::string hf_upload_path;
+  bool private_repo = false;
+  bool overwrite = false;
+};
+void add_merge(CLI::App& app, MergeArgs& args);
+int run_merge(const MergeArgs& args);
+
+struct PlanArgs {
+  CheckpointArgs checkpoint;
+  bool dry_run = false;
+  bool json = false;
+  bool summary = false;
+};
+void add_plan(CLI::App& app, PlanArgs& args);
+int run_plan(const PlanArgs& args);
+
+struct TestArgs {
+  CheckpointArgs checkpoint;
+  std::filesystem::path test_hf_dir;
+  double atol = 0;
+  double rtol = 0;
+};
+void add_test(CLI::App& app, TestArgs& args);
+int run_test(const TestArgs& args);
+
 struct VerifyArgs {
   std::filesystem::path dir;
-  bool quiet = false;
+  std::filesystem::path reference;
+  double atol = 0;
+  double rtol = 0;
+  bool source = false;
+  CheckpointArgs checkpoint;  // with --source
 };
 void add_verify(CLI::App& app, VerifyArgs& args);
 int run_verify(const VerifyArgs& args);

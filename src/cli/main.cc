@@ -38,9 +38,15 @@ int main(int argc, char** argv) {
 
   InspectArgs inspect;
   ConvertArgs convert;
+  MergeArgs merge;
+  PlanArgs plan;
+  TestArgs test;
   VerifyArgs verify;
   add_inspect(app, inspect);
   add_convert(app, convert);
+  add_merge(app, merge);
+  add_plan(app, plan);
+  add_test(app, test);
   add_verify(app, verify);
 
   try {
@@ -51,6 +57,9 @@ int main(int argc, char** argv) {
   }
   if (app.got_subcommand("inspect")) return run_inspect(inspect);
   if (app.got_subcommand("convert")) return run_convert(convert);
+  if (app.got_subcommand("merge")) return run_merge(merge);
+  if (app.got_subcommand("plan")) return run_plan(plan);
+  if (app.got_subcommand("test")) return run_test(test);
   if (app.got_subcommand("verify")) return run_verify(verify);
   return kExitUsage;
 }

@@ -44,6 +44,42 @@ std::uint64_t total_tensor_bytes(const Plan& plan) {
   return total;
 }
 
+// Streams every tensor of `file` through `visit`, counting progress, and returns the digest of
+// what it saw. The one code path behind execute_plan, stream_plan and hash_plan: what is hashed
+// is what is written.
+Result<FileDigest> stream_file(const OutputFile& file, ExecContext& context,
+                               const WindowVisitor& visit) {
+  FileDigest digest{file.name, file.size(), {}};
+  for (const PlacedTensor& placed : file.tensors) {
+    TensorStream stream(placed.tensor, context);
+    auto hash = stream.run([&](std::uint64_t offset, std::span<const std::byte> bytes) -> Status {
+      CKPT_TRY(visit(file, placed, offset, bytes));
+      context.bytes_done += bytes.size();
+      if (context.options.on_progress)
+        context.options.on_progress(context.bytes_done, context.bytes_total);
+      return {};
+    });
+    if (!hash.ok()) return hash.error().with_context(tensor_context(placed.tensor.name));
+    digest.tensors.push_back({placed.tensor.name, std::move(hash).value()});
+  }
+  return digest;
+}
+
+// Opens and checks the plan's inputs, then streams every file through `visit`.
+Result<Manifest> stream_all_files(const Plan& plan, const ExecOptions& options,
+                                  const WindowVisitor& visit) {
+  CKPT_ASSIGN_OR_RETURN(std::vector<InputFile> inputs, open_inputs(plan));
+  CKPT_TRY(check_plan(plan, inputs));
+  ExecContext context(inputs, options, total_tensor_bytes(plan));
+  Manifest manifest;
+  for (const OutputFile& file : plan.files) {
+    auto digest = stream_file(file, context, visit);
+    if (!digest.ok()) return digest.error().with_context(file.name);
+    manifest.files.push_back(std::move(digest).value());
+  }
+  return manifest;
+}
+
 Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging& staging,
                                      ExecContext& context) {
   CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(file.name));
@@ -51,13 +87,14 @@ Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging
                         StagedFile::create(path, file.size(), context.options.writeback_bytes));
   CKPT_TRY(
       out.write_at(0, reinterpret_cast<const std::byte*>(file.header.data()), file.header.size()));
-  FileDigest digest{file.name, file.size(), {}};
-  for (const PlacedTensor& placed : file.tensors) {
-    TensorWriter writer(placed.tensor, context);
-    auto hash = writer.write(out, file.header.size() + placed.data_begin);
-    if (!hash.ok()) return hash.error().with_context(tensor_context(placed.tensor.name));
-    digest.tensors.push_back({placed.tensor.name, std::move(hash).value()});
-  }
+  CKPT_ASSIGN_OR_RETURN(FileDigest digest,
+                        stream_file(file, context,
+                                    [&](const OutputFile&, const PlacedTensor& placed,
+                                        std::uint64_t offset, std::span<const std::byte> bytes) {
+                                      return out.write_at(
+                                          file.header.size() + placed.data_begin + offset,
+                                          bytes.data(), bytes.size());
+                                    }));
   CKPT_TRY(out.finish());
   return digest;
 }
@@ -104,6 +141,18 @@ Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& tar
   CKPT_ASSIGN_OR_RETURN(Manifest manifest, write_all_files(plan, staging, context, commit_order));
   CKPT_TRY(staging.commit(commit_order));
   return manifest;
+}
+
+Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVisitor& visit) {
+  auto manifest = stream_all_files(plan, options, visit);
+  if (!manifest.ok()) return manifest.error();
+  return {};
+}
+
+Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options) {
+  return stream_all_files(plan, options,
+                          [](const OutputFile&, const PlacedTensor&, std::uint64_t,
+                             std::span<const std::byte>) { return Status{}; });
 }
 
 }  // namespace ckptstream

@@ -1,15 +1,17 @@
 // The streaming executor: runs a Plan. Each output file is created under a staging directory
 // inside the target, preallocated, its header written, then every tensor's fragments are read
 // (pread, coalesced runs), converted to the output dtype, hashed (XXH3-128) and written with
-// pwrite through a bounded staging buffer. Page cache is kept in check by windowed writeback
-// (sync_file_range) and POSIX_FADV_DONTNEED on inputs and outputs. When every file is complete
-// and fsynced, files are renamed into the target (index and manifest last); on any error the
-// staging directory is removed and the target holds nothing new.
+// pwrite through a bounded staging buffer; a tensor with a LoRA delta is fused on the way
+// (tensor_writer.h). Page cache is kept in check by windowed writeback (sync_file_range) and
+// POSIX_FADV_DONTNEED on inputs and outputs. When every file is complete and fsynced, files
+// are renamed into the target (index and manifest last); on any error the staging directory is
+// removed and the target holds nothing new.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -41,5 +43,16 @@ struct ExecOptions {
 
 Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,
                               const ExecOptions& options);
+
+// Runs the plan without writing anything: `visit` receives every tensor's bytes, window by
+// window and in order, exactly as execute_plan would write them (offset = bytes of this tensor
+// before the window). A visitor error stops the run and is returned.
+using WindowVisitor = std::function<Status(const OutputFile& file, const PlacedTensor& tensor,
+                                           std::uint64_t offset, std::span<const std::byte> bytes)>;
+Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVisitor& visit);
+
+// The manifest execute_plan would write, computed from the sources without writing (verify
+// --source).
+Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options);
 
 }  // namespace ckptstream

@@ -1,6 +1,7 @@
 #include "exec/plan_check.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <optional>
 #include <set>
@@ -8,6 +9,7 @@
 
 #include "exec/dtype_convert.h"
 #include "exec/manifest.h"
+#include "exec/tensor_writer.h"
 
 namespace ckptstream {
 namespace {
@@ -135,6 +137,56 @@ bool is_safe_relative_name(const std::string& name) {
   return name.back() != '/';
 }
 
+bool is_float(DType dtype) {
+  return dtype == DType::kF16 || dtype == DType::kBF16 || dtype == DType::kF32 ||
+         dtype == DType::kF64;
+}
+
+std::string shape_text(const Shape& shape) {
+  std::string text = "[";
+  for (std::size_t d = 0; d < shape.size(); ++d) text += (d ? ", " : "") + std::to_string(shape[d]);
+  return text + "]";
+}
+
+// W [out, in] + scale * (B [out, r] @ A [r, in]): shapes agree, every dtype is a float the fused
+// float32 sum converts from and to, A and B fit kMaxLoraFactorBytes, the scale is finite, and A
+// and B are themselves valid tensors (without deltas of their own).
+Status check_lora(const LogicalTensor& tensor, std::span<const InputFile> inputs) {
+  const LoraDelta& lora = *tensor.lora;
+  const Shape& a = lora.a.shape;
+  const Shape& b = lora.b.shape;
+  if (tensor.shape.size() != 2 || a.size() != 2 || b.size() != 2 || a[0] != b[1] || a[0] < 1 ||
+      a[1] != tensor.shape[1] || b[0] != tensor.shape[0]) {
+    return invalid_input("shapes do not fit W + B @ A: W " + shape_text(tensor.shape) + ", A " +
+                         shape_text(a) + ", B " + shape_text(b));
+  }
+  if (!is_float(tensor.source_dtype) || !is_float(tensor.dtype) || !is_float(lora.a.source_dtype) ||
+      !is_float(lora.b.source_dtype)) {
+    return unsupported("a LoRA delta needs floating-point W, A and B (W " +
+                       std::string(torch_name(tensor.source_dtype)) + " -> " +
+                       std::string(torch_name(tensor.dtype)) + ", A " +
+                       std::string(torch_name(lora.a.source_dtype)) + ", B " +
+                       std::string(torch_name(lora.b.source_dtype)) + ")");
+  }
+  if (lora.a.lora || lora.b.lora) return invalid_input("A or B has a LoRA delta of its own");
+  if (!std::isfinite(lora.scale)) return invalid_input("LoRA scale is not finite");
+  // Shapes are checked non-negative and small enough by check_tensor below; bound the product.
+  std::uint64_t a_elements = 0, b_elements = 0, total = 0;
+  if (__builtin_mul_overflow(static_cast<std::uint64_t>(a[0]), static_cast<std::uint64_t>(a[1]),
+                             &a_elements) ||
+      __builtin_mul_overflow(static_cast<std::uint64_t>(b[0]), static_cast<std::uint64_t>(b[1]),
+                             &b_elements) ||
+      __builtin_add_overflow(a_elements, b_elements, &total) ||
+      total > kMaxLoraFactorBytes / sizeof(float)) {
+    return unsupported("LoRA factors A " + shape_text(a) + " and B " + shape_text(b) +
+                       " exceed the " + std::to_string(kMaxLoraFactorBytes >> 20) +
+                       " MiB (as float32) held in memory");
+  }
+  CKPT_TRY_CTX(check_tensor(lora.a, inputs), "LoRA A");
+  CKPT_TRY_CTX(check_tensor(lora.b, inputs), "LoRA B");
+  return {};
+}
+
 }  // namespace
 
 Status check_output_names(const Plan& plan) {
@@ -184,6 +236,9 @@ Status check_tensor(const LogicalTensor& tensor, std::span<const InputFile> inpu
   if (!can_convert(tensor.source_dtype, tensor.dtype)) {
     return fail(unsupported("cannot convert " + std::string(torch_name(tensor.source_dtype)) +
                             " to " + std::string(torch_name(tensor.dtype))));
+  }
+  if (tensor.lora) {
+    if (auto status = check_lora(tensor, inputs); !status.ok()) return fail(status.error());
   }
   for (std::size_t i = 0; i < tensor.fragments.size(); ++i) {
     const Fragment& fragment = tensor.fragments[i];

@@ -1,22 +1,64 @@
 #include "exec/tensor_writer.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "exec/dtype_convert.h"
 #include "exec/manifest.h"
 
 namespace ckptstream {
+namespace {
+
+constexpr std::size_t kRegionAlign = 16;  // each region of the window starts aligned
+constexpr std::size_t kLoraBlock = 16;    // columns of B @ A computed together
+
+std::byte* align_up(std::byte* p) {
+  auto address = reinterpret_cast<std::uintptr_t>(p);
+  return p + ((kRegionAlign - address % kRegionAlign) % kRegionAlign);
+}
+
+// `tensor`'s elements as float32 (torch's .float()), read through the context's window.
+Result<std::vector<float>> read_as_f32(const LogicalTensor& tensor, ExecContext& context) {
+  LogicalTensor as_f32 = tensor;
+  as_f32.dtype = DType::kF32;
+  as_f32.lora.reset();
+  std::vector<float> values(static_cast<std::size_t>(numel(tensor.shape)));
+  TensorStream stream(as_f32, context);
+  auto hash = stream.run([&](std::uint64_t offset, std::span<const std::byte> bytes) -> Status {
+    std::memcpy(reinterpret_cast<std::byte*>(values.data()) + offset, bytes.data(), bytes.size());
+    return {};
+  });
+  if (!hash.ok()) return hash.error();
+  return values;
+}
+
+// (B @ A)[row, 16 columns] from one block of the packed A (LoraFactors), summed in order of k
+// in float32 with the running sums in registers: what `B @ A` gives with a GEMM that adds its
+// products in order (torch 2.6's CPU GEMM did so on every fixture; another BLAS may differ in
+// the last bit). A constant trip count, so that GCC's -O2 vectoriser takes the loops.
+inline void lora_block_sums(const float* b_row, const float* block, std::int64_t rank,
+                            float* sums) {
+  constexpr std::size_t n = kLoraBlock;
+  for (std::size_t j = 0; j < n; ++j) sums[j] = b_row[0] * block[j];
+  for (std::int64_t k = 1; k < rank; ++k) {
+    const float* a_k = block + k * static_cast<std::int64_t>(n);
+    float b = b_row[k];
+    for (std::size_t j = 0; j < n; ++j) sums[j] += b * a_k[j];
+  }
+}
+
+}  // namespace
 
 ExecContext::ExecContext(std::span<const InputFile> input_files, const ExecOptions& exec_options,
                          std::uint64_t total_bytes)
     : inputs(input_files),
       options(exec_options),
-      window_capacity(std::max<std::size_t>(exec_options.buffer_bytes, 32)),
+      window_capacity(std::max<std::size_t>(exec_options.buffer_bytes, 64)),
       window(std::make_unique_for_overwrite<std::byte[]>(window_capacity)),
       gather(exec_options.buffer_bytes),
       bytes_total(total_bytes) {}
 
-TensorWriter::TensorWriter(const LogicalTensor& tensor, ExecContext& context)
+TensorStream::TensorStream(const LogicalTensor& tensor, ExecContext& context)
     : tensor_(tensor),
       context_(context),
       numel_(numel(tensor.shape)),
@@ -31,41 +73,105 @@ TensorWriter::TensorWriter(const LogicalTensor& tensor, ExecContext& context)
   }
 }
 
-std::uint64_t TensorWriter::file_byte(const Source& source, std::int64_t element) const {
+std::uint64_t TensorStream::file_byte(const Source& source, std::int64_t element) const {
   return source.fragment->source.storage_begin + static_cast<std::uint64_t>(element) * source_size_;
 }
 
-Result<std::string> TensorWriter::write(StagedFile& out, std::uint64_t offset) {
-  TensorHasher hasher;
-  bool converting = tensor_.source_dtype != tensor_.dtype;
-  // The window holds `elements` source values, followed by their converted values if needed.
-  std::size_t per_element = source_size_ + (converting ? output_size_ : 0);
-  auto elements =
-      static_cast<std::int64_t>(std::max<std::size_t>(1, context_.window_capacity / per_element));
+Result<std::string> TensorStream::run(const WindowSink& sink) {
+  if (tensor_.lora && numel_ > 0) CKPT_TRY_CTX(load_lora(), "LoRA delta");
+  bool fusing = lora_ != nullptr;
+  // Regions of the window, each `elements` long: the gathered source values; with a LoRA delta
+  // their float32 values (the gathered ones themselves when the source is float32); the output
+  // values when they differ in dtype from what precedes them.
+  bool widening = fusing && tensor_.source_dtype != DType::kF32;
+  DType produced_dtype = fusing ? DType::kF32 : tensor_.source_dtype;
+  bool converting = produced_dtype != tensor_.dtype;
+  std::size_t per_element =
+      source_size_ + (widening ? sizeof(float) : 0) + (converting ? output_size_ : 0);
+  auto elements = static_cast<std::int64_t>(
+      std::max<std::size_t>(1, (context_.window_capacity - 2 * kRegionAlign) / per_element));
+  auto count_of = [&](std::size_t size) { return static_cast<std::size_t>(elements) * size; };
   std::byte* gathered = context_.window.get();
-  std::byte* converted =
-      converting ? gathered + static_cast<std::size_t>(elements) * source_size_ : gathered;
+  std::byte* produced = widening ? align_up(gathered + count_of(source_size_)) : gathered;
+  std::byte* output =
+      converting ? align_up(produced + count_of(element_size(produced_dtype))) : produced;
+  auto* values = reinterpret_cast<float*>(produced);  // float32 values when fusing
+
+  TensorHasher hasher;
   for (std::int64_t begin = 0; begin < numel_; begin += elements) {
     std::int64_t end = std::min(numel_, begin + elements);
     auto count = static_cast<std::size_t>(end - begin);
     CKPT_TRY(gather_window(begin, end, gathered));
+    if (widening) convert_elements(tensor_.source_dtype, DType::kF32, gathered, produced, count);
+    if (fusing) add_lora(begin, end, values);
     if (converting) {
-      convert_elements_at(tensor_.source_dtype, tensor_.dtype, gathered, converted, count,
+      convert_elements_at(produced_dtype, tensor_.dtype, produced, output, count,
                           static_cast<std::size_t>(begin), static_cast<std::size_t>(numel_));
     }
     std::size_t bytes = count * output_size_;
-    hasher.update(converted, bytes);
-    CKPT_TRY(
-        out.write_at(offset + static_cast<std::uint64_t>(begin) * output_size_, converted, bytes));
+    hasher.update(output, bytes);
+    CKPT_TRY(sink(static_cast<std::uint64_t>(begin) * output_size_, {output, bytes}));
     release_inputs(end, end == numel_);
-    context_.bytes_done += bytes;
-    if (context_.options.on_progress)
-      context_.options.on_progress(context_.bytes_done, context_.bytes_total);
   }
   return hasher.hex_digest();
 }
 
-Status TensorWriter::gather_window(std::int64_t begin, std::int64_t end, std::byte* window) {
+// A [r, in] and B [out, r] whole, in float32; check_tensor (plan_check.h) vouched for shapes,
+// dtypes and kMaxLoraFactorBytes.
+Status TensorStream::load_lora() {
+  const LoraDelta& delta = *tensor_.lora;
+  auto factors = std::make_unique<LoraFactors>();
+  factors->rank = delta.a.shape[0];
+  factors->columns = delta.a.shape[1];
+  // torch multiplies a float32 tensor by a Python float in float32.
+  factors->scale = static_cast<float>(delta.scale);
+  CKPT_ASSIGN_OR_RETURN(std::vector<float> a, read_as_f32(delta.a, context_));
+  CKPT_ASSIGN_OR_RETURN(factors->b, read_as_f32(delta.b, context_));
+  // Pack A by blocks of 16 columns, [block][k][16], zero-padded: the inner loops then read
+  // contiguous memory (rows of A lie `in` floats apart, often a multiple of 4 KiB: L1 conflicts).
+  const auto block_size = static_cast<std::int64_t>(kLoraBlock);
+  std::int64_t blocks = (factors->columns + block_size - 1) / block_size;
+  factors->a_blocks.assign(static_cast<std::size_t>(blocks * factors->rank * block_size), 0.0f);
+  for (std::int64_t k = 0; k < factors->rank; ++k) {
+    for (std::int64_t c = 0; c < factors->columns; ++c) {
+      factors->a_blocks[static_cast<std::size_t>(
+          ((c / block_size) * factors->rank + k) * block_size + c % block_size)] =
+          a[static_cast<std::size_t>(k * factors->columns + c)];
+    }
+  }
+  lora_ = std::move(factors);
+  return {};
+}
+
+// values[i] += scale * (B @ A)[begin + i] for the window [begin, end) of W's flat index, row
+// piece by row piece (a window may start or end inside a row), 16 columns at a time. The scale
+// is applied last, as PEFT's `(B @ A) * scaling`.
+void TensorStream::add_lora(std::int64_t begin, std::int64_t end, float* values) {
+  const LoraFactors& f = *lora_;
+  const auto block_size = static_cast<std::int64_t>(kLoraBlock);
+  float sums[kLoraBlock];
+  for (std::int64_t flat = begin; flat < end;) {
+    std::int64_t row = flat / f.columns;
+    std::int64_t first = flat % f.columns;
+    std::int64_t last = std::min(f.columns, first + (end - flat));  // columns [first, last)
+    const float* b_row = f.b.data() + row * f.rank;
+    float* w = values + (flat - begin) - first;  // w[c] is column c of this row
+    for (std::int64_t block = first / block_size; block * block_size < last; ++block) {
+      lora_block_sums(b_row, f.a_blocks.data() + block * f.rank * block_size, f.rank, sums);
+      std::int64_t from = std::max(first, block * block_size);
+      std::int64_t to = std::min(last, (block + 1) * block_size);
+      float* w_block = w + block * block_size;
+      if (to - from == block_size) {
+        for (std::size_t j = 0; j < kLoraBlock; ++j) w_block[j] += sums[j] * f.scale;
+      } else {
+        for (std::int64_t c = from; c < to; ++c) w[c] += sums[c - block * block_size] * f.scale;
+      }
+    }
+    flat += last - first;
+  }
+}
+
+Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::byte* window) {
   for (const Source& source : sources_) {
     std::int64_t first = source.geometry.count_before(begin);
     std::int64_t last = source.geometry.count_before(end);
@@ -85,7 +191,7 @@ Status TensorWriter::gather_window(std::int64_t begin, std::int64_t end, std::by
 // Drops input pages that will not be read again: for fragments read front to back, everything
 // before the next element to write, once a writeback window's worth has accumulated; for the
 // others (transposed views re-read their span every window), their whole span at the end.
-void TensorWriter::release_inputs(std::int64_t written_end, bool finished) {
+void TensorStream::release_inputs(std::int64_t written_end, bool finished) {
   for (Source& source : sources_) {
     std::uint64_t consumed = file_byte(source, source.geometry.source_end());
     if (!finished) {

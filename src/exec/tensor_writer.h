@@ -1,11 +1,15 @@
-// Writes one logical tensor into a staged output file: window by window of its flat index, the
-// fragments' lines are gathered from the inputs into the window buffer (source dtype), converted
-// to the output dtype, hashed and written with one pwrite. Memory: the window buffer
-// (ExecOptions::buffer_bytes) plus the gather scratch (at most as much again, only for strided
-// views) plus 64 KiB, whatever the tensor's size.
+// Produces one logical tensor's output bytes: window by window of its flat index, the fragments'
+// lines are gathered from the inputs into the window buffer (source dtype), converted to the
+// output dtype, hashed and handed to a sink (a pwrite into the staged file, a hasher only, or a
+// caller's visitor: executor.h). A tensor with a LoRA delta (plan.h) is fused on the way:
+// W's window is widened to float32, B @ A for the window's elements is added, and the sum is
+// cast to the output dtype. Memory: the window buffer (ExecOptions::buffer_bytes) plus the
+// gather scratch (at most as much again, only for strided views) plus 64 KiB, whatever the
+// tensor's size; with a LoRA delta also A and B in float32 (at most kMaxLoraFactorBytes).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -15,10 +19,12 @@
 #include "exec/executor.h"
 #include "exec/fragment_geometry.h"
 #include "exec/source_gather.h"
-#include "exec/staging.h"
 #include "io/input_file.h"
 
 namespace ckptstream {
+
+// The largest A plus B of one LoRA delta, as float32 (A [r, in] and B [out, r] are held whole).
+inline constexpr std::uint64_t kMaxLoraFactorBytes = 256ull << 20;
 
 // What every tensor of one execution shares: inputs, options, buffers, progress.
 struct ExecContext {
@@ -34,13 +40,16 @@ struct ExecContext {
   std::uint64_t bytes_total;
 };
 
-class TensorWriter {
+// Receives a tensor's bytes in order: `offset` is the byte position of `bytes` in the tensor.
+using WindowSink = std::function<Status(std::uint64_t offset, std::span<const std::byte> bytes)>;
+
+class TensorStream {
  public:
   // `tensor` must have passed check_tensor (plan_check.h).
-  TensorWriter(const LogicalTensor& tensor, ExecContext& context);
+  TensorStream(const LogicalTensor& tensor, ExecContext& context);
 
-  // Writes the tensor's bytes at byte `offset` of `out`; returns their XXH3-128 in hex.
-  Result<std::string> write(StagedFile& out, std::uint64_t offset);
+  // Passes every window of the tensor's output bytes to `sink`; returns their XXH3-128 in hex.
+  Result<std::string> run(const WindowSink& sink);
 
  private:
   struct Source {
@@ -48,6 +57,16 @@ class TensorWriter {
     FragmentGeometry geometry;
     std::uint64_t dropped_upto;  // file bytes of this fragment already dropped from the cache
   };
+  // A and B of the LoRA delta, in float32.
+  struct LoraFactors {
+    std::vector<float> a_blocks;  // A by blocks of 16 columns: [ceil(in / 16)][r][16]
+    std::vector<float> b;         // [out, r]
+    std::int64_t rank;
+    std::int64_t columns;  // in
+    float scale;
+  };
+  Status load_lora();
+  void add_lora(std::int64_t begin, std::int64_t end, float* values);
   Status gather_window(std::int64_t begin, std::int64_t end, std::byte* window);
   void release_inputs(std::int64_t written_end, bool finished);
   std::uint64_t file_byte(const Source& source, std::int64_t element) const;
@@ -58,6 +77,7 @@ class TensorWriter {
   std::int64_t numel_;
   std::size_t source_size_;
   std::size_t output_size_;
+  std::unique_ptr<LoraFactors> lora_;  // loaded by run() when the tensor has a delta
 };
 
 }  // namespace ckptstream

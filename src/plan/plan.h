@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -35,6 +36,8 @@ struct Fragment {
   Shape offsets;
 };
 
+struct LoraDelta;
+
 // A tensor of the output: its name, global shape, the dtype it is written in, and the
 // fragments that tile it exactly (no holes, no overlaps; checked by the planner).
 struct LogicalTensor {
@@ -43,7 +46,23 @@ struct LogicalTensor {
   DType dtype = DType::kF32;         // dtype written
   Shape shape;
   std::vector<Fragment> fragments;
+  std::shared_ptr<const LoraDelta> lora;  // a low-rank update fused while streaming, if any
 };
+
+// W + scale * (B @ A) for a 2-d weight W [out, in], with A [r, in] and B [out, r]: computed in
+// float32 from the fragments' values, then written in the tensor's dtype (PEFT's merge).
+struct LoraDelta {
+  LogicalTensor a;
+  LogicalTensor b;
+  double scale = 1.0;
+};
+
+// The sub-tensor [start, start + length) of `dim` (torch.narrow): fragments are clipped to it and
+// re-offset, so no byte moves until the plan runs.
+LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
+                     std::int64_t length);
+// Index `index` of `dim`, with that dimension removed (torch.select).
+LogicalTensor select(const LogicalTensor& tensor, std::size_t dim, std::int64_t index);
 
 std::int64_t numel(const Shape& shape);
 std::uint64_t nbytes(const LogicalTensor& tensor);  // in the written dtype
@@ -74,9 +93,16 @@ struct SideFile {
 // The name Hugging Face gives the index of a sharded safetensors model.
 inline constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
 
+// A small file whose bytes the planner made (adapter_config.json of a LoRA adapter, ...).
+struct TextFile {
+  std::string name;
+  std::string contents;
+};
+
 struct Plan {
   std::vector<std::filesystem::path> inputs;  // TensorRef::input indexes this
   std::vector<OutputFile> files;
+  std::vector<TextFile> text_files;
   std::string index_json;  // kIndexFileName's bytes; empty for one file
   std::vector<SideFile> side_files;
   std::uint64_t total_size = 0;  // tensor bytes over all files

@@ -44,3 +44,47 @@ TEST_CASE("range_fits does not overflow") {
   CHECK(!range_fits(1, 10, 10));
   CHECK(!range_fits(5, UINT64_MAX, 10));
 }
+
+namespace {
+// A [4, 6] tensor split in two fragments along dim 1 (columns 0-3 and 4-5), each a contiguous
+// view in its own storage.
+LogicalTensor two_column_fragments() {
+  LogicalTensor t;
+  t.name = std::string(1, 'w');  // a literal here trips GCC 12's false -Wrestrict
+  t.shape = {4, 6};
+  Fragment left{TensorRef{0, 0, 64, DType::kF32, {4, 4}, {4, 1}, 0, false}, {0, 0}};
+  Fragment right{TensorRef{1, 0, 32, DType::kF32, {4, 2}, {2, 1}, 0, false}, {0, 4}};
+  t.fragments = {left, right};
+  return t;
+}
+}  // namespace
+
+TEST_CASE("narrow clips fragments and moves their source offsets") {
+  auto t = narrow(two_column_fragments(), 1, 3, 2);  // columns 3 and 4
+  CHECK(t.shape == Shape{4, 2});
+  REQUIRE(t.fragments.size() == 2);
+  CHECK(t.fragments[0].source.shape == Shape{4, 1});
+  CHECK(t.fragments[0].source.offset == 3);
+  CHECK(t.fragments[0].offsets == Shape{0, 0});
+  CHECK(t.fragments[1].source.shape == Shape{4, 1});
+  CHECK(t.fragments[1].source.offset == 0);
+  CHECK(t.fragments[1].offsets == Shape{0, 1});
+
+  auto rows = narrow(two_column_fragments(), 0, 1, 2);
+  CHECK(rows.shape == Shape{2, 6});
+  CHECK(rows.fragments[0].source.offset == 4);
+  CHECK(rows.fragments[1].source.offset == 2);
+
+  CHECK(narrow(two_column_fragments(), 1, 0, 4).fragments.size() == 1);
+}
+
+TEST_CASE("select removes the dimension") {
+  auto row = select(two_column_fragments(), 0, 2);
+  CHECK(row.shape == Shape{6});
+  REQUIRE(row.fragments.size() == 2);
+  CHECK(row.fragments[0].source.shape == Shape{4});
+  CHECK(row.fragments[0].source.strides == Shape{1});
+  CHECK(row.fragments[0].source.offset == 8);
+  CHECK(row.fragments[1].offsets == Shape{4});
+  CHECK(row.fragments[1].source.offset == 4);
+}

@@ -193,7 +193,7 @@ Bytes numbered_storage(std::size_t n, std::size_t begin, std::size_t after = 3) 
 
 LogicalTensor tensor(const std::string& name, Shape shape, std::vector<Fragment> fragments,
                      DType source = DType::kF32, DType out = DType::kF32) {
-  return LogicalTensor{name, source, out, std::move(shape), std::move(fragments)};
+  return LogicalTensor{name, source, out, std::move(shape), std::move(fragments), {}};
 }
 
 Plan single_file_plan(const fs::path& input, std::vector<LogicalTensor> tensors) {

@@ -1,0 +1,214 @@
+// `ckptstream merge` (verl's `python -m verl.model_merger merge`), `plan --dry-run`, and the
+// options they share with `test` and `verify --source`.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "cli/commands.h"
+#include "cli/output_dir.h"
+#include "cli/progress.h"
+#include "exec/executor.h"
+#include "formats/merge_plan.h"
+#include "plan/report.h"
+#include "safetensors/safetensors.h"
+
+extern char** environ;
+
+namespace ckptstream::cli {
+namespace fs = std::filesystem;
+namespace {
+
+// The Hugging Face command-line client `--hf_upload_path` uploads with ("" if none is
+// installed): checked before any work, so a merge never runs only to fail at the upload.
+std::string find_upload_client() {
+  const char* path = std::getenv("PATH");
+  if (!path) return "";
+  for (const char* name : {"hf", "huggingface-cli"}) {
+    std::string dirs = path;
+    std::size_t start = 0;
+    while (start <= dirs.size()) {
+      auto end = dirs.find(':', start);
+      if (end == std::string::npos) end = dirs.size();
+      auto candidate = fs::path(dirs.substr(start, end - start)) / name;
+      if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+      start = end + 1;
+    }
+  }
+  return "";
+}
+
+Status run_upload(const std::string& client, const std::string& repo, const fs::path& dir,
+                  bool private_repo) {
+  std::vector<std::string> words = {client, "upload",      repo,   dir.string(),
+                                    ".",    "--repo-type", "model"};
+  if (private_repo) words.emplace_back("--private");
+  std::vector<char*> argv;
+  for (auto& word : words) argv.push_back(word.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (posix_spawn(&pid, client.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
+    return io_error("cannot start " + client);
+  int status = 0;
+  if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return io_error(client + " upload " + repo + " failed (the model is in " + dir.string() + ")");
+  return {};
+}
+
+void print_notes(const MergePlan& plan, bool quiet) {
+  if (quiet) return;
+  std::fprintf(stderr, "found: %s\n", plan.layout.c_str());
+  for (const auto& note : plan.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+}
+
+std::size_t tensor_count(const Plan& plan) {
+  std::size_t n = 0;
+  for (const auto& file : plan.files) n += file.tensors.size();
+  return n;
+}
+
+}  // namespace
+
+void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required) {
+  cmd.add_option("--backend", args.backend, "checkpoint layout: auto (detect), fsdp")
+      ->capture_default_str();
+  auto* local_dir = cmd.add_option("--local_dir,--local-dir", args.local_dir,
+                                   "the checkpoint directory (e.g. .../global_step_N/actor)");
+  if (local_dir_required) local_dir->required();
+  cmd.add_option("--dtype", args.dtype,
+                 "auto (config.json's torch_dtype, else keep), keep, bf16, fp16, fp32")
+      ->capture_default_str();
+  cmd.add_option("--max-shard-size,--max_shard_size", args.max_shard_size,
+                 "largest output file: 5GB (decimal units), 2GiB (binary), or bytes")
+      ->capture_default_str();
+  cmd.add_flag("--tie-word-embedding,--tie_word_embedding", args.tie_word_embedding,
+               "do not write lm_head.weight (tied to the embedding), whatever config.json says");
+  cmd.add_flag("--is-value-model,--is_value_model", args.is_value_model,
+               "a critic / value / reward model: `test` skips lm_head.weight (as verl does)");
+  cmd.add_flag("--trust-remote-code,--trust_remote_code", args.trust_remote_code,
+               "accepted for verl compatibility; nothing is executed either way");
+  cmd.add_flag("--use_cpu_initialization,--use-cpu-initialization", args.use_cpu_initialization,
+               "accepted for verl compatibility; ckptstream always runs on the CPU");
+  cmd.add_flag("--keep-packed-experts,--keep_packed_experts", args.keep_packed_experts,
+               "write MoE experts packed as transformers v5 holds them in memory");
+  cmd.add_option("--lora", args.lora,
+                 "LoRA checkpoints: fuse (W + alpha/r * B A into the weights) or adapter "
+                 "(base model + a PEFT adapter in lora_adapter/)")
+      ->check(CLI::IsMember({"fuse", "adapter"}))
+      ->capture_default_str();
+  cmd.add_option("--lora-alpha,--lora_alpha", args.lora_alpha,
+                 "LoRA alpha, when no lora_train_meta.json / adapter_config.json says it");
+  cmd.add_option("--lora-rank,--lora_rank", args.lora_rank, "LoRA rank r");
+  cmd.add_flag("--use-rslora,--use_rslora", args.use_rslora, "rank-stabilised LoRA: alpha/sqrt(r)");
+  cmd.add_option("--threads", args.threads, "worker threads (0: one per core)");
+  cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
+}
+
+Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
+  MergeOptions options;
+  CKPT_ASSIGN_OR_RETURN(options.backend, parse_backend(args.backend));
+  CKPT_ASSIGN_OR_RETURN(options.dtype, parse_dtype_choice(args.dtype));
+  CKPT_ASSIGN_OR_RETURN(options.max_shard_size, safetensors::parse_size(args.max_shard_size));
+  options.tie_word_embedding = args.tie_word_embedding;
+  options.keep_packed_experts = args.keep_packed_experts;
+  options.lora = args.lora == "adapter" ? LoraMode::kAdapter : LoraMode::kFuse;
+  options.lora_alpha = args.lora_alpha;
+  options.lora_rank = args.lora_rank;
+  options.use_rslora = args.use_rslora;
+  return options;
+}
+
+Result<MergePlan> plan_from_args(const CheckpointArgs& args) {
+  if (args.local_dir.empty()) return usage_error("--local_dir is required");
+  CKPT_ASSIGN_OR_RETURN(auto options, to_merge_options(args));
+  if (!args.quiet && args.trust_remote_code)
+    std::fprintf(stderr, "note: --trust-remote-code has no effect: no code is ever run\n");
+  if (!args.quiet && args.use_cpu_initialization)
+    std::fprintf(stderr, "note: --use_cpu_initialization has no effect: no GPU is used\n");
+  return plan_merge(args.local_dir, options);
+}
+
+void add_merge(CLI::App& app, MergeArgs& args) {
+  auto* cmd = app.add_subcommand(
+      "merge", "Merge a sharded training checkpoint (verl FSDP) into a Hugging Face model");
+  add_checkpoint_options(*cmd, args.checkpoint, true);
+  cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")->required();
+  cmd->add_option("--hf_upload_path,--hf-upload-path", args.hf_upload_path,
+                  "upload the result to this Hugging Face repo (needs the `hf` command)");
+  cmd->add_flag("--private", args.private_repo, "make the uploaded repo private");
+  cmd->add_flag("--overwrite", args.overwrite, "replace a model already in the target directory");
+}
+
+int run_merge(const MergeArgs& args) {
+  std::string upload_client;
+  if (!args.hf_upload_path.empty()) {
+    upload_client = find_upload_client();
+    if (upload_client.empty())
+      return report_error(
+          usage_error("--hf_upload_path needs the Hugging Face command-line client (`hf` or "
+                      "`huggingface-cli`) on PATH; none was found, so nothing was done"));
+  }
+  auto merge = plan_from_args(args.checkpoint);
+  if (!merge.ok()) return report_error(merge.error());
+  print_notes(*merge, args.checkpoint.quiet);
+
+  auto target = OutputDir::prepare(args.target_dir, args.overwrite);
+  if (!target.ok()) return report_error(target.error());
+  ProgressBar bar("merge", args.checkpoint.quiet);
+  ExecOptions options;
+  options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
+  auto manifest = target->write(merge->model, options);
+  bar.finish();
+  if (!manifest.ok()) return report_error(manifest.error());
+  if (merge->adapter) {
+    auto adapter_dir = OutputDir::prepare(args.target_dir / "lora_adapter", true);
+    if (!adapter_dir.ok()) return report_error(adapter_dir.error());
+    auto written = adapter_dir->write(*merge->adapter, options);
+    if (!written.ok()) return report_error(written.error());
+  }
+  if (!args.checkpoint.quiet)
+    std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", tensor_count(merge->model),
+                human_bytes(merge->model.total_size).c_str(), merge->model.files.size(),
+                merge->model.files.size() == 1 ? "" : "s", args.target_dir.c_str());
+  if (!upload_client.empty()) {
+    auto uploaded =
+        run_upload(upload_client, args.hf_upload_path, args.target_dir, args.private_repo);
+    if (!uploaded.ok()) return report_error(uploaded.error());
+  }
+  return kExitOk;
+}
+
+void add_plan(CLI::App& app, PlanArgs& args) {
+  auto* cmd = app.add_subcommand(
+      "plan",
+      "Show what merge would do (tensors, sources, output files, bytes, memory); writes "
+      "nothing");
+  add_checkpoint_options(*cmd, args.checkpoint, true);
+  cmd->add_flag("--dry-run,--dry_run", args.dry_run, "accepted; plan never writes anything");
+  cmd->add_flag("--json", args.json, "machine-readable plan");
+  cmd->add_flag("--summary", args.summary, "omit each tensor's source fragments");
+}
+
+int run_plan(const PlanArgs& args) {
+  auto merge = plan_from_args(args.checkpoint);
+  if (!merge.ok()) return report_error(merge.error());
+  PlanSummaryOptions report;
+  report.detail =
+      args.summary ? PlanSummaryOptions::Detail::kTensors : PlanSummaryOptions::Detail::kFragments;
+  report.memory_window = ExecOptions{}.buffer_bytes;
+  if (args.json) {
+    std::fputs(plan_to_json(merge->model, report).c_str(), stdout);
+  } else {
+    print_notes(*merge, false);
+    std::fputs(plan_to_text(merge->model, report).c_str(), stdout);
+    if (merge->adapter) {
+      std::printf("\nlora_adapter/:\n");
+      std::fputs(plan_to_text(*merge->adapter, report).c_str(), stdout);
+    }
+  }
+  return kExitOk;
+}
+
+}  // namespace ckptstream::cli

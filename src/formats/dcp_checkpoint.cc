@@ -1,0 +1,308 @@
+// read_dcp_tensors: key selection (the rule in dcp_checkpoint.h), chunk geometry checks, and the
+// assembly of chunk items (dcp/dcp_item.h) into logical tensors.
+#include "formats/dcp_checkpoint.h"
+
+#include <map>
+#include <set>
+
+#include "dcp/dcp_item.h"
+#include "dcp/dcp_metadata.h"
+#include "torch/torch_checkpoint.h"
+
+namespace ckptstream {
+namespace {
+
+namespace fs = std::filesystem;
+using dcp::ChunkMeta;
+using dcp::Metadata;
+using dcp::StateDictEntry;
+
+bool is_file(const fs::path& p) {
+  std::error_code ec;
+  return fs::is_regular_file(p, ec);
+}
+
+std::string shape_text(const Shape& s) {
+  std::string out = "(";
+  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + ")";
+}
+
+std::vector<std::string_view> components(std::string_view key) {
+  std::vector<std::string_view> out;
+  std::size_t start = 0;
+  for (;;) {
+    auto dot = key.find('.', start);
+    out.push_back(key.substr(start, dot - start));
+    if (dot == std::string_view::npos) return out;
+    start = dot + 1;
+  }
+}
+
+// Optimizer and scheduler state: never model weights (rule in dcp_checkpoint.h).
+bool is_training_state(std::string_view fqn) {
+  static const std::set<std::string_view> kRoots = {"optim",       "optimizer",    "optimizers",
+                                                    "optim_state", "lr_scheduler", "lr_schedulers"};
+  static const std::set<std::string_view> kLeaves = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq",
+                                                     "momentum_buffer", "step"};
+  auto parts = components(fqn);
+  if (kLeaves.count(parts.back())) return true;
+  for (auto part : parts)
+    if (kRoots.count(part)) return true;
+  return false;
+}
+
+bool starts_with(std::string_view s, std::string_view prefix) {
+  return s.substr(0, prefix.size()) == prefix;
+}
+
+// Leading torch.compile / DDP wrapper components of a model key.
+std::string strip_wrappers(std::string_view key) {
+  for (bool again = true; again;) {
+    again = false;
+    for (std::string_view w : {"_orig_mod.", "module."})
+      if (starts_with(key, w) && key.size() > w.size()) {
+        key.remove_prefix(w.size());
+        again = true;
+      }
+  }
+  return std::string(key);
+}
+
+// The prefix of the model keys, by the rule of dcp_checkpoint.h; a note says why.
+std::string choose_prefix(const Metadata& md, const DcpOptions& options,
+                          std::vector<std::string>& notes) {
+  if (options.prefix) {
+    std::string p = *options.prefix;
+    if (!p.empty() && p.back() != '.') p += '.';
+    notes.push_back("model keys: prefix '" + p + "' (given)");
+    return p;
+  }
+  std::vector<std::string_view> keys;
+  for (const auto& e : md.entries)
+    if (e.kind == StateDictEntry::Kind::kTensor && !is_training_state(e.fqn)) keys.push_back(e.fqn);
+  auto all_under = [&](std::string_view root) {
+    if (keys.empty()) return false;
+    for (auto k : keys)
+      if (!starts_with(k, root)) return false;
+    return true;
+  };
+  for (std::string_view root : {"fsdp_checkpoint.model.", "app.model."})
+    if (all_under(root)) {
+      notes.push_back("model keys: prefix '" + std::string(root) +
+                      "' (detected: every model tensor key starts with it)");
+      return std::string(root);
+    }
+  if (all_under("model.")) {
+    bool siblings = false;
+    for (const auto& e : md.entries) siblings = siblings || !starts_with(e.fqn, "model.");
+    bool nested = false;
+    for (auto k : keys) nested = nested || starts_with(strip_wrappers(k.substr(6)), "model.");
+    if (siblings || nested) {
+      notes.push_back(std::string("model keys: prefix 'model.' (detected: every model tensor key "
+                                  "starts with it, and ") +
+                      (siblings ? "the state dict has entries beside 'model'"
+                                : "keys continue with 'model.' after it") +
+                      "); use --prefix '' to keep it");
+      return "model.";
+    }
+  }
+  notes.push_back("model keys: no prefix (a plain model state dict)");
+  return "";
+}
+
+// Chunk boxes: inside the global size, pairwise disjoint, covering it. Returns the non-empty
+// chunks.
+Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
+  std::vector<const ChunkMeta*> boxes;
+  std::uint64_t covered = 0;
+  for (const auto& c : e.chunks) {
+    std::string at = "the chunk at " + shape_text(c.offsets) + " of size " + shape_text(c.sizes);
+    if (c.offsets.size() != e.size.size() || c.sizes.size() != e.size.size())
+      return invalid_input("'" + e.fqn + "': " + at + " has " + std::to_string(c.sizes.size()) +
+                           " dimensions, the tensor " + std::to_string(e.size.size()));
+    std::uint64_t volume = 1;
+    for (std::size_t d = 0; d < e.size.size(); ++d) {
+      if (c.sizes[d] > e.size[d] || c.offsets[d] > e.size[d] - c.sizes[d])
+        return invalid_input("'" + e.fqn + "': " + at + " lies outside the tensor's size " +
+                             shape_text(e.size));
+      if (__builtin_mul_overflow(volume, static_cast<std::uint64_t>(c.sizes[d]), &volume))
+        return invalid_input("'" + e.fqn + "': " + at + " is too large");
+    }
+    if (volume == 0) continue;
+    for (const ChunkMeta* other : boxes) {
+      bool overlap = true;
+      for (std::size_t d = 0; d < e.size.size() && overlap; ++d)
+        overlap = c.offsets[d] < other->offsets[d] + other->sizes[d] &&
+                  other->offsets[d] < c.offsets[d] + c.sizes[d];
+      if (overlap)
+        return invalid_input("'" + e.fqn + "': " + at + " overlaps the chunk at " +
+                             shape_text(other->offsets) + " of size " + shape_text(other->sizes));
+    }
+    covered += volume;  // disjoint boxes inside the tensor: no overflow
+    boxes.push_back(&c);
+  }
+  auto total = numel(e.size);
+  if (covered != static_cast<std::uint64_t>(total))
+    return invalid_input("'" + e.fqn + "': the chunks cover " + std::to_string(covered) + " of " +
+                         std::to_string(total) + " elements of size " + shape_text(e.size) +
+                         " (a chunk is missing)");
+  return boxes;
+}
+
+class InputTable {
+ public:
+  std::size_t index(const fs::path& path) {
+    auto [it, fresh] = by_path_.emplace(path, paths_.size());
+    if (fresh) paths_.push_back(path);
+    return it->second;
+  }
+  std::vector<fs::path> take() { return std::move(paths_); }
+
+ private:
+  std::map<fs::path, std::size_t> by_path_;
+  std::vector<fs::path> paths_;
+};
+
+Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(Metadata md, dcp::read_metadata(dir));
+  std::string label = (dir / ".metadata").string();
+  MergedTensors out;
+  std::size_t tensors = 0;
+  std::size_t bytes = 0;
+  for (const auto& e : md.entries) (e.kind == StateDictEntry::Kind::kTensor ? tensors : bytes)++;
+  out.notes.push_back("DCP checkpoint " + dir.string() + " (" + md.class_name +
+                      (md.version.empty() ? "" : " version " + md.version) + ", " +
+                      std::to_string(tensors) + " tensors, " + std::to_string(bytes) +
+                      " byte items, not read)");
+  std::string prefix = choose_prefix(md, options, out.notes);
+
+  dcp::ItemReader reader(dir, options.scratch_dir);
+  InputTable inputs;
+  std::set<std::string> names;
+  std::size_t training = 0;
+  std::map<std::string, std::size_t> outside;  // first key component -> tensors skipped
+  for (const auto& e : md.entries) {
+    if (e.kind != StateDictEntry::Kind::kTensor) continue;
+    if (is_training_state(e.fqn)) {
+      ++training;
+      continue;
+    }
+    if (!starts_with(e.fqn, prefix)) {
+      ++outside[std::string(components(e.fqn).front())];
+      continue;
+    }
+    LogicalTensor t;
+    t.name = strip_wrappers(std::string_view(e.fqn).substr(prefix.size()));
+    if (t.name.empty()) return invalid_input(label + ": '" + e.fqn + "' is the prefix itself");
+    if (!names.insert(t.name).second)
+      return invalid_input(label + ": two keys become '" + t.name + "' (the second is '" + e.fqn +
+                           "')");
+    t.source_dtype = t.dtype = e.dtype;
+    t.shape = e.size;
+    auto boxes = check_tiling(e);
+    if (!boxes.ok()) return boxes.error().with_context(label);
+    for (const ChunkMeta* c : *boxes) {
+      const dcp::StorageInfo* info = md.find(e.fqn, c->offsets);
+      if (!info)
+        return invalid_input(label + ": '" + e.fqn + "': no storage_data entry for the chunk at " +
+                             shape_text(c->offsets));
+      CKPT_ASSIGN_OR_RETURN(auto location, reader.tensor_chunk(e, *c, *info));
+      location.ref.input = inputs.index(location.file);
+      t.fragments.push_back(Fragment{std::move(location.ref), c->offsets});
+    }
+    out.tensors.push_back(std::move(t));
+  }
+  if (out.tensors.empty())
+    return invalid_input(label + ": no model tensor under the prefix '" + prefix + "'");
+  if (training > 0)
+    out.notes.push_back("skipped " + std::to_string(training) +
+                        " optimizer/scheduler tensors (never read)");
+  for (const auto& [root, count] : outside)
+    out.notes.push_back("skipped " + std::to_string(count) + " tensors under '" + root +
+                        "' (outside the prefix)");
+  out.inputs = inputs.take();
+  return out;
+}
+
+// RLinf's full_weights.pt: a plain torch.save of the gathered model state dict.
+Result<MergedTensors> read_full_weights(const fs::path& path, const DcpOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(TorchCheckpoint ckpt, read_torch_file(path));
+  MergedTensors out;
+  std::string prefix = options.prefix.value_or("");
+  if (!prefix.empty() && prefix.back() != '.') prefix += '.';
+  out.inputs.push_back(path);
+  out.notes.push_back("RLinf full_weights.pt " + path.string() + " (" +
+                      std::to_string(ckpt.tensors.size()) + " tensors)");
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < ckpt.tensors.size(); ++i) {
+    const TorchTensor& src = ckpt.tensors[i];
+    if (!starts_with(src.name, prefix)) continue;
+    std::string what = path.string() + ": '" + src.name + "'";
+    if (src.dtensor) return unsupported(what + " is a DTensor shard, not a full tensor");
+    if (src.conj || src.neg) return unsupported(what + " is a conj/neg view");
+    LogicalTensor t;
+    t.name = strip_wrappers(std::string_view(src.name).substr(prefix.size()));
+    if (!names.insert(t.name).second)
+      return invalid_input(what + ": a second tensor named '" + t.name + "'");
+    t.source_dtype = t.dtype = src.dtype;
+    t.shape = src.shape;
+    t.fragments.push_back(Fragment{ckpt.ref(i, 0), Shape(src.shape.size(), 0)});
+    out.tensors.push_back(std::move(t));
+  }
+  if (out.tensors.empty())
+    return invalid_input(path.string() + ": no tensor under '" + prefix + "'");
+  return out;
+}
+
+}  // namespace
+
+Result<DcpLayout> find_dcp_checkpoint(const fs::path& dir) {
+  DcpLayout layout;
+  for (const fs::path& candidate : {dir, dir / "dcp_checkpoint", dir / "actor" / "dcp_checkpoint"})
+    if (is_file(candidate / ".metadata")) {
+      layout.dcp_dir = candidate;
+      break;
+    }
+  std::vector<fs::path> weights = {dir / "model_state_dict" / "full_weights.pt",
+                                   dir / "actor" / "model_state_dict" / "full_weights.pt",
+                                   dir / "full_weights.pt"};
+  if (layout.dcp_dir)
+    weights.insert(weights.begin(),
+                   layout.dcp_dir->parent_path() / "model_state_dict" / "full_weights.pt");
+  for (const auto& w : weights)
+    if (is_file(w)) {
+      layout.full_weights = w;
+      break;
+    }
+  if (layout.dcp_dir) {
+    if (*layout.dcp_dir != dir) layout.notes.push_back("found DCP in " + layout.dcp_dir->string());
+    if (layout.full_weights)
+      layout.notes.push_back("also found " + layout.full_weights->string() +
+                             " (RLinf's gathered model); reading the DCP checkpoint");
+    return layout;
+  }
+  if (layout.full_weights) return layout;
+  if (is_file(dir / "__0.metadata"))
+    return unsupported(dir.string() +
+                       ": only rank-local __R.metadata files (a save without "
+                       "collectives), no global .metadata: not supported");
+  return invalid_input(dir.string() + ": no DCP checkpoint: no .metadata in it, in " +
+                       "dcp_checkpoint/ or in actor/dcp_checkpoint/, and no full_weights.pt");
+}
+
+bool looks_like_dcp_checkpoint(const fs::path& dir) {
+  auto layout = find_dcp_checkpoint(dir);
+  return layout.ok();
+}
+
+Result<MergedTensors> read_dcp_tensors(const fs::path& dir, const DcpOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(DcpLayout layout, find_dcp_checkpoint(dir));
+  auto merged = layout.dcp_dir ? read_dcp_dir(*layout.dcp_dir, options)
+                               : read_full_weights(*layout.full_weights, options);
+  if (!merged.ok()) return merged;
+  merged->notes.insert(merged->notes.begin(), layout.notes.begin(), layout.notes.end());
+  return merged;
+}
+
+}  // namespace ckptstream

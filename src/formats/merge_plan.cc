@@ -1,0 +1,149 @@
+#include "formats/merge_plan.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+
+#include "formats/verl_fsdp.h"
+#include "mapping/experts.h"
+#include "mapping/hf_config.h"
+#include "mapping/lora.h"
+#include "safetensors/safetensors.h"
+
+namespace ckptstream {
+namespace fs = std::filesystem;
+namespace {
+
+struct SourceModel {
+  std::string layout;
+  std::vector<fs::path> inputs;
+  std::vector<LogicalTensor> tensors;
+  std::optional<fs::path> hf_dir;
+  std::vector<std::string> notes;
+};
+
+Result<SourceModel> read_fsdp(const fs::path& dir) {
+  CKPT_ASSIGN_OR_RETURN(auto checkpoint, find_fsdp_checkpoint(dir));
+  CKPT_ASSIGN_OR_RETURN(auto merged, merge_fsdp_tensors(checkpoint));
+  SourceModel model;
+  model.layout = "verl FSDP checkpoint, world size " + std::to_string(checkpoint.world_size);
+  model.inputs = std::move(merged.inputs);
+  model.tensors = std::move(merged.tensors);
+  model.hf_dir = checkpoint.hf_dir;
+  model.notes = std::move(checkpoint.notes);
+  model.notes.insert(model.notes.end(), merged.notes.begin(), merged.notes.end());
+  return model;
+}
+
+Result<SourceModel> read_source(const fs::path& dir, Backend backend) {
+  if (!fs::is_directory(dir)) return invalid_input(dir.string() + ": not a directory");
+  if (backend == Backend::kAuto) {
+    if (!looks_like_fsdp_checkpoint(dir))
+      return invalid_input(dir.string() +
+                           ": no supported checkpoint found (looked for verl FSDP "
+                           "model_world_size_W_rank_R.pt files)");
+    backend = Backend::kFsdp;
+  }
+  return read_fsdp(dir);
+}
+
+bool is_lm_head(const std::string& name) {
+  return name == "lm_head.weight" ||
+         (name.size() > 15 && name.compare(name.size() - 15, 15, ".lm_head.weight") == 0);
+}
+
+// transformers' save_pretrained does not write the output projection of a tied model.
+void drop_tied_output(std::vector<LogicalTensor>& tensors, std::vector<std::string>& notes,
+                      const std::string& why) {
+  auto before = tensors.size();
+  std::erase_if(tensors, [](const LogicalTensor& t) { return is_lm_head(t.name); });
+  if (tensors.size() != before) notes.push_back("lm_head.weight not written: " + why);
+}
+
+void set_output_dtypes(std::vector<LogicalTensor>& tensors, std::optional<DType> float_dtype) {
+  if (!float_dtype) return;
+  for (auto& t : tensors)
+    if (dtype_info(t.source_dtype).is_float) t.dtype = *float_dtype;
+}
+
+}  // namespace
+
+Result<Backend> parse_backend(std::string_view text) {
+  if (text == "auto") return Backend::kAuto;
+  if (text == "fsdp") return Backend::kFsdp;
+  if (text == "megatron" || text == "dcp")
+    return unsupported("--backend " + std::string(text) + " is not supported yet");
+  return usage_error("--backend must be auto or fsdp (got '" + std::string(text) + "')");
+}
+
+Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(auto source, read_source(local_dir, options.backend));
+  MergePlan merge;
+  merge.layout = source.layout;
+  merge.notes = std::move(source.notes);
+
+  std::vector<SideFile> side_files;
+  std::optional<HfConfig> config;
+  if (source.hf_dir) {
+    side_files = find_side_files(*source.hf_dir);
+    if (fs::is_regular_file(*source.hf_dir / "config.json")) {
+      merge.config_json = *source.hf_dir / "config.json";
+      CKPT_ASSIGN_OR_RETURN(config, read_hf_config(*merge.config_json));
+    }
+  }
+  if (!merge.config_json)
+    merge.notes.push_back("no huggingface/config.json: the output has no config");
+
+  auto tensors = std::move(source.tensors);
+  std::optional<LoraExport> adapter;
+  if (has_lora_keys(tensors)) {
+    LoraFlags flags{options.lora_alpha, options.lora_rank,
+                    options.use_rslora ? std::optional<bool>(true) : std::nullopt};
+    CKPT_ASSIGN_OR_RETURN(auto lora, find_lora_params(local_dir, flags));
+    char alpha[32];
+    std::snprintf(alpha, sizeof alpha, "%g", lora.alpha);
+    auto describe = std::string("alpha ") + alpha + " from " + lora.alpha_source +
+                    (lora.use_rslora ? ", rsLoRA" : "");
+    if (options.lora == LoraMode::kFuse) {
+      CKPT_ASSIGN_OR_RETURN(tensors, fuse_lora(tensors, lora));
+      merge.notes.push_back("LoRA fused into the weights (" + describe + ")");
+    } else {
+      std::optional<std::string> base_name;
+      if (merge.config_json) {
+        CKPT_ASSIGN_OR_RETURN(base_name, config_name_or_path(*merge.config_json));
+      }
+      CKPT_ASSIGN_OR_RETURN(adapter, export_lora_adapter(tensors, lora, base_name));
+      tensors = std::move(adapter->base);
+      merge.notes.push_back("LoRA written as a PEFT adapter in lora_adapter/ (" + describe + ")");
+    }
+  }
+  if (options.tie_word_embedding)
+    drop_tied_output(tensors, merge.notes, "--tie-word-embedding");
+  else if (config && config->tie_word_embeddings.value_or(false))
+    drop_tied_output(tensors, merge.notes, "config.json says tie_word_embeddings");
+  if (!options.keep_packed_experts && config) {
+    CKPT_ASSIGN_OR_RETURN(tensors, unpack_packed_experts(std::move(tensors), *config, merge.notes));
+  }
+
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(options.dtype, merge.config_json));
+  set_output_dtypes(tensors, float_dtype);
+  if (tensors.empty())
+    return invalid_input(local_dir.string() + ": the checkpoint holds no tensor");
+
+  merge.model.inputs = source.inputs;
+  merge.model.side_files = std::move(side_files);
+  CKPT_TRY(safetensors::plan_output(std::move(tensors), {options.max_shard_size}, merge.model));
+  if (adapter) {
+    Plan plan;
+    plan.inputs = source.inputs;
+    set_output_dtypes(adapter->adapter, float_dtype);
+    // PEFT loads one adapter_model.safetensors, never shards.
+    CKPT_TRY(safetensors::plan_output(std::move(adapter->adapter), {UINT64_MAX}, plan));
+    plan.files.at(0).name = "adapter_model.safetensors";
+    plan.text_files.push_back(TextFile{"adapter_config.json", adapter->adapter_config_json});
+    merge.adapter = std::move(plan);
+  }
+  return merge;
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,45 @@
+// From a training checkpoint directory to the plan of a Hugging Face model: detect the layout,
+// read the shards' metadata into logical tensors, apply the model semantics (LoRA, tied
+// embeddings, packed experts, output dtype), and lay out the safetensors files. Shared by
+// `merge`, `plan --dry-run`, `test` and `verify --source`, so they can never disagree.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckptstream/result.h"
+#include "formats/torch_sources.h"
+#include "plan/plan.h"
+
+namespace ckptstream {
+
+enum class Backend { kAuto, kFsdp };
+Result<Backend> parse_backend(std::string_view text);
+
+enum class LoraMode { kFuse, kAdapter };
+
+struct MergeOptions {
+  Backend backend = Backend::kAuto;
+  DTypeChoice dtype = DTypeChoice::kAuto;
+  std::uint64_t max_shard_size = 5'000'000'000;
+  bool tie_word_embedding = false;  // drop lm_head.weight even if config.json does not say so
+  bool keep_packed_experts = false;
+  LoraMode lora = LoraMode::kFuse;
+  std::optional<double> lora_alpha;
+  std::optional<std::int64_t> lora_rank;
+  bool use_rslora = false;
+};
+
+struct MergePlan {
+  std::string layout;  // what was found, e.g. "verl FSDP, world size 4"
+  Plan model;
+  std::optional<Plan> adapter;  // --lora adapter: written to <target>/lora_adapter
+  std::optional<std::filesystem::path> config_json;
+  std::vector<std::string> notes;  // what was decided and why, for the user
+};
+
+Result<MergePlan> plan_merge(const std::filesystem::path& local_dir, const MergeOptions& options);
+
+}  // namespace ckptstream

@@ -1,0 +1,660 @@
+// verl FSDP checkpoints (../shared/docs/formats/verl.md §1, torch.md §3.1):
+//   <dir>/model_world_size_{W}_rank_{R}.pt   torch.save(model.state_dict()) of rank R; values are
+//                                             DTensors (this rank's local shard + DTensorSpec)
+//                                             or plain tensors (W = 1, persistent buffers)
+//   <dir>/model_rank_{R}.pt                   the same, named as for one day in Feb 2025
+//   <dir>/fsdp_config.json                    {"FSDP_version": 1|2, "world_size": W} (since
+//   06/2025) <dir>/huggingface/                        config.json, tokenizer, generation config
+//   <dir>/optim_*, extra_state_*              never opened here
+// A DTensor's global tensor is rebuilt from the ranks' local shards: rank R sits at a coordinate
+// of the device mesh (its position in the row-major rank list); each mesh dim with Shard(d) cuts
+// tensor dim d into k = mesh size pieces with torch.chunk semantics (ceil(N/k) per piece, the
+// trailing pieces shorter or empty); a mesh dim with Replicate holds full copies, of which the
+// ranks at coordinate 0 are read.
+#include "formats/verl_fsdp.h"
+
+#include <simdjson.h>
+#include <xxhash.h>
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <set>
+#include <span>
+#include <unordered_map>
+
+#include "io/input_file.h"
+#include "torch/torch_checkpoint.h"
+
+namespace ckptstream {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr std::string_view kConfigName = "fsdp_config.json";
+constexpr int kMaxWorldSize = 1 << 24;
+
+// ---- directory layout -------------------------------------------------------------------------
+
+// "model_world_size_{W}_rank_{R}.pt" (world set) or "model_rank_{R}.pt" (world unset).
+struct RankFileName {
+  std::optional<int> world;
+  int rank = 0;
+};
+
+// A decimal number of at most 8 digits at the start of `text`, which is advanced past it.
+std::optional<int> take_number(std::string_view& text) {
+  std::size_t n = 0;
+  while (n < text.size() && n < 9 && text[n] >= '0' && text[n] <= '9') ++n;
+  if (n == 0 || n > 8) return std::nullopt;
+  int value = 0;
+  std::from_chars(text.data(), text.data() + n, value);
+  text.remove_prefix(n);
+  return value;
+}
+
+bool take_prefix(std::string_view& text, std::string_view prefix) {
+  if (text.substr(0, prefix.size()) != prefix) return false;
+  text.remove_prefix(prefix.size());
+  return true;
+}
+
+std::optional<RankFileName> parse_rank_file_name(std::string_view name) {
+  RankFileName out;
+  if (take_prefix(name, "model_world_size_")) {
+    out.world = take_number(name);
+    if (!out.world || !take_prefix(name, "_rank_")) return std::nullopt;
+  } else if (!take_prefix(name, "model_rank_")) {
+    return std::nullopt;
+  }
+  auto rank = take_number(name);
+  if (!rank || name != ".pt") return std::nullopt;
+  out.rank = *rank;
+  return out;
+}
+
+std::string rank_file_name(std::optional<int> world, const std::string& rank) {
+  if (!world) return "model_rank_" + rank + ".pt";
+  return "model_world_size_" + std::to_string(*world) + "_rank_" + rank + ".pt";
+}
+std::string rank_file_name(std::optional<int> world, int rank) {
+  return rank_file_name(world, std::to_string(rank));
+}
+std::string rank_file_pattern(int world) {  // world < 0: model_rank_*.pt
+  return rank_file_name(world < 0 ? std::nullopt : std::optional<int>(world), "*");
+}
+
+struct FsdpConfig {
+  int world_size = 0;
+  int fsdp_version = 0;
+};
+
+Result<FsdpConfig> read_fsdp_config(const fs::path& path) {
+  CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(path));
+  if (file.size() > (1u << 20)) return invalid_input(path.string() + ": larger than 1 MiB");
+  std::string text(file.size(), '\0');
+  CKPT_TRY(file.read_at(0, std::as_writable_bytes(std::span(text.data(), text.size()))));
+  simdjson::dom::parser parser;
+  simdjson::dom::element doc;
+  if (parser.parse(text).get(doc) || !doc.is_object())
+    return invalid_input(path.string() + ": not a JSON object");
+  FsdpConfig config;
+  std::int64_t world = 0;
+  if (doc["world_size"].get(world) || world < 1 || world > kMaxWorldSize)
+    return invalid_input(path.string() + ": world_size is not a positive integer");
+  config.world_size = static_cast<int>(world);
+  std::int64_t version = 0;
+  if (!doc["FSDP_version"].get(version) && version >= 1 && version <= 9)
+    config.fsdp_version = static_cast<int>(version);
+  return config;
+}
+
+// ---- shard geometry ---------------------------------------------------------------------------
+
+std::string shape_text(const Shape& shape) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+std::string count(std::size_t n, const std::string& noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
+std::string placement_text(const Placement& p) {
+  switch (p.kind) {
+    case Placement::Kind::kShard:
+      return "Shard(" + std::to_string(p.dim) + ")";
+    case Placement::Kind::kReplicate:
+      return "Replicate()";
+    case Placement::Kind::kPartial:
+      return "Partial(" + p.reduce_op + ")";
+    case Placement::Kind::kStridedShard:
+      return "_StridedShard(dim=" + std::to_string(p.dim) +
+             ", split_factor=" + std::to_string(p.split_factor) + ")";
+    case Placement::Kind::kOther:
+      break;
+  }
+  return p.class_name.empty() ? "an unknown placement" : p.class_name;
+}
+
+std::string placements_text(const DTensorInfo& info) {
+  std::string out = "(";
+  for (std::size_t i = 0; i < info.placements.size(); ++i)
+    out += (i ? ", " : "") + placement_text(info.placements[i]);
+  return out + ")";
+}
+
+std::string mesh_text(const DeviceMeshInfo& mesh) {
+  std::string out;
+  for (std::size_t i = 0; i < mesh.shape.size(); ++i) {
+    if (i) out += " x ";
+    if (i < mesh.dim_names.size()) out += mesh.dim_names[i] + "=";
+    out += std::to_string(mesh.shape[i]);
+  }
+  return "mesh (" + out + ")";
+}
+
+bool same_placement(const Placement& a, const Placement& b) {
+  return a.kind == b.kind && a.dim == b.dim && a.split_factor == b.split_factor &&
+         a.reduce_op == b.reduce_op;
+}
+
+bool is_data_parallel_dim(std::string_view name) {
+  return name == "fsdp" || name == "ddp" || name == "dp" || name == "dp_shard" ||
+         name == "dp_replicate";
+}
+
+// The box of the global tensor that the rank at mesh coordinate `coord` holds: Shard(d) cuts
+// the (already cut) dim d with torch.chunk semantics, mesh dims in order, as DTensor does.
+struct Box {
+  Shape offsets;
+  Shape shape;
+};
+
+Box local_box(const DTensorInfo& info, const std::vector<std::int64_t>& coord,
+              const std::vector<std::size_t>& shard_dims) {
+  Box box{Shape(info.global_shape.size(), 0), info.global_shape};
+  for (std::size_t m = 0; m < info.placements.size(); ++m) {
+    if (info.placements[m].kind != Placement::Kind::kShard) continue;
+    std::size_t d = shard_dims[m];
+    std::int64_t pieces = info.mesh.shape[m];
+    std::int64_t size = box.shape[d];
+    std::int64_t chunk = size / pieces + (size % pieces != 0);
+    std::int64_t begin = std::min(size, chunk * coord[m]);  // chunk * coord <= size * pieces
+    std::int64_t end = std::min(size, begin + chunk);
+    box.offsets[d] += begin;
+    box.shape[d] = end - begin;
+  }
+  return box;
+}
+
+// Row-major coordinate of flat index `flat` in a mesh of shape `shape`.
+std::vector<std::int64_t> unravel(std::int64_t flat, const Shape& shape) {
+  std::vector<std::int64_t> coord(shape.size(), 0);
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    coord[i] = flat % shape[i];
+    flat /= shape[i];
+  }
+  return coord;
+}
+
+// Overflow-safe element count; nullopt on a negative size or overflow.
+std::optional<std::int64_t> checked_numel(const Shape& shape) {
+  std::int64_t n = 1;
+  for (auto s : shape)
+    if (s < 0 || __builtin_mul_overflow(n, s, &n)) return std::nullopt;
+  return n;
+}
+
+// The fragments of `tensor` (each from the rank in `owners`) tile it exactly: inside it, no two
+// overlapping, sizes adding up. Fragments are swept along the dim where their offsets vary.
+Status check_tiling(const LogicalTensor& tensor, const std::vector<int>& owners) {
+  const auto& frags = tensor.fragments;
+  std::size_t ndim = tensor.shape.size();
+  std::int64_t covered = 0;
+  for (std::size_t i = 0; i < frags.size(); ++i) {
+    const auto& f = frags[i];
+    for (std::size_t d = 0; d < ndim; ++d)
+      if (f.offsets[d] < 0 || f.source.shape[d] < 0 ||
+          f.offsets[d] > tensor.shape[d] - f.source.shape[d])
+        return invalid_input("rank " + std::to_string(owners[i]) + "'s shard " +
+                             shape_text(f.source.shape) + " at " + shape_text(f.offsets) +
+                             " reaches outside the global shape " + shape_text(tensor.shape));
+    if (__builtin_add_overflow(covered, *checked_numel(f.source.shape), &covered))
+      covered = INT64_MAX;
+  }
+  std::size_t sweep = 0;
+  for (std::size_t d = 0; d < ndim; ++d)
+    for (const auto& f : frags)
+      if (f.offsets[d] != frags.front().offsets[d]) sweep = d;
+  std::vector<std::size_t> order(frags.size());
+  std::iota(order.begin(), order.end(), 0);
+  auto start = [&](std::size_t i) { return ndim ? frags[i].offsets[sweep] : 0; };
+  auto end = [&](std::size_t i) {
+    return ndim ? frags[i].offsets[sweep] + frags[i].source.shape[sweep] : 1;
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return start(a) < start(b); });
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    for (std::size_t j = i + 1; j < order.size() && start(order[j]) < end(order[i]); ++j) {
+      const auto& a = frags[order[i]];
+      const auto& b = frags[order[j]];
+      bool overlap = true;
+      for (std::size_t d = 0; d < ndim && overlap; ++d)
+        overlap = a.offsets[d] < b.offsets[d] + b.source.shape[d] &&
+                  b.offsets[d] < a.offsets[d] + a.source.shape[d];
+      if (overlap)
+        return invalid_input("the shards of rank " + std::to_string(owners[order[i]]) +
+                             " and rank " + std::to_string(owners[order[j]]) + " overlap");
+    }
+  }
+  if (covered != *checked_numel(tensor.shape))
+    return invalid_input("the shards cover " + std::to_string(covered) + " of " +
+                         std::to_string(*checked_numel(tensor.shape)) + " elements");
+  return {};
+}
+
+// ---- identical plain tensors ------------------------------------------------------------------
+
+using Digest = std::array<std::uint64_t, 2>;
+
+// XXH3-128 of a view's elements, visited with dims in `order` (outermost first; the same order
+// for every rank, so equal values give equal digests whatever the strides). Reads go through a
+// bounded buffer: a run of the innermost dim is read in windows of at most kWindow bytes.
+Result<Digest> hash_view(const InputFile& file, const TensorRef& ref,
+                         const std::vector<std::size_t>& order) {
+  constexpr std::uint64_t kWindow = 1u << 20;
+  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
+                                                                 &XXH3_freeState);
+  XXH3_128bits_reset(state.get());
+  auto count = checked_numel(ref.shape);
+  if (!count) return invalid_input("bad shape " + shape_text(ref.shape));
+  const std::uint64_t es = element_size(ref.dtype);
+  for (auto stride : ref.strides)
+    if (stride < 0) return invalid_input("negative stride in " + shape_text(ref.strides));
+  if (*count > 0) {
+    std::size_t inner = order.empty() ? 0 : order.back();
+    std::int64_t run = order.empty() ? 1 : ref.shape[inner];
+    std::uint64_t step = order.empty() ? 0 : static_cast<std::uint64_t>(ref.strides[inner]) * es;
+    std::uint64_t per_window =
+        step == 0 ? static_cast<std::uint64_t>(run) : std::max<std::uint64_t>(1, kWindow / step);
+    std::vector<std::byte> window, packed;
+    std::vector<std::int64_t> index(order.size(), 0);  // over order[0..n-2]
+    for (std::int64_t done = 0; done < *count; done += run) {
+      std::int64_t element = ref.offset;
+      for (std::size_t k = 0; k + 1 < order.size(); ++k)
+        element += index[k] * ref.strides[order[k]];
+      for (std::int64_t i = 0; i < run;) {  // one run of the innermost dim
+        std::uint64_t m = std::min<std::uint64_t>(per_window, static_cast<std::uint64_t>(run - i));
+        std::uint64_t begin = static_cast<std::uint64_t>(element + i * (step / es)) * es;
+        std::uint64_t length = (m - 1) * step + es;
+        if (!range_fits(begin, length, ref.storage_nbytes))
+          return invalid_input("view reaches past its storage");
+        window.resize(length);
+        CKPT_TRY(file.read_at(ref.storage_begin + begin, window));
+        if (step == es) {
+          XXH3_128bits_update(state.get(), window.data(), length);
+        } else {
+          packed.resize(m * es);
+          for (std::uint64_t e = 0; e < m; ++e)
+            std::copy_n(window.data() + e * step, es, packed.data() + e * es);
+          XXH3_128bits_update(state.get(), packed.data(), packed.size());
+        }
+        i += static_cast<std::int64_t>(m);
+      }
+      for (std::size_t k = order.empty() ? 0 : order.size() - 1; k-- > 0;) {  // next run
+        if (++index[k] < ref.shape[order[k]]) break;
+        index[k] = 0;
+      }
+    }
+  }
+  XXH128_hash_t h = XXH3_128bits_digest(state.get());
+  return Digest{h.high64, h.low64};
+}
+
+// Dims by decreasing stride of `t` (ties: logical order): the innermost dim is the one whose
+// elements lie closest together, so reads move forward through the file.
+std::vector<std::size_t> visit_order(const TorchTensor& t) {
+  std::vector<std::size_t> order(t.shape.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return t.strides[a] > t.strides[b]; });
+  return order;
+}
+
+// ---- merging ----------------------------------------------------------------------------------
+
+class Merger {
+ public:
+  Merger(const FsdpCheckpoint& checkpoint, std::vector<TorchCheckpoint> ranks)
+      : checkpoint_(checkpoint), ranks_(std::move(ranks)) {}
+
+  Result<MergedTensors> run() {
+    MergedTensors out;
+    out.inputs = checkpoint_.rank_files;
+    CKPT_TRY(index_names());
+    std::size_t dtensors = 0, plains = 0;
+    std::set<std::string> layouts;
+    for (std::size_t i = 0; i < ranks_[0].tensors.size(); ++i) {
+      const TorchTensor& t = ranks_[0].tensors[i];
+      std::vector<std::size_t> at(ranks_.size());
+      for (std::size_t r = 0; r < ranks_.size(); ++r) at[r] = names_[r].at(t.name);
+      auto merged = t.dtensor ? merge_dtensor(t.name, at) : merge_plain(t.name, at);
+      if (!merged.ok()) return merged.error().with_context("tensor " + t.name);
+      out.tensors.push_back(std::move(merged).value());
+      if (t.dtensor) {
+        ++dtensors;
+        layouts.insert(placements_text(*t.dtensor) + " over " + mesh_text(t.dtensor->mesh));
+      } else {
+        ++plains;
+      }
+    }
+    out.notes.push_back(
+        count(out.tensors.size(), "tensor") + " from " + count(ranks_.size(), "rank file") + ": " +
+        count(dtensors, "DTensor") + ", " + count(plains, "plain tensor") +
+        (ranks_.size() > 1 && plains ? " (identical on every rank, read once)" : ""));
+    for (const auto& layout : layouts) out.notes.push_back("placements " + layout);
+    if (!replica_note_.empty()) out.notes.push_back(replica_note_);
+    return out;
+  }
+
+ private:
+  std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
+  std::string rank_text(std::size_t r) const {
+    return "rank " + std::to_string(r) + " (" + file_of(r) + ")";
+  }
+
+  // Every rank file holds the same names, each once.
+  Status index_names() {
+    names_.resize(ranks_.size());
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      for (std::size_t i = 0; i < ranks_[r].tensors.size(); ++i)
+        if (!names_[r].emplace(ranks_[r].tensors[i].name, i).second)
+          return invalid_input(file_of(r) + ": tensor " + ranks_[r].tensors[i].name +
+                               " appears twice");
+    }
+    for (std::size_t r = 1; r < ranks_.size(); ++r) {
+      for (const auto& t : ranks_[0].tensors)
+        if (!names_[r].count(t.name))
+          return invalid_input("tensor " + t.name + " is in rank 0's file " + file_of(0) +
+                               " but missing from " + rank_text(r));
+      for (const auto& t : ranks_[r].tensors)
+        if (!names_[0].count(t.name))
+          return invalid_input("tensor " + t.name + " is in " + rank_text(r) +
+                               " but missing from rank 0's file " + file_of(0));
+    }
+    return {};
+  }
+
+  // Placements this merger can rebuild, on a mesh of data-parallel dims holding every rank once.
+  // Returns, per mesh dim, the (non-negative) tensor dim of a Shard placement.
+  Result<std::vector<std::size_t>> check_layout(const DTensorInfo& info) const {
+    std::vector<std::size_t> shard_dims(info.placements.size(), 0);
+    const std::size_t ndim = info.global_shape.size();
+    if (!checked_numel(info.global_shape))
+      return invalid_input("bad global shape " + shape_text(info.global_shape));
+    for (std::size_t m = 0; m < info.placements.size(); ++m) {
+      const Placement& p = info.placements[m];
+      if (p.kind == Placement::Kind::kPartial)
+        return unsupported("placement " + placement_text(p) +
+                           " is not supported (values are not reduced)");
+      if (p.kind == Placement::Kind::kStridedShard)
+        return unsupported("placement " + placement_text(p) +
+                           " is not supported (interleaved FSDP + tensor-parallel shards)");
+      if (p.kind == Placement::Kind::kOther)
+        return unsupported("placement " + placement_text(p) + " is not supported");
+      if (p.kind == Placement::Kind::kShard) {
+        std::int64_t d = p.dim < 0 ? p.dim + static_cast<std::int64_t>(ndim) : p.dim;
+        if (d < 0 || d >= static_cast<std::int64_t>(ndim))
+          return invalid_input("placement " + placement_text(p) + " of a " + std::to_string(ndim) +
+                               "-d tensor");
+        shard_dims[m] = static_cast<std::size_t>(d);
+      }
+    }
+    const DeviceMeshInfo& mesh = info.mesh;
+    for (std::size_t m = 0; m < mesh.dim_names.size(); ++m)
+      if (!is_data_parallel_dim(mesh.dim_names[m]))
+        return unsupported("mesh dimension '" + mesh.dim_names[m] + "' (" + mesh_text(mesh) +
+                           ") is not supported: only data-parallel dims (fsdp, ddp, dp, "
+                           "dp_shard, dp_replicate) can be merged");
+    auto size = checked_numel(mesh.shape);
+    for (auto s : mesh.shape)
+      if (s < 1) size.reset();
+    if (!size || static_cast<std::uint64_t>(*size) != mesh.ranks.size())
+      return invalid_input("malformed device mesh: shape " + shape_text(mesh.shape) + " with " +
+                           std::to_string(mesh.ranks.size()) + " ranks");
+    std::set<std::int64_t> ranks(mesh.ranks.begin(), mesh.ranks.end());
+    if (ranks.size() != mesh.ranks.size() || mesh.ranks.size() != ranks_.size() ||
+        *ranks.begin() != 0 || *ranks.rbegin() != static_cast<std::int64_t>(ranks_.size()) - 1)
+      return invalid_input("the device mesh holds ranks " + shape_text(mesh.ranks) +
+                           ", but the checkpoint has the files of ranks 0.." +
+                           std::to_string(ranks_.size() - 1));
+    return shard_dims;
+  }
+
+  // Every rank holds the same DTensorSpec (dtype, global shape, placements, mesh) and a local
+  // tensor of that dtype.
+  Status check_same_spec(const std::vector<std::size_t>& at) const {
+    const DTensorInfo& first = *ranks_[0].tensors[at[0]].dtensor;
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      const TorchTensor& t = ranks_[r].tensors[at[r]];
+      if (!t.dtensor)
+        return invalid_input("a DTensor on rank 0 but a plain tensor on " + rank_text(r));
+      const DTensorInfo& info = *t.dtensor;
+      if (info.dtype != first.dtype || info.global_shape != first.global_shape)
+        return invalid_input(rank_text(r) + " says " + std::string(torch_name(info.dtype)) + " " +
+                             shape_text(info.global_shape) + ", rank 0 says " +
+                             std::string(torch_name(first.dtype)) + " " +
+                             shape_text(first.global_shape));
+      bool same = info.placements.size() == first.placements.size() &&
+                  info.mesh.shape == first.mesh.shape && info.mesh.ranks == first.mesh.ranks &&
+                  info.mesh.dim_names == first.mesh.dim_names;
+      for (std::size_t m = 0; same && m < info.placements.size(); ++m)
+        same = same_placement(info.placements[m], first.placements[m]);
+      if (!same)
+        return invalid_input(rank_text(r) + " has placements " + placements_text(info) + " over " +
+                             mesh_text(info.mesh) + " " + shape_text(info.mesh.ranks) +
+                             ", rank 0 has " + placements_text(first) + " over " +
+                             mesh_text(first.mesh) + " " + shape_text(first.mesh.ranks));
+      if (t.dtype != info.dtype)
+        return invalid_input(rank_text(r) + " holds a " + std::string(torch_name(t.dtype)) +
+                             " local shard of a " + std::string(torch_name(info.dtype)) +
+                             " DTensor");
+      if (t.conj || t.neg)
+        return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
+    }
+    return {};
+  }
+
+  Result<LogicalTensor> merge_dtensor(const std::string& name, const std::vector<std::size_t>& at) {
+    const DTensorInfo& info = *ranks_[0].tensors[at[0]].dtensor;
+    CKPT_ASSIGN_OR_RETURN(auto shard_dims, check_layout(info));
+    CKPT_TRY(check_same_spec(at));
+    LogicalTensor tensor;
+    tensor.name = name;
+    tensor.source_dtype = tensor.dtype = info.dtype;
+    tensor.shape = info.global_shape;
+    std::vector<int> owners;
+    std::vector<std::size_t> readers;
+    for (std::size_t flat = 0; flat < info.mesh.ranks.size(); ++flat) {
+      auto r = static_cast<std::size_t>(info.mesh.ranks[flat]);
+      auto coord = unravel(static_cast<std::int64_t>(flat), info.mesh.shape);
+      Box box = local_box(info, coord, shard_dims);
+      const TorchTensor& t = ranks_[r].tensors[at[r]];
+      if (t.shape != box.shape)
+        return invalid_input(rank_text(r) + " holds a local shard of shape " + shape_text(t.shape) +
+                             ", but " + placements_text(info) + " of " +
+                             shape_text(info.global_shape) + " over " + mesh_text(info.mesh) +
+                             " gives " + shape_text(box.shape) + " at mesh coordinate " +
+                             shape_text(coord));
+      bool first_replica = true;
+      for (std::size_t m = 0; m < coord.size(); ++m)
+        if (info.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0)
+          first_replica = false;
+      if (!first_replica) continue;
+      readers.push_back(r);
+      if (*checked_numel(box.shape) == 0) continue;
+      tensor.fragments.push_back(Fragment{ranks_[r].ref(at[r], r), box.offsets});
+      owners.push_back(static_cast<int>(r));
+    }
+    CKPT_TRY(check_tiling(tensor, owners));
+    if (readers.size() < ranks_.size() && replica_note_.empty()) {
+      std::string list;
+      for (auto r : readers) list += (list.empty() ? "" : ", ") + std::to_string(r);
+      replica_note_ = "replicated mesh dims: one replica read (ranks " + list + ")";
+    }
+    return tensor;
+  }
+
+  // A plain tensor must be the same on every rank (a replicated buffer); rank 0's is taken.
+  Result<LogicalTensor> merge_plain(const std::string& name, const std::vector<std::size_t>& at) {
+    const TorchTensor& first = ranks_[0].tensors[at[0]];
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      const TorchTensor& t = ranks_[r].tensors[at[r]];
+      if (t.dtensor)
+        return invalid_input("a plain tensor on rank 0 but a DTensor on " + rank_text(r));
+      if (t.dtype != first.dtype || t.shape != first.shape)
+        return invalid_input("a plain tensor that differs between ranks: rank 0 holds " +
+                             std::string(torch_name(first.dtype)) + " " + shape_text(first.shape) +
+                             ", " + rank_text(r) + " holds " + std::string(torch_name(t.dtype)) +
+                             " " + shape_text(t.shape));
+      if (t.conj || t.neg)
+        return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
+    }
+    if (ranks_.size() > 1) CKPT_TRY(check_identical(at));
+    LogicalTensor tensor;
+    tensor.name = name;
+    tensor.source_dtype = tensor.dtype = first.dtype;
+    tensor.shape = first.shape;
+    tensor.fragments.push_back(Fragment{ranks_[0].ref(at[0], 0), Shape(first.shape.size(), 0)});
+    return tensor;
+  }
+
+  Status check_identical(const std::vector<std::size_t>& at) {
+    auto order = visit_order(ranks_[0].tensors[at[0]]);
+    std::optional<Digest> first;
+    for (std::size_t r = 0; r < ranks_.size(); ++r) {
+      CKPT_ASSIGN_OR_RETURN(const InputFile* file, input(r));
+      TensorRef ref = ranks_[r].ref(at[r], r);
+      auto digest = hash_view(*file, ref, order);
+      if (!digest.ok()) return digest.error().with_context(rank_text(r));
+      if (!first) {
+        first = *digest;
+      } else if (*digest != *first || ref.byteswap != ranks_[0].big_endian) {
+        return invalid_input("a plain tensor whose values differ between rank 0 (" + file_of(0) +
+                             ") and " + rank_text(r) +
+                             "; a tensor that is not a DTensor must be identical on every rank");
+      }
+    }
+    return {};
+  }
+
+  Result<const InputFile*> input(std::size_t r) {
+    if (files_.size() != ranks_.size()) files_.resize(ranks_.size());
+    if (!files_[r]) {
+      CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(checkpoint_.rank_files[r]));
+      files_[r] = std::make_unique<InputFile>(std::move(file));
+    }
+    return files_[r].get();
+  }
+
+  const FsdpCheckpoint& checkpoint_;
+  std::vector<TorchCheckpoint> ranks_;
+  std::vector<std::unordered_map<std::string, std::size_t>> names_;
+  std::vector<std::unique_ptr<InputFile>> files_;
+  std::string replica_note_;
+};
+
+}  // namespace
+
+bool looks_like_fsdp_checkpoint(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return false;
+  for (const auto& entry : fs::directory_iterator(dir, ec))
+    if (parse_rank_file_name(entry.path().filename().string())) return true;
+  return false;
+}
+
+Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return invalid_input(dir.string() + ": not a directory");
+  // world size from the name (-1: model_rank_R.pt) -> rank -> path
+  std::map<int, std::map<int, fs::path>> found;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    auto name = parse_rank_file_name(entry.path().filename().string());
+    if (name) found[name->world.value_or(-1)][name->rank] = entry.path();
+  }
+  if (ec) return io_error(dir.string() + ": cannot list: " + ec.message());
+  if (found.empty())
+    return invalid_input(dir.string() +
+                         ": no verl FSDP model shards (model_world_size_{W}_rank_{R}.pt or "
+                         "model_rank_{R}.pt)");
+  if (found.size() > 1) {
+    return invalid_input(dir.string() + ": holds model files of two layouts (" +
+                         rank_file_pattern(found.begin()->first) + " and " +
+                         rank_file_pattern(std::next(found.begin())->first) +
+                         "); remove the stale ones or point at a clean directory");
+  }
+  const auto& [named_world, files] = *found.begin();
+  std::optional<int> name_world;
+  if (named_world >= 0) name_world = named_world;
+
+  FsdpCheckpoint ckpt;
+  ckpt.dir = dir;
+  std::string source;
+  if (fs::exists(dir / kConfigName)) {
+    CKPT_ASSIGN_OR_RETURN(auto config, read_fsdp_config(dir / kConfigName));
+    if (name_world && *name_world != config.world_size)
+      return invalid_input((dir / kConfigName).string() + " says world_size " +
+                           std::to_string(config.world_size) + ", but the model files are " +
+                           rank_file_pattern(named_world));
+    ckpt.world_size = config.world_size;
+    ckpt.fsdp_version = config.fsdp_version;
+    source = "fsdp_config.json";
+    ckpt.notes.push_back(
+        "world size " + std::to_string(ckpt.world_size) + " from fsdp_config.json" +
+        (config.fsdp_version ? " (FSDP" + std::to_string(config.fsdp_version) + ")" : ""));
+  } else {
+    ckpt.world_size = name_world ? *name_world : files.rbegin()->first + 1;
+    source = "the file names";
+    ckpt.notes.push_back("world size " + std::to_string(ckpt.world_size) +
+                         " from the file names (no fsdp_config.json)");
+  }
+  if (!name_world) ckpt.notes.push_back("older file names model_rank_{R}.pt");
+  if (ckpt.world_size > kMaxWorldSize)
+    return invalid_input(dir.string() + ": world size " + std::to_string(ckpt.world_size) +
+                         " is implausible");
+  for (int r = 0; r < ckpt.world_size; ++r) {
+    auto it = files.find(r);
+    if (it == files.end())
+      return invalid_input((dir / rank_file_name(name_world, r)).string() +
+                           " is missing (world size " + std::to_string(ckpt.world_size) + " from " +
+                           source + ")");
+    ckpt.rank_files.push_back(it->second);
+  }
+  if (files.rbegin()->first >= ckpt.world_size)
+    return invalid_input(files.rbegin()->second.string() + ": rank " +
+                         std::to_string(files.rbegin()->first) + " is outside world size " +
+                         std::to_string(ckpt.world_size) + " (from " + source + ")");
+  if (fs::is_directory(dir / "huggingface", ec)) ckpt.hf_dir = dir / "huggingface";
+  return ckpt;
+}
+
+Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint) {
+  if (checkpoint.rank_files.empty() ||
+      checkpoint.rank_files.size() != static_cast<std::size_t>(checkpoint.world_size))
+    return invalid_input(checkpoint.dir.string() + ": " +
+                         std::to_string(checkpoint.rank_files.size()) +
+                         " rank files for world size " + std::to_string(checkpoint.world_size));
+  std::vector<TorchCheckpoint> ranks;
+  ranks.reserve(checkpoint.rank_files.size());
+  for (const auto& path : checkpoint.rank_files) {
+    CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
+    ranks.push_back(std::move(ckpt));
+  }
+  return Merger(checkpoint, std::move(ranks)).run();
+}
+
+}  // namespace ckptstream

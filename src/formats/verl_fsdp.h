@@ -1,0 +1,49 @@
+// verl FSDP checkpoints (../shared/docs/formats/verl.md §1): a role directory
+// (.../global_step_N/actor) holding model_world_size_{W}_rank_{R}.pt (older: model_rank_{R}.pt),
+// one torch.save file per rank whose values are DTensors (FSDP2, or FSDP1 with a device mesh) or
+// plain tensors (W = 1, replicated buffers); fsdp_config.json {"FSDP_version", "world_size"};
+// huggingface/ with config.json, tokenizer and generation config; optim_* and extra_state_*
+// files, never opened here.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckptstream/result.h"
+#include "plan/plan.h"
+
+namespace ckptstream {
+
+struct FsdpCheckpoint {
+  std::filesystem::path dir;
+  int world_size = 0;
+  int fsdp_version = 0;                           // 0 when fsdp_config.json is absent
+  std::vector<std::filesystem::path> rank_files;  // index = rank
+  std::optional<std::filesystem::path> hf_dir;    // <dir>/huggingface, when present
+  std::vector<std::string> notes;                 // how the layout was found, for the user
+};
+
+// Does `dir` hold verl FSDP model shards? (for --backend auto)
+bool looks_like_fsdp_checkpoint(const std::filesystem::path& dir);
+
+// Finds W (fsdp_config.json, else the file names) and every rank's model file; a missing or
+// mismatched rank is an error naming it.
+Result<FsdpCheckpoint> find_fsdp_checkpoint(const std::filesystem::path& dir);
+
+struct MergedTensors {
+  std::vector<std::filesystem::path> inputs;  // Plan::inputs, referenced by the fragments
+  std::vector<LogicalTensor> tensors;         // state-dict order; dtype == source_dtype
+  std::vector<std::string> notes;
+};
+
+// Reads every rank file's metadata and expresses each state-dict entry as one logical tensor
+// whose fragments are the ranks' local shards at their global offsets (DTensor placements:
+// Shard(d) with torch.chunk semantics, Replicate, 2-d (ddp, fsdp) meshes read from one
+// replica), checked against the DTensorSpec's global shape and dtype and for exact tiling.
+// Plain tensors must be identical on every rank and are taken once. Unsupported placements
+// (Partial, _StridedShard, a tp mesh dimension) are clear errors naming the tensor.
+Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint);
+
+}  // namespace ckptstream

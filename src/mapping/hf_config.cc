@@ -1,0 +1,104 @@
+#include "mapping/hf_config.h"
+
+#include <simdjson.h>
+
+#include <string_view>
+
+namespace ckptstream {
+
+namespace {
+
+using simdjson::dom::element;
+
+// Reads `key` of `object` into `out` when present and not null; a value of another JSON type is
+// an error naming the key.
+template <class T>
+Status read_optional(element object, std::string_view key, std::optional<T>& out) {
+  element value;
+  if (object[key].get(value) || value.is_null()) return {};
+  T typed{};
+  if (value.get(typed)) return invalid_input("\"" + std::string(key) + "\" has the wrong type");
+  out = typed;
+  return {};
+}
+
+Status read_string(element object, std::string_view key, std::string& out) {
+  std::optional<std::string_view> text;
+  CKPT_TRY(read_optional(object, key, text));
+  if (text) out = std::string(*text);
+  return {};
+}
+
+Result<HfTextConfig> read_text_config(element object) {
+  HfTextConfig config;
+  CKPT_TRY(read_string(object, "model_type", config.model_type));
+  CKPT_TRY(read_optional(object, "hidden_size", config.hidden_size));
+  CKPT_TRY(read_optional(object, "num_hidden_layers", config.num_hidden_layers));
+  for (std::string_view key :
+       {"num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"}) {
+    CKPT_TRY(read_optional(object, key, config.num_experts));
+    if (config.num_experts) break;
+  }
+  std::optional<std::int64_t> zero_experts;
+  CKPT_TRY(read_optional(object, "zero_expert_num", zero_experts));
+  config.zero_expert_num = zero_experts.value_or(0);
+  return config;
+}
+
+Result<HfConfig> parse_config(element doc) {
+  if (!doc.is_object()) return invalid_input("not a JSON object");
+  HfConfig config;
+  CKPT_ASSIGN_OR_RETURN(config.top, read_text_config(doc));
+  CKPT_TRY(read_optional(doc, "tie_word_embeddings", config.tie_word_embeddings));
+  CKPT_TRY(read_string(doc, "dtype", config.dtype));
+  if (config.dtype.empty()) CKPT_TRY(read_string(doc, "torch_dtype", config.dtype));
+  element architectures;
+  if (!doc["architectures"].get(architectures) && !architectures.is_null()) {
+    simdjson::dom::array names;
+    if (architectures.get(names)) return invalid_input("\"architectures\" is not a list");
+    for (element name : names) {
+      std::string_view text;
+      if (name.get(text)) return invalid_input("\"architectures\" holds a non-string");
+      config.architectures.emplace_back(text);
+    }
+  }
+  element text_config;
+  if (!doc["text_config"].get(text_config) && text_config.is_object()) {
+    auto nested = read_text_config(text_config);
+    if (!nested) return nested.error().with_context("text_config");
+    config.text_config = std::move(nested).value();
+  }
+  return config;
+}
+
+}  // namespace
+
+std::optional<std::int64_t> HfConfig::hidden_size() const {
+  if (top.hidden_size || !text_config) return top.hidden_size;
+  return text_config->hidden_size;
+}
+
+std::optional<std::int64_t> HfConfig::num_experts() const {
+  if (top.num_experts || !text_config) return top.num_experts;
+  return text_config->num_experts;
+}
+
+std::int64_t HfConfig::zero_expert_num() const {
+  if (top.zero_expert_num || !text_config) return top.zero_expert_num;
+  return text_config->zero_expert_num;
+}
+
+Result<HfConfig> read_hf_config(const std::filesystem::path& config_json) {
+  simdjson::padded_string text;
+  if (simdjson::padded_string::load(config_json.string()).get(text))
+    return io_error(config_json.string() + ": cannot read the file");
+  simdjson::dom::parser parser;
+  element doc;
+  if (parser.parse(text).get(doc)) return invalid_input(config_json.string() + ": not valid JSON");
+  auto config = parse_config(doc);
+  if (!config) return config.error().with_context(config_json.string());
+  config->path = config_json;
+  return config;
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,46 @@
+// What the mapping layers need from a Hugging Face config.json: the architecture (model_type,
+// architectures), the sizes that let a mapping check tensor shapes, and the few flags that change
+// what transformers' save_pretrained writes. Vision-language models nest the language model's
+// settings under "text_config"; its values are read too, and the size accessors fall back to them.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ckptstream/result.h"
+
+namespace ckptstream {
+
+struct HfTextConfig {
+  std::string model_type;  // "" when absent
+  std::optional<std::int64_t> hidden_size;
+  std::optional<std::int64_t> num_hidden_layers;
+  // The first of num_local_experts (Mixtral, PhiMoE, gpt-oss), num_experts (Qwen-MoE, OLMoE,
+  // Jamba), n_routed_experts (DeepSeek, GLM-MoE), moe_num_experts (ERNIE) that is present.
+  std::optional<std::int64_t> num_experts;
+  std::int64_t zero_expert_num = 0;  // LongCat-Flash: identity experts packed after the routed ones
+};
+
+struct HfConfig {
+  std::filesystem::path path;  // for messages
+  std::vector<std::string> architectures;
+  std::optional<bool> tie_word_embeddings;
+  std::string dtype;  // transformers v5 "dtype", else v4 "torch_dtype"; "" when absent
+  HfTextConfig top;   // the top-level keys
+  std::optional<HfTextConfig> text_config;
+
+  const std::string& model_type() const { return top.model_type; }
+  // Top-level value, else text_config's.
+  std::optional<std::int64_t> hidden_size() const;
+  std::optional<std::int64_t> num_experts() const;
+  std::int64_t zero_expert_num() const;
+};
+
+// Reads config.json. Errors name the file: unreadable, not a JSON object, or a known key with the
+// wrong JSON type (e.g. "num_local_experts": "8").
+Result<HfConfig> read_hf_config(const std::filesystem::path& config_json);
+
+}  // namespace ckptstream

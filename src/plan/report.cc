@@ -1,0 +1,436 @@
+#include "plan/report.h"
+
+#include <charconv>
+#include <cmath>
+#include <filesystem>
+#include <system_error>
+
+#include "core/json_text.h"
+
+namespace ckptstream {
+namespace {
+
+using Detail = PlanSummaryOptions::Detail;
+
+// Where a fragment reads: see the header's terms.
+struct FragmentSpan {
+  std::uint64_t offset = 0;
+  std::uint64_t length = 0;
+  std::uint64_t needed = 0;
+  bool contiguous = true;
+};
+
+bool is_contiguous(const TensorRef& ref) {
+  if (ref.strides.size() != ref.shape.size()) return false;
+  std::int64_t expected = 1;
+  for (std::size_t d = ref.shape.size(); d-- > 0;) {
+    if (ref.shape[d] != 1 && ref.strides[d] != expected) return false;
+    expected *= ref.shape[d];
+  }
+  return true;
+}
+
+FragmentSpan fragment_span(const TensorRef& ref) {
+  FragmentSpan span;
+  auto element = static_cast<std::int64_t>(element_size(ref.dtype));
+  span.contiguous = is_contiguous(ref);
+  std::int64_t lowest = ref.offset;
+  std::int64_t highest = ref.offset;
+  std::int64_t count = numel(ref.shape);
+  if (count > 0) {
+    for (std::size_t d = 0; d < ref.shape.size() && d < ref.strides.size(); ++d) {
+      std::int64_t extent = (ref.shape[d] - 1) * ref.strides[d];
+      (extent < 0 ? lowest : highest) += extent;
+    }
+    span.length = static_cast<std::uint64_t>(highest - lowest + 1) * element_size(ref.dtype);
+    span.needed = static_cast<std::uint64_t>(count) * element_size(ref.dtype);
+  }
+  span.offset =
+      ref.storage_begin + static_cast<std::uint64_t>(std::max<std::int64_t>(lowest * element, 0));
+  return span;
+}
+
+std::string_view dtype_name(DType dtype) {
+  const auto& info = dtype_info(dtype);
+  return info.safetensors_name.empty() ? info.torch_name : info.safetensors_name;
+}
+
+void append_number(std::string& out, std::uint64_t value) {
+  char digits[24];
+  auto end = std::to_chars(digits, digits + sizeof digits, value).ptr;
+  out.append(digits, end);
+}
+
+void append_number(std::string& out, std::int64_t value) {
+  char digits[24];
+  auto end = std::to_chars(digits, digits + sizeof digits, value).ptr;
+  out.append(digits, end);
+}
+
+// Shortest round-trip form; JSON has no inf or NaN, so those become null.
+void append_json_double(std::string& out, double value) {
+  if (!std::isfinite(value)) {
+    out += "null";
+    return;
+  }
+  char digits[32];
+  auto end = std::to_chars(digits, digits + sizeof digits, value).ptr;
+  out.append(digits, end);
+}
+
+// "[4, 2]" for people, "[4,2]" in JSON.
+void append_list(std::string& out, const Shape& values, std::string_view separator) {
+  out += '[';
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    if (i) out += separator;
+    append_number(out, values[i]);
+  }
+  out += ']';
+}
+
+void append_json_string(std::string& out, std::string_view text) {
+  if (is_valid_utf8(text)) {
+    append_serde_json_string(out, text);
+    return;
+  }
+  // Not UTF-8 (a path can hold any bytes): every byte that is not printable ASCII as \u00XX.
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  for (unsigned char c : text) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20 || c >= 0x7F) {
+      out += "\\u00";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xF];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  out += '"';
+}
+
+std::uint64_t side_file_size(const SideFile& side) {
+  std::error_code error;
+  auto size = std::filesystem::file_size(side.source, error);
+  return error ? 0 : size;
+}
+
+std::uint64_t count_fragments(const LogicalTensor& tensor) {
+  std::uint64_t count = tensor.fragments.size();
+  if (tensor.lora) count += tensor.lora->a.fragments.size() + tensor.lora->b.fragments.size();
+  return count;
+}
+
+std::uint64_t bytes_needed(const LogicalTensor& tensor) {
+  std::uint64_t bytes = 0;
+  for (const auto& fragment : tensor.fragments) bytes += fragment_span(fragment.source).needed;
+  if (tensor.lora) bytes += bytes_needed(tensor.lora->a) + bytes_needed(tensor.lora->b);
+  return bytes;
+}
+
+// --- text ------------------------------------------------------------------------------------
+
+void append_bytes_text(std::string& out, std::uint64_t bytes) {
+  append_number(out, bytes);
+  out += bytes == 1 ? " byte (" : " bytes (";
+  out += human_bytes(bytes);
+  out += ')';
+}
+
+void append_fragments_text(std::string& out, const Plan& plan, const LogicalTensor& tensor,
+                           std::string_view prefix) {
+  for (const auto& fragment : tensor.fragments) {
+    const auto& ref = fragment.source;
+    auto span = fragment_span(ref);
+    out += prefix;
+    out += "<- ";
+    if (ref.input < plan.inputs.size())
+      out += plan.inputs[ref.input].native();
+    else
+      out += "#" + std::to_string(ref.input);
+    out += " @";
+    append_number(out, span.offset);
+    out += " +";
+    append_number(out, span.length);
+    out += ' ';
+    append_list(out, ref.shape, ", ");
+    if (!span.contiguous) {
+      out += " strides ";
+      append_list(out, ref.strides, ", ");
+    }
+    out += " at ";
+    append_list(out, fragment.offsets, ", ");
+    if (ref.byteswap) out += " byteswap";
+    out += '\n';
+  }
+}
+
+void append_dtype_shape_text(std::string& out, const LogicalTensor& tensor) {
+  out += dtype_name(tensor.dtype);
+  out += ' ';
+  append_list(out, tensor.shape, ", ");
+}
+
+void append_tensor_text(std::string& out, const Plan& plan, const OutputFile& file,
+                        const PlacedTensor& placed, Detail detail) {
+  const auto& tensor = placed.tensor;
+  out += "  ";
+  out += tensor.name;
+  out += ' ';
+  append_dtype_shape_text(out, tensor);
+  out += " bytes [";
+  append_number(out, file.header.size() + placed.data_begin);
+  out += ", ";
+  append_number(out, file.header.size() + placed.data_end);
+  out += ')';
+  if (tensor.source_dtype != tensor.dtype) {
+    out += " from ";
+    out += dtype_name(tensor.source_dtype);
+  }
+  out += '\n';
+  if (detail != Detail::kFragments) return;
+  append_fragments_text(out, plan, tensor, "    ");
+  if (!tensor.lora) return;
+  const auto& lora = *tensor.lora;
+  out += "    lora scale ";
+  append_json_double(out, lora.scale);
+  out += " A ";
+  append_dtype_shape_text(out, lora.a);
+  out += " B ";
+  append_dtype_shape_text(out, lora.b);
+  out += '\n';
+  append_fragments_text(out, plan, lora.a, "      A ");
+  append_fragments_text(out, plan, lora.b, "      B ");
+}
+
+// --- JSON ------------------------------------------------------------------------------------
+
+void append_fragments_json(std::string& out, const LogicalTensor& tensor) {
+  out += ",\"fragments\":[";
+  bool first = true;
+  for (const auto& fragment : tensor.fragments) {
+    const auto& ref = fragment.source;
+    auto span = fragment_span(ref);
+    out += first ? "{\"input\":" : ",{\"input\":";
+    first = false;
+    append_number(out, static_cast<std::uint64_t>(ref.input));
+    out += ",\"offset\":";
+    append_number(out, span.offset);
+    out += ",\"length\":";
+    append_number(out, span.length);
+    out += ",\"shape\":";
+    append_list(out, ref.shape, ",");
+    if (!span.contiguous) {
+      out += ",\"strides\":";
+      append_list(out, ref.strides, ",");
+    }
+    out += ",\"at\":";
+    append_list(out, fragment.offsets, ",");
+    if (ref.byteswap) out += ",\"byteswap\":true";
+    out += '}';
+  }
+  out += ']';
+}
+
+// "dtype", "source_dtype" and "shape", without braces.
+void append_tensor_fields_json(std::string& out, const LogicalTensor& tensor) {
+  out += "\"dtype\":\"";
+  out += dtype_name(tensor.dtype);
+  out += "\",\"source_dtype\":\"";
+  out += dtype_name(tensor.source_dtype);
+  out += "\",\"shape\":";
+  append_list(out, tensor.shape, ",");
+}
+
+void append_tensor_json(std::string& out, const OutputFile& file, const PlacedTensor& placed,
+                        Detail detail) {
+  const auto& tensor = placed.tensor;
+  out += "{\"name\":";
+  append_json_string(out, tensor.name);
+  out += ',';
+  append_tensor_fields_json(out, tensor);
+  out += ",\"begin\":";
+  append_number(out, file.header.size() + placed.data_begin);
+  out += ",\"end\":";
+  append_number(out, file.header.size() + placed.data_end);
+  if (detail == Detail::kFragments) append_fragments_json(out, tensor);
+  if (tensor.lora) {
+    const auto& lora = *tensor.lora;
+    out += ",\"lora\":{\"scale\":";
+    append_json_double(out, lora.scale);
+    for (const auto* factor : {&lora.a, &lora.b}) {
+      out += factor == &lora.a ? ",\"a\":{" : ",\"b\":{";
+      append_tensor_fields_json(out, *factor);
+      if (detail == Detail::kFragments) append_fragments_json(out, *factor);
+      out += '}';
+    }
+    out += '}';
+  }
+  out += '}';
+}
+
+std::size_t estimated_size(const Plan& plan, bool json) {
+  std::size_t size = 512 + plan.inputs.size() * 96 + plan.side_files.size() * 160;
+  for (const auto& file : plan.files) {
+    size += 128;
+    for (const auto& placed : file.tensors)
+      size += placed.tensor.name.size() + 96 + count_fragments(placed.tensor) * (json ? 96 : 128);
+  }
+  return size;
+}
+
+}  // namespace
+
+std::string human_bytes(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  double value = static_cast<double>(bytes);
+  std::size_t unit = 0;
+  while (value >= 1024 && unit + 1 < std::size(kUnits)) {
+    value /= 1024;
+    ++unit;
+  }
+  char digits[32];
+  auto end = std::to_chars(digits, digits + sizeof digits, value, std::chars_format::fixed, 1).ptr;
+  std::string text(digits, end);
+  if (text.size() > 2 && text.compare(text.size() - 2, 2, ".0") == 0) text.resize(text.size() - 2);
+  return text + " " + kUnits[unit];
+}
+
+PlanTotals plan_totals(const Plan& plan) {
+  PlanTotals totals;
+  totals.files = plan.files.size();
+  for (const auto& file : plan.files) {
+    totals.bytes_written += file.size();
+    for (const auto& placed : file.tensors) {
+      ++totals.tensors;
+      totals.fragments += count_fragments(placed.tensor);
+      totals.bytes_read += bytes_needed(placed.tensor);
+      totals.tensor_bytes += placed.data_end - placed.data_begin;
+    }
+  }
+  totals.bytes_written += plan.index_json.size();
+  for (const auto& side : plan.side_files) totals.bytes_written += side_file_size(side);
+  return totals;
+}
+
+std::string plan_to_text(const Plan& plan, const PlanSummaryOptions& options) {
+  std::string out;
+  out.reserve(estimated_size(plan, false));
+  for (const auto& file : plan.files) {
+    out += "file ";
+    out += file.name;
+    out += ": ";
+    append_number(out, file.size());
+    out += " bytes (header ";
+    append_number(out, static_cast<std::uint64_t>(file.header.size()));
+    out += "), ";
+    append_number(out, static_cast<std::uint64_t>(file.tensors.size()));
+    out += file.tensors.size() == 1 ? " tensor\n" : " tensors\n";
+    if (options.detail == Detail::kFiles) continue;
+    for (const auto& placed : file.tensors)
+      append_tensor_text(out, plan, file, placed, options.detail);
+  }
+  for (const auto& side : plan.side_files) {
+    out += "side ";
+    out += side.name;
+    out += " <- ";
+    out += side.source.native();
+    out += " (";
+    append_number(out, side_file_size(side));
+    out += " bytes)\n";
+  }
+  if (!plan.index_json.empty()) {
+    out += "index ";
+    out += kIndexFileName;
+    out += " (";
+    append_number(out, static_cast<std::uint64_t>(plan.index_json.size()));
+    out += " bytes)\n";
+  }
+  auto totals = plan_totals(plan);
+  out += "total: ";
+  append_number(out, totals.files);
+  out += totals.files == 1 ? " file, " : " files, ";
+  append_number(out, totals.tensors);
+  out += totals.tensors == 1 ? " tensor, " : " tensors, ";
+  append_number(out, totals.fragments);
+  out += totals.fragments == 1 ? " fragment; read " : " fragments; read ";
+  append_bytes_text(out, totals.bytes_read);
+  out += "; write ";
+  append_bytes_text(out, totals.bytes_written);
+  out += "; memory window ";
+  append_bytes_text(out, options.memory_window);
+  out += '\n';
+  return out;
+}
+
+std::string plan_to_json(const Plan& plan, const PlanSummaryOptions& options) {
+  std::string out;
+  out.reserve(estimated_size(plan, true));
+  out += "{\"schema\":\"ckptstream.plan/1\",\n\"inputs\":[";
+  for (std::size_t i = 0; i < plan.inputs.size(); ++i) {
+    if (i) out += ',';
+    append_json_string(out, plan.inputs[i].native());
+  }
+  out += "],\n\"files\":[";
+  for (std::size_t f = 0; f < plan.files.size(); ++f) {
+    const auto& file = plan.files[f];
+    out += f ? ",\n{\"name\":" : "\n{\"name\":";
+    append_json_string(out, file.name);
+    out += ",\"size\":";
+    append_number(out, file.size());
+    out += ",\"header_bytes\":";
+    append_number(out, static_cast<std::uint64_t>(file.header.size()));
+    if (options.detail != Detail::kFiles) {
+      out += ",\"tensors\":[";
+      for (std::size_t t = 0; t < file.tensors.size(); ++t) {
+        out += t ? ",\n " : "\n ";
+        append_tensor_json(out, file, file.tensors[t], options.detail);
+      }
+      out += ']';
+    }
+    out += '}';
+  }
+  out += "],\n\"side_files\":[";
+  for (std::size_t i = 0; i < plan.side_files.size(); ++i) {
+    const auto& side = plan.side_files[i];
+    out += i ? ",{\"name\":" : "{\"name\":";
+    append_json_string(out, side.name);
+    out += ",\"source\":";
+    append_json_string(out, side.source.native());
+    out += ",\"size\":";
+    append_number(out, side_file_size(side));
+    out += '}';
+  }
+  out += "],\n\"index\":";
+  if (plan.index_json.empty()) {
+    out += "null";
+  } else {
+    out += "{\"name\":";
+    append_json_string(out, kIndexFileName);
+    out += ",\"size\":";
+    append_number(out, static_cast<std::uint64_t>(plan.index_json.size()));
+    out += '}';
+  }
+  auto totals = plan_totals(plan);
+  out += ",\n\"totals\":{\"files\":";
+  append_number(out, totals.files);
+  out += ",\"tensors\":";
+  append_number(out, totals.tensors);
+  out += ",\"fragments\":";
+  append_number(out, totals.fragments);
+  out += ",\"bytes_read\":";
+  append_number(out, totals.bytes_read);
+  out += ",\"bytes_written\":";
+  append_number(out, totals.bytes_written);
+  out += ",\"tensor_bytes\":";
+  append_number(out, totals.tensor_bytes);
+  out += ",\"memory_window\":";
+  append_number(out, options.memory_window);
+  out += "}}\n";
+  return out;
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,840 @@
+#include "torch/torch_writer.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <random>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+namespace ckptstream {
+namespace {
+
+constexpr std::uint64_t kAlignment = 64;            // torch's default storage alignment
+constexpr std::uint64_t kZip64Limit = 0xFFFFFFFFu;  // sizes/offsets >= this go to zip64 extras
+constexpr std::uint32_t kLocalHeaderSig = 0x04034b50;
+constexpr std::uint32_t kCentralHeaderSig = 0x02014b50;
+constexpr std::uint32_t kDescriptorSig = 0x08074b50;
+constexpr std::uint32_t kZip64EocdSig = 0x06064b50;
+constexpr std::uint32_t kZip64LocatorSig = 0x07064b50;
+constexpr std::uint32_t kEocdSig = 0x06054b50;
+constexpr std::size_t kLocalHeaderSize = 30;
+constexpr std::size_t kCentralHeaderSize = 46;
+constexpr std::size_t kZip64EocdSize = 56;
+constexpr std::size_t kZip64LocatorSize = 20;
+constexpr std::size_t kEocdSize = 22;
+constexpr std::size_t kSerializationIdSize = 40;
+
+constexpr std::string_view kPickleRecord = "data.pkl";
+constexpr std::string_view kByteorderRecord = "byteorder";
+constexpr std::string_view kVersionRecord = "version";
+constexpr std::string_view kSerializationIdRecord = ".data/serialization_id";
+constexpr std::string_view kByteorder = "little";
+constexpr std::string_view kVersion = "3\n";
+
+// ---- CRC-32, slicing by 16 -------------------------------------------------------------------
+
+using CrcTables = std::array<std::array<std::uint32_t, 256>, 16>;
+
+constexpr CrcTables make_crc_tables() {
+  CrcTables t{};
+  for (std::uint32_t i = 0; i < 256; ++i) {
+    std::uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
+    t[0][i] = c;
+  }
+  for (std::size_t s = 1; s < 16; ++s)
+    for (std::size_t i = 0; i < 256; ++i) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+  return t;
+}
+constexpr CrcTables kCrcTables = make_crc_tables();
+
+inline std::uint32_t load_le32(const unsigned char* p) {
+  return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
+         std::uint32_t{p[3]} << 24;
+}
+
+// ---- little-endian byte building ---------------------------------------------------------------
+
+void put16(std::string& out, std::uint64_t v) {
+  out.push_back(static_cast<char>(v & 0xFF));
+  out.push_back(static_cast<char>((v >> 8) & 0xFF));
+}
+void put32(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+void put64(std::string& out, std::uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xFF));
+}
+std::uint32_t clamp32(std::uint64_t v) {
+  return static_cast<std::uint32_t>(std::min<std::uint64_t>(v, kZip64Limit));
+}
+
+// c10::hash_combine, which torch uses for the serialization id.
+std::uint64_t hash_combine(std::uint64_t seed, std::uint64_t value) {
+  return seed ^ (value + 0x9e3779b9u + (seed << 6) + (seed >> 2));
+}
+
+// ---- the pickle, as CPython's protocol-2 pickler writes it -----------------------------------
+//
+// The pickler memoizes every object it writes except ints, bools, None and the empty tuple
+// (BINPUT with the next memo index), and writes BINGET for an object it meets again. Objects met
+// again here: classes and functions (globals), dtypes, and the constant strings 'storage' and
+// 'cpu' of torch's persistent ids. Tuples, dicts and the per-tensor strings are new objects each
+// time; single-character key strings are CPython singletons, so they are shared too.
+class PickleEmitter {
+ public:
+  std::string take() { return std::move(out_); }
+
+  void proto() { out_ += "\x80\x02"; }
+  void stop() { out_ += '.'; }
+  void mark() { out_ += '('; }
+  void op(char opcode) { out_ += opcode; }
+
+  void global(std::string_view module, std::string_view name) {
+    std::string id = "g:" + std::string(module) + "\n" + std::string(name);
+    if (get_shared(id)) return;
+    out_ += 'c';
+    out_ += module;
+    out_ += '\n';
+    out_ += name;
+    out_ += '\n';
+    remember(id);
+  }
+
+  // A string object written once per occurrence, unless `shared_id` names it as met before.
+  void string(std::string_view text, std::string_view shared_id = {}) {
+    std::string id = shared_id.empty() ? std::string() : "s:" + std::string(shared_id);
+    if (!id.empty() && get_shared(id)) return;
+    out_ += 'X';
+    put32(out_, text.size());
+    out_ += text;
+    if (id.empty()) {
+      put();
+    } else {
+      remember(id);
+    }
+  }
+
+  void integer(std::int64_t v) {
+    if (v >= 0 && v <= 0xFF) {
+      out_ += 'K';
+      out_ += static_cast<char>(v);
+    } else if (v >= 0 && v <= 0xFFFF) {
+      out_ += 'M';
+      put16(out_, static_cast<std::uint64_t>(v));
+    } else if (v >= -0x80000000LL && v <= 0x7FFFFFFFLL) {
+      out_ += 'J';
+      put32(out_, static_cast<std::uint32_t>(static_cast<std::int32_t>(v)));
+    } else {
+      // LONG1: minimal two's complement, little-endian (pickle.encode_long).
+      std::string bytes;
+      auto u = static_cast<std::uint64_t>(v);
+      for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((u >> (8 * i)) & 0xFF));
+      while (bytes.size() > 1) {
+        auto last = static_cast<unsigned char>(bytes.back());
+        auto prev = static_cast<unsigned char>(bytes[bytes.size() - 2]);
+        bool redundant = (last == 0x00 && !(prev & 0x80)) || (last == 0xFF && (prev & 0x80));
+        if (!redundant) break;
+        bytes.pop_back();
+      }
+      out_ += '\x8a';
+      out_ += static_cast<char>(bytes.size());
+      out_ += bytes;
+    }
+  }
+
+  void int_tuple(const Shape& values) {
+    if (values.empty()) {
+      out_ += ')';  // EMPTY_TUPLE, never memoized
+      return;
+    }
+    if (values.size() > 3) mark();
+    for (std::int64_t v : values) integer(v);
+    static constexpr char kTupleN[] = {'\0', '\x85', '\x86', '\x87'};
+    out_ += values.size() > 3 ? 't' : kTupleN[values.size()];
+    put();
+  }
+
+  // Memoizes the object just written.
+  void put() {
+    std::uint32_t index = next_memo_++;
+    if (index < 256) {
+      out_ += 'q';
+      out_ += static_cast<char>(index);
+    } else {
+      out_ += 'r';
+      put32(out_, index);
+    }
+  }
+
+ private:
+  bool get_shared(const std::string& id) {
+    auto it = shared_.find(id);
+    if (it == shared_.end()) return false;
+    if (it->second < 256) {
+      out_ += 'h';
+      out_ += static_cast<char>(it->second);
+    } else {
+      out_ += 'j';
+      put32(out_, it->second);
+    }
+    return true;
+  }
+  void remember(const std::string& id) {
+    shared_[id] = next_memo_;
+    put();
+  }
+
+  std::string out_;
+  std::uint32_t next_memo_ = 0;
+  std::unordered_map<std::string, std::uint32_t> shared_;
+};
+
+// The saved object as a tree: dicts whose entries are tensors or dicts, in insertion order.
+struct DictNode {
+  struct Entry {
+    std::string key;
+    std::size_t tensor = 0;           // when child is null
+    std::unique_ptr<DictNode> child;  // a nested dict
+  };
+  std::vector<Entry> entries;
+  std::unordered_map<std::string, std::size_t> index;
+};
+
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    std::size_t n = c < 0x80           ? 1
+                    : (c >> 5) == 0x6  ? 2
+                    : (c >> 4) == 0xE  ? 3
+                    : (c >> 3) == 0x1E ? 4
+                                       : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    std::uint32_t cp = n == 1 ? c : c & (0x7F >> n);
+    for (std::size_t k = 1; k < n; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    static constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += n;
+  }
+  return true;
+}
+
+std::string key_label(const std::vector<std::string>& path) {
+  std::string label;
+  for (const auto& part : path) label += (label.empty() ? "" : "/") + part;
+  return "'" + label + "'";
+}
+
+Result<DictNode> build_tree(const std::vector<TorchWriteTensor>& tensors) {
+  DictNode root;
+  for (std::size_t t = 0; t < tensors.size(); ++t) {
+    const auto& path = tensors[t].path;
+    if (path.empty()) return invalid_input("tensor " + std::to_string(t) + " has an empty key");
+    DictNode* node = &root;
+    for (std::size_t depth = 0; depth < path.size(); ++depth) {
+      const std::string& key = path[depth];
+      if (!valid_utf8(key)) return invalid_input("key " + key_label(path) + " is not valid UTF-8");
+      bool last = depth + 1 == path.size();
+      auto it = node->index.find(key);
+      if (it != node->index.end()) {
+        DictNode::Entry& entry = node->entries[it->second];
+        if (last || !entry.child)
+          return invalid_input(
+              "key " + key_label(path) +
+              (last && !entry.child ? " appears twice" : " is both a tensor and a dict"));
+        node = entry.child.get();
+        continue;
+      }
+      node->index.emplace(key, node->entries.size());
+      node->entries.push_back({key, t, last ? nullptr : std::make_unique<DictNode>()});
+      node = node->entries.back().child.get();
+    }
+  }
+  return root;
+}
+
+// Contiguous strides as torch computes them (a dimension of size 0 counts as 1).
+Result<Shape> contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size(), 1);
+  std::int64_t stride = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    strides[d] = stride;
+    std::int64_t dim = std::max<std::int64_t>(shape[d], 1);
+    if (__builtin_mul_overflow(stride, dim, &stride)) return invalid_input("shape overflows");
+  }
+  return strides;
+}
+
+struct TensorFacts {
+  std::uint64_t nbytes = 0;
+  std::int64_t numel = 0;
+  Shape strides;
+};
+
+Result<TensorFacts> tensor_facts(const TorchWriteTensor& tensor) {
+  TensorFacts facts;
+  facts.numel = 1;
+  for (std::int64_t dim : tensor.shape) {
+    if (dim < 0)
+      return invalid_input("key " + key_label(tensor.path) + " has a negative dimension");
+    if (__builtin_mul_overflow(facts.numel, dim, &facts.numel))
+      return invalid_input("key " + key_label(tensor.path) + ": shape overflows");
+  }
+  std::int64_t nbytes = 0;
+  if (__builtin_mul_overflow(facts.numel, static_cast<std::int64_t>(element_size(tensor.dtype)),
+                             &nbytes))
+    return invalid_input("key " + key_label(tensor.path) + ": size overflows");
+  facts.nbytes = static_cast<std::uint64_t>(nbytes);
+  CKPT_ASSIGN_OR_RETURN(facts.strides, contiguous_strides(tensor.shape));
+  return facts;
+}
+
+bool is_quantized(DType dtype) {
+  switch (dtype) {
+    case DType::kQInt8:
+    case DType::kQUInt8:
+    case DType::kQInt32:
+    case DType::kQUInt4x2:
+    case DType::kQUInt2x4:
+      return true;
+    default:
+      return false;
+  }
+}
+
+class PickleBuilder {
+ public:
+  PickleBuilder(const std::vector<TorchWriteTensor>& tensors, const std::vector<TensorFacts>& facts)
+      : tensors_(tensors), facts_(facts), keys_(tensors.size()) {}
+
+  std::string build(const DictNode& root, bool ordered_dict) {
+    p_.proto();
+    if (ordered_dict) {
+      p_.global("collections", "OrderedDict");
+      p_.op(')');
+      p_.op('R');
+      p_.put();
+    } else {
+      p_.op('}');
+      p_.put();
+    }
+    items(root);
+    p_.stop();
+    return p_.take();
+  }
+
+  // Storage keys, per tensor, in the order the pickle met them.
+  std::vector<std::string> take_keys() { return std::move(keys_); }
+
+ private:
+  // pickle's _batch_setitems: batches of 1000, a batch of one is a lone SETITEM.
+  void items(const DictNode& node) {
+    constexpr std::size_t kBatch = 1000;
+    const auto& entries = node.entries;
+    for (std::size_t begin = 0; begin < entries.size(); begin += kBatch) {
+      std::size_t n = std::min(kBatch, entries.size() - begin);
+      if (n > 1) p_.mark();
+      for (std::size_t i = begin; i < begin + n; ++i) {
+        const auto& entry = entries[i];
+        p_.string(entry.key, entry.key.size() == 1 ? "key:" + entry.key : std::string());
+        if (entry.child) {
+          p_.op('}');
+          p_.put();
+          items(*entry.child);
+        } else {
+          tensor(entry.tensor);
+        }
+      }
+      p_.op(n > 1 ? 'u' : 's');
+    }
+  }
+
+  void tensor(std::size_t t) {
+    const TorchWriteTensor& tensor = tensors_[t];
+    const TensorFacts& facts = facts_[t];
+    const DTypeInfo& info = dtype_info(tensor.dtype);
+    bool typed = !info.storage_class.empty();
+    std::string key = std::to_string(next_key_++);
+    keys_[t] = key;
+
+    p_.global("torch._utils", typed ? "_rebuild_tensor_v2" : "_rebuild_tensor_v3");
+    p_.mark();
+    // The persistent id ('storage', storage_type, key, location, numel).
+    p_.mark();
+    p_.string("storage", "storage");
+    if (typed) {
+      p_.global("torch", info.storage_class);
+    } else {
+      p_.global("torch.storage", "UntypedStorage");
+    }
+    p_.string(key);
+    p_.string("cpu", "cpu");
+    p_.integer(typed ? facts.numel : static_cast<std::int64_t>(facts.nbytes));
+    p_.op('t');
+    p_.put();
+    p_.op('Q');     // BINPERSID
+    p_.integer(0);  // storage offset
+    p_.int_tuple(tensor.shape);
+    p_.int_tuple(facts.strides);
+    p_.op('\x89');                            // requires_grad = False
+    p_.global("collections", "OrderedDict");  // backward_hooks = OrderedDict()
+    p_.op(')');
+    p_.op('R');
+    p_.put();
+    if (!typed) p_.global("torch", info.torch_name);
+    p_.op('t');
+    p_.put();
+    p_.op('R');
+    p_.put();
+  }
+
+  const std::vector<TorchWriteTensor>& tensors_;
+  const std::vector<TensorFacts>& facts_;
+  std::vector<std::string> keys_;
+  std::size_t next_key_ = 0;
+  PickleEmitter p_;
+};
+
+// The name part of the serialization id: torch hashes the names it has written (without the
+// prefix) with std::hash, iterating a std::unordered_set filled in write order. Using the same
+// containers reproduces it wherever torch's standard library (libstdc++) is ours too.
+std::uint64_t record_name_hash(const std::vector<TorchZipRecord>& records) {
+  std::unordered_set<std::string> written;
+  for (const auto& record : records)
+    if (record.name != kSerializationIdRecord) written.insert(record.name);
+  std::uint64_t combined = 0;
+  for (const std::string& name : written)
+    combined = hash_combine(combined, std::hash<std::string>{}(name));
+  return combined;
+}
+
+Error errno_status(const std::string& what, int err) {
+  return io_error(what + ": " + std::strerror(err));
+}
+
+Status fsync_directory(const std::filesystem::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno_status(dir.string() + ": cannot open directory", errno);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL) return errno_status(dir.string() + ": fsync failed", err);
+  return {};
+}
+
+}  // namespace
+
+std::uint32_t crc32_update(std::uint32_t crc, std::span<const std::byte> bytes) {
+  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
+  std::size_t n = bytes.size();
+  const auto& t = kCrcTables;
+  crc = ~crc;
+  while (n >= 16) {
+    std::uint32_t a = load_le32(p) ^ crc, b = load_le32(p + 4), c = load_le32(p + 8),
+                  d = load_le32(p + 12);
+    crc = t[15][a & 0xFF] ^ t[14][(a >> 8) & 0xFF] ^ t[13][(a >> 16) & 0xFF] ^ t[12][a >> 24] ^
+          t[11][b & 0xFF] ^ t[10][(b >> 8) & 0xFF] ^ t[9][(b >> 16) & 0xFF] ^ t[8][b >> 24] ^
+          t[7][c & 0xFF] ^ t[6][(c >> 8) & 0xFF] ^ t[5][(c >> 16) & 0xFF] ^ t[4][c >> 24] ^
+          t[3][d & 0xFF] ^ t[2][(d >> 8) & 0xFF] ^ t[1][(d >> 16) & 0xFF] ^ t[0][d >> 24];
+    p += 16;
+    n -= 16;
+  }
+  while (n-- > 0) crc = t[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+  return ~crc;
+}
+
+Result<std::string> torch_archive_name(const std::filesystem::path& target) {
+  const std::string full = target.string();
+  for (char c : full)
+    if (static_cast<unsigned char>(c) >= 0x80) return std::string("archive");
+  // torch's basename(): after the last '/' or '\\', before the last '.'.
+  std::size_t start = full.find_last_of("/\\");
+  start = start == std::string::npos ? 0 : start + 1;
+  std::size_t dot = full.find_last_of('.');
+  std::size_t end = dot != std::string::npos && dot >= start ? dot : full.size();
+  std::string name = full.substr(start, end - start);
+  if (name.empty())
+    return usage_error(full + ": torch.save would refuse this file name (empty archive name)");
+  return name;
+}
+
+std::uint64_t TorchZipRecord::descriptor_size() const {
+  if (size == 0) return 0;
+  return zip64_size || zip64_offset ? 24 : 16;
+}
+
+Result<TorchZipLayout> plan_torch_zip(const std::vector<TorchWriteTensor>& tensors,
+                                      const TorchWriteOptions& options) {
+  if (options.prefix.empty()) return usage_error("empty archive name");
+  if (!valid_utf8(options.prefix)) return usage_error("archive name is not valid UTF-8");
+  std::vector<TensorFacts> facts;
+  facts.reserve(tensors.size());
+  for (const auto& tensor : tensors) {
+    if (is_quantized(tensor.dtype))
+      return unsupported("key " + key_label(tensor.path) + ": cannot save quantized dtype " +
+                         std::string(torch_name(tensor.dtype)));
+    CKPT_ASSIGN_OR_RETURN(auto f, tensor_facts(tensor));
+    facts.push_back(std::move(f));
+  }
+  CKPT_ASSIGN_OR_RETURN(DictNode root, build_tree(tensors));
+
+  TorchZipLayout layout;
+  layout.prefix = options.prefix;
+  layout.serialization_id = options.serialization_id;
+  PickleBuilder builder(tensors, facts);
+  layout.pickle = builder.build(root, options.ordered_dict);
+  layout.tensor_key = builder.take_keys();
+
+  // Record order of torch 2.6: data.pkl, byteorder, data/<keys in string order>, version, id.
+  std::vector<std::pair<std::string, std::uint64_t>> records;  // name, size
+  records.emplace_back(kPickleRecord, layout.pickle.size());
+  records.emplace_back(kByteorderRecord, kByteorder.size());
+  std::vector<std::size_t> by_key(tensors.size());
+  for (std::size_t t = 0; t < tensors.size(); ++t) by_key[t] = t;
+  std::sort(by_key.begin(), by_key.end(), [&](std::size_t a, std::size_t b) {
+    return layout.tensor_key[a] < layout.tensor_key[b];
+  });
+  layout.tensor_record.resize(tensors.size());
+  for (std::size_t t : by_key) {
+    layout.tensor_record[t] = records.size();
+    records.emplace_back("data/" + layout.tensor_key[t], facts[t].nbytes);
+  }
+  records.emplace_back(kVersionRecord, kVersion.size());
+  if (options.serialization_id) records.emplace_back(kSerializationIdRecord, kSerializationIdSize);
+
+  std::uint64_t cursor = 0;
+  for (auto& [name, size] : records) {
+    TorchZipRecord record;
+    record.name = name;
+    record.size = size;
+    record.header_offset = cursor;
+    record.zip64_size = size >= kZip64Limit;
+    record.zip64_offset = cursor >= kZip64Limit;
+    std::uint64_t full_name = layout.prefix.size() + 1 + name.size();
+    if (full_name > 0xFFFF) return invalid_input("record name too long: " + name);
+    std::uint64_t zip64_extra =
+        record.zip64_size || record.zip64_offset
+            ? 4 + (record.zip64_size ? 16 : 0) + (record.zip64_offset ? 8 : 0)
+            : 0;
+    std::uint64_t start = cursor + kLocalHeaderSize + full_name + zip64_extra + 4;
+    std::uint64_t padding = (kAlignment - start % kAlignment) % kAlignment;
+    record.local_extra_size = static_cast<std::uint16_t>(zip64_extra + 4 + padding);
+    record.data_offset = start + padding;
+    if (record.data_offset > std::numeric_limits<std::uint64_t>::max() - size - 24)
+      return invalid_input("archive too large");
+    cursor = record.end();
+    layout.records.push_back(std::move(record));
+  }
+  layout.central_directory_offset = cursor;
+  for (const auto& record : layout.records) {
+    bool zip64 = record.zip64_size || record.zip64_offset;
+    layout.central_directory_size +=
+        kCentralHeaderSize + layout.prefix.size() + 1 + record.name.size() +
+        (zip64 ? 4 + (record.zip64_size ? 16 : 0) + (record.zip64_offset ? 8 : 0) : 0);
+  }
+  layout.file_size = layout.central_directory_offset + layout.central_directory_size +
+                     kZip64EocdSize + kZip64LocatorSize + kEocdSize;
+  layout.name_hash = record_name_hash(layout.records);
+  return layout;
+}
+
+std::string torch_zip_local_header(const TorchZipLayout& layout, const TorchZipRecord& record) {
+  std::string full_name = layout.prefix + "/" + record.name;
+  std::string out;
+  put32(out, kLocalHeaderSig);
+  put16(out, 0);                              // version needed
+  put16(out, record.size ? 0x0808 : 0x0800);  // descriptor follows, UTF-8 names
+  put16(out, 0);                              // STORED
+  put16(out, 0);                              // time
+  put16(out, 0);                              // date
+  put32(out, 0);                              // crc (in the descriptor)
+  put32(out, 0);                              // compressed size
+  put32(out, 0);                              // uncompressed size
+  put16(out, full_name.size());
+  put16(out, record.local_extra_size);
+  out += full_name;
+  if (record.zip64_size || record.zip64_offset) {
+    put16(out, 0x0001);
+    put16(out, (record.zip64_size ? 16 : 0) + (record.zip64_offset ? 8 : 0));
+    if (record.zip64_size) {
+      put64(out, record.size);
+      put64(out, 0);  // miniz writes the compressed size before it knows it
+    }
+    if (record.zip64_offset) put64(out, record.header_offset);
+  }
+  std::uint64_t padding = record.data_offset - record.header_offset - out.size() - 4;
+  out += "FB";
+  put16(out, padding);
+  out.append(padding, 'Z');
+  return out;
+}
+
+std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZipRecord& record,
+                                    std::uint32_t crc) {
+  std::string full_name = layout.prefix + "/" + record.name;
+  std::string extra;
+  if (record.zip64_size || record.zip64_offset) {
+    put16(extra, 0x0001);
+    put16(extra, (record.zip64_size ? 16 : 0) + (record.zip64_offset ? 8 : 0));
+    if (record.zip64_size) {
+      put64(extra, record.size);
+      put64(extra, record.size);
+    }
+    if (record.zip64_offset) put64(extra, record.header_offset);
+  }
+  std::string out;
+  put32(out, kCentralHeaderSig);
+  put16(out, 0);  // made by
+  put16(out, 0);  // needed
+  put16(out, record.size ? 0x0808 : 0x0800);
+  put16(out, 0);  // STORED
+  put16(out, 0);  // time
+  put16(out, 0);  // date
+  put32(out, crc);
+  put32(out, clamp32(record.size));
+  put32(out, clamp32(record.size));
+  put16(out, full_name.size());
+  put16(out, extra.size());
+  put16(out, 0);  // comment
+  put16(out, 0);  // disk
+  put16(out, 0);  // internal attributes
+  put32(out, 0);  // external attributes
+  put32(out, clamp32(record.header_offset));
+  out += full_name;
+  out += extra;
+  return out;
+}
+
+// ---- the writer --------------------------------------------------------------------------------
+
+Result<TorchZipWriter> TorchZipWriter::create(const std::filesystem::path& target,
+                                              TorchZipLayout layout) {
+  std::filesystem::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  std::string base = target.filename().string();
+  if (base.empty() || base == "." || base == "..")
+    return usage_error(target.string() + ": not a file name");
+
+  TorchZipWriter writer;
+  writer.layout_ = std::move(layout);
+  writer.target_ = target;
+  std::random_device random;
+  for (int attempt = 0; attempt < 16 && writer.fd_ < 0; ++attempt) {
+    char suffix[24];
+    std::snprintf(suffix, sizeof suffix, ".tmp.%08x%04x", static_cast<unsigned>(random()),
+                  static_cast<unsigned>(random() & 0xFFFF));
+    writer.temp_path_ = dir / ("." + base + suffix);
+    writer.fd_ = ::open(writer.temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (writer.fd_ < 0 && errno != EEXIST)
+      return errno_status(target.string() + ": cannot create a temporary file in " + dir.string(),
+                          errno);
+  }
+  if (writer.fd_ < 0)
+    return io_error(target.string() + ": cannot create a temporary file in " + dir.string());
+
+  const TorchZipLayout& l = writer.layout_;
+  auto size = static_cast<off_t>(l.file_size);
+  int rc = ::posix_fallocate(writer.fd_, 0, size);
+  if (rc == EOPNOTSUPP || rc == EINVAL) rc = ::ftruncate(writer.fd_, size) == 0 ? 0 : errno;
+  if (rc != 0) return errno_status(writer.temp_path_.string() + ": cannot allocate", rc);
+
+  writer.record_crc_.assign(l.records.size(), 0);
+  writer.record_written_.assign(l.records.size(), 0);
+  writer.record_head_.assign(l.records.size(), {});
+  for (std::size_t r = 0; r < l.records.size(); ++r) {
+    const TorchZipRecord& record = l.records[r];
+    CKPT_TRY(writer.pwrite_all(record.header_offset, torch_zip_local_header(l, record)));
+    std::string_view payload;
+    if (record.name == kPickleRecord) payload = l.pickle;
+    if (record.name == kByteorderRecord) payload = kByteorder;
+    if (record.name == kVersionRecord) payload = kVersion;
+    if (!payload.empty())
+      CKPT_TRY(writer.write_record(r, 0, std::as_bytes(std::span(payload.data(), payload.size()))));
+  }
+  return writer;
+}
+
+TorchZipWriter::TorchZipWriter(TorchZipWriter&& other) noexcept {
+  *this = std::move(other);
+}
+
+TorchZipWriter& TorchZipWriter::operator=(TorchZipWriter&& other) noexcept {
+  if (this != &other) {
+    abort();
+    layout_ = std::move(other.layout_);
+    target_ = std::move(other.target_);
+    temp_path_ = std::move(other.temp_path_);
+    fd_ = std::exchange(other.fd_, -1);
+    record_crc_ = std::move(other.record_crc_);
+    record_written_ = std::move(other.record_written_);
+    record_head_ = std::move(other.record_head_);
+    other.temp_path_.clear();
+  }
+  return *this;
+}
+
+TorchZipWriter::~TorchZipWriter() {
+  abort();
+}
+
+void TorchZipWriter::abort() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+  temp_path_.clear();
+}
+
+Status TorchZipWriter::pwrite_all(std::uint64_t offset, std::span<const std::byte> bytes) {
+  const auto* p = reinterpret_cast<const char*>(bytes.data());
+  std::size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::pwrite(fd_, p, left, static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return errno_status(temp_path_.string() + ": write failed", n < 0 ? errno : EIO);
+    p += n;
+    left -= static_cast<std::size_t>(n);
+    offset += static_cast<std::uint64_t>(n);
+  }
+  return {};
+}
+
+Status TorchZipWriter::pwrite_all(std::uint64_t offset, std::string_view bytes) {
+  return pwrite_all(offset, std::as_bytes(std::span(bytes.data(), bytes.size())));
+}
+
+Status TorchZipWriter::write_record(std::size_t r, std::uint64_t offset,
+                                    std::span<const std::byte> bytes) {
+  const TorchZipRecord& record = layout_.records[r];
+  if (offset != record_written_[r])
+    return invalid_input(record.name + ": bytes must arrive in order (expected offset " +
+                         std::to_string(record_written_[r]) + ", got " + std::to_string(offset) +
+                         ")");
+  if (bytes.size() > record.size - offset)
+    return invalid_input(record.name + ": " + std::to_string(bytes.size()) + " bytes at offset " +
+                         std::to_string(offset) + " overrun its " + std::to_string(record.size) +
+                         " bytes");
+  CKPT_TRY(pwrite_all(record.data_offset + offset, bytes));
+  auto& head = record_head_[r];
+  for (std::size_t i = 0; offset + i < head.size() && i < bytes.size(); ++i)
+    head[offset + i] = static_cast<unsigned char>(bytes[i]);
+  record_crc_[r] = crc32_update(record_crc_[r], bytes);
+  record_written_[r] += bytes.size();
+  return {};
+}
+
+Status TorchZipWriter::write_tensor_bytes(std::size_t tensor, std::uint64_t offset,
+                                          std::span<const std::byte> bytes) {
+  if (fd_ < 0) return invalid_input("torch writer: already finished or aborted");
+  if (tensor >= layout_.tensor_record.size())
+    return invalid_input("torch writer: no tensor " + std::to_string(tensor));
+  return write_record(layout_.tensor_record[tensor], offset, bytes);
+}
+
+Status TorchZipWriter::finish() {
+  if (fd_ < 0) return invalid_input("torch writer: already finished or aborted");
+  const auto& records = layout_.records;
+  // The CRC half of the serialization id: torch combines the CRC of every data descriptor it
+  // writes, in file order, and also (a quirk of its write callback) bytes 4..8 of any record
+  // whose data starts with the descriptor signature.
+  std::uint64_t combined_crc = 0;
+  std::size_t id_record = records.size();
+  for (std::size_t r = 0; r < records.size(); ++r) {
+    const TorchZipRecord& record = records[r];
+    if (record.name == kSerializationIdRecord) {
+      id_record = r;
+      continue;
+    }
+    if (record_written_[r] != record.size)
+      return invalid_input(record.name + ": only " + std::to_string(record_written_[r]) + " of " +
+                           std::to_string(record.size) + " bytes were written");
+    const auto& head = record_head_[r];
+    if (record.size >= 8 && load_le32(head.data()) == kDescriptorSig)
+      combined_crc = hash_combine(combined_crc, load_le32(head.data() + 4));
+    if (record.size > 0) combined_crc = hash_combine(combined_crc, record_crc_[r]);
+  }
+  if (id_record < records.size()) {
+    char id[kSerializationIdSize + 1];
+    std::snprintf(id, sizeof id, "%020llu%020llu",
+                  static_cast<unsigned long long>(layout_.name_hash),
+                  static_cast<unsigned long long>(combined_crc));
+    CKPT_TRY(
+        write_record(id_record, 0, std::as_bytes(std::span<const char>(id, kSerializationIdSize))));
+  }
+
+  std::string central;
+  for (std::size_t r = 0; r < records.size(); ++r) {
+    const TorchZipRecord& record = records[r];
+    if (record.size > 0) {
+      std::string descriptor;
+      put32(descriptor, kDescriptorSig);
+      put32(descriptor, record_crc_[r]);
+      if (record.descriptor_size() == 24) {
+        put64(descriptor, record.size);
+        put64(descriptor, record.size);
+      } else {
+        put32(descriptor, record.size);
+        put32(descriptor, record.size);
+      }
+      CKPT_TRY(pwrite_all(record.data_offset + record.size, descriptor));
+    }
+    central += torch_zip_central_entry(layout_, record, record_crc_[r]);
+  }
+  central += trailer();
+  CKPT_TRY(pwrite_all(layout_.central_directory_offset, central));
+
+  if (::fsync(fd_) != 0) return errno_status(temp_path_.string() + ": fsync failed", errno);
+  if (::close(std::exchange(fd_, -1)) != 0)
+    return errno_status(temp_path_.string() + ": close failed", errno);
+  if (::rename(temp_path_.c_str(), target_.c_str()) != 0)
+    return errno_status(target_.string() + ": cannot rename into place", errno);
+  temp_path_.clear();
+  std::filesystem::path dir = target_.parent_path();
+  return fsync_directory(dir.empty() ? std::filesystem::path(".") : dir);
+}
+
+std::string TorchZipWriter::trailer() const {
+  const std::uint64_t entries = layout_.records.size();
+  const std::uint64_t cd_offset = layout_.central_directory_offset;
+  const std::uint64_t cd_size = layout_.central_directory_size;
+  std::string out;
+  put32(out, kZip64EocdSig);
+  put64(out, kZip64EocdSize - 12);  // size of the rest of the record
+  put16(out, 0x031E);               // made by
+  put16(out, 0x002D);               // needed
+  put32(out, 0);                    // this disk
+  put32(out, 0);                    // central directory disk
+  put64(out, entries);
+  put64(out, entries);
+  put64(out, cd_size);
+  put64(out, cd_offset);
+  put32(out, kZip64LocatorSig);
+  put32(out, 0);                    // disk of the zip64 EOCD
+  put64(out, cd_offset + cd_size);  // its offset
+  put32(out, 1);                    // disks
+  put32(out, kEocdSig);
+  put16(out, 0);
+  put16(out, 0);
+  put16(out, std::min<std::uint64_t>(entries, 0xFFFF));
+  put16(out, std::min<std::uint64_t>(entries, 0xFFFF));
+  put32(out, clamp32(cd_size));
+  put32(out, clamp32(cd_offset));
+  put16(out, 0);  // comment length
+  return out;
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,170 @@
+// Writer of torch.save zip files (torch.md §1), byte for byte what torch 2.6's torch.save writes
+// for a dict of contiguous CPU tensors, without holding any tensor in memory: the whole layout
+// (every record's offset, the pickle, every header) is computed up front from names, dtypes and
+// shapes; tensor bytes are then streamed in by the caller and CRC32'd on the way.
+//
+// The file, all integers little-endian (prefix = archive name, see torch_archive_name):
+//
+//   for each record, in this order:
+//       <prefix>/data.pkl, <prefix>/byteorder, <prefix>/data/<key> for every storage key in
+//       lexicographic string order ("0" "1" "10" "11" ... "2"), <prefix>/version,
+//       <prefix>/.data/serialization_id
+//     local header (30 bytes): 50 4B 03 04, needed 0, flags 0x0808 (0x0800 when empty),
+//       method 0 (STORED), time 0, date 0, crc 0, sizes 0, name length, extra length
+//     name
+//     [zip64 extra, id 0x0001, only when size >= 0xFFFFFFFF or header offset >= 0xFFFFFFFF:
+//       uncompressed size(8) and a compressed size of 0(8) when the size overflows, then the
+//       header offset(8) when it overflows]
+//     "FB" extra: 46 42, padding length(2), that many 'Z': the data starts at a multiple of 64
+//     data
+//     data descriptor, only for non-empty records: 50 4B 07 08, crc32(4), sizes 4+4 (or 8+8
+//       when the local header has a zip64 extra)
+//   central directory: one 46-byte entry per record (made by 0, needed 0, the flags, crc, sizes
+//     and offset clamped to 0xFFFFFFFF, name, zip64 extra with the overflowing values in the
+//     order uncompressed size, compressed size, offset; no FB padding)
+//   zip64 EOCD (56 bytes, made by 0x031E, needed 0x2D), zip64 EOCD locator (20), EOCD (22)
+//
+// Records: data.pkl is a protocol-2 pickle of a dict (or OrderedDict) {name: tensor} in the
+// given order, laid out exactly as Python's pickler lays it out (memo, batches of 1000 items);
+// each tensor is `torch._utils._rebuild_tensor_v2` of a legacy typed storage (FloatStorage, ...)
+// or `_rebuild_tensor_v3` of a `torch.storage.UntypedStorage` plus its dtype (uint16/32/64,
+// float8*, complex32, ...), contiguous, storage offset 0, requires_grad False, device "cpu".
+// Storage keys are numbered "0", "1", ... in pickling order (the given order, depth first for
+// nested dicts). byteorder is "little", version "3\n". .data/serialization_id is torch's
+// informational id: a combined hash of the record names (libstdc++ std::hash and unordered_set
+// iteration order, as torch computes it) and a combined hash of the records' CRC32s.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ckptstream/dtype.h"
+#include "ckptstream/result.h"
+#include "plan/plan.h"
+
+namespace ckptstream {
+
+// One tensor of the saved dict. `path` holds its key: one component for a flat dict
+// ({"model.layers.0.weight"}), more for nested dicts ({"model", "layers.0.weight"}: a dict
+// "model" inside the root dict, created at its first use, as dcp_to_torch_save's set_element
+// does).
+struct TorchWriteTensor {
+  std::vector<std::string> path;
+  DType dtype = DType::kF32;
+  Shape shape;
+};
+
+struct TorchWriteOptions {
+  // The root container: dcp_to_torch_save saves a plain dict; a state_dict() is an OrderedDict
+  // (saved without its _metadata attribute). Nested dicts are always plain dicts.
+  bool ordered_dict = false;
+  std::string prefix = "archive";  // the archive's directory name (torch_archive_name)
+  bool serialization_id = true;    // write .data/serialization_id as torch 2.6 does
+};
+
+// The archive name torch.save gives the file at `target`: its file name without the last
+// extension ("/x/model.pt" -> "model", "a.b.pt" -> "a.b"), or "archive" for non-ASCII names
+// (torch writes those through a Python stream). Empty results (".pt") are refused by torch.
+Result<std::string> torch_archive_name(const std::filesystem::path& target);
+
+// One record of the archive.
+struct TorchZipRecord {
+  std::string name;                 // without the prefix: "data.pkl", "data/0", "version", ...
+  std::uint64_t header_offset = 0;  // local header
+  std::uint64_t data_offset = 0;    // a multiple of 64
+  std::uint64_t size = 0;
+  std::uint16_t local_extra_size = 0;     // zip64 extra + FB field
+  bool zip64_size = false;                // size >= 0xFFFFFFFF
+  bool zip64_offset = false;              // header_offset >= 0xFFFFFFFF
+  std::uint64_t descriptor_size() const;  // 0 (empty), 16, or 24 (zip64)
+  std::uint64_t end() const { return data_offset + size + descriptor_size(); }
+};
+
+// Everything about the file that is known before a tensor byte is read.
+struct TorchZipLayout {
+  std::string prefix;
+  std::vector<TorchZipRecord> records;  // in file order
+  std::string pickle;                   // data.pkl
+  // Per tensor (indexes of the input vector): its record in `records`, and its storage key.
+  std::vector<std::size_t> tensor_record;
+  std::vector<std::string> tensor_key;
+  std::uint64_t central_directory_offset = 0;
+  std::uint64_t central_directory_size = 0;
+  std::uint64_t file_size = 0;
+  std::uint64_t name_hash = 0;  // first half of .data/serialization_id
+  bool serialization_id = true;
+};
+
+// Lays out the archive for `tensors`. Errors: empty or duplicate keys, a key that is both a
+// tensor and a dict, invalid UTF-8 in a key, negative dimensions, sizes that overflow, and dtypes
+// torch.save cannot write with these rebuild functions (quantized dtypes).
+Result<TorchZipLayout> plan_torch_zip(const std::vector<TorchWriteTensor>& tensors,
+                                      const TorchWriteOptions& options);
+
+// The bytes of the local header (signature to the end of the FB padding) of a record, and of its
+// central directory entry. Exposed for tests of the zip64 logic on huge planned sizes.
+std::string torch_zip_local_header(const TorchZipLayout& layout, const TorchZipRecord& record);
+std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZipRecord& record,
+                                    std::uint32_t crc);
+
+// CRC-32 (ISO-HDLC, as zip and zlib compute it), slice-by-8. Start with crc = 0 and feed the
+// previous result back in to continue a running checksum.
+std::uint32_t crc32_update(std::uint32_t crc, std::span<const std::byte> bytes);
+
+// Writes one planned archive. The file is born as a hidden temporary in the target's directory
+// (".<name>.tmp.<random>"), preallocated, with every header and the small records written at
+// once; tensor bytes arrive through write_tensor_bytes; finish() writes the data descriptors,
+// the serialization id and the central directory, fsyncs, renames onto the target and fsyncs
+// the directory. Destroying an unfinished writer (or abort()) removes the temporary.
+//
+// Bytes of one tensor must arrive in order (each call's offset is where the previous call for
+// that tensor ended), because its CRC32 is computed while streaming; different tensors may
+// interleave freely. Memory use is independent of tensor sizes. Not for concurrent use: call it
+// from one thread at a time.
+class TorchZipWriter {
+ public:
+  static Result<TorchZipWriter> create(const std::filesystem::path& target, TorchZipLayout layout);
+
+  TorchZipWriter(TorchZipWriter&& other) noexcept;
+  TorchZipWriter& operator=(TorchZipWriter&& other) noexcept;
+  TorchZipWriter(const TorchZipWriter&) = delete;
+  TorchZipWriter& operator=(const TorchZipWriter&) = delete;
+  ~TorchZipWriter();
+
+  const TorchZipLayout& layout() const { return layout_; }
+  const std::filesystem::path& temp_path() const { return temp_path_; }
+
+  // `bytes` of tensor `tensor` (an index of plan_torch_zip's input), starting `offset` bytes into
+  // the tensor.
+  Status write_tensor_bytes(std::size_t tensor, std::uint64_t offset,
+                            std::span<const std::byte> bytes);
+
+  // Every tensor must be complete. After success the target exists and the writer is spent.
+  Status finish();
+
+  // Removes the temporary file (idempotent; also done by the destructor when unfinished).
+  void abort();
+
+ private:
+  TorchZipWriter() = default;
+  Status pwrite_all(std::uint64_t offset, std::span<const std::byte> bytes);
+  Status pwrite_all(std::uint64_t offset, std::string_view bytes);
+  Status write_record(std::size_t record, std::uint64_t offset, std::span<const std::byte> bytes);
+  std::string trailer() const;
+
+  TorchZipLayout layout_;
+  std::filesystem::path target_;
+  std::filesystem::path temp_path_;
+  int fd_ = -1;
+  std::vector<std::uint32_t> record_crc_;                  // per record, running
+  std::vector<std::uint64_t> record_written_;              // per record, bytes so far
+  std::vector<std::array<unsigned char, 8>> record_head_;  // per record, its first bytes
+};
+
+}  // namespace ckptstream

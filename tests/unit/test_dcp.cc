@@ -1,0 +1,304 @@
+// DCP .metadata parsing and .distcp item access (src/dcp), on pickles written by real torch
+// (tests/fixtures/dcp/<case>/.metadata, tools/fixtures/make_dcp_fixtures.py) and on synthetic
+// pickles with the class paths and enum forms of other torch / Python versions
+// (tests/fixtures/dcp/synthetic/).
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "dcp/dcp_item.h"
+#include "dcp/dcp_metadata.h"
+#include "io/input_file.h"
+
+using namespace ckptstream;
+using namespace ckptstream::dcp;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "dcp";
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() /
+             ("ckpt_test_dcp_" + name + "_" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
+std::string read_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_file(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+Result<Metadata> parse_file(const fs::path& path) {
+  std::string bytes = read_file(path);
+  return parse_metadata(std::as_bytes(std::span(bytes.data(), bytes.size())), path.string());
+}
+
+Result<Metadata> parse_text(const std::string& bytes) {
+  return parse_metadata(std::as_bytes(std::span(bytes.data(), bytes.size())), "test.metadata");
+}
+
+const StateDictEntry* entry(const Metadata& md, const std::string& fqn) {
+  for (const auto& e : md.entries)
+    if (e.fqn == fqn) return &e;
+  return nullptr;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// The synthetic pickles describe the same checkpoint in every spelling.
+void check_synthetic(const Metadata& md) {
+  REQUIRE(md.entries.size() == 3);
+  CHECK(md.entries[0].fqn == "model.embed_tokens.weight");
+  CHECK(md.entries[1].fqn == "step");
+  CHECK(md.entries[2].fqn == "lm_head.weight");
+  const auto& emb = md.entries[0];
+  CHECK(emb.kind == StateDictEntry::Kind::kTensor);
+  CHECK(emb.dtype == DType::kBF16);
+  CHECK(emb.size == Shape{5, 4});
+  REQUIRE(emb.chunks.size() == 2);
+  CHECK(emb.chunks[1].offsets == Shape{3, 0});
+  CHECK(emb.chunks[1].sizes == Shape{2, 4});
+  CHECK(md.entries[1].kind == StateDictEntry::Kind::kBytes);
+  CHECK(md.entries[2].dtype == DType::kF32);
+  CHECK(md.storage.size() == 4);
+  const StorageInfo* second = md.find("model.embed_tokens.weight", Shape{3, 0});
+  REQUIRE(second);
+  CHECK(second->relative_path == "__1_0.distcp");
+  CHECK(second->offset == 0);
+  CHECK(second->length == 650);
+  CHECK(second->transforms.empty());
+  const StorageInfo* step = md.find("step", std::nullopt);  // byte item: no offset in its key
+  REQUIRE(step);
+  CHECK(step->offset == 700);
+  CHECK(step->length == 400);
+  CHECK(!md.find("step", Shape{}));
+  CHECK(!md.find("model.embed_tokens.weight", Shape{2, 0}));
+  REQUIRE(md.planner_paths.size() == 3);
+  CHECK(md.planner_paths[0].second == std::vector<std::string>{"model.embed_tokens.weight"});
+}
+
+}  // namespace
+
+TEST_CASE("metadata: torch 1.13 class paths, protocol 2, getattr(Enum, 'NAME') enums") {
+  auto md = parse_file(kFixtures / "synthetic" / "v113_p2.metadata");
+  REQUIRE_MESSAGE(md.ok(), md.error().message);
+  check_synthetic(*md);
+  CHECK(md->class_name == "Metadata");
+  CHECK(md->version.empty());
+}
+
+TEST_CASE("metadata: torch 2.x paths, protocol 4, Enum(value), extra fields and PosixPath") {
+  auto md = parse_file(kFixtures / "synthetic" / "v2x_p4.metadata");
+  REQUIRE_MESSAGE(md.ok(), md.error().message);
+  check_synthetic(*md);
+  CHECK(md->version == "1.0.0");
+}
+
+TEST_CASE("metadata written by torch 2.6 (protocol 4): nested app state with optimizer") {
+  auto md = read_metadata(kFixtures / "nested_w2");
+  REQUIRE_MESSAGE(md.ok(), md.error().message);
+  const auto* emb = entry(*md, "model.model.embed_tokens.weight");
+  REQUIRE(emb);
+  CHECK(emb->size == Shape{37, 14});
+  REQUIRE(emb->chunks.size() == 2);
+  CHECK(emb->chunks[0].sizes == Shape{19, 14});
+  CHECK(emb->chunks[1].offsets == Shape{19, 0});
+  const StorageInfo* info = md->find("model.model.embed_tokens.weight", Shape{19, 0});
+  REQUIRE(info);
+  CHECK(info->relative_path == "__1_0.distcp");
+  CHECK(info->transforms.empty());
+  CHECK(entry(*md, "optim.state.1.exp_avg") != nullptr);
+  bool has_bytes = false;
+  for (const auto& e : md->entries) has_bytes = has_bytes || e.kind == StateDictEntry::Kind::kBytes;
+  CHECK(has_bytes);  // optimizer param_groups hyper-parameters
+  CHECK(md->find("optim.param_groups.0.lr", std::nullopt) != nullptr);
+}
+
+TEST_CASE("metadata written by torch 2.14 under Python 3.14 (protocol 5, pathlib._local)") {
+  std::string bytes = read_file(kFixtures / "sid_plain_w2" / ".metadata");
+  REQUIRE(bytes.size() > 2);
+  CHECK(static_cast<unsigned char>(bytes[1]) == 5);
+  auto md = read_metadata(kFixtures / "sid_plain_w2");
+  REQUIRE_MESSAGE(md.ok(), md.error().message);
+  CHECK(md->version == "1.0.0");
+  const auto* q = entry(*md, "model.layers.0.self_attn.k_proj.weight");
+  REQUIRE(q);
+  CHECK(q->size == Shape{6, 14});
+  CHECK(q->chunks.size() == 2);
+}
+
+TEST_CASE("metadata: zstd items carry transform descriptors") {
+  auto md = read_metadata(kFixtures / "zstd_w2");
+  REQUIRE_MESSAGE(md.ok(), md.error().message);
+  const StorageInfo* info = md->find("model.lm_head.weight", Shape{0, 0});
+  REQUIRE(info);
+  CHECK(info->transforms == std::vector<std::string>{"stream.zstd/1"});
+}
+
+TEST_CASE("transform descriptors: only stream.zstd with major version 1") {
+  CHECK(check_transforms({}).ok());
+  CHECK(check_transforms({"stream.zstd/1"}).ok());
+  CHECK(check_transforms({"stream.zstd/1.1"}).ok());
+  auto rot13 = check_transforms({"stream.rot13/1"});
+  REQUIRE(!rot13.ok());
+  CHECK(rot13.error().kind == ErrorKind::kUnsupported);
+  CHECK(contains(rot13.error().message, "unknown stream transform 'stream.rot13/1'"));
+  auto v2 = check_transforms({"stream.zstd/2"});
+  REQUIRE(!v2.ok());
+  CHECK(contains(v2.error().message, "version 2"));
+  CHECK(!check_transforms({"stream.zstd"}).ok());
+}
+
+TEST_CASE("corrupt metadata: truncated, garbage, or not a Metadata object") {
+  std::string good = read_file(kFixtures / "nested_w2" / ".metadata");
+  auto truncated = parse_text(good.substr(0, good.size() / 2));
+  REQUIRE(!truncated.ok());
+  CHECK(contains(truncated.error().message, "test.metadata: pickle:"));
+  auto garbage = parse_text("this is not a pickle at all");
+  REQUIRE(!garbage.ok());
+  CHECK(contains(garbage.error().message, "test.metadata"));
+  auto empty = parse_text("");
+  REQUIRE(!empty.ok());
+  // pickle.dumps({"a": 1}, protocol=2)
+  auto dict =
+      parse_text(std::string("\x80\x02}q\x00X\x01\x00\x00\x00"
+                             "aq\x01K\x01s.",
+                             17));
+  REQUIRE(!dict.ok());
+  CHECK(contains(dict.error().message, "not a DCP Metadata pickle"));
+
+  TempDir tmp("missing");
+  auto missing = read_metadata(tmp.path);
+  REQUIRE(!missing.ok());
+  CHECK(contains(missing.error().message, ".metadata"));
+}
+
+TEST_CASE("items: a chunk is a TensorRef into its .distcp file, in place") {
+  auto md = read_metadata(kFixtures / "nested_w2");
+  REQUIRE(md.ok());
+  const auto* emb = entry(*md, "model.model.embed_tokens.weight");
+  REQUIRE(emb);
+  const StorageInfo* info = md->find(emb->fqn, emb->chunks[1].offsets);
+  REQUIRE(info);
+  TempDir scratch("scratch");
+  ItemReader reader(kFixtures / "nested_w2", scratch.path);
+  auto loc = reader.tensor_chunk(*emb, emb->chunks[1], *info);
+  REQUIRE_MESSAGE(loc.ok(), loc.error().message);
+  CHECK(loc->file == kFixtures / "nested_w2" / "__1_0.distcp");
+  CHECK(loc->ref.dtype == DType::kF32);
+  CHECK(loc->ref.shape == Shape{18, 14});
+  CHECK(loc->ref.strides == Shape{14, 1});
+  CHECK(loc->ref.offset == 0);
+  CHECK(loc->ref.storage_nbytes == 18 * 14 * 4);
+  // The storage lies inside the item, 64-byte aligned relative to the item start.
+  CHECK(loc->ref.storage_begin > info->offset);
+  CHECK(loc->ref.storage_begin + loc->ref.storage_nbytes <= info->offset + info->length);
+  CHECK((loc->ref.storage_begin - info->offset) % 64 == 0);
+  CHECK(fs::is_empty(scratch.path));  // nothing decoded
+
+  // The metadata and the item must agree on dtype and shape.
+  StateDictEntry wrong = *emb;
+  wrong.dtype = DType::kBF16;
+  auto dtype = reader.tensor_chunk(wrong, emb->chunks[1], *info);
+  REQUIRE(!dtype.ok());
+  CHECK(contains(dtype.error().message, "the chunk is float32, but the metadata says bfloat16"));
+  ChunkMeta other = emb->chunks[1];
+  other.sizes = {17, 14};
+  auto shape = reader.tensor_chunk(*emb, other, *info);
+  REQUIRE(!shape.ok());
+  CHECK(contains(shape.error().message, "'model.model.embed_tokens.weight'"));
+  CHECK(contains(shape.error().message, "shape (18, 14)"));
+}
+
+TEST_CASE("items: zstd items are decoded into the scratch directory") {
+  auto md = read_metadata(kFixtures / "zstd_w2");
+  REQUIRE(md.ok());
+  const auto* head = entry(*md, "model.lm_head.weight");
+  REQUIRE(head);
+  const StorageInfo* info = md->find(head->fqn, head->chunks[0].offsets);
+  REQUIRE(info);
+  TempDir scratch("zstd");
+  ItemReader reader(kFixtures / "zstd_w2", scratch.path / "sub");
+  auto loc = reader.tensor_chunk(*head, head->chunks[0], *info);
+  REQUIRE_MESSAGE(loc.ok(), loc.error().message);
+  CHECK(loc->file.parent_path() == scratch.path / "sub");
+  CHECK(loc->ref.shape == head->chunks[0].sizes);
+  auto file = InputFile::open(loc->file);
+  REQUIRE(file.ok());
+  CHECK(loc->ref.storage_begin + loc->ref.storage_nbytes <= file->size());
+
+  // Without a scratch directory a compressed item cannot be read.
+  ItemReader no_scratch(kFixtures / "zstd_w2", "");
+  CHECK(!no_scratch.tensor_chunk(*head, head->chunks[0], *info).ok());
+
+  // A frame cut short.
+  StorageInfo cut = *info;
+  cut.length = info->length / 2;
+  auto truncated = reader.tensor_chunk(*head, head->chunks[0], cut);
+  REQUIRE(!truncated.ok());
+  CHECK(contains(truncated.error().message, "zstd"));
+  CHECK(contains(truncated.error().message, "'model.lm_head.weight'"));
+}
+
+TEST_CASE("items: truncated .distcp files, bad relative paths, items that are not zips") {
+  auto md = read_metadata(kFixtures / "nested_w2");
+  REQUIRE(md.ok());
+  const auto* head = entry(*md, "model.lm_head.weight");
+  REQUIRE(head);
+  const StorageInfo* info = md->find(head->fqn, head->chunks[0].offsets);
+  REQUIRE(info);
+  TempDir tmp("trunc");
+  std::string bytes = read_file(kFixtures / "nested_w2" / info->relative_path);
+  write_file(tmp.path / info->relative_path, bytes.substr(0, info->offset + info->length / 2));
+  ItemReader reader(tmp.path, tmp.path / "scratch");
+  auto truncated = reader.tensor_chunk(*head, head->chunks[0], *info);
+  REQUIRE(!truncated.ok());
+  CHECK(contains(truncated.error().message, info->relative_path));
+  CHECK(contains(truncated.error().message, "past the end of the file"));
+
+  StorageInfo escape = *info;
+  escape.relative_path = "../x.distcp";
+  CHECK(contains(reader.tensor_chunk(*head, head->chunks[0], escape).error().message,
+                 "leaves the directory"));
+
+  // A SerializationFormat.SAFETENSORS blob (8-byte header length, JSON header).
+  write_file(tmp.path / "st.distcp", std::string("\x10\0\0\0\0\0\0\0", 8) +
+                                         R"({"__metadata__":{}})" + std::string(64, '\0'));
+  StorageInfo st{"st.distcp", 0, 64, {}};
+  auto safetensors = reader.tensor_chunk(*head, head->chunks[0], st);
+  REQUIRE(!safetensors.ok());
+  CHECK(safetensors.error().kind == ErrorKind::kUnsupported);
+  CHECK(contains(safetensors.error().message, "SerializationFormat.SAFETENSORS"));
+
+  // A zstd frame whose metadata forgot the descriptor.
+  write_file(tmp.path / "z.distcp", std::string("\x28\xB5\x2F\xFD", 4) + std::string(60, '\0'));
+  StorageInfo z{"z.distcp", 0, 64, {}};
+  CHECK(contains(reader.tensor_chunk(*head, head->chunks[0], z).error().message,
+                 "lists no transform_descriptors"));
+
+  write_file(tmp.path / "junk.distcp", std::string(4096, 'x'));
+  StorageInfo junk{"junk.distcp", 0, 4096, {}};
+  CHECK(contains(reader.tensor_chunk(*head, head->chunks[0], junk).error().message,
+                 "not a torch.save zip"));
+}

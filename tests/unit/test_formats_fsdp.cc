@@ -1,0 +1,349 @@
+// verl FSDP reader/merger against checkpoints written by real torch (FSDP2 on CPU, gloo):
+// tests/fixtures/fsdp/, made by tools/fixtures/make_fsdp_fixtures.py. Each case is merged, planned
+// and executed by the real executor; every output tensor must equal expected.safetensors (the
+// unsharded state dict, saved by torch in the same run) byte for byte.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "exec/executor.h"
+#include "formats/verl_fsdp.h"
+#include "io/input_file.h"
+#include "safetensors/safetensors.h"
+
+using namespace ckptstream;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "fsdp";
+
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name)
+      : path(fs::temp_directory_path() /
+             ("ckpt_test_fsdp_" + name + "_" + std::to_string(::getpid()))) {
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+  // A writable copy of a fixture case, named `name`.
+  fs::path copy_of(const std::string& fixture, const std::string& name) const {
+    fs::path dir = path / name;
+    fs::copy(kFixtures / fixture, dir, fs::copy_options::recursive);
+    return dir;
+  }
+};
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream(path, std::ios::binary) << text;
+}
+
+struct StoredTensor {
+  DType dtype;
+  Shape shape;
+  std::string bytes;
+};
+
+// Every tensor of a safetensors file, with its bytes.
+std::map<std::string, StoredTensor> read_safetensors(const fs::path& path) {
+  auto file = InputFile::open(path);
+  REQUIRE(file.ok());
+  auto header = safetensors::read_header(*file);
+  REQUIRE_MESSAGE(header.ok(), path.string());
+  std::map<std::string, StoredTensor> out;
+  for (const auto& entry : header->tensors) {
+    std::string bytes(entry.data_end - entry.data_begin, '\0');
+    REQUIRE(file->read_at(header->data_start + entry.data_begin,
+                          std::as_writable_bytes(std::span(bytes.data(), bytes.size())))
+                .ok());
+    out[entry.name] = StoredTensor{entry.dtype, entry.shape, std::move(bytes)};
+  }
+  return out;
+}
+
+// find -> merge -> plan -> execute, as `merge --backend fsdp --dtype keep` will do.
+Result<Manifest> convert(const fs::path& dir, const fs::path& target, MergedTensors* merged_out) {
+  fs::create_directories(target);
+  CKPT_ASSIGN_OR_RETURN(auto checkpoint, find_fsdp_checkpoint(dir));
+  CKPT_ASSIGN_OR_RETURN(auto merged, merge_fsdp_tensors(checkpoint));
+  Plan plan;
+  plan.inputs = merged.inputs;
+  CKPT_TRY(safetensors::plan_output(merged.tensors, {}, plan));
+  if (merged_out) *merged_out = merged;
+  return execute_plan(plan, target, {});
+}
+
+// The merged output of a fixture case equals its expected.safetensors, byte for byte.
+MergedTensors check_case(const std::string& name, const fs::path& dir) {
+  INFO("case " << name);
+  TempDir tmp("out_" + name);
+  MergedTensors merged;
+  auto manifest = convert(dir, tmp.path / "out", &merged);
+  REQUIRE_MESSAGE(manifest.ok(), manifest.error().message);
+  REQUIRE(manifest->files.size() == 1);
+  auto got = read_safetensors(tmp.path / "out" / manifest->files[0].name);
+  auto want = read_safetensors(kFixtures / name / "expected.safetensors");
+  CHECK(got.size() == want.size());
+  for (const auto& [tensor, expected] : want) {
+    INFO("tensor " << tensor);
+    auto it = got.find(tensor);
+    REQUIRE(it != got.end());
+    CHECK(it->second.dtype == expected.dtype);
+    CHECK(it->second.shape == expected.shape);
+    CHECK(it->second.bytes == expected.bytes);
+  }
+  return merged;
+}
+
+const LogicalTensor& tensor_named(const MergedTensors& merged, const std::string& name) {
+  for (const auto& t : merged.tensors)
+    if (t.name == name) return t;
+  FAIL("no tensor " << name);
+  return merged.tensors.front();
+}
+
+std::set<std::size_t> inputs_read(const LogicalTensor& tensor) {
+  std::set<std::size_t> inputs;
+  for (const auto& f : tensor.fragments) inputs.insert(f.source.input);
+  return inputs;
+}
+
+std::string error_of(const fs::path& dir) {
+  auto checkpoint = find_fsdp_checkpoint(dir);
+  if (!checkpoint.ok()) return checkpoint.error().message;
+  auto merged = merge_fsdp_tensors(*checkpoint);
+  if (!merged.ok()) return merged.error().message;
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("fsdp: every fixture case merges to the expected state dict, byte for byte") {
+  for (const char* name : {"w1_fsdp", "w1_plain", "w2", "w3", "w4", "hsdp", "shard1", "tied",
+                           "bf16", "critic", "empty"}) {
+    check_case(name, kFixtures / name);
+  }
+}
+
+TEST_CASE("fsdp: the layout is found from fsdp_config.json or from the file names") {
+  auto w4 = find_fsdp_checkpoint(kFixtures / "w4");
+  REQUIRE(w4.ok());
+  CHECK(w4->world_size == 4);
+  CHECK(w4->fsdp_version == 2);
+  REQUIRE(w4->rank_files.size() == 4);
+  CHECK(w4->rank_files[2] == kFixtures / "w4" / "model_world_size_4_rank_2.pt");
+  REQUIRE(w4->hf_dir);
+  CHECK(*w4->hf_dir == kFixtures / "w4" / "huggingface");
+  REQUIRE(!w4->notes.empty());
+  CHECK(w4->notes[0] == "world size 4 from fsdp_config.json (FSDP2)");
+
+  auto plain = find_fsdp_checkpoint(kFixtures / "w1_plain");
+  REQUIRE(plain.ok());
+  CHECK(plain->world_size == 1);
+  CHECK(plain->fsdp_version == 0);
+  CHECK(plain->notes[0] == "world size 1 from the file names (no fsdp_config.json)");
+
+  CHECK(looks_like_fsdp_checkpoint(kFixtures / "w2"));
+  CHECK(!looks_like_fsdp_checkpoint(kFixtures / "w2" / "huggingface"));
+  CHECK(!looks_like_fsdp_checkpoint(kFixtures / "nonexistent"));
+}
+
+TEST_CASE("fsdp: older model_rank_R.pt names, no fsdp_config.json; optim and extra never read") {
+  TempDir tmp("old_names");
+  fs::path dir = tmp.copy_of("w3", "w31");
+  fs::remove(dir / "fsdp_config.json");
+  for (int r = 0; r < 3; ++r) {
+    fs::rename(dir / ("model_world_size_3_rank_" + std::to_string(r) + ".pt"),
+               dir / ("model_rank_" + std::to_string(r) + ".pt"));
+    // Garbage trainer state beside the model: opening it would fail the merge.
+    write_text(dir / ("optim_rank_" + std::to_string(r) + ".pt"), "not a torch file");
+    write_text(dir / ("extra_state_rank_" + std::to_string(r) + ".pt"), "not a torch file");
+  }
+  auto checkpoint = find_fsdp_checkpoint(dir);
+  REQUIRE(checkpoint.ok());
+  CHECK(checkpoint->world_size == 3);
+  CHECK(checkpoint->notes ==
+        std::vector<std::string>{"world size 3 from the file names (no fsdp_config.json)",
+                                 "older file names model_rank_{R}.pt"});
+  check_case("w3", dir);
+}
+
+TEST_CASE("fsdp: fragments follow the placements") {
+  auto w4 = check_case("w4", kFixtures / "w4");
+  CHECK(w4.inputs.size() == 4);
+  // 6 rows over 4 ranks: 2, 2, 2 and an empty shard on rank 3, which contributes nothing.
+  const auto& k = tensor_named(w4, "model.layers.0.self_attn.k_proj.weight");
+  CHECK(k.shape == Shape{6, 14});
+  CHECK(k.dtype == DType::kF32);
+  REQUIRE(k.fragments.size() == 3);
+  CHECK(k.fragments[2].offsets == Shape{4, 0});
+  CHECK(k.fragments[2].source.shape == Shape{2, 14});
+  CHECK(k.fragments[2].source.input == 2);
+  // A buffer is read once, from rank 0.
+  const auto& buffer = tensor_named(w4, "model.layers.1.rope_table");
+  REQUIRE(buffer.fragments.size() == 1);
+  CHECK(buffer.fragments[0].source.input == 0);
+  CHECK(buffer.fragments[0].source.strides == Shape{1, 4});
+
+  // HSDP: ranks 0 and 1 (ddp coordinate 0) hold one replica; 2 and 3 are only checked.
+  auto hsdp = check_case("hsdp", kFixtures / "hsdp");
+  CHECK(hsdp.inputs.size() == 4);
+  for (const auto& t : hsdp.tensors) {
+    auto read = inputs_read(t);
+    CHECK((read == std::set<std::size_t>{0} || read == std::set<std::size_t>{0, 1}));
+  }
+  const auto& embed = tensor_named(hsdp, "model.embed_tokens.weight");
+  CHECK(inputs_read(embed) == std::set<std::size_t>{0, 1});
+  CHECK(embed.fragments[1].offsets == Shape{19, 0});
+
+  // Shard(1): column halves.
+  auto shard1 = check_case("shard1", kFixtures / "shard1");
+  const auto& gate = tensor_named(shard1, "model.layers.0.mlp.gate_proj.weight");
+  REQUIRE(gate.fragments.size() == 2);
+  CHECK(gate.fragments[1].offsets == Shape{0, 7});
+  CHECK(gate.fragments[1].source.shape == Shape{19, 7});
+
+  // Tied embeddings stay two tensors over the same bytes; the mapping layer drops one.
+  auto tied = check_case("tied", kFixtures / "tied");
+  const auto& head = tensor_named(tied, "lm_head.weight");
+  const auto& emb = tensor_named(tied, "model.embed_tokens.weight");
+  REQUIRE(head.fragments.size() == emb.fragments.size());
+  for (std::size_t i = 0; i < head.fragments.size(); ++i)
+    CHECK(head.fragments[i].source.storage_begin == emb.fragments[i].source.storage_begin);
+
+  auto bf16 = check_case("bf16", kFixtures / "bf16");
+  CHECK(tensor_named(bf16, "model.norm.weight").dtype == DType::kBF16);
+  CHECK(tensor_named(bf16, "model.norm.weight").source_dtype == DType::kBF16);
+
+  // The value head [1, H]: one row on rank 0, nothing on ranks 1 and 2.
+  auto critic = check_case("critic", kFixtures / "critic");
+  CHECK(inputs_read(tensor_named(critic, "score.weight")) == std::set<std::size_t>{0});
+}
+
+TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one directory") {
+  TempDir tmp("layout_errors");
+  fs::path missing = tmp.copy_of("w4", "w42");
+  fs::remove(missing / "model_world_size_4_rank_2.pt");
+  auto error = error_of(missing);
+  CHECK(contains(error, (missing / "model_world_size_4_rank_2.pt").string() + " is missing"));
+  CHECK(contains(error, "world size 4 from fsdp_config.json"));
+
+  fs::path no_config = tmp.path / "no_config";
+  fs::copy(missing, no_config, fs::copy_options::recursive);
+  fs::remove(no_config / "fsdp_config.json");
+  CHECK(contains(error_of(no_config), "model_world_size_4_rank_2.pt is missing"));
+
+  fs::path disagree = tmp.copy_of("w2", "w23");
+  write_text(disagree / "fsdp_config.json", R"({"FSDP_version": 2, "world_size": 4})");
+  error = error_of(disagree);
+  CHECK(contains(error, "fsdp_config.json says world_size 4"));
+  CHECK(contains(error, "model_world_size_2_rank_*.pt"));
+
+  fs::path bad_config = tmp.path / "bad_config";
+  fs::copy(disagree, bad_config, fs::copy_options::recursive);
+  write_text(bad_config / "fsdp_config.json", R"({"FSDP_version": 2})");
+  CHECK(contains(error_of(bad_config), "world_size is not a positive integer"));
+
+  fs::path two = tmp.copy_of("w3", "w34");
+  fs::copy(kFixtures / "w2" / "model_world_size_2_rank_0.pt", two);
+  error = error_of(two);
+  CHECK(contains(error, "two layouts"));
+  CHECK(contains(error, "model_world_size_2_rank_*.pt"));
+  CHECK(contains(error, "model_world_size_3_rank_*.pt"));
+
+  fs::path extra = tmp.copy_of("w2", "w25");
+  fs::copy(extra / "model_world_size_2_rank_1.pt", extra / "model_world_size_2_rank_2.pt");
+  CHECK(contains(error_of(extra), "rank 2 is outside world size 2"));
+
+  fs::path empty = tmp.path / "empty";
+  fs::create_directories(empty);
+  CHECK(contains(error_of(empty), "no verl FSDP model shards"));
+  CHECK(contains(error_of(tmp.path / "absent"), "not a directory"));
+}
+
+TEST_CASE("fsdp: a truncated rank file is named, and nothing is written") {
+  TempDir tmp("truncated");
+  fs::path dir = tmp.copy_of("w2", "w26");
+  fs::path rank1 = dir / "model_world_size_2_rank_1.pt";
+  fs::resize_file(rank1, fs::file_size(rank1) / 2);
+  auto result = convert(dir, tmp.path / "out", nullptr);
+  REQUIRE(!result.ok());
+  CHECK(contains(result.error().message, rank1.string()));
+  CHECK(fs::is_empty(tmp.path / "out"));
+}
+
+TEST_CASE("fsdp: local shards of the wrong shape, on a shard or on a replica") {
+  TempDir tmp("shapes");
+  // Rank 2 of 3 holding rank 0's file: 13 rows where torch.chunk gives 11.
+  fs::path swapped = tmp.copy_of("w3", "w37");
+  fs::copy(swapped / "model_world_size_3_rank_0.pt", swapped / "model_world_size_3_rank_2.pt",
+           fs::copy_options::overwrite_existing);
+  auto error = error_of(swapped);
+  CHECK(contains(error, "tensor model.embed_tokens.weight: rank 2 ("));
+  CHECK(contains(error,
+                 "holds a local shard of shape [13, 14], but (Shard(0)) of [37, 14] over "
+                 "mesh (fsdp=3) gives [11, 14] at mesh coordinate [2]"));
+
+  // HSDP: rank 3 (the second replica) holding rank 2's file is caught though it is not read.
+  fs::path replica = tmp.copy_of("hsdp", "hsdp8");
+  fs::copy(replica / "model_world_size_4_rank_2.pt", replica / "model_world_size_4_rank_3.pt",
+           fs::copy_options::overwrite_existing);
+  error = error_of(replica);
+  CHECK(contains(error, "rank 3 ("));
+  CHECK(contains(error, "(Replicate(), Shard(0))"));
+  CHECK(contains(error, "mesh (ddp=2 x fsdp=2)"));
+}
+
+TEST_CASE("fsdp: a key missing on one rank, and a plain tensor that differs between ranks") {
+  auto error = error_of(kFixtures / "err_missing_key");
+  CHECK(contains(error, "tensor lm_head.weight is in rank 0's file"));
+  CHECK(contains(error,
+                 "missing from rank 1 (" +
+                     (kFixtures / "err_missing_key" / "model_world_size_2_rank_1.pt").string()));
+
+  error = error_of(kFixtures / "err_buffer_differs");
+  CHECK(contains(error, "tensor model.layers.0.layer_scalar: "));
+  CHECK(contains(error, "values differ between rank 0"));
+  CHECK(contains(error, "model_world_size_2_rank_1.pt"));
+
+  TempDir tmp("differs");
+  auto result = convert(kFixtures / "err_buffer_differs", tmp.path / "out", nullptr);
+  CHECK(!result.ok());
+  CHECK(fs::is_empty(tmp.path / "out"));
+}
+
+TEST_CASE("fsdp: Partial, _StridedShard and a tp mesh dimension are unsupported, named") {
+  auto checkpoint = find_fsdp_checkpoint(kFixtures / "err_partial");
+  REQUIRE(checkpoint.ok());
+  auto merged = merge_fsdp_tensors(*checkpoint);
+  REQUIRE(!merged.ok());
+  CHECK(merged.error().kind == ErrorKind::kUnsupported);
+  CHECK(merged.error().message ==
+        "tensor score.weight: placement Partial(sum) is not supported (values are not reduced)");
+
+  auto error = error_of(kFixtures / "err_strided_shard");
+  CHECK(contains(error,
+                 "tensor score.weight: placement _StridedShard(dim=0, split_factor=2) is "
+                 "not supported"));
+
+  checkpoint = find_fsdp_checkpoint(kFixtures / "err_tp");
+  REQUIRE(checkpoint.ok());
+  merged = merge_fsdp_tensors(*checkpoint);
+  REQUIRE(!merged.ok());
+  CHECK(merged.error().kind == ErrorKind::kUnsupported);
+  CHECK(contains(merged.error().message, "tensor score.weight: mesh dimension 'tp'"));
+}
