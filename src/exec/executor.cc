@@ -116,6 +116,11 @@ Result<Manifest> write_all_files(const Plan& plan, const OutputStaging& staging,
     CKPT_TRY_CTX(copy_into_staging(side.source, path), side.name);
     commit_order.push_back(side.name);
   }
+  for (const TextFile& text : plan.text_files) {
+    CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(text.name));
+    CKPT_TRY_CTX(write_small_file(path, text.contents), text.name);
+    commit_order.push_back(text.name);
+  }
   if (!plan.index_json.empty()) {
     CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(std::string(kIndexFileName)));
     CKPT_TRY(write_small_file(path, plan.index_json));

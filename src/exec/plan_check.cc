@@ -193,7 +193,8 @@ Status check_output_names(const Plan& plan) {
   std::vector<std::string> names;
   for (const auto& file : plan.files) names.push_back(file.name);
   for (const auto& side : plan.side_files) names.push_back(side.name);
-  if (!plan.index_json.empty()) names.emplace_back("model.safetensors.index.json");
+  for (const auto& text : plan.text_files) names.push_back(text.name);
+  if (!plan.index_json.empty()) names.emplace_back(kIndexFileName);
   names.emplace_back(kManifestFileName);
   std::set<std::string> seen;
   for (const auto& name : names) {

@@ -218,6 +218,7 @@ std::vector<LogicalTensor> split_experts(const LogicalTensor& packed, const Expe
     auto star = pattern.find('*');
     for (std::int64_t expert = 0; expert < packed.shape[0]; ++expert) {
       LogicalTensor tensor = select(packed, 0, expert);
+      tensor.shard_group = packed.name;  // one storage in the model transformers saves
       if (parts > 1) tensor = narrow(tensor, 0, part * rows, rows);
       tensor = squeeze(std::move(tensor));
       tensor.name =

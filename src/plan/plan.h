@@ -47,6 +47,10 @@ struct LogicalTensor {
   Shape shape;
   std::vector<Fragment> fragments;
   std::shared_ptr<const LoraDelta> lora;  // a low-rank update fused while streaming, if any
+  // Tensors with the same non-empty group are views of one parameter in the model transformers
+  // saves (a packed MoE projection cut into experts): huggingface_hub's split counts that storage
+  // once, at its first member, and keeps every member in that member's file.
+  std::string shard_group;
 };
 
 // W + scale * (B @ A) for a 2-d weight W [out, in], with A [r, in] and B [out, r]: computed in

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cstdio>
 #include <limits>
+#include <map>
 #include <unordered_set>
 
 #include "core/json_text.h"
@@ -94,28 +95,50 @@ Result<std::uint64_t> checked_size(const LogicalTensor& tensor) {
 //  - otherwise, if current + size > max_shard_size the current shard is closed (it is never
 //    empty then, since size <= max) and a new one started; the tensor joins the current shard;
 //  - a zero-size tensor always joins the current shard; the last shard is kept if non-empty;
-//  - tensors sharing a storage are counted once and later put in the first one's shard. Our
-//    LogicalTensors never share storage (tied weights are separate tensors or dropped upstream),
-//    so every tensor counts, and total_size is the plain sum of their sizes.
-std::vector<std::vector<std::size_t>> split_into_shards(const std::vector<std::uint64_t>& sizes,
+//  - tensors sharing a storage are counted once, with the storage's size, and later put in the
+//    first one's shard. Ours share storage only when they are views of one parameter of the
+//    saved model (LogicalTensor::shard_group); that storage's size is the sum of its views.
+std::vector<std::vector<std::size_t>> split_into_shards(const std::vector<LogicalTensor>& tensors,
+                                                        const std::vector<std::uint64_t>& sizes,
                                                         std::uint64_t max_shard_size) {
+  std::map<std::string_view, std::size_t> leader;  // group -> its first tensor
+  std::vector<std::uint64_t> counted = sizes;      // a leader counts its whole group
+  std::vector<std::vector<std::size_t>> members(tensors.size());
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].shard_group.empty()) continue;
+    auto [it, first] = leader.emplace(tensors[i].shard_group, i);
+    if (first) continue;
+    counted[it->second] += sizes[i];
+    counted[i] = 0;
+    members[it->second].push_back(i);
+  }
+  auto is_follower = [&](std::size_t i) {
+    return !tensors[i].shard_group.empty() && leader.at(tensors[i].shard_group) != i;
+  };
+
   std::vector<std::vector<std::size_t>> shards;
   std::vector<std::size_t> current;
   std::uint64_t current_size = 0;
-  for (std::size_t i = 0; i < sizes.size(); ++i) {
-    if (sizes[i] > max_shard_size) {
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (is_follower(i)) continue;
+    if (counted[i] > max_shard_size) {
       shards.push_back({i});
       continue;
     }
-    if (current_size + sizes[i] > max_shard_size) {  // no overflow: both are <= max
+    if (current_size + counted[i] > max_shard_size) {  // no overflow: both are <= max
       shards.push_back(std::move(current));
       current.clear();
       current_size = 0;
     }
     current.push_back(i);
-    current_size += sizes[i];
+    current_size += counted[i];
   }
   if (!current.empty()) shards.push_back(std::move(current));
+  for (auto& shard : shards) {
+    std::size_t leaders = shard.size();
+    for (std::size_t k = 0; k < leaders; ++k)
+      shard.insert(shard.end(), members[shard[k]].begin(), members[shard[k]].end());
+  }
   return shards;
 }
 
@@ -234,7 +257,7 @@ Status plan_output(std::vector<LogicalTensor> tensors, const OutputOptions& opti
     sizes.push_back(size);
   }
 
-  auto shards = split_into_shards(sizes, options.max_shard_size);
+  auto shards = split_into_shards(tensors, sizes, options.max_shard_size);
   if (shards.empty()) shards.emplace_back();  // no tensor: still one (empty) model.safetensors
 
   std::vector<OutputFile> files(shards.size());

@@ -193,7 +193,13 @@ Bytes numbered_storage(std::size_t n, std::size_t begin, std::size_t after = 3) 
 
 LogicalTensor tensor(const std::string& name, Shape shape, std::vector<Fragment> fragments,
                      DType source = DType::kF32, DType out = DType::kF32) {
-  return LogicalTensor{name, source, out, std::move(shape), std::move(fragments), {}};
+  LogicalTensor tensor;
+  tensor.name = name;
+  tensor.source_dtype = source;
+  tensor.dtype = out;
+  tensor.shape = std::move(shape);
+  tensor.fragments = std::move(fragments);
+  return tensor;
 }
 
 Plan single_file_plan(const fs::path& input, std::vector<LogicalTensor> tensors) {

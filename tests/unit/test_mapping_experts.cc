@@ -281,9 +281,9 @@ TEST_CASE("sharded: save_pretrained's order, split and bytes") {
   CHECK(ours == theirs);
 }
 
-// Needs the planner to keep the per-expert views of one packed parameter in one shard, as
-// huggingface_hub does (see hub_split above); plan_output splits tensor by tensor today.
-TEST_CASE("sharded: plan_output reproduces save_pretrained's files" * doctest::may_fail()) {
+// The planner keeps the per-expert views of one packed parameter in one shard, as huggingface_hub
+// does (LogicalTensor::shard_group).
+TEST_CASE("sharded: plan_output reproduces save_pretrained's files") {
   check_matches_save_pretrained("qwen3_moe", "2KB");
 }
 
