@@ -35,6 +35,9 @@ int run_inspect(const InspectArgs& args);
 struct ConvertArgs {
   std::vector<std::filesystem::path> sources;
   std::filesystem::path target_dir;
+  std::string to = "safetensors";
+  std::filesystem::path target_file;  // --to torch
+  std::string prefix;                 // --to torch from DCP
   std::string dtype = "auto";
   std::string max_shard_size = "5GB";
   bool overwrite = false;
@@ -42,6 +45,7 @@ struct ConvertArgs {
 };
 void add_convert(CLI::App& app, ConvertArgs& args);
 int run_convert(const ConvertArgs& args);
+int run_convert_to_torch(const ConvertArgs& args);
 
 // The options every command that reads a training checkpoint shares (merge, plan, test,
 // verify --source), spelled as verl's model merger spells them (dashes and underscores both).
@@ -59,6 +63,8 @@ struct CheckpointArgs {
   std::optional<double> lora_alpha;
   std::optional<std::int64_t> lora_rank;
   bool use_rslora = false;
+  std::string prefix;
+  std::filesystem::path hf_config;
   unsigned threads = 0;
   bool quiet = false;
 };

@@ -38,7 +38,18 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
   cmd->add_option("sources", args.sources,
                   "torch.save files, a *.bin.index.json, or directories holding them")
       ->required();
-  cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")->required();
+  cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory");
+  cmd->add_option("--to", args.to,
+                  "safetensors (a Hugging Face model directory), or torch: one torch.save file of "
+                  "the state dict as saved (what dcp_to_torch_save makes), from torch files, a "
+                  "DCP or a verl FSDP checkpoint directory")
+      ->check(CLI::IsMember({"safetensors", "torch"}))
+      ->capture_default_str();
+  cmd->add_option("--target-file,--target_file", args.target_file,
+                  "--to torch: the file to write (default: TARGET_DIR/model.pt)");
+  cmd->add_option("--prefix", args.prefix,
+                  "--to torch from DCP: the app-state prefix of the model keys; detected when "
+                  "absent");
   cmd->add_option("--dtype", args.dtype,
                   "auto (config.json's torch_dtype, else keep), keep, bf16, fp16, fp32; "
                   "only floating-point tensors are cast")
@@ -51,6 +62,8 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
 }
 
 int run_convert(const ConvertArgs& args) {
+  if (args.to == "torch") return run_convert_to_torch(args);
+  if (args.target_dir.empty()) return report_error(usage_error("--target_dir is required"));
   TorchSourceSet sources;
   TorchConversion conversion;
   auto plan = plan_convert(args, conversion, sources);

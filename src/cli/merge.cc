@@ -72,7 +72,10 @@ std::size_t tensor_count(const Plan& plan) {
 }  // namespace
 
 void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required) {
-  cmd.add_option("--backend", args.backend, "checkpoint layout: auto (detect), fsdp")
+  cmd.add_option(
+         "--backend", args.backend,
+         "checkpoint layout: auto (detect), fsdp (verl), dcp (torch.distributed.checkpoint, "
+         "RLinf)")
       ->capture_default_str();
   auto* local_dir = cmd.add_option("--local_dir,--local-dir", args.local_dir,
                                    "the checkpoint directory (e.g. .../global_step_N/actor)");
@@ -102,6 +105,12 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                  "LoRA alpha, when no lora_train_meta.json / adapter_config.json says it");
   cmd.add_option("--lora-rank,--lora_rank", args.lora_rank, "LoRA rank r");
   cmd.add_flag("--use-rslora,--use_rslora", args.use_rslora, "rank-stabilised LoRA: alpha/sqrt(r)");
+  cmd.add_option("--prefix", args.prefix,
+                 "DCP: the app-state prefix of the model keys (e.g. model, app.model, "
+                 "fsdp_checkpoint.model); detected when absent");
+  cmd.add_option("--hf-config,--hf_config", args.hf_config,
+                 "directory with the model's config.json and tokenizer (RLinf: the base model), "
+                 "when the checkpoint has none beside it");
   cmd.add_option("--threads", args.threads, "worker threads (0: one per core)");
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }
@@ -117,6 +126,8 @@ Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   options.lora_alpha = args.lora_alpha;
   options.lora_rank = args.lora_rank;
   options.use_rslora = args.use_rslora;
+  if (!args.prefix.empty()) options.prefix = args.prefix;
+  if (!args.hf_config.empty()) options.hf_config = args.hf_config;
   return options;
 }
 
@@ -132,7 +143,8 @@ Result<MergePlan> plan_from_args(const CheckpointArgs& args) {
 
 void add_merge(CLI::App& app, MergeArgs& args) {
   auto* cmd = app.add_subcommand(
-      "merge", "Merge a sharded training checkpoint (verl FSDP) into a Hugging Face model");
+      "merge",
+      "Merge a sharded training checkpoint (verl FSDP, DCP, RLinf) into a Hugging Face model");
   add_checkpoint_options(*cmd, args.checkpoint, true);
   cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")->required();
   cmd->add_option("--hf_upload_path,--hf-upload-path", args.hf_upload_path,

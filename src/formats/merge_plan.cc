@@ -1,9 +1,13 @@
 #include "formats/merge_plan.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 
+#include "formats/dcp_checkpoint.h"
 #include "formats/verl_fsdp.h"
 #include "mapping/experts.h"
 #include "mapping/hf_config.h"
@@ -35,15 +39,47 @@ Result<SourceModel> read_fsdp(const fs::path& dir) {
   return model;
 }
 
-Result<SourceModel> read_source(const fs::path& dir, Backend backend) {
+// The Hugging Face side of a DCP checkpoint: config.json beside it, in huggingface/ beside it,
+// or next to its parent (RLinf keeps the base model elsewhere: --hf-config).
+std::optional<fs::path> find_hf_dir_near(const fs::path& dir) {
+  for (const fs::path& candidate : {dir, dir / "huggingface", dir.parent_path() / "huggingface"})
+    if (fs::is_regular_file(candidate / "config.json")) return candidate;
+  return std::nullopt;
+}
+
+Result<SourceModel> read_dcp(const fs::path& dir, const MergeOptions& options,
+                             const ScratchDir& scratch) {
+  CKPT_ASSIGN_OR_RETURN(auto layout, find_dcp_checkpoint(dir));
+  CKPT_ASSIGN_OR_RETURN(auto merged,
+                        read_dcp_tensors(dir, DcpOptions{options.prefix, scratch.path()}));
+  SourceModel model;
+  model.layout = layout.dcp_dir
+                     ? "torch.distributed.checkpoint (DCP) in " + layout.dcp_dir->string()
+                     : "RLinf full weights " + layout.full_weights->string();
+  model.inputs = std::move(merged.inputs);
+  model.tensors = std::move(merged.tensors);
+  model.hf_dir = find_hf_dir_near(layout.dcp_dir ? *layout.dcp_dir : dir);
+  model.notes = std::move(layout.notes);
+  model.notes.insert(model.notes.end(), merged.notes.begin(), merged.notes.end());
+  return model;
+}
+
+Result<SourceModel> read_source(const fs::path& dir, const MergeOptions& options,
+                                const ScratchDir& scratch) {
   if (!fs::is_directory(dir)) return invalid_input(dir.string() + ": not a directory");
+  Backend backend = options.backend;
   if (backend == Backend::kAuto) {
-    if (!looks_like_fsdp_checkpoint(dir))
+    if (looks_like_fsdp_checkpoint(dir))
+      backend = Backend::kFsdp;
+    else if (looks_like_dcp_checkpoint(dir))
+      backend = Backend::kDcp;
+    else
       return invalid_input(dir.string() +
                            ": no supported checkpoint found (looked for verl FSDP "
-                           "model_world_size_W_rank_R.pt files)");
-    backend = Backend::kFsdp;
+                           "model_world_size_W_rank_R.pt files, a DCP .metadata, RLinf's "
+                           "dcp_checkpoint/ or model_state_dict/full_weights.pt)");
   }
+  if (backend == Backend::kDcp) return read_dcp(dir, options, scratch);
   return read_fsdp(dir);
 }
 
@@ -53,11 +89,46 @@ bool is_lm_head(const std::string& name) {
 }
 
 // transformers' save_pretrained does not write the output projection of a tied model.
-void drop_tied_output(std::vector<LogicalTensor>& tensors, std::vector<std::string>& notes,
-                      const std::string& why) {
+void drop_tied_output(const MergeOptions& options, const std::optional<HfConfig>& config,
+                      std::vector<LogicalTensor>& tensors, std::vector<std::string>& notes) {
+  std::string why;
+  if (options.tie_word_embedding)
+    why = "--tie-word-embedding";
+  else if (config && config->tie_word_embeddings.value_or(false))
+    why = "config.json says tie_word_embeddings";
+  else
+    return;
   auto before = tensors.size();
   std::erase_if(tensors, [](const LogicalTensor& t) { return is_lm_head(t.name); });
   if (tensors.size() != before) notes.push_back("lm_head.weight not written: " + why);
+}
+
+// LoRA checkpoints: fuses the adapters into the weights, or splits them off as a PEFT adapter
+// (returned; `tensors` becomes the base model).
+Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir, const MergeOptions& options,
+                                             MergePlan& merge,
+                                             std::vector<LogicalTensor>& tensors) {
+  if (!has_lora_keys(tensors)) return std::optional<LoraExport>();
+  LoraFlags flags{options.lora_alpha, options.lora_rank,
+                  options.use_rslora ? std::optional<bool>(true) : std::nullopt};
+  CKPT_ASSIGN_OR_RETURN(auto lora, find_lora_params(local_dir, flags));
+  char alpha[32];
+  std::snprintf(alpha, sizeof alpha, "%g", lora.alpha);
+  auto describe = std::string("alpha ") + alpha + " from " + lora.alpha_source +
+                  (lora.use_rslora ? ", rsLoRA" : "");
+  if (options.lora == LoraMode::kFuse) {
+    CKPT_ASSIGN_OR_RETURN(tensors, fuse_lora(tensors, lora));
+    merge.notes.push_back("LoRA fused into the weights (" + describe + ")");
+    return std::optional<LoraExport>();
+  }
+  std::optional<std::string> base_name;
+  if (merge.config_json) {
+    CKPT_ASSIGN_OR_RETURN(base_name, config_name_or_path(*merge.config_json));
+  }
+  CKPT_ASSIGN_OR_RETURN(auto adapter, export_lora_adapter(tensors, lora, base_name));
+  tensors = std::move(adapter.base);
+  merge.notes.push_back("LoRA written as a PEFT adapter in lora_adapter/ (" + describe + ")");
+  return std::optional<LoraExport>(std::move(adapter));
 }
 
 void set_output_dtypes(std::vector<LogicalTensor>& tensors, std::optional<DType> float_dtype) {
@@ -68,17 +139,34 @@ void set_output_dtypes(std::vector<LogicalTensor>& tensors, std::optional<DType>
 
 }  // namespace
 
+ScratchDir::ScratchDir() {
+  std::string name = (fs::temp_directory_path() / "ckptstream-scratch-XXXXXX").string();
+  if (::mkdtemp(name.data()) != nullptr) path_ = name;  // else the reader reports it on first use
+}
+
+ScratchDir::~ScratchDir() {
+  std::error_code ec;
+  if (!path_.empty()) fs::remove_all(path_, ec);
+}
+
 Result<Backend> parse_backend(std::string_view text) {
   if (text == "auto") return Backend::kAuto;
   if (text == "fsdp") return Backend::kFsdp;
-  if (text == "megatron" || text == "dcp")
+  if (text == "dcp") return Backend::kDcp;
+  if (text == "megatron")
     return unsupported("--backend " + std::string(text) + " is not supported yet");
-  return usage_error("--backend must be auto or fsdp (got '" + std::string(text) + "')");
+  return usage_error("--backend must be auto, fsdp or dcp (got '" + std::string(text) + "')");
 }
 
 Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& options) {
-  CKPT_ASSIGN_OR_RETURN(auto source, read_source(local_dir, options.backend));
   MergePlan merge;
+  merge.scratch = std::make_shared<ScratchDir>();
+  CKPT_ASSIGN_OR_RETURN(auto source, read_source(local_dir, options, *merge.scratch));
+  if (options.hf_config) {
+    if (!fs::is_regular_file(*options.hf_config / "config.json"))
+      return usage_error("--hf-config " + options.hf_config->string() + ": no config.json there");
+    source.hf_dir = options.hf_config;
+  }
   merge.layout = source.layout;
   merge.notes = std::move(source.notes);
 
@@ -91,38 +179,23 @@ Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& opti
       CKPT_ASSIGN_OR_RETURN(config, read_hf_config(*merge.config_json));
     }
   }
-  if (!merge.config_json)
+  if (!merge.config_json && !options.raw_state_dict && options.backend != Backend::kFsdp &&
+      !looks_like_fsdp_checkpoint(local_dir))
+    return usage_error(local_dir.string() +
+                       ": no config.json found beside the checkpoint; name the model's "
+                       "Hugging Face directory (its config and tokenizer) with --hf-config DIR");
+  if (!merge.config_json && !options.raw_state_dict)
     merge.notes.push_back("no huggingface/config.json: the output has no config");
 
   auto tensors = std::move(source.tensors);
   std::optional<LoraExport> adapter;
-  if (has_lora_keys(tensors)) {
-    LoraFlags flags{options.lora_alpha, options.lora_rank,
-                    options.use_rslora ? std::optional<bool>(true) : std::nullopt};
-    CKPT_ASSIGN_OR_RETURN(auto lora, find_lora_params(local_dir, flags));
-    char alpha[32];
-    std::snprintf(alpha, sizeof alpha, "%g", lora.alpha);
-    auto describe = std::string("alpha ") + alpha + " from " + lora.alpha_source +
-                    (lora.use_rslora ? ", rsLoRA" : "");
-    if (options.lora == LoraMode::kFuse) {
-      CKPT_ASSIGN_OR_RETURN(tensors, fuse_lora(tensors, lora));
-      merge.notes.push_back("LoRA fused into the weights (" + describe + ")");
-    } else {
-      std::optional<std::string> base_name;
-      if (merge.config_json) {
-        CKPT_ASSIGN_OR_RETURN(base_name, config_name_or_path(*merge.config_json));
-      }
-      CKPT_ASSIGN_OR_RETURN(adapter, export_lora_adapter(tensors, lora, base_name));
-      tensors = std::move(adapter->base);
-      merge.notes.push_back("LoRA written as a PEFT adapter in lora_adapter/ (" + describe + ")");
+  if (!options.raw_state_dict) {
+    CKPT_ASSIGN_OR_RETURN(adapter, apply_lora(local_dir, options, merge, tensors));
+    drop_tied_output(options, config, tensors, merge.notes);
+    if (!options.keep_packed_experts && config) {
+      CKPT_ASSIGN_OR_RETURN(tensors,
+                            unpack_packed_experts(std::move(tensors), *config, merge.notes));
     }
-  }
-  if (options.tie_word_embedding)
-    drop_tied_output(tensors, merge.notes, "--tie-word-embedding");
-  else if (config && config->tie_word_embeddings.value_or(false))
-    drop_tied_output(tensors, merge.notes, "config.json says tie_word_embeddings");
-  if (!options.keep_packed_experts && config) {
-    CKPT_ASSIGN_OR_RETURN(tensors, unpack_packed_experts(std::move(tensors), *config, merge.notes));
   }
 
   CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(options.dtype, merge.config_json));
@@ -130,6 +203,7 @@ Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& opti
   if (tensors.empty())
     return invalid_input(local_dir.string() + ": the checkpoint holds no tensor");
 
+  for (const auto& t : tensors) merge.tensor_order.push_back(t.name);
   merge.model.inputs = source.inputs;
   merge.model.side_files = std::move(side_files);
   CKPT_TRY(safetensors::plan_output(std::move(tensors), {options.max_shard_size}, merge.model));

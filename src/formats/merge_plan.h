@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,7 +16,7 @@
 
 namespace ckptstream {
 
-enum class Backend { kAuto, kFsdp };
+enum class Backend { kAuto, kFsdp, kDcp };
 Result<Backend> parse_backend(std::string_view text);
 
 enum class LoraMode { kFuse, kAdapter };
@@ -30,6 +31,25 @@ struct MergeOptions {
   std::optional<double> lora_alpha;
   std::optional<std::int64_t> lora_rank;
   bool use_rslora = false;
+  std::optional<std::string> prefix;               // DCP: the app-state prefix of the model keys
+  std::optional<std::filesystem::path> hf_config;  // config and side files, when not beside
+  // The state dict as saved, for torch.save output: no LoRA fusing, tied-weight dropping or
+  // expert unpacking, and no config needed.
+  bool raw_state_dict = false;
+};
+
+// A directory for items that must be decoded before they can be streamed (zstd-compressed DCP
+// items); created on first use by the reader, removed with the plan that reads from it.
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
 };
 
 struct MergePlan {
@@ -37,7 +57,9 @@ struct MergePlan {
   Plan model;
   std::optional<Plan> adapter;  // --lora adapter: written to <target>/lora_adapter
   std::optional<std::filesystem::path> config_json;
-  std::vector<std::string> notes;  // what was decided and why, for the user
+  std::vector<std::string> notes;         // what was decided and why, for the user
+  std::shared_ptr<ScratchDir> scratch;    // keeps decoded inputs alive as long as the plan
+  std::vector<std::string> tensor_order;  // the model's tensors in state-dict order
 };
 
 Result<MergePlan> plan_merge(const std::filesystem::path& local_dir, const MergeOptions& options);

@@ -1,0 +1,105 @@
+// `ckptstream convert --to torch`: the state dict of torch files, a DCP or a verl FSDP
+// checkpoint, written as one torch.save file (the job of torch's dcp_to_torch_save and RLinf's
+// convert_dcp_to_pt), streamed through the native writer.
+#include <cstdio>
+#include <unordered_map>
+
+#include "cli/commands.h"
+#include "cli/progress.h"
+#include "exec/executor.h"
+#include "formats/dcp_checkpoint.h"
+#include "formats/merge_plan.h"
+#include "formats/torch_sources.h"
+#include "formats/verl_fsdp.h"
+#include "safetensors/safetensors.h"
+#include "torch/torch_writer.h"
+
+namespace ckptstream::cli {
+namespace fs = std::filesystem;
+namespace {
+
+bool is_checkpoint_dir(const fs::path& path) {
+  return fs::is_directory(path) &&
+         (looks_like_dcp_checkpoint(path) || looks_like_fsdp_checkpoint(path));
+}
+
+Result<MergePlan> plan_state_dict(const ConvertArgs& args) {
+  CKPT_ASSIGN_OR_RETURN(auto choice, parse_dtype_choice(args.dtype));
+  // `auto` keeps the saved dtypes here: the output is the state dict as saved.
+  if (choice == DTypeChoice::kAuto) choice = DTypeChoice::kKeep;
+  if (args.sources.size() == 1 && is_checkpoint_dir(args.sources.front())) {
+    MergeOptions options;
+    options.dtype = choice;
+    options.raw_state_dict = true;
+    options.max_shard_size = UINT64_MAX;
+    if (!args.prefix.empty()) options.prefix = args.prefix;
+    return plan_merge(args.sources.front(), options);
+  }
+  CKPT_ASSIGN_OR_RETURN(auto sources, find_torch_sources(args.sources));
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, std::nullopt));
+  CKPT_ASSIGN_OR_RETURN(auto conversion, plan_torch_conversion(sources, float_dtype));
+  MergePlan merge;
+  merge.layout = std::to_string(sources.files.size()) + " torch.save file(s)";
+  merge.notes = sources.notes;
+  for (const auto& t : conversion.tensors) merge.tensor_order.push_back(t.name);
+  merge.model.inputs = conversion.inputs;
+  CKPT_TRY(safetensors::plan_output(std::move(conversion.tensors), {UINT64_MAX}, merge.model));
+  return merge;
+}
+
+Status write_torch_file(const MergePlan& merge, const fs::path& target, ProgressBar& bar) {
+  std::unordered_map<std::string_view, const PlacedTensor*> placed;
+  for (const auto& file : merge.model.files)
+    for (const auto& tensor : file.tensors) placed[tensor.tensor.name] = &tensor;
+  std::vector<TorchWriteTensor> tensors;
+  std::unordered_map<std::string_view, std::size_t> index;
+  for (const auto& name : merge.tensor_order) {
+    const LogicalTensor& t = placed.at(name)->tensor;
+    index[name] = tensors.size();
+    tensors.push_back(TorchWriteTensor{{t.name}, t.dtype, t.shape});
+  }
+  TorchWriteOptions options;
+  CKPT_ASSIGN_OR_RETURN(options.prefix, torch_archive_name(target));
+  CKPT_ASSIGN_OR_RETURN(auto layout, plan_torch_zip(tensors, options));
+  CKPT_ASSIGN_OR_RETURN(auto writer, TorchZipWriter::create(target, std::move(layout)));
+  ExecOptions exec;
+  exec.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
+  CKPT_TRY(stream_plan(merge.model, exec,
+                       [&](const OutputFile&, const PlacedTensor& tensor, std::uint64_t offset,
+                           std::span<const std::byte> bytes) {
+                         return writer.write_tensor_bytes(index.at(tensor.tensor.name), offset,
+                                                          bytes);
+                       }));
+  return writer.finish();
+}
+
+}  // namespace
+
+int run_convert_to_torch(const ConvertArgs& args) {
+  fs::path target = args.target_file;
+  if (target.empty()) {
+    if (args.target_dir.empty())
+      return report_error(usage_error("--to torch needs --target-file FILE or --target_dir DIR"));
+    target = args.target_dir / "model.pt";
+  }
+  if (fs::exists(target) && !args.overwrite)
+    return report_error(usage_error(target.string() + " exists; pass --overwrite to replace it"));
+  auto merge = plan_state_dict(args);
+  if (!merge.ok()) return report_error(merge.error());
+  if (!args.quiet) {
+    std::fprintf(stderr, "found: %s\n", merge->layout.c_str());
+    for (const auto& note : merge->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
+  }
+  std::error_code ec;
+  if (!target.parent_path().empty()) fs::create_directories(target.parent_path(), ec);
+  ProgressBar bar("convert", args.quiet);
+  auto written = write_torch_file(*merge, target, bar);
+  bar.finish();
+  if (!written.ok()) return report_error(written.error());
+  if (!args.quiet)
+    std::printf("wrote %zu tensors (%s) to %s\n", merge->tensor_order.size(),
+                human_bytes(merge->model.total_size).c_str(), target.c_str());
+  return kExitOk;
+}
+
+}  // namespace ckptstream::cli
