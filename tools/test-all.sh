@@ -17,7 +17,7 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q </dev/null
 apt-get install -y -q --no-install-recommends </dev/null \
   build-essential cmake libboost-iostreams-dev libsimdjson-dev libzstd-dev libxxhash-dev \
-  libcli11-dev doctest-dev debootstrap python3 time xxhash
+  libcli11-dev doctest-dev debootstrap python3 time xxhash openmpi-bin
 
 echo "== real-torch oracle (first run: debootstrap, a few minutes)"
 "$repo/tools/setup-oracle.sh" trixie </dev/null
