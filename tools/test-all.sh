@@ -19,8 +19,9 @@ apt-get install -y -q --no-install-recommends </dev/null \
   build-essential cmake libboost-iostreams-dev libsimdjson-dev libzstd-dev libxxhash-dev \
   libcli11-dev doctest-dev debootstrap python3 time xxhash openmpi-bin
 
-echo "== real-torch oracle (first run: debootstrap, a few minutes)"
-"$repo/tools/setup-oracle.sh" trixie </dev/null
+echo "== real-torch oracles (first run: debootstrap, a few minutes each)"
+"$repo/tools/setup-oracle.sh" trixie </dev/null  # torch 2.6 + safetensors
+"$repo/tools/setup-oracle.sh" sid </dev/null     # torch 2.14 + transformers 5 (MoE load checks)
 
 echo "== building in $build"
 cmake -S "$repo" -B "$build" </dev/null

@@ -405,8 +405,8 @@ Result<LoraParams> find_lora_params(const std::filesystem::path& dir, const Lora
         "LoRA alpha is unknown: neither " + meta.string() + " nor " + config.string() +
         " gives lora_alpha, and it cannot be read from the weights. The fused weight is "
         "W + (alpha / r) * B @ A, so a guess would silently change the model: pass --lora-alpha "
-        "with the value used in training (and --lora-rank, --lora-rslora if they differ from "
-        "the checkpoint), or --lora adapter to keep the adapter separate");
+        "with the value used in training (and --lora-rank, --use-rslora if they differ from "
+        "the checkpoint); a PEFT adapter written instead of fusing needs it as well");
   }
   return params;
 }

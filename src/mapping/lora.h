@@ -30,7 +30,7 @@
 
 namespace ckptstream {
 
-// The command line's say on the hyper-parameters (--lora-alpha, --lora-rank, --lora-rslora).
+// The command line's say on the hyper-parameters (--lora-alpha, --lora-rank, --use-rslora).
 struct LoraFlags {
   std::optional<double> alpha;
   std::optional<std::int64_t> rank;

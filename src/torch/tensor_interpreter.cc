@@ -48,6 +48,13 @@ Result<Shape> int_list(const ValuePtr& v, const char* what) {
   return out;
 }
 
+// An int, or a tuple of ints (CuTe-style layouts write a single mode as a plain int).
+Result<Shape> int_or_list(const ValuePtr& v, const char* what) {
+  if (v)
+    if (auto i = v->as_int()) return Shape{*i};
+  return int_list(v, what);
+}
+
 Result<DType> torch_dtype(const ValuePtr& v) {
   if (!v || !v->is(Kind::kGlobal) || v->module != "torch")
     return invalid_input("dtype argument is not a torch.<dtype> global");
@@ -354,18 +361,40 @@ class Interpreter {
     CKPT_ASSIGN_OR_RETURN(auto t, interpret(*rank_map, depth + 1));
     if (!t) return invalid_input("DeviceMesh._rank_map is not a tensor");
     CKPT_ASSIGN_OR_RETURN(auto flat, read_ints(*t));
-    ValuePtr shape = layout->attr("shape");
-    ValuePtr stride = layout->attr("stride");
-    if ((!shape || !stride) && layout->args && layout->args->items.size() >= 2) {
-      shape = layout->args->items[0];
-      stride = layout->args->items[1];
+    // torch 2.10-2.13: _MeshLayout{shape, stride}, one entry per mesh dimension. torch 2.14:
+    // _MeshLayout{axes: (_FlatLayout{shape: (..), stride: (..)}, ...)}, one axis per mesh
+    // dimension, each possibly flattened from several sub-dimensions (row-major, PyTorch's
+    // convention): the axis' size is the product of its shape.
+    Shape sub_shape, strides;
+    if (ValuePtr axes = layout->attr("axes"); axes && axes->is_sequence()) {
+      for (const auto& axis : axes->items) {
+        CKPT_ASSIGN_OR_RETURN(Shape axis_shape,
+                              int_or_list(axis->attr("shape"), "_FlatLayout shape"));
+        CKPT_ASSIGN_OR_RETURN(Shape axis_stride,
+                              int_or_list(axis->attr("stride"), "_FlatLayout stride"));
+        if (axis_shape.size() != axis_stride.size())
+          return invalid_input("_FlatLayout shape and stride differ in length");
+        std::int64_t size = 1;
+        for (auto d : axis_shape) size *= d;
+        info.shape.push_back(size);
+        sub_shape.insert(sub_shape.end(), axis_shape.begin(), axis_shape.end());
+        strides.insert(strides.end(), axis_stride.begin(), axis_stride.end());
+      }
+    } else {
+      ValuePtr shape = layout->attr("shape");
+      ValuePtr stride = layout->attr("stride");
+      if ((!shape || !stride) && layout->args && layout->args->items.size() >= 2) {
+        shape = layout->args->items[0];
+        stride = layout->args->items[1];
+      }
+      CKPT_ASSIGN_OR_RETURN(info.shape, int_list(shape, "_MeshLayout shape"));
+      CKPT_ASSIGN_OR_RETURN(strides, int_list(stride, "_MeshLayout stride"));
+      sub_shape = info.shape;
     }
-    CKPT_ASSIGN_OR_RETURN(info.shape, int_list(shape, "_MeshLayout shape"));
-    CKPT_ASSIGN_OR_RETURN(Shape strides, int_list(stride, "_MeshLayout stride"));
-    if (strides.size() != info.shape.size())
+    if (strides.size() != sub_shape.size())
       return invalid_input("_MeshLayout shape and stride differ in length");
     CKPT_ASSIGN_OR_RETURN(
-        info.ranks, gather(info.shape, strides, 0, [&](std::int64_t i) -> Result<std::int64_t> {
+        info.ranks, gather(sub_shape, strides, 0, [&](std::int64_t i) -> Result<std::int64_t> {
           if (i < 0 || static_cast<std::uint64_t>(i) >= flat.size())
             return invalid_input("_MeshLayout indexes past _rank_map");
           return flat[static_cast<std::size_t>(i)];

@@ -19,7 +19,8 @@ struct ModelFiles {
   std::optional<safetensors::Index> index;
 };
 
-Result<ModelFiles> find_model_files(const fs::path& dir, VerifyReport& report) {
+Result<ModelFiles> find_model_files(const fs::path& dir, const Manifest& manifest,
+                                    VerifyReport& report) {
   ModelFiles model;
   auto index_path = dir / safetensors::kIndexFileName;
   if (fs::exists(index_path)) {
@@ -34,11 +35,17 @@ Result<ModelFiles> find_model_files(const fs::path& dir, VerifyReport& report) {
     model.index = std::move(*index);
     return model;
   }
-  if (!fs::exists(dir / "model.safetensors"))
-    return mismatch(dir.string() + ": neither model.safetensors nor " +
-                    std::string(safetensors::kIndexFileName) + " is there");
-  model.files.push_back("model.safetensors");
-  return model;
+  if (fs::exists(dir / "model.safetensors")) {
+    model.files.push_back("model.safetensors");
+    return model;
+  }
+  // A single file of another name: a LoRA adapter's adapter_model.safetensors.
+  if (manifest.files.size() == 1) {
+    model.files.push_back(manifest.files.front().name);
+    return model;
+  }
+  return mismatch(dir.string() + ": neither model.safetensors nor " +
+                  std::string(safetensors::kIndexFileName) + " is there");
 }
 
 // Index invariants: every entry is in the file it names, every tensor of a file is in the index,
@@ -92,7 +99,24 @@ Result<std::string> hash_range(const InputFile& file, std::uint64_t begin, std::
 
 }  // namespace
 
+// One model directory: its manifest, files, index and checksums.
+static Result<VerifyReport> verify_one_model(const fs::path& dir, const VerifyOptions& options);
+
 Result<VerifyReport> verify_output(const fs::path& dir, const VerifyOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(auto report, verify_one_model(dir, options));
+  // merge --lora adapter writes a PEFT adapter beside the model, with its own manifest.
+  auto adapter = dir / "lora_adapter";
+  if (fs::exists(adapter / kManifestFileName)) {
+    CKPT_ASSIGN_OR_RETURN(auto more, verify_one_model(adapter, options));
+    report.files += more.files;
+    report.tensors += more.tensors;
+    report.bytes += more.bytes;
+    for (auto& problem : more.problems) report.problems.push_back("lora_adapter/" + problem);
+  }
+  return report;
+}
+
+static Result<VerifyReport> verify_one_model(const fs::path& dir, const VerifyOptions& options) {
   VerifyReport report;
   if (!fs::is_directory(dir)) return usage_error(dir.string() + ": not a directory");
   auto manifest_path = dir / kManifestFileName;
@@ -100,7 +124,7 @@ Result<VerifyReport> verify_output(const fs::path& dir, const VerifyOptions& opt
     return mismatch(manifest_path.string() +
                     ": missing (verify checks outputs written by ckptstream against it)");
   CKPT_ASSIGN_OR_RETURN(auto manifest, read_manifest(manifest_path));
-  CKPT_ASSIGN_OR_RETURN(auto model, find_model_files(dir, report));
+  CKPT_ASSIGN_OR_RETURN(auto model, find_model_files(dir, manifest, report));
 
   std::map<std::string, const FileDigest*> expected;
   for (const auto& file : manifest.files) expected[file.name] = &file;

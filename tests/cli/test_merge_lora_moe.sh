@@ -85,6 +85,11 @@ for mode in fuse adapter; do
   elif [ -n "$(model_files "$WORK/nometa-$mode-out")" ]; then fail "lora without alpha ($mode): wrote $(model_files "$WORK/nometa-$mode-out")"
   else pass "lora without alpha ($mode): exit $RC, nothing written, '$(head -c 160 "$WORK/nometa-$mode.err")...'"; fi
 done
+# its advice must work: `--lora adapter` needs alpha too (for adapter_config.json), so suggesting it
+# as the way out is a dead end
+if grep -qF -- '--lora adapter' "$WORK/nometa-fuse.err" && [ "$(cat "$WORK/nometa-adapter.err")" = "$(cat "$WORK/nometa-fuse.err")" ]; then
+  fail "the missing-alpha message suggests --lora adapter, which fails with the same message"
+else pass "the missing-alpha message gives no advice that fails the same way"; fi
 # every flag the message tells the user to pass must exist
 for flag in $(grep -oE -- '--[a-z][a-z_-]+' "$WORK/nometa-fuse.err" | sort -u); do
   if "$CKPT" merge --help | grep -qF -- "$flag"; then pass "the missing-alpha message names $flag, which exists"
