@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "exec/executor.h"
 #include "formats/merge_plan.h"
 #include "verify/compare.h"
 
@@ -32,6 +33,16 @@ struct InspectArgs {
 void add_inspect(CLI::App& app, InspectArgs& args);
 int run_inspect(const InspectArgs& args);
 
+// How a process of a distributed run learns its rank (exec/launch_env.h) and how long rank 0
+// waits for the others (exec/distributed.h): merge and convert share these.
+struct DistArgs {
+  std::optional<unsigned> world_size;
+  std::optional<unsigned> rank;
+  std::string dist = "auto";   // auto: from the launcher's variables; none: ignore them
+  double wait_timeout = 7200;  // seconds rank 0 waits for the other ranks' files
+};
+void add_dist_options(CLI::App& cmd, DistArgs& args);
+
 struct ConvertArgs {
   std::vector<std::filesystem::path> sources;
   std::filesystem::path target_dir;
@@ -41,6 +52,8 @@ struct ConvertArgs {
   std::string dtype = "auto";
   std::string max_shard_size = "5GB";
   bool overwrite = false;
+  unsigned threads = 0;
+  DistArgs dist;
   bool quiet = false;
 };
 void add_convert(CLI::App& app, ConvertArgs& args);
@@ -84,9 +97,31 @@ struct MergeArgs {
   std::string hf_upload_path;
   bool private_repo = false;
   bool overwrite = false;
+  DistArgs dist;
 };
 void add_merge(CLI::App& app, MergeArgs& args);
 int run_merge(const MergeArgs& args);
+
+// `finalize`: completes a distributed merge whose rank 0 did not (the same checkpoint options).
+struct FinalizeArgs {
+  CheckpointArgs checkpoint;
+  std::filesystem::path target_dir;
+  double wait_timeout = 0;
+};
+void add_finalize(CLI::App& app, FinalizeArgs& args);
+int run_finalize(const FinalizeArgs& args);
+
+// Writes a model into `target_dir`: in one process as before, or, in a distributed run
+// (DistArgs / the environment), this rank's files, and on rank 0 the rest once every rank is
+// done. Returns true when the model is complete in the target (false on ranks other than 0).
+struct ModelTarget {
+  std::filesystem::path dir;
+  bool overwrite = false;
+  bool quiet = false;
+  std::string label;  // "merge", "convert": the progress bar's
+};
+Result<bool> write_model(const Plan& plan, const ModelTarget& target, const DistArgs& dist,
+                         ExecOptions options);
 
 struct PlanArgs {
   CheckpointArgs checkpoint;

@@ -58,6 +58,10 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
                   "largest output file: 5GB (decimal units), 2GiB (binary), or bytes")
       ->capture_default_str();
   cmd->add_flag("--overwrite", args.overwrite, "replace a model already in the target directory");
+  cmd->add_option("--threads", args.threads,
+                  "output files written at once, one thread each (0: one per core)")
+      ->capture_default_str();
+  add_dist_options(*cmd, args.dist);
   cmd->add_flag("--quiet,-q", args.quiet, "no progress or summary");
 }
 
@@ -69,15 +73,12 @@ int run_convert(const ConvertArgs& args) {
   auto plan = plan_convert(args, conversion, sources);
   if (!plan.ok()) return report_error(plan.error());
 
-  auto target = OutputDir::prepare(args.target_dir, args.overwrite);
-  if (!target.ok()) return report_error(target.error());
-
-  ProgressBar bar("convert", args.quiet);
   ExecOptions options;
-  options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
-  auto manifest = target->write(*plan, options);
-  bar.finish();
-  if (!manifest.ok()) return report_error(manifest.error());
+  options.threads = args.threads;
+  ModelTarget target{args.target_dir, args.overwrite, args.quiet, "convert"};
+  auto complete = write_model(*plan, target, args.dist, options);
+  if (!complete.ok()) return report_error(complete.error());
+  if (!*complete) return kExitOk;  // another rank of a distributed run: rank 0 finishes
 
   if (!args.quiet) {
     for (const auto& note : sources.notes) std::fprintf(stderr, "note: %s\n", note.c_str());

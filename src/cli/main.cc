@@ -42,12 +42,14 @@ int main(int argc, char** argv) {
   PlanArgs plan;
   TestArgs test;
   VerifyArgs verify;
+  FinalizeArgs finalize;
   add_inspect(app, inspect);
   add_convert(app, convert);
   add_merge(app, merge);
   add_plan(app, plan);
   add_test(app, test);
   add_verify(app, verify);
+  add_finalize(app, finalize);
 
   try {
     app.parse(argc, argv);
@@ -61,5 +63,6 @@ int main(int argc, char** argv) {
   if (app.got_subcommand("plan")) return run_plan(plan);
   if (app.got_subcommand("test")) return run_test(test);
   if (app.got_subcommand("verify")) return run_verify(verify);
+  if (app.got_subcommand("finalize")) return run_finalize(finalize);
   return kExitUsage;
 }

@@ -111,7 +111,9 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
   cmd.add_option("--hf-config,--hf_config", args.hf_config,
                  "directory with the model's config.json and tokenizer (RLinf: the base model), "
                  "when the checkpoint has none beside it");
-  cmd.add_option("--threads", args.threads, "worker threads (0: one per core)");
+  cmd.add_option("--threads", args.threads,
+                 "output files written (or hashed) at once, one thread each (0: one per core)")
+      ->capture_default_str();
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }
 
@@ -151,6 +153,7 @@ void add_merge(CLI::App& app, MergeArgs& args) {
                   "upload the result to this Hugging Face repo (needs the `hf` command)");
   cmd->add_flag("--private", args.private_repo, "make the uploaded repo private");
   cmd->add_flag("--overwrite", args.overwrite, "replace a model already in the target directory");
+  add_dist_options(*cmd, args.dist);
 }
 
 int run_merge(const MergeArgs& args) {
@@ -166,14 +169,12 @@ int run_merge(const MergeArgs& args) {
   if (!merge.ok()) return report_error(merge.error());
   print_notes(*merge, args.checkpoint.quiet);
 
-  auto target = OutputDir::prepare(args.target_dir, args.overwrite);
-  if (!target.ok()) return report_error(target.error());
-  ProgressBar bar("merge", args.checkpoint.quiet);
   ExecOptions options;
-  options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
-  auto manifest = target->write(merge->model, options);
-  bar.finish();
-  if (!manifest.ok()) return report_error(manifest.error());
+  options.threads = args.checkpoint.threads;
+  ModelTarget target{args.target_dir, args.overwrite, args.checkpoint.quiet, "merge"};
+  auto complete = write_model(merge->model, target, args.dist, options);
+  if (!complete.ok()) return report_error(complete.error());
+  if (!*complete) return kExitOk;  // another rank of a distributed run: rank 0 finishes
   if (merge->adapter) {
     auto adapter_dir = OutputDir::prepare(args.target_dir / "lora_adapter", true);
     if (!adapter_dir.ok()) return report_error(adapter_dir.error());

@@ -56,9 +56,31 @@ Result<OutputDir> OutputDir::prepare(const fs::path& dir, bool overwrite) {
   return OutputDir(dir, true, {});
 }
 
-Result<Manifest> OutputDir::write(const Plan& plan, const ExecOptions& options) {
-  CKPT_ASSIGN_OR_RETURN(auto manifest, execute_plan(plan, dir_, options));
-  created_ = false;  // it holds a model now
+Result<OutputDir> OutputDir::prepare_shared(const fs::path& dir, bool overwrite) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir))
+    return io_error(dir.string() + ": cannot create: " + (ec ? ec.message() : "not a directory"));
+  // Listed before looking for the markers: a rank writes a file only after creating them.
+  auto existing = existing_model_files(dir);
+  if (distributed_run_in_progress(dir) || existing.empty())
+    return OutputDir(dir, false, std::move(existing));
+  if (!overwrite)
+    return usage_error(dir.string() + " already holds a model (" +
+                       existing.front().filename().string() + "); pass --overwrite to replace it");
+  fs::remove(dir / kManifestFileName, ec);
+  fs::remove(dir / kIndexFileName, ec);
+  return OutputDir(dir, false, std::move(existing));
+}
+
+Result<OutputDir> OutputDir::open_run(const fs::path& dir) {
+  if (!distributed_run_in_progress(dir))
+    return usage_error(dir.string() + " holds no distributed run to finalize (no " +
+                       std::string(kMarkerDirName) + "/ markers; already finalized?)");
+  return OutputDir(dir, false, existing_model_files(dir));
+}
+
+void OutputDir::remove_stale(const Plan& plan) {
   std::set<std::string> written{std::string(kManifestFileName)};
   for (const auto& file : plan.files) written.insert(file.name);
   if (!plan.index_json.empty()) written.insert(std::string(kIndexFileName));
@@ -66,6 +88,25 @@ Result<Manifest> OutputDir::write(const Plan& plan, const ExecOptions& options) 
     std::error_code ec;
     if (!written.count(stale.filename().string())) fs::remove(stale, ec);
   }
+}
+
+Result<Manifest> OutputDir::write(const Plan& plan, const ExecOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(auto manifest, execute_plan(plan, dir_, options));
+  created_ = false;  // it holds a model now
+  remove_stale(plan);
+  std::error_code ec;
+  if (distributed_run_in_progress(dir_)) fs::remove_all(dir_ / kMarkerDirName, ec);
+  return manifest;
+}
+
+Result<RankReport> OutputDir::write_rank(const Plan& plan, const ExecOptions& options,
+                                         unsigned rank, unsigned world_size) {
+  return execute_rank(plan, dir_, options, rank, world_size);
+}
+
+Result<Manifest> OutputDir::finalize(const Plan& plan, const FinalizeOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(auto manifest, finalize_plan(plan, dir_, options));
+  remove_stale(plan);
   return manifest;
 }
 

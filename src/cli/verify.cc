@@ -85,6 +85,7 @@ int run_verify(const VerifyArgs& args) {
     if (!merge.ok()) return report_error(merge.error());
     ProgressBar source_bar("source", quiet);
     ExecOptions exec;
+    exec.threads = args.checkpoint.threads;
     exec.on_progress = [&](std::uint64_t done, std::uint64_t total) {
       source_bar.update(done, total);
     };

@@ -1,20 +1,49 @@
 #include "exec/executor.h"
 
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
+#include "exec/file_jobs.h"
 #include "exec/manifest.h"
 #include "exec/plan_check.h"
 #include "exec/staging.h"
 #include "exec/tensor_writer.h"
+#include "exec/worker_pool.h"
 #include "io/input_file.h"
 
 namespace ckptstream {
 namespace {
 
+constexpr std::uint64_t kMinWorkerBuffer = 8ull << 20;
+constexpr std::uint64_t kMinWorkerWriteback = 64ull << 20;
+
 std::string tensor_context(const std::string& name) {
   return "tensor '" + name + "'";
 }
+
+std::uint64_t tensor_bytes(const OutputFile& file) {
+  std::uint64_t total = 0;
+  for (const PlacedTensor& placed : file.tensors) total += placed.data_end - placed.data_begin;
+  return total;
+}
+
+std::vector<std::size_t> all_files(const Plan& plan) {
+  std::vector<std::size_t> files(plan.files.size());
+  std::iota(files.begin(), files.end(), std::size_t{0});
+  return files;
+}
+
+Manifest manifest_of(std::vector<FileDigest> digests) {
+  Manifest manifest;
+  manifest.files = std::move(digests);
+  return manifest;
+}
+
+}  // namespace
 
 Result<std::vector<InputFile>> open_inputs(const Plan& plan) {
   std::vector<InputFile> inputs;
@@ -26,7 +55,6 @@ Result<std::vector<InputFile>> open_inputs(const Plan& plan) {
   return inputs;
 }
 
-// Everything that can be checked before a byte is written (plan_check.h).
 Status check_plan(const Plan& plan, std::span<const InputFile> inputs) {
   CKPT_TRY(check_output_names(plan));
   for (const OutputFile& file : plan.files) {
@@ -37,47 +65,33 @@ Status check_plan(const Plan& plan, std::span<const InputFile> inputs) {
   return {};
 }
 
-std::uint64_t total_tensor_bytes(const Plan& plan) {
-  std::uint64_t total = 0;
-  for (const OutputFile& file : plan.files)
-    for (const PlacedTensor& placed : file.tensors) total += placed.data_end - placed.data_begin;
-  return total;
+ExecOptions worker_options(const ExecOptions& options, unsigned workers) {
+  ExecOptions share = options;
+  share.on_progress = nullptr;  // progress goes through the shared ProgressCounter
+  auto split = [&](std::uint64_t total, std::uint64_t floor) {
+    return std::max(total / std::max(1u, workers), std::min(total, floor));
+  };
+  share.buffer_bytes = split(options.buffer_bytes, kMinWorkerBuffer);
+  share.writeback_bytes = split(options.writeback_bytes, kMinWorkerWriteback);
+  return share;
 }
 
-// Streams every tensor of `file` through `visit`, counting progress, and returns the digest of
-// what it saw. The one code path behind execute_plan, stream_plan and hash_plan: what is hashed
-// is what is written.
 Result<FileDigest> stream_file(const OutputFile& file, ExecContext& context,
                                const WindowVisitor& visit) {
   FileDigest digest{file.name, file.size(), {}};
   for (const PlacedTensor& placed : file.tensors) {
     TensorStream stream(placed.tensor, context);
     auto hash = stream.run([&](std::uint64_t offset, std::span<const std::byte> bytes) -> Status {
+      if (context.stop && context.stop->load(std::memory_order_relaxed))
+        return io_error("stopped: another file failed");
       CKPT_TRY(visit(file, placed, offset, bytes));
-      context.bytes_done += bytes.size();
-      if (context.options.on_progress)
-        context.options.on_progress(context.bytes_done, context.bytes_total);
+      if (context.progress) context.progress->add(bytes.size());
       return {};
     });
     if (!hash.ok()) return hash.error().with_context(tensor_context(placed.tensor.name));
     digest.tensors.push_back({placed.tensor.name, std::move(hash).value()});
   }
   return digest;
-}
-
-// Opens and checks the plan's inputs, then streams every file through `visit`.
-Result<Manifest> stream_all_files(const Plan& plan, const ExecOptions& options,
-                                  const WindowVisitor& visit) {
-  CKPT_ASSIGN_OR_RETURN(std::vector<InputFile> inputs, open_inputs(plan));
-  CKPT_TRY(check_plan(plan, inputs));
-  ExecContext context(inputs, options, total_tensor_bytes(plan));
-  Manifest manifest;
-  for (const OutputFile& file : plan.files) {
-    auto digest = stream_file(file, context, visit);
-    if (!digest.ok()) return digest.error().with_context(file.name);
-    manifest.files.push_back(std::move(digest).value());
-  }
-  return manifest;
 }
 
 Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging& staging,
@@ -99,18 +113,33 @@ Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging
   return digest;
 }
 
-// Writes every file into staging; returns the manifest and the names in commit order (tensor
-// files, side files, then the index and the manifest, so that a reader who sees the manifest
-// sees a complete model).
-Result<Manifest> write_all_files(const Plan& plan, const OutputStaging& staging,
-                                 ExecContext& context, std::vector<std::string>& commit_order) {
-  Manifest manifest;
-  for (const OutputFile& file : plan.files) {
-    auto digest = write_output_file(file, staging, context);
-    if (!digest.ok()) return digest.error().with_context(file.name);
-    manifest.files.push_back(std::move(digest).value());
-    commit_order.push_back(file.name);
-  }
+Result<std::vector<FileDigest>> run_file_jobs(const Plan& plan, std::span<const std::size_t> files,
+                                              std::span<const InputFile> inputs,
+                                              const ExecOptions& options, const FileJob& job) {
+  std::uint64_t total = 0;
+  for (std::size_t index : files) total += tensor_bytes(plan.files[index]);
+  unsigned workers = worker_count(options.threads, files.size());
+  ExecOptions share = worker_options(options, workers);
+  ProgressCounter progress(options, total);
+  std::atomic<bool> stop{false};
+  // A worker's buffers are allocated when it takes its first file.
+  std::vector<std::unique_ptr<ExecContext>> contexts(workers);
+  std::vector<FileDigest> digests(files.size());
+  CKPT_TRY(
+      run_on_workers(files.size(), workers, stop, [&](std::size_t i, unsigned worker) -> Status {
+        auto& context = contexts[worker];
+        if (!context) context = std::make_unique<ExecContext>(inputs, share, &progress, &stop);
+        const OutputFile& file = plan.files[files[i]];
+        auto digest = job(file, *context);
+        if (!digest.ok()) return digest.error().with_context(file.name);
+        digests[i] = std::move(digest).value();
+        return {};
+      }));
+  return digests;
+}
+
+Status stage_finishing_files(const Plan& plan, const Manifest& manifest,
+                             const OutputStaging& staging, std::vector<std::string>& commit_order) {
   for (const SideFile& side : plan.side_files) {
     CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(side.name));
     CKPT_TRY_CTX(copy_into_staging(side.source, path), side.name);
@@ -130,10 +159,8 @@ Result<Manifest> write_all_files(const Plan& plan, const OutputStaging& staging,
   CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(manifest_name));
   CKPT_TRY(write_small_file(path, manifest_to_json(manifest)));
   commit_order.push_back(manifest_name);
-  return manifest;
+  return {};
 }
-
-}  // namespace
 
 Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,
                               const ExecOptions& options) {
@@ -141,23 +168,44 @@ Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& tar
   CKPT_TRY(check_plan(plan, inputs));
   // From here on the staging directory exists; every early return removes it.
   CKPT_ASSIGN_OR_RETURN(OutputStaging staging, OutputStaging::create(target_dir));
-  ExecContext context(inputs, options, total_tensor_bytes(plan));
+  CKPT_ASSIGN_OR_RETURN(std::vector<FileDigest> digests,
+                        run_file_jobs(plan, all_files(plan), inputs, options,
+                                      [&](const OutputFile& file, ExecContext& context) {
+                                        return write_output_file(file, staging, context);
+                                      }));
+  Manifest manifest = manifest_of(std::move(digests));
   std::vector<std::string> commit_order;
-  CKPT_ASSIGN_OR_RETURN(Manifest manifest, write_all_files(plan, staging, context, commit_order));
+  for (const OutputFile& file : plan.files) commit_order.push_back(file.name);
+  CKPT_TRY(stage_finishing_files(plan, manifest, staging, commit_order));
   CKPT_TRY(staging.commit(commit_order));
   return manifest;
 }
 
 Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVisitor& visit) {
-  auto manifest = stream_all_files(plan, options, visit);
-  if (!manifest.ok()) return manifest.error();
+  CKPT_ASSIGN_OR_RETURN(std::vector<InputFile> inputs, open_inputs(plan));
+  CKPT_TRY(check_plan(plan, inputs));
+  std::uint64_t total = 0;
+  for (const OutputFile& file : plan.files) total += tensor_bytes(file);
+  ProgressCounter progress(options, total);
+  ExecContext context(inputs, worker_options(options, 1), &progress);
+  for (const OutputFile& file : plan.files) {
+    auto digest = stream_file(file, context, visit);
+    if (!digest.ok()) return digest.error().with_context(file.name);
+  }
   return {};
 }
 
 Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options) {
-  return stream_all_files(plan, options,
-                          [](const OutputFile&, const PlacedTensor&, std::uint64_t,
-                             std::span<const std::byte>) { return Status{}; });
+  CKPT_ASSIGN_OR_RETURN(std::vector<InputFile> inputs, open_inputs(plan));
+  CKPT_TRY(check_plan(plan, inputs));
+  WindowVisitor nothing = [](const OutputFile&, const PlacedTensor&, std::uint64_t,
+                             std::span<const std::byte>) { return Status{}; };
+  CKPT_ASSIGN_OR_RETURN(std::vector<FileDigest> digests,
+                        run_file_jobs(plan, all_files(plan), inputs, options,
+                                      [&](const OutputFile& file, ExecContext& context) {
+                                        return stream_file(file, context, nothing);
+                                      }));
+  return manifest_of(std::move(digests));
 }
 
 }  // namespace ckptstream

@@ -6,6 +6,13 @@
 // POSIX_FADV_DONTNEED on inputs and outputs. When every file is complete and fsynced, files
 // are renamed into the target (index and manifest last); on any error the staging directory is
 // removed and the target holds nothing new.
+//
+// Output files are written in parallel by ExecOptions::threads workers (worker_pool.h), each
+// taking whole files, so one worker's reads overlap another's writes; the tensors of a file are
+// written in order by one worker. Files are independent, so the bytes and the manifest do not
+// depend on the number of workers. Memory: the buffers are shared out between the workers
+// (worker_options in file_jobs.h), about max(buffer_bytes, workers x 8 MiB) of windows.
+// Distributed runs (several processes, each writing some files) are in distributed.h.
 #pragma once
 
 #include <cstdint>
@@ -37,8 +44,11 @@ struct Manifest {
 struct ExecOptions {
   std::uint64_t buffer_bytes = 16ull << 20;      // staging buffer (resident memory bound)
   std::uint64_t writeback_bytes = 256ull << 20;  // sync_file_range / fadvise window
-  // Called after each chunk with (bytes written so far, total bytes); may be empty.
+  // Called after each chunk with (bytes written so far, total bytes); may be empty. Called from
+  // the worker threads, one call at a time.
   std::function<void(std::uint64_t, std::uint64_t)> on_progress;
+  // Workers writing (or hashing) output files at once: 0 = one per core; at most the files.
+  unsigned threads = 0;
 };
 
 Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,
@@ -46,13 +56,14 @@ Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& tar
 
 // Runs the plan without writing anything: `visit` receives every tensor's bytes, window by
 // window and in order, exactly as execute_plan would write them (offset = bytes of this tensor
-// before the window). A visitor error stops the run and is returned.
+// before the window). A visitor error stops the run and is returned. One thread, files in plan
+// order (ExecOptions::threads is not used).
 using WindowVisitor = std::function<Status(const OutputFile& file, const PlacedTensor& tensor,
                                            std::uint64_t offset, std::span<const std::byte> bytes)>;
 Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVisitor& visit);
 
 // The manifest execute_plan would write, computed from the sources without writing (verify
-// --source).
+// --source), by ExecOptions::threads workers.
 Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options);
 
 }  // namespace ckptstream

@@ -108,11 +108,13 @@ OutputStaging::~OutputStaging() {
   std::filesystem::remove_all(dir_, ignored);
 }
 
-Result<OutputStaging> OutputStaging::create(const std::filesystem::path& target_dir) {
+Result<OutputStaging> OutputStaging::create(const std::filesystem::path& target_dir,
+                                            const std::string& tag) {
   std::error_code ec;
   if (!std::filesystem::is_directory(target_dir, ec))
     return io_error(target_dir.string() + ": not a directory");
-  auto dir = target_dir / (".ckptstream-staging-" + std::to_string(::getpid()));
+  auto dir = target_dir /
+             (".ckptstream-staging-" + (tag.empty() ? "" : tag + "-") + std::to_string(::getpid()));
   std::filesystem::remove_all(dir, ec);  // a leftover of a killed run that had our pid
   if (::mkdir(dir.c_str(), 0755) != 0) return errno_error(dir, "cannot create", errno);
   return OutputStaging(target_dir, dir);
@@ -141,6 +143,15 @@ Status OutputStaging::commit(const std::vector<std::string>& names) {
   std::filesystem::remove_all(dir_, ec);
   dir_.clear();
   return {};
+}
+
+Status OutputStaging::commit_one(const std::string& name) const {
+  auto destination = target_ / name;
+  std::error_code ec;
+  std::filesystem::create_directories(destination.parent_path(), ec);
+  std::filesystem::rename(dir_ / name, destination, ec);
+  if (ec) return io_error(destination.string() + ": cannot rename into place: " + ec.message());
+  return fsync_directory(destination.parent_path());
 }
 
 // --- StagedFile ----------------------------------------------------------------------------

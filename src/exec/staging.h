@@ -2,7 +2,9 @@
 // when every one of them is complete and on disk. OutputStaging owns that directory: unless
 // commit() succeeds, its destructor removes it with everything in it. A process killed midway
 // (SIGINT, SIGKILL, power loss) leaves at most `<target>/.ckptstream-staging-<pid>/`, never a
-// partial file under a final name; such leftovers can be deleted by hand.
+// partial file under a final name; such leftovers can be deleted by hand. The processes of a
+// distributed run (distributed.h) each have their own, tagged with their rank (pids of
+// different machines may be equal), and move files into place one by one (commit_one).
 #pragma once
 
 #include <cstdint>
@@ -16,7 +18,9 @@ namespace ckptstream {
 
 class OutputStaging {
  public:
-  static Result<OutputStaging> create(const std::filesystem::path& target_dir);
+  // `<target>/.ckptstream-staging-[<tag>-]<pid>/`.
+  static Result<OutputStaging> create(const std::filesystem::path& target_dir,
+                                      const std::string& tag = "");
   OutputStaging(OutputStaging&& other) noexcept;
   OutputStaging& operator=(OutputStaging&&) = delete;
   OutputStaging(const OutputStaging&) = delete;
@@ -29,6 +33,10 @@ class OutputStaging {
   // Renames the named files (in this order) into the target, fsyncs the target directory and
   // removes the staging directory.
   Status commit(const std::vector<std::string>& names);
+
+  // Renames one complete file into the target and fsyncs its directory; the staging directory
+  // stays (and is removed, with whatever is left in it, by the destructor).
+  Status commit_one(const std::string& name) const;
 
  private:
   OutputStaging(std::filesystem::path target, std::filesystem::path dir);

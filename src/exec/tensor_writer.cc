@@ -49,14 +49,21 @@ inline void lora_block_sums(const float* b_row, const float* block, std::int64_t
 
 }  // namespace
 
-ExecContext::ExecContext(std::span<const InputFile> input_files, const ExecOptions& exec_options,
-                         std::uint64_t total_bytes)
+void ProgressCounter::add(std::uint64_t bytes) {
+  std::lock_guard lock(mutex_);
+  done_ += bytes;
+  if (callback_) callback_(done_, total_);
+}
+
+ExecContext::ExecContext(std::span<const InputFile> input_files, ExecOptions worker_options,
+                         ProgressCounter* progress_counter, const std::atomic<bool>* stop_flag)
     : inputs(input_files),
-      options(exec_options),
-      window_capacity(std::max<std::size_t>(exec_options.buffer_bytes, 64)),
+      options(std::move(worker_options)),
+      window_capacity(std::max<std::size_t>(options.buffer_bytes, 64)),
       window(std::make_unique_for_overwrite<std::byte[]>(window_capacity)),
-      gather(exec_options.buffer_bytes),
-      bytes_total(total_bytes) {}
+      gather(options.buffer_bytes),
+      progress(progress_counter),
+      stop(stop_flag) {}
 
 TensorStream::TensorStream(const LogicalTensor& tensor, ExecContext& context)
     : tensor_(tensor),

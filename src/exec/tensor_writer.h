@@ -8,9 +8,11 @@
 // tensor's size; with a LoRA delta also A and B in float32 (at most kMaxLoraFactorBytes).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -26,18 +28,35 @@ namespace ckptstream {
 // The largest A plus B of one LoRA delta, as float32 (A [r, in] and B [out, r] are held whole).
 inline constexpr std::uint64_t kMaxLoraFactorBytes = 256ull << 20;
 
-// What every tensor of one execution shares: inputs, options, buffers, progress.
+// Bytes done over every worker of one execution: ExecOptions::on_progress is called with the
+// running total after each window, one call at a time whatever the thread.
+class ProgressCounter {
+ public:
+  ProgressCounter(const ExecOptions& options, std::uint64_t total)
+      : callback_(options.on_progress), total_(total) {}
+  void add(std::uint64_t bytes);
+
+ private:
+  const std::function<void(std::uint64_t, std::uint64_t)>& callback_;
+  std::mutex mutex_;
+  std::uint64_t done_ = 0;
+  std::uint64_t total_;
+};
+
+// What every tensor one worker streams shares: inputs, that worker's options (its share of the
+// buffers) and buffers, the execution's progress and its stop flag.
 struct ExecContext {
-  ExecContext(std::span<const InputFile> input_files, const ExecOptions& exec_options,
-              std::uint64_t total_bytes);
+  ExecContext(std::span<const InputFile> input_files, ExecOptions worker_options,
+              ProgressCounter* progress_counter = nullptr,
+              const std::atomic<bool>* stop_flag = nullptr);
 
   std::span<const InputFile> inputs;
-  const ExecOptions& options;
+  ExecOptions options;
   std::size_t window_capacity;  // bytes of `window`
   std::unique_ptr<std::byte[]> window;
   GatherBuffers gather;
-  std::uint64_t bytes_done = 0;
-  std::uint64_t bytes_total;
+  ProgressCounter* progress;      // may be null
+  const std::atomic<bool>* stop;  // set when another worker failed; may be null
 };
 
 // Receives a tensor's bytes in order: `offset` is the byte position of `bytes` in the tensor.

@@ -5,6 +5,10 @@
 source "$(dirname "$0")/lib.sh"
 DCP="$FIXTURES/dcp"
 HF="$FIXTURES/fsdp/w3/huggingface"  # the same small model's config
+# A private temporary directory, so the check that zstd scratch files are cleaned up sees only
+# this test's.
+export TMPDIR="$WORK/tmp"
+mkdir -p "$TMPDIR"
 
 reference_dir() {  # reference_dir CASE -> a directory holding its expected.safetensors
   local ref="$WORK/ref-${1//\//_}"
@@ -26,8 +30,8 @@ for case in nested_w2 app_w3_bf16 plain rlinf_w4/global_step_2/actor sid_plain_w
   [ -f "$out/config.json" ] && pass "$case: config.json copied from --hf-config" ||
     fail "$case: config.json missing"
 done
-ls /tmp | grep -q '^ckptstream-scratch-' && fail "a zstd scratch directory was left in /tmp" ||
-  pass "no scratch directory left behind"
+[ -z "$(ls -A "$TMPDIR")" ] && pass "no scratch directory left behind" ||
+  fail "scratch left in \$TMPDIR: $(ls "$TMPDIR")"
 
 # Without a config: a clear error that names --hf-config, and nothing written.
 run_ckpt "$WORK/noconfig" merge --local_dir "$DCP/plain" --target_dir "$WORK/noconfig-out"

@@ -34,7 +34,7 @@ else
 fi
 run_ckpt "$WORK/verify-fused-base" verify "$WORK/fused" --reference "$ref_base"
 check_rc 1 "lora: the fused model is not the base model (B is non-zero)" "$WORK/verify-fused-base"
-if st names "$WORK/fused" | grep -qE 'lora_|base_layer|^base_model\.'; then
+if st names "$WORK/fused" | grep -E 'lora_|base_layer|^base_model\.' >/dev/null; then
   fail "lora: fused output keeps PEFT names: $(st names "$WORK/fused" | grep -E 'lora_|base_layer|^base_model' | head -3 | tr '\n' ' ')"
 else pass "lora: fused output has Hugging Face names only"; fi
 [ ! -e "$WORK/fused/lora_adapter" ] && pass "lora: fuse writes no lora_adapter/" || fail "lora: fuse wrote lora_adapter/"
@@ -92,7 +92,7 @@ if grep -qF -- '--lora adapter' "$WORK/nometa-fuse.err" && [ "$(cat "$WORK/nomet
 else pass "the missing-alpha message gives no advice that fails the same way"; fi
 # every flag the message tells the user to pass must exist
 for flag in $(grep -oE -- '--[a-z][a-z_-]+' "$WORK/nometa-fuse.err" | sort -u); do
-  if "$CKPT" merge --help | grep -qF -- "$flag"; then pass "the missing-alpha message names $flag, which exists"
+  if "$CKPT" merge --help | grep -F -- "$flag" >/dev/null; then pass "the missing-alpha message names $flag, which exists"
   else fail "the missing-alpha message tells the user to pass $flag, which merge does not accept"; fi
 done
 run_ckpt "$WORK/nometa-alpha" merge --local_dir "$WORK/nometa" --target_dir "$WORK/nometa-alpha-out" --dtype keep --lora-alpha 8 --quiet
@@ -139,7 +139,8 @@ check_rc 0 "moe: merge --keep-packed-experts" "$WORK/moe-packed"
 if [ "$RC" = 0 ]; then
   run_ckpt "$WORK/verify-moe-packed" verify "$WORK/moe-packed-out" --reference "$ref_packed"
   check_rc 0 "moe --keep-packed-experts == the in-memory packed state dict" "$WORK/verify-moe-packed"
-  st names "$WORK/moe-packed-out" | grep -q 'mlp.experts.gate_up_proj$' \
+  # grep reads all its input (no -q): an early exit would break the pipe under pipefail
+  st names "$WORK/moe-packed-out" | grep 'mlp.experts.gate_up_proj$' >/dev/null \
     && pass "moe --keep-packed-experts: packed keys kept" || fail "moe --keep-packed-experts: no packed keys"
 fi
 run_ckpt "$WORK/plan-moe.json" plan --dry-run --local_dir "$MOE" --json
