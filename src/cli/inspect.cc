@@ -38,31 +38,6 @@ std::string shape_text(const Shape& shape) {
   return out + "]";
 }
 
-std::string placement_text(const Placement& p) {
-  switch (p.kind) {
-    case Placement::Kind::kShard:
-      return "Shard(" + std::to_string(p.dim) + ")";
-    case Placement::Kind::kReplicate:
-      return "Replicate()";
-    case Placement::Kind::kPartial:
-      return "Partial(" + p.reduce_op + ")";
-    case Placement::Kind::kStridedShard:
-      return "_StridedShard(" + std::to_string(p.dim) + ", " + std::to_string(p.split_factor) + ")";
-    case Placement::Kind::kOther:
-      return p.class_name;
-  }
-  return p.class_name;
-}
-
-bool is_contiguous(const Shape& shape, const Shape& strides) {
-  std::int64_t expected = 1;
-  for (std::size_t i = shape.size(); i-- > 0;) {
-    if (shape[i] != 1 && strides[i] != expected) return false;
-    expected *= shape[i];
-  }
-  return true;
-}
-
 Result<Listing> list_torch(const fs::path& path) {
   CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
   Listing listing{
@@ -88,8 +63,8 @@ Result<Listing> list_torch(const fs::path& path) {
     if (t.dtensor) {
       std::string placements, placements_json;
       for (std::size_t i = 0; i < t.dtensor->placements.size(); ++i) {
-        placements += (i ? ", " : "") + placement_text(t.dtensor->placements[i]);
-        placements_json += (i ? "," : "") + json_quote(placement_text(t.dtensor->placements[i]));
+        placements += (i ? ", " : "") + to_string(t.dtensor->placements[i]);
+        placements_json += (i ? "," : "") + json_quote(to_string(t.dtensor->placements[i]));
       }
       row.extra += " dtensor global=" + shape_text(t.dtensor->global_shape) + " placements=(" +
                    placements + ") mesh=" + shape_text(t.dtensor->mesh.shape);

@@ -1,23 +1,12 @@
 #include "cli/progress.h"
 
+#include "plan/report.h"
+
 #include <unistd.h>
 
 #include <cstdio>
 
 namespace ckptstream::cli {
-
-std::string human_bytes(std::uint64_t bytes) {
-  static constexpr const char* kUnits[] = {"B", "kB", "MB", "GB", "TB", "PB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1000 && unit < 5) {
-    value /= 1000;
-    ++unit;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, unit == 0 ? "%.0f %s" : "%.2f %s", value, kUnits[unit]);
-  return buf;
-}
 
 ProgressBar::ProgressBar(std::string label, bool quiet)
     : label_(std::move(label)),

@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <string>
 
+#include "plan/report.h"  // human_bytes(), used with the bar
+
 namespace ckptstream::cli {
 
 class ProgressBar {
@@ -21,7 +23,5 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_draw_;
 };
-
-std::string human_bytes(std::uint64_t bytes);
 
 }  // namespace ckptstream::cli

@@ -145,13 +145,8 @@ struct ViewKey {
 };
 
 bool covers_whole_storage(const TorchTensor& t, const StorageRecord& storage) {
-  if (t.storage_offset != 0) return false;
-  std::int64_t expected = 1;
-  for (std::size_t i = t.shape.size(); i-- > 0;) {
-    if (t.shape[i] != 1 && t.strides[i] != expected) return false;
-    expected *= t.shape[i];
-  }
-  return static_cast<std::uint64_t>(expected) * element_size(t.dtype) == storage.nbytes;
+  return t.storage_offset == 0 && is_contiguous(t.shape, t.strides) &&
+         static_cast<std::uint64_t>(numel(t.shape)) * element_size(t.dtype) == storage.nbytes;
 }
 
 // transformers drops these names of a tied pair (its models list them in _tied_weights_keys).

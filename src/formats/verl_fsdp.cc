@@ -122,27 +122,10 @@ std::string count(std::size_t n, const std::string& noun) {
   return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
 }
 
-std::string placement_text(const Placement& p) {
-  switch (p.kind) {
-    case Placement::Kind::kShard:
-      return "Shard(" + std::to_string(p.dim) + ")";
-    case Placement::Kind::kReplicate:
-      return "Replicate()";
-    case Placement::Kind::kPartial:
-      return "Partial(" + p.reduce_op + ")";
-    case Placement::Kind::kStridedShard:
-      return "_StridedShard(dim=" + std::to_string(p.dim) +
-             ", split_factor=" + std::to_string(p.split_factor) + ")";
-    case Placement::Kind::kOther:
-      break;
-  }
-  return p.class_name.empty() ? "an unknown placement" : p.class_name;
-}
-
 std::string placements_text(const DTensorInfo& info) {
   std::string out = "(";
   for (std::size_t i = 0; i < info.placements.size(); ++i)
-    out += (i ? ", " : "") + placement_text(info.placements[i]);
+    out += (i ? ", " : "") + to_string(info.placements[i]);
   return out + ")";
 }
 
@@ -398,17 +381,17 @@ class Merger {
     for (std::size_t m = 0; m < info.placements.size(); ++m) {
       const Placement& p = info.placements[m];
       if (p.kind == Placement::Kind::kPartial)
-        return unsupported("placement " + placement_text(p) +
+        return unsupported("placement " + to_string(p) +
                            " is not supported (values are not reduced)");
       if (p.kind == Placement::Kind::kStridedShard)
-        return unsupported("placement " + placement_text(p) +
+        return unsupported("placement " + to_string(p) +
                            " is not supported (interleaved FSDP + tensor-parallel shards)");
       if (p.kind == Placement::Kind::kOther)
-        return unsupported("placement " + placement_text(p) + " is not supported");
+        return unsupported("placement " + to_string(p) + " is not supported");
       if (p.kind == Placement::Kind::kShard) {
         std::int64_t d = p.dim < 0 ? p.dim + static_cast<std::int64_t>(ndim) : p.dim;
         if (d < 0 || d >= static_cast<std::int64_t>(ndim))
-          return invalid_input("placement " + placement_text(p) + " of a " + std::to_string(ndim) +
+          return invalid_input("placement " + to_string(p) + " of a " + std::to_string(ndim) +
                                "-d tensor");
         shard_dims[m] = static_cast<std::size_t>(d);
       }

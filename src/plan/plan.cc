@@ -10,6 +10,16 @@ std::int64_t numel(const Shape& shape) {
   return n;
 }
 
+bool is_contiguous(const Shape& shape, const Shape& strides) {
+  if (strides.size() != shape.size()) return false;
+  std::int64_t expected = 1;
+  for (std::size_t d = shape.size(); d-- > 0;) {
+    if (shape[d] != 1 && strides[d] != expected) return false;
+    expected *= shape[d];
+  }
+  return true;
+}
+
 std::uint64_t nbytes(const LogicalTensor& tensor) {
   return static_cast<std::uint64_t>(numel(tensor.shape)) * element_size(tensor.dtype);
 }

@@ -20,20 +20,11 @@ struct FragmentSpan {
   bool contiguous = true;
 };
 
-bool is_contiguous(const TensorRef& ref) {
-  if (ref.strides.size() != ref.shape.size()) return false;
-  std::int64_t expected = 1;
-  for (std::size_t d = ref.shape.size(); d-- > 0;) {
-    if (ref.shape[d] != 1 && ref.strides[d] != expected) return false;
-    expected *= ref.shape[d];
-  }
-  return true;
-}
 
 FragmentSpan fragment_span(const TensorRef& ref) {
   FragmentSpan span;
   auto element = static_cast<std::int64_t>(element_size(ref.dtype));
-  span.contiguous = is_contiguous(ref);
+  span.contiguous = is_contiguous(ref.shape, ref.strides);
   std::int64_t lowest = ref.offset;
   std::int64_t highest = ref.offset;
   std::int64_t count = numel(ref.shape);

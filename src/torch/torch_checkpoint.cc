@@ -326,6 +326,23 @@ Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path) {
   return ckpt;
 }
 
+std::string to_string(const Placement& p) {
+  switch (p.kind) {
+    case Placement::Kind::kShard:
+      return "Shard(" + std::to_string(p.dim) + ")";
+    case Placement::Kind::kReplicate:
+      return "Replicate()";
+    case Placement::Kind::kPartial:
+      return "Partial(" + p.reduce_op + ")";
+    case Placement::Kind::kStridedShard:
+      return "_StridedShard(dim=" + std::to_string(p.dim) +
+             ", split_factor=" + std::to_string(p.split_factor) + ")";
+    case Placement::Kind::kOther:
+      break;
+  }
+  return p.class_name.empty() ? "an unknown placement" : p.class_name;
+}
+
 TensorRef TorchCheckpoint::ref(std::size_t i, std::size_t input) const {
   const TorchTensor& t = tensors[i];
   const StorageRecord& s = storages[t.storage];

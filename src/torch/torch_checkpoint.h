@@ -39,6 +39,9 @@ struct Placement {
   std::string class_name;         // as written, for messages
 };
 
+// "Shard(0)", "Replicate()", "Partial(sum)", "_StridedShard(dim=0, split_factor=2)".
+std::string to_string(const Placement& placement);
+
 struct DeviceMeshInfo {
   std::string device_type;             // "cuda", "cpu", ...
   Shape shape;                         // mesh shape
