@@ -635,6 +635,7 @@ Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint) {
   ranks.reserve(checkpoint.rank_files.size());
   for (const auto& path : checkpoint.rank_files) {
     CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
+    ckpt.root.reset();  // the tensors are extracted: W pickle trees would not fit at scale
     ranks.push_back(std::move(ckpt));
   }
   return Merger(checkpoint, std::move(ranks)).run();

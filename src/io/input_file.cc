@@ -1,6 +1,7 @@
 #include "io/input_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -84,6 +85,10 @@ Result<std::span<const std::byte>> InputFile::mapped() const {
     } catch (const std::exception& e) {
       return io_error(path_.string() + ": cannot map: " + e.what());
     }
+    // Metadata reads through the map (zip headers, pickles) are scattered: no read-around on
+    // faults, which would pull up to read_ahead_kb (8 MiB on these disks) of tensor data into
+    // the page cache and into RSS for every header. Bulk tensor bytes use pread, not the map.
+    ::madvise(const_cast<char*>(mapping->source.data()), mapping->source.size(), MADV_RANDOM);
     mapping_ = std::move(mapping);
   }
   return std::span<const std::byte>(reinterpret_cast<const std::byte*>(mapping_->source.data()),
