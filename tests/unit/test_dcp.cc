@@ -4,6 +4,8 @@
 // (tests/fixtures/dcp/synthetic/).
 #include <doctest/doctest.h>
 
+#include "temp_dir.h"
+
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
@@ -21,19 +23,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "dcp";
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("ckpt_test_dcp_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using testing::TempDir;
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);

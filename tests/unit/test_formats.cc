@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include "temp_dir.h"
+
 #include <filesystem>
 #include <fstream>
 
@@ -10,19 +12,7 @@ using namespace ckptstream;
 namespace fs = std::filesystem;
 
 namespace {
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() / ("ckpt_test_formats_" + name)) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  fs::path write(const std::string& name, const std::string& text) const {
-    std::ofstream(path / name, std::ios::binary) << text;
-    return path / name;
-  }
-};
+using testing::TempDir;
 }  // namespace
 
 TEST_CASE("side files: config, tokenizer, templates and remote code named in auto_map") {

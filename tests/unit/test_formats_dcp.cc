@@ -5,6 +5,8 @@
 // (written by torch in the generator) or truncated files.
 #include <doctest/doctest.h>
 
+#include "temp_dir.h"
+
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
@@ -24,24 +26,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "dcp";
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("ckpt_test_formats_dcp_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  fs::path copy_of(const std::string& fixture, const std::string& name) const {
-    fs::path dir = path / name;
-    fs::copy(kFixtures / fixture, dir, fs::copy_options::recursive);
-    return dir;
-  }
-};
+using testing::TempDir;
 
 struct StoredTensor {
   DType dtype;
@@ -203,11 +188,11 @@ TEST_CASE("zstd-compressed items (torch 2.14 ZStandard), {model} alone") {
 
 TEST_CASE("errors: corrupt or missing metadata, truncated .distcp; nothing is written") {
   TempDir tmp("errors");
-  fs::path garbage = tmp.copy_of("nested_w2", "garbage");
+  fs::path garbage = tmp.copy_of(kFixtures / "nested_w2", "garbage");
   std::ofstream(garbage / ".metadata", std::ios::binary) << "garbage, not a pickle";
   CHECK(contains(error_of(garbage), (garbage / ".metadata").string()));
 
-  fs::path cut = tmp.copy_of("nested_w2", "cut");
+  fs::path cut = tmp.copy_of(kFixtures / "nested_w2", "cut");
   fs::resize_file(cut / ".metadata", fs::file_size(cut / ".metadata") - 100);
   CHECK(contains(error_of(cut), "pickle"));
 
@@ -216,7 +201,7 @@ TEST_CASE("errors: corrupt or missing metadata, truncated .distcp; nothing is wr
   CHECK(!looks_like_dcp_checkpoint(empty));
   CHECK(contains(error_of(empty), "no DCP checkpoint"));
 
-  fs::path truncated = tmp.copy_of("nested_w2", "truncated");
+  fs::path truncated = tmp.copy_of(kFixtures / "nested_w2", "truncated");
   fs::resize_file(truncated / "__1_0.distcp", fs::file_size(truncated / "__1_0.distcp") / 2);
   std::string message = error_of(truncated);
   CHECK(contains(message, "__1_0.distcp"));
@@ -244,7 +229,7 @@ TEST_CASE("errors: overlapping, missing and out-of-bounds chunks, unknown transf
   };
   for (const auto& c : cases) {
     INFO(c.metadata);
-    fs::path dir = tmp.copy_of("nested_w2", c.metadata);
+    fs::path dir = tmp.copy_of(kFixtures / "nested_w2", c.metadata);
     fs::copy_file(kFixtures / "nested_w2" / "errors" / (c.metadata + ".metadata"),
                   dir / ".metadata", fs::copy_options::overwrite_existing);
     std::string message = error_of(dir, DcpOptions{std::nullopt, tmp.path / "scratch"});

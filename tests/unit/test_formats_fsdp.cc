@@ -4,6 +4,8 @@
 // unsharded state dict, saved by torch in the same run) byte for byte.
 #include <doctest/doctest.h>
 
+#include "temp_dir.h"
+
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
@@ -24,25 +26,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "fsdp";
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name)
-      : path(fs::temp_directory_path() /
-             ("ckpt_test_fsdp_" + name + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  // A writable copy of a fixture case, named `name`.
-  fs::path copy_of(const std::string& fixture, const std::string& name) const {
-    fs::path dir = path / name;
-    fs::copy(kFixtures / fixture, dir, fs::copy_options::recursive);
-    return dir;
-  }
-};
+using testing::TempDir;
 
 void write_text(const fs::path& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
@@ -164,7 +148,7 @@ TEST_CASE("fsdp: the layout is found from fsdp_config.json or from the file name
 
 TEST_CASE("fsdp: older model_rank_R.pt names, no fsdp_config.json; optim and extra never read") {
   TempDir tmp("old_names");
-  fs::path dir = tmp.copy_of("w3", "w31");
+  fs::path dir = tmp.copy_of(kFixtures / "w3", "w31");
   fs::remove(dir / "fsdp_config.json");
   for (int r = 0; r < 3; ++r) {
     fs::rename(dir / ("model_world_size_3_rank_" + std::to_string(r) + ".pt"),
@@ -236,7 +220,7 @@ TEST_CASE("fsdp: fragments follow the placements") {
 
 TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one directory") {
   TempDir tmp("layout_errors");
-  fs::path missing = tmp.copy_of("w4", "w42");
+  fs::path missing = tmp.copy_of(kFixtures / "w4", "w42");
   fs::remove(missing / "model_world_size_4_rank_2.pt");
   auto error = error_of(missing);
   CHECK(contains(error, (missing / "model_world_size_4_rank_2.pt").string() + " is missing"));
@@ -247,7 +231,7 @@ TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one
   fs::remove(no_config / "fsdp_config.json");
   CHECK(contains(error_of(no_config), "model_world_size_4_rank_2.pt is missing"));
 
-  fs::path disagree = tmp.copy_of("w2", "w23");
+  fs::path disagree = tmp.copy_of(kFixtures / "w2", "w23");
   write_text(disagree / "fsdp_config.json", R"({"FSDP_version": 2, "world_size": 4})");
   error = error_of(disagree);
   CHECK(contains(error, "fsdp_config.json says world_size 4"));
@@ -258,14 +242,14 @@ TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one
   write_text(bad_config / "fsdp_config.json", R"({"FSDP_version": 2})");
   CHECK(contains(error_of(bad_config), "world_size is not a positive integer"));
 
-  fs::path two = tmp.copy_of("w3", "w34");
+  fs::path two = tmp.copy_of(kFixtures / "w3", "w34");
   fs::copy(kFixtures / "w2" / "model_world_size_2_rank_0.pt", two);
   error = error_of(two);
   CHECK(contains(error, "two layouts"));
   CHECK(contains(error, "model_world_size_2_rank_*.pt"));
   CHECK(contains(error, "model_world_size_3_rank_*.pt"));
 
-  fs::path extra = tmp.copy_of("w2", "w25");
+  fs::path extra = tmp.copy_of(kFixtures / "w2", "w25");
   fs::copy(extra / "model_world_size_2_rank_1.pt", extra / "model_world_size_2_rank_2.pt");
   CHECK(contains(error_of(extra), "rank 2 is outside world size 2"));
 
@@ -277,7 +261,7 @@ TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one
 
 TEST_CASE("fsdp: a truncated rank file is named, and nothing is written") {
   TempDir tmp("truncated");
-  fs::path dir = tmp.copy_of("w2", "w26");
+  fs::path dir = tmp.copy_of(kFixtures / "w2", "w26");
   fs::path rank1 = dir / "model_world_size_2_rank_1.pt";
   fs::resize_file(rank1, fs::file_size(rank1) / 2);
   auto result = convert(dir, tmp.path / "out", nullptr);
@@ -289,7 +273,7 @@ TEST_CASE("fsdp: a truncated rank file is named, and nothing is written") {
 TEST_CASE("fsdp: local shards of the wrong shape, on a shard or on a replica") {
   TempDir tmp("shapes");
   // Rank 2 of 3 holding rank 0's file: 13 rows where torch.chunk gives 11.
-  fs::path swapped = tmp.copy_of("w3", "w37");
+  fs::path swapped = tmp.copy_of(kFixtures / "w3", "w37");
   fs::copy(swapped / "model_world_size_3_rank_0.pt", swapped / "model_world_size_3_rank_2.pt",
            fs::copy_options::overwrite_existing);
   auto error = error_of(swapped);
@@ -299,7 +283,7 @@ TEST_CASE("fsdp: local shards of the wrong shape, on a shard or on a replica") {
                  "mesh (fsdp=3) gives [11, 14] at mesh coordinate [2]"));
 
   // HSDP: rank 3 (the second replica) holding rank 2's file is caught though it is not read.
-  fs::path replica = tmp.copy_of("hsdp", "hsdp8");
+  fs::path replica = tmp.copy_of(kFixtures / "hsdp", "hsdp8");
   fs::copy(replica / "model_world_size_4_rank_2.pt", replica / "model_world_size_4_rank_3.pt",
            fs::copy_options::overwrite_existing);
   error = error_of(replica);

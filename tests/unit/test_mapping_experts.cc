@@ -5,6 +5,8 @@
 // state-dict order save_pretrained shards in.
 #include <doctest/doctest.h>
 
+#include "temp_dir.h"
+
 #include <simdjson.h>
 #include <unistd.h>
 
@@ -30,23 +32,7 @@ namespace {
 
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "moe";
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag)
-      : path(fs::temp_directory_path() /
-             ("ckpt_test_mapping_experts_" + tag + "_" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-  fs::path write(const std::string& name, const std::string& text) const {
-    std::ofstream(path / name, std::ios::binary) << text;
-    return path / name;
-  }
-};
+using testing::TempDir;
 
 std::string read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
