@@ -4,6 +4,8 @@
     gen_ckpt.py fsdp OUT --size 5GB [--world-size 8] [--dtype bf16|fp32] [--seed 0]
     gen_ckpt.py dcp  OUT --size 5GB [--world-size 8] [--dtype bf16|fp32]
     gen_ckpt.py deepseek OUT [--world-size 16] [--layout fsdp]     (~1.34 TB declared, sparse)
+    gen_ckpt.py megatron OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32] [--dist-optim]
+    gen_ckpt.py megatron-dist OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32]
 
 fsdp: a verl FSDP2 actor directory (../shared/docs/formats/verl.md §1):
   model_world_size_W_rank_R.pt   torch.save zip of the rank's state dict, byte for byte as torch
@@ -25,6 +27,18 @@ dcp: a torch.distributed.checkpoint directory of the same model saved as {"model
 deepseek: the DeepSeek-V3 (671B) tensor list, bf16, in the fsdp layout (or --layout dcp); every
   tensor's data is a hole (seek past it), so ~1.34 TB declared takes a few GB on disk. For
   `ckptstream plan` at scale (the data are zeros; do not merge it).
+megatron: a Megatron-LM legacy checkpoint (--ckpt-format torch; ../shared/docs/formats/megatron.md
+  §2) of a Megatron-core GPT model (TE layer spec) with Qwen2 shapes: OUT/latest_checkpointed_
+  iteration.txt, OUT/iter_0000100/mp_rank_TT[_PPP]/model_optim_rng.pt (torch.save zips of {args:
+  argparse.Namespace, checkpoint_version: 3.0, iteration, model: the stage's state dict with TP-
+  local tensors and local layer numbers, num_floating_point_operations_so_far}; saved as with
+  --no-save-optim --no-save-rng), OUT/huggingface/config.json.
+megatron-dist: the same model as a Megatron-core dist_ckpt, torch_dist backend (§1), as core
+  <= v0.18 writes it: OUT/iter_0000100/{metadata.json, common.pt, .metadata, __R_0.distcp} with
+  the global sharded keys (stacked layers [L, ...], fc1 as [gate; up]).
+  Both: the data of each global tensor is a function of (--seed, its name) only (GlobalData), so
+  the two layouts of one seed hold the same model at any TP/PP and validate_megatron.py recomputes
+  every tensor.
 
 Sizes: a Qwen2.5 config (0.5B/1.5B/3B/7B/14B/32B shapes: hidden, intermediate, heads, vocab) is
 picked by the requested size and its layer count scaled so the tensor bytes match it (+-1 layer).
@@ -34,6 +48,7 @@ apart from the pool (os.urandom).
 """
 import argparse
 import collections
+import hashlib
 import json
 import math
 import os
@@ -44,6 +59,7 @@ import struct
 import sys
 import time
 import types
+import uuid
 import zlib
 
 MIB = 1 << 20
@@ -54,6 +70,7 @@ DTYPES = {  # name: (torch dtype name, storage class, element size)
     "fp16": ("float16", "HalfStorage", 2),
     "fp32": ("float32", "FloatStorage", 4),
     "int32": ("int32", "IntStorage", 4),
+    "uint8": ("uint8", "ByteStorage", 1),
 }
 CONFIG_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -103,7 +120,12 @@ def qwen_model(size_bytes, esize):
     for n in range(layers):
         tensors += [(f"model.layers.{n}.{k}", s) for k, s in qwen_layer(h, i, heads, kv)]
     tensors += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-    config = {
+    return qwen_config(name, h, i, heads, kv, layers, v), tensors
+
+
+def qwen_config(name, h, i, heads, kv, layers, v):
+    """The Hugging Face config.json of a Qwen2 model of these shapes."""
+    return {
         "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
         "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": h,
         "initializer_range": 0.02, "intermediate_size": i, "max_position_embeddings": 32768,
@@ -113,7 +135,6 @@ def qwen_model(size_bytes, esize):
         "transformers_version": "4.51.3", "use_cache": True, "use_sliding_window": False,
         "vocab_size": v, "_ckptstream_bench_shapes_from": name,
     }
-    return config, tensors
 
 
 def deepseek_v3(layers=61):
@@ -222,13 +243,13 @@ def fake_torch():
             return self.name
     put(torch, dtype, "dtype")
     ns.dtypes = {}
-    for name in ("float32", "bfloat16", "float16", "int32", "int64"):
+    for name in ("float32", "bfloat16", "float16", "int32", "int64", "uint8"):
         d = dtype(name)
         setattr(torch, name, d)
         ns.dtypes[name] = d
 
     ns.storage = {}
-    for n in ("FloatStorage", "BFloat16Storage", "HalfStorage", "IntStorage"):
+    for n in ("FloatStorage", "BFloat16Storage", "HalfStorage", "IntStorage", "ByteStorage"):
         ns.storage[n] = put(torch, type(n, (), {}), n)
 
     class device:
@@ -266,9 +287,11 @@ def fake_torch():
     put(tensor_mod, _rebuild_from_type_v2)
 
     class Storage:
-        """A storage: pickled as a persistent id ('storage', cls, key, 'cpu', numel)."""
-        def __init__(self, kind, nbytes, esize, content=None):
+        """A storage: pickled as a persistent id ('storage', cls, key, location, numel). Its bytes
+        are `content`, or written by `source(f) -> crc32`, or else come from the Filler."""
+        def __init__(self, kind, nbytes, esize, content=None, source=None, location="cpu"):
             self.kind, self.nbytes, self.esize, self.content = kind, nbytes, esize, content
+            self.source, self.location = source, location
             self.key = None
     ns.Storage = Storage
 
@@ -328,7 +351,8 @@ class TorchPickler(pickle.Pickler):
             if obj.key is None:
                 obj.key = str(len(self.storages))
                 self.storages.append(obj)
-            return ("storage", self.ns.storage[obj.kind], obj.key, "cpu", obj.nbytes // obj.esize)
+            return ("storage", self.ns.storage[obj.kind], obj.key, obj.location,
+                    obj.nbytes // obj.esize)
         return None
 
 
@@ -377,8 +401,9 @@ class ZipWriter:
         self.base = f.tell()  # embedded zips (DCP) align relative to their own start
         self.entries = []
 
-    def add(self, name, data=None, size=None):
-        """A record of bytes `data`, or of `size` filler bytes."""
+    def add(self, name, data=None, size=None, source=None):
+        """A record of bytes `data`, or of `size` bytes written by `source(f) -> crc32`, or of
+        `size` filler bytes."""
         f = self.f
         name_b = f"{self.prefix}/{name}".encode()
         size = len(data) if data is not None else size
@@ -399,6 +424,8 @@ class ZipWriter:
         if data is not None:
             f.write(data)
             crc = zlib.crc32(data)
+        elif source is not None:
+            crc = source(f)
         else:
             crc = self.filler.write(f, size)
         if size:
@@ -443,6 +470,8 @@ def write_torch_zip(f, prefix, pkl, storages, filler, rng):
     for s in sorted(storages, key=lambda s: s.key):
         if s.content is not None:
             z.add(f"data/{s.key}", s.content)
+        elif s.source is not None:
+            z.add(f"data/{s.key}", size=s.nbytes, source=s.source)
         else:
             z.add(f"data/{s.key}", size=s.nbytes)
     z.add("version", b"3\n")
@@ -663,6 +692,510 @@ def write_dcp(out, tensors, config, w, dt, seed, sparse, prefix="model"):
     return filler.bytes
 
 
+# ---------------------------------------------------------------------------------------------
+# Megatron layouts (../shared/docs/formats/megatron.md): a Megatron-core GPT model (Transformer
+# Engine layer spec, as Megatron-LM builds it by default) of Qwen2 shapes, TP x PP, DP = 1.
+
+def _module(name):
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    return sys.modules[name]
+
+
+def _put(mod, obj, name=None):
+    name = name or obj.__name__
+    obj.__module__ = mod.__name__
+    obj.__qualname__ = name
+    setattr(mod, name, obj)
+    return obj
+
+
+def megatron_classes():
+    """Stand-ins for what Megatron's pickles name besides dcp_classes(): torch 2.6's
+    BytesStorageMetadata and the save-plan classes (Megatron keeps the gathered local plans in
+    `.metadata` as `all_local_plans`), and megatron.core's AttnBackend enum (in args)."""
+    import enum
+    ns = fake_torch()
+    k = dcp_classes()
+    if hasattr(ns, "mcore"):
+        return ns.mcore
+
+    class BytesStorageMetadata:  # no fields: NEWOBJ without BUILD
+        pass
+
+    class WriteItemType(enum.Enum):
+        TENSOR = 1
+        SHARD = 2
+        BYTE_IO = 3
+
+        def __reduce_ex__(self, proto):
+            return self.__class__, (self._value_,)
+
+    class TensorWriteData:
+        def __init__(self, chunk, properties, size):
+            self.chunk, self.properties, self.size = chunk, properties, size
+
+    class WriteItem:
+        def __init__(self, index, type, tensor_data=None):
+            self.index, self.type, self.tensor_data = index, type, tensor_data
+
+    class SavePlan:
+        def __init__(self, items, storage_data=None, planner_data=None):
+            self.items, self.storage_data, self.planner_data = items, storage_data, planner_data
+
+    class AttnBackend(enum.Enum):
+        flash = 1
+        fused = 2
+        unfused = 3
+        local = 4
+        auto = 5
+
+        def __reduce_ex__(self, proto):
+            return self.__class__, (self._value_,)
+
+    _put(_module("torch.distributed.checkpoint.metadata"), BytesStorageMetadata)
+    pl = _module("torch.distributed.checkpoint.planner")
+    for c in (WriteItemType, TensorWriteData, WriteItem, SavePlan):
+        _put(pl, c)
+    _put(_module("megatron.core.transformer.enums"), AttnBackend)
+    ns.mcore = types.SimpleNamespace(
+        BytesStorageMetadata=BytesStorageMetadata, WriteItemType=WriteItemType,
+        TensorWriteData=TensorWriteData, WriteItem=WriteItem, SavePlan=SavePlan,
+        AttnBackend=AttnBackend, dcp=k)
+    return ns.mcore
+
+
+class GlobalData:
+    """The data of the global (unsharded) Megatron tensors, TP/PP-independent and reproducible:
+    byte g of the tensor with data name N is pool[(base(N) + g) % POOL], where the pool is
+    random.Random(seed).randbytes(POOL) and base(N) a hash of (seed, N). Every shard is written as
+    segments of its global tensor, so the legacy and the dist_ckpt layouts (any TP, PP) of one
+    seed hold the same model, and a checker recomputes each global tensor from the seed alone.
+    Data names: the mcore names with global layer numbers (decoder.layers.5.mlp.linear_fc1.weight,
+    its global tensor [gate; up] as dist_ckpt stores it)."""
+    POOL = 64 * MIB
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.pool = memoryview(random.Random(seed).randbytes(self.POOL))
+        self.zeros = memoryview(bytes(MIB))
+        self.bases = {}
+        self.bytes = 0
+
+    def base(self, name):
+        b = self.bases.get(name)
+        if b is None:
+            h = hashlib.blake2b(f"{self.seed}:{name}".encode(), digest_size=8).digest()
+            b = self.bases[name] = int.from_bytes(h, "little") % self.POOL
+        return b
+
+    def pieces(self, segments):
+        """The bytes of segments [(data name, or None for zeros, byte offset, length)]."""
+        for name, off, n in segments:
+            if name is None:
+                while n:
+                    k = min(n, len(self.zeros))
+                    yield self.zeros[:k]
+                    n -= k
+                continue
+            pos = (self.base(name) + off) % self.POOL
+            while n:
+                k = min(n, self.POOL - pos, 8 * MIB)
+                yield self.pool[pos:pos + k]
+                n -= k
+                pos = (pos + k) % self.POOL
+
+    def source(self, segments):
+        """A ZipWriter record source writing these segments (CRC-32 as it goes)."""
+        def write(f):
+            crc = 0
+            for b in self.pieces(segments):
+                f.write(b)
+                crc = zlib.crc32(b, crc)
+                self.bytes += len(b)
+            return crc
+        return write
+
+    def read(self, name, off, n):
+        return b"".join(bytes(b) for b in self.pieces([(name, off, n)]))
+
+
+def megatron_model(size_bytes, esize, tp, pp):
+    """A Qwen2.5 shape (as qwen_model) that Megatron can split: heads and FFN divisible by TP,
+    query groups raised to TP where TP does not divide them (Megatron asserts num_query_groups %
+    TP == 0), layers a multiple of PP (even pipeline split), the vocabulary padded to a multiple
+    of 128 * TP (make_vocab_size_divisible_by=128, as Megatron pads it)."""
+    cands = []
+    for name, h, i, heads, kv, layers, v in QWEN:
+        if heads % tp == 0 and i % tp == 0:
+            cands.append((name, h, i, heads, kv if kv % tp == 0 else tp, layers, v))
+    if not cands:
+        raise SystemExit(f"--tp {tp}: no Qwen2.5 shape has its heads and FFN divisible by it")
+
+    def per_layer(c):
+        _, h, i, heads, kv, _, _ = c
+        return sum(numel(s) for _, s in qwen_layer(h, i, heads, kv)) * esize
+
+    def total(c, layers):
+        return (2 * c[6] * c[1] + c[1]) * esize + layers * per_layer(c)
+
+    best = min(cands, key=lambda c: abs(math.log(size_bytes / total(c, c[5]))))
+    name, h, i, heads, kv, _, v = best
+    if 2 * v * h * esize > 0.3 * size_bytes:  # tiny sizes: a smaller vocabulary, an odd
+        # multiple of 128 like Qwen's 151936 = 1187 x 128, so that TP > 1 pads it
+        v = max(384, int(0.3 * size_bytes / (2 * h * esize)) // 256 * 256 + 128)
+        best = (name, h, i, heads, kv, 1, v)
+    layers = max(pp, round((size_bytes - total(best, 0)) / per_layer(best) / pp) * pp)
+    div = 128 * tp
+    m = types.SimpleNamespace(name=name, h=h, ffn=i, heads=heads, groups=kv, d=h // heads,
+                              layers=layers, vocab=v, padded_vocab=-(-v // div) * div, tp=tp, pp=pp)
+    m.config = qwen_config(name, h, i, heads, kv, layers, v)
+    return m
+
+
+MEntry = collections.namedtuple("MEntry", "key dist layer data shape split")
+
+
+def mcore_layer(m):
+    """(name suffix, per-layer global shape, TP split) of one TE-spec GPT layer in state-dict
+    order. Splits: rep (replicated), col (dim 0: column-parallel; linear_qkv's rows are the
+    query groups [q x heads/groups, k, v] per group, so a rank's rows are its groups), glu (fc1:
+    rank r holds [gate_r; up_r]), row (dim 1: row-parallel), te (Transformer Engine's
+    _extra_state: an empty uint8 tensor without FP8), none (an _extra_state of None)."""
+    h, f, nh, ng, d = m.h, m.ffn, m.heads, m.groups, m.d
+    qkv = (nh + 2 * ng) * d
+    return [("self_attention.core_attention._extra_state", None, "te"),
+            ("self_attention.linear_proj.weight", (h, nh * d), "row"),
+            ("self_attention.linear_proj._extra_state", None, "te"),
+            ("self_attention.linear_qkv.layer_norm_weight", (h,), "rep"),
+            ("self_attention.linear_qkv.weight", (qkv, h), "col"),
+            ("self_attention.linear_qkv.bias", (qkv,), "col"),
+            ("self_attention.linear_qkv._extra_state", None, "te"),
+            ("mlp.linear_fc1.layer_norm_weight", (h,), "rep"),
+            ("mlp.linear_fc1.weight", (2 * f, h), "glu"),
+            ("mlp.linear_fc1._extra_state", None, "te"),
+            ("mlp.linear_fc2.weight", (h, f), "row"),
+            ("mlp.linear_fc2._extra_state", None, "te")]
+
+
+def mcore_stage(m, p):
+    """Pipeline stage p's state dict entries: legacy key (local layer number), dist_ckpt key
+    (stacked layers), global layer, data name (global layer number), global shape, split."""
+    per = m.layers // m.pp
+    out = []
+    if p == 0:
+        n = "embedding.word_embeddings.weight"
+        out.append(MEntry(n, n, None, n, (m.padded_vocab, m.h), "col"))
+    for local in range(per):
+        g = p * per + local
+        for suffix, shape, split in mcore_layer(m):
+            out.append(MEntry(f"decoder.layers.{local}.{suffix}", f"decoder.layers.{suffix}", g,
+                              f"decoder.layers.{g}.{suffix}", shape, split))
+    if p == m.pp - 1:
+        for n, shape, split in (("decoder.final_layernorm.weight", (m.h,), "rep"),
+                                ("output_layer.weight", (m.padded_vocab, m.h), "col"),
+                                ("output_layer._extra_state", None, "none")):
+            out.append(MEntry(n, n, None, n, shape, split))
+    return out
+
+
+def tp_chunks(shape, split, tp, r):
+    """TP rank r's pieces of a global tensor, in local order: [(global offsets, sizes, element
+    segments [(offset, count)] of the global tensor)]. The legacy local tensor is the pieces
+    concatenated on dim 0; dist_ckpt stores each piece as a chunk (fc1: gate_r at fragment r and
+    up_r at fragment r + TP of 2 TP, so its global tensor is [gate; up])."""
+    rows, inner = shape[0], numel(shape[1:])
+    zero = (0,) * (len(shape) - 1)
+    if split == "rep":
+        return [((0,) + zero, shape, [(0, numel(shape))])]
+    if split == "col":
+        n = rows // tp
+        return [((r * n,) + zero, (n,) + shape[1:], [(r * n * inner, n * inner)])]
+    if split == "glu":
+        n = rows // 2 // tp
+        return [((half + r * n,) + zero, (n,) + shape[1:], [((half + r * n) * inner, n * inner)])
+                for half in (0, rows // 2)]
+    if split == "row":
+        cols = shape[1]
+        c = cols // tp
+        segs = []
+        for i in range(rows):  # coalesced: one segment when TP = 1
+            if segs and segs[-1][0] + segs[-1][1] == i * cols + r * c:
+                segs[-1] = (segs[-1][0], segs[-1][1] + c)
+            else:
+                segs.append((i * cols + r * c, c))
+        return [((0, r * c), (rows, c), segs)]
+    raise ValueError(split)
+
+
+def local_shape(chunks):
+    if len(chunks) == 1:
+        return tuple(chunks[0][1])
+    return (sum(c[1][0] for c in chunks),) + tuple(chunks[0][1][1:])
+
+
+def megatron_args(m, dt, fmt, dist_optim, iteration, save_dir):
+    """The argparse.Namespace Megatron-LM pickles as `args` (the fields a converter reads, and
+    some common others; names as megatron/training/arguments.py spells them)."""
+    ns = fake_torch()
+    mk = megatron_classes()
+    tname = DTYPES[dt][0]
+    return argparse.Namespace(
+        num_layers=m.layers, encoder_num_layers=m.layers, decoder_num_layers=None,
+        hidden_size=m.h, ffn_hidden_size=m.ffn, num_attention_heads=m.heads, kv_channels=m.d,
+        group_query_attention=m.groups != m.heads, num_query_groups=m.groups,
+        max_position_embeddings=32768, position_embedding_type="rope",
+        rotary_base=1000000, rotary_percent=1.0, rotary_interleaved=False,
+        rotary_seq_len_interpolation_factor=None, use_rope_scaling=False,
+        make_vocab_size_divisible_by=128, normalization="RMSNorm", norm_epsilon=1e-06,
+        apply_layernorm_1p=False, apply_residual_connection_post_layernorm=False,
+        openai_gelu=False, squared_relu=False, swiglu=True,
+        untie_embeddings_and_output_weights=True, add_bias_linear=False, add_qkv_bias=True,
+        qk_layernorm=False, attention_dropout=0.0, hidden_dropout=0.0, init_method_std=0.02,
+        transformer_impl="transformer_engine", attention_backend=mk.AttnBackend.auto,
+        multi_latent_attention=False, num_experts=None, moe_ffn_hidden_size=None,
+        moe_layer_freq=1, moe_grouped_gemm=False, moe_shared_expert_intermediate_size=None,
+        mtp_num_layers=None,
+        tensor_model_parallel_size=m.tp, pipeline_model_parallel_size=m.pp,
+        virtual_pipeline_model_parallel_size=None, num_layers_per_virtual_pipeline_stage=None,
+        decoder_first_pipeline_num_layers=None, decoder_last_pipeline_num_layers=None,
+        account_for_embedding_in_pipeline_split=False,
+        account_for_loss_in_pipeline_split=False, pipeline_model_parallel_layout=None,
+        sequence_parallel=m.tp > 1, context_parallel_size=1, expert_model_parallel_size=1,
+        expert_tensor_parallel_size=m.tp, data_parallel_size=1, world_size=m.tp * m.pp,
+        rank=0, fp16=dt == "fp16", bf16=dt == "bf16", params_dtype=ns.dtypes[tname],
+        main_grads_dtype=ns.dtypes["float32"], main_params_dtype=ns.dtypes["float32"],
+        accumulate_allreduce_grads_in_fp32=dt != "fp32", use_distributed_optimizer=dist_optim,
+        overlap_grad_reduce=dist_optim, overlap_param_gather=dist_optim,
+        seq_length=4096, micro_batch_size=1, global_batch_size=128, train_iters=iteration,
+        lr=3e-05, min_lr=3e-06, lr_decay_style="cosine", lr_warmup_iters=0, weight_decay=0.1,
+        clip_grad=1.0, adam_beta1=0.9, adam_beta2=0.95, adam_eps=1e-08, optimizer="adam",
+        seed=1234, tokenizer_type="HuggingFaceTokenizer",
+        tokenizer_model=m.config["_ckptstream_bench_shapes_from"], vocab_size=None,
+        padded_vocab_size=m.padded_vocab, save=save_dir, load=None, save_interval=iteration,
+        ckpt_format=fmt, ckpt_fully_parallel_save=True, ckpt_assume_constant_structure=False,
+        dist_ckpt_strictness="assume_ok_unexpected", async_save=False, no_save_optim=True,
+        no_save_rng=True, no_load_optim=False, no_load_rng=False, use_checkpoint_args=False,
+        exit_on_missing_checkpoint=False, iteration=iteration,
+        consumed_train_samples=iteration * 128, consumed_valid_samples=0,
+        skipped_train_samples=0)
+
+
+def megatron_side(out, m, dt, iteration):
+    """latest_checkpointed_iteration.txt (as Megatron writes it: the number, no newline) and
+    huggingface/config.json (the model's HF config, for a merge; verl keeps one beside too)."""
+    os.makedirs(os.path.join(out, "huggingface"), exist_ok=True)
+    with open(os.path.join(out, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write(str(iteration))
+    config = dict(m.config, torch_dtype=CONFIG_DTYPE[dt])
+    with open(os.path.join(out, "huggingface", "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def module_metadata(sd):
+    """The `_metadata` nn.Module.state_dict() attaches: {prefix: {"version": 1}} per module."""
+    meta = collections.OrderedDict()
+    meta[""] = {"version": 1}
+    for name in sd:
+        parts = name.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            meta.setdefault(".".join(parts[:i]), {"version": 1})
+    return meta
+
+
+def param_buffer(params, esize):
+    """Megatron DDP with the distributed optimizer: all parameters of a model chunk are views
+    into one buffer (a single storage in torch.save), in reverse order, each start aligned to 64
+    elements, buckets of >= 40M elements with their end padded to a multiple of 128 (DP = 1).
+    Returns (buffer elements, {key: element offset}, data segments with the padding zeros)."""
+    pos = bucket = 0
+    offsets, segs = {}, []
+
+    def pad_to(mult):
+        nonlocal pos
+        end = -(-pos // mult) * mult
+        if end > pos:
+            segs.append((None, 0, (end - pos) * esize))
+        pos = end
+
+    for key, shape, s in reversed(params):
+        pad_to(64)
+        offsets[key] = pos
+        segs.extend(s)
+        pos += numel(shape)
+        if pos - bucket >= 40_000_000:
+            pad_to(128)
+            bucket = pos
+    pad_to(128)
+    return pos, offsets, segs
+
+
+def write_megatron(out, m, dt, seed, iteration, dist_optim):
+    """Legacy Megatron-LM checkpoint (--ckpt-format torch, --no-save-optim --no-save-rng):
+    iter_N/mp_rank_TT[_PPP]/model_optim_rng.pt, each a torch.save zip of {args,
+    checkpoint_version: 3.0, iteration, model: the stage's state dict (TP-local tensors, local
+    layer numbers), num_floating_point_operations_so_far}; storages on cuda:<local rank>."""
+    ns = fake_torch()
+    tname, skind, esize = DTYPES[dt]
+    data = GlobalData(seed)
+    rng = random.Random(seed)
+    megatron_side(out, m, dt, iteration)
+    args = megatron_args(m, dt, "torch", dist_optim, iteration, os.path.abspath(out))
+    flops = 6.0 * iteration * 128 * 4096 * (m.layers * 12 * m.h * m.h)
+    for p in range(m.pp):
+        entries = mcore_stage(m, p)
+        for t in range(m.tp):
+            t0 = time.time()
+            rank = t + m.tp * p  # Megatron's rank order tp-cp-ep-dp-pp, DP = 1
+            loc = f"cuda:{rank % 8}"
+            sd = collections.OrderedDict()
+            params = []
+            for e in entries:
+                if e.split == "te":
+                    sd[e.key] = ns.Tensor(ns.Storage("ByteStorage", 0, 1, content=b""), (0,))
+                elif e.split == "none":
+                    sd[e.key] = None
+                else:
+                    chunks = tp_chunks(e.shape, e.split, m.tp, t)
+                    segs = [(e.data, o * esize, n * esize) for c in chunks for o, n in c[2]]
+                    sd[e.key] = None  # placeholder: keeps the state dict order
+                    params.append((e.key, local_shape(chunks), segs))
+            if dist_optim:
+                total, offsets, segs = param_buffer(params, esize)
+                st = ns.Storage(skind, total * esize, esize, source=data.source(segs), location=loc)
+                for key, shape, _ in params:
+                    sd[key] = ns.Tensor(st, shape, offsets[key])
+            else:
+                for key, shape, segs in params:
+                    sd[key] = ns.Tensor(ns.Storage(skind, numel(shape) * esize, esize,
+                                                   source=data.source(segs), location=loc), shape)
+            sd._metadata = module_metadata(sd)
+            top = {"args": argparse.Namespace(**dict(vars(args), rank=rank)),
+                   "checkpoint_version": 3.0, "iteration": iteration, "model": sd,
+                   "num_floating_point_operations_so_far": flops}
+            pkl, storages = torch_pickle(top, ns)
+            rel = os.path.join(f"iter_{iteration:07d}",
+                               f"mp_rank_{t:02d}" + (f"_{p:03d}" if m.pp > 1 else ""),
+                               "model_optim_rng.pt")
+            path = os.path.join(out, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb", buffering=MIB) as f:
+                write_torch_zip(f, "model_optim_rng", pkl, storages, None, rng)
+            print(f"  {rel}: {len(params)} tensors in {len(storages)} storages, pickle "
+                  f"{len(pkl)} B, {os.path.getsize(path)} B in {time.time() - t0:.1f} s",
+                  flush=True)
+    return data.bytes
+
+
+def torch_save_bytes(obj, ns, rng, prefix="archive"):
+    """torch.save(obj) into memory (small objects only)."""
+    import io
+    buf = io.BytesIO()
+    pkl, storages = torch_pickle(obj, ns)
+    write_torch_zip(buf, prefix, pkl, storages, None, rng)
+    return buf.getvalue()
+
+
+def write_megatron_dist(out, m, dt, seed, iteration, dist_optim):
+    """Megatron-core dist_ckpt, torch_dist backend (core <= v0.18: common.pt beside), as
+    dist_checkpointing.save with TorchDistSaveShardedStrategy (thread_count 1, main replicas
+    only) writes it: iter_N/{common.pt, __R_0.distcp, .metadata, metadata.json}. Keys are the
+    global sharded keys: layers stacked ([L, ...], one chunk per layer and TP rank, at the global
+    layer), fc1 = [gate; up] of two chunks per rank, replicated tensors written by TP rank 0,
+    TE _extra_state as byte items `<key>/shard_<layer>_<L>` (torch.save([obj]))."""
+    ns = fake_torch()
+    k = dcp_classes()
+    mk = megatron_classes()
+    tname, skind, esize = DTYPES[dt]
+    data = GlobalData(seed)
+    rng = random.Random(seed)
+    megatron_side(out, m, dt, iteration)
+    d = os.path.join(out, f"iter_{iteration:07d}")
+    os.makedirs(d, exist_ok=True)
+    args = megatron_args(m, dt, "torch_dist", dist_optim, iteration, os.path.abspath(out))
+    content = {}
+    if dist_optim:
+        content["distrib_optim_sharding_type"] = "dp_reshardable"
+    content.update(singleton_local_shards=False, chained_optim_avoid_prefix=True)
+    common = {"args": args, "checkpoint_version": 3.0, "iteration": iteration,
+              "num_floating_point_operations_so_far":
+                  6.0 * iteration * 128 * 4096 * (m.layers * 12 * m.h * m.h),
+              "content_metadata": content}
+    with open(os.path.join(d, "common.pt"), "wb") as f:
+        f.write(torch_save_bytes(common, ns, rng, "common"))
+    L = m.layers
+    sdm, storage, plans = {}, {}, []
+    for p in range(m.pp):
+        entries = mcore_stage(m, p)
+        for t in range(m.tp):
+            t0 = time.time()
+            r = t + m.tp * p
+            groups = collections.OrderedDict()  # key -> items, keys in order of first sight
+            for e in entries:
+                if e.split in ("te", "none"):
+                    if t:
+                        continue  # replica_id (0, tp, dp): TP rank 0's copy is the main one
+                    off, shp = ((e.layer,), (L,)) if e.layer is not None else ((0,), (1,))
+                    key = f"{e.dist}/shard_{'.'.join(map(str, off))}_{'.'.join(map(str, shp))}"
+                    groups[key] = [("bytes", e.split)]
+                    continue
+                if e.split == "rep" and t:
+                    continue
+                gshape = e.shape if e.layer is None else (L,) + e.shape
+                for offs, sizes, segs in tp_chunks(e.shape, e.split, m.tp, t):
+                    if e.layer is not None:
+                        offs, sizes = (e.layer,) + offs, (1,) + sizes
+                    groups.setdefault(e.dist, []).append(
+                        ("tensor", gshape, offs, sizes,
+                         [(e.data, o * esize, n * esize) for o, n in segs]))
+            items = []
+            for key, its in groups.items():
+                for it in its:
+                    if it[0] == "bytes":
+                        sdm[key] = mk.BytesStorageMetadata()
+                        items.append(mk.WriteItem(k.MetadataIndex(key), mk.WriteItemType.BYTE_IO))
+                        continue
+                    _, gshape, offs, sizes, _ = it
+                    if key not in sdm:
+                        sdm[key] = k.TensorStorageMetadata(
+                            k.TensorProperties(ns.dtypes[tname]), ns.Size(gshape), [])
+                    chunk = k.ChunkStorageMetadata(ns.Size(offs), ns.Size(sizes))
+                    sdm[key].chunks.append(chunk)
+                    items.append(mk.WriteItem(
+                        k.MetadataIndex(key, offs), mk.WriteItemType.SHARD,
+                        mk.TensorWriteData(chunk, k.TensorProperties(ns.dtypes[tname]),
+                                           ns.Size(gshape))))
+            plans.append(mk.SavePlan(items, None, {}))
+            rel = f"__{r}_0.distcp"
+            ordered = ([(key, it) for key, its in groups.items() for it in its if it[0] == "bytes"]
+                       + [(key, it) for key, its in groups.items() for it in its
+                          if it[0] == "tensor"])  # byte items first, then tensors
+            with open(os.path.join(d, rel), "wb", buffering=MIB) as f:
+                for key, it in ordered:
+                    at = f.tell()
+                    if it[0] == "bytes":
+                        obj = None if it[1] == "none" else ns.Tensor(
+                            ns.Storage("ByteStorage", 0, 1, content=b""), (0,))
+                        f.write(torch_save_bytes([obj], ns, rng))
+                        storage[k.MetadataIndex(key)] = k._StorageInfo(rel, at, f.tell() - at)
+                        continue
+                    _, gshape, offs, sizes, segs = it
+                    st = ns.Storage(skind, numel(sizes) * esize, esize, source=data.source(segs))
+                    pkl, storages = torch_pickle(ns.Tensor(st, sizes), ns)
+                    write_torch_zip(f, "archive", pkl, storages, None, rng)
+                    storage[k.MetadataIndex(key, offs)] = k._StorageInfo(rel, at, f.tell() - at)
+            print(f"  {rel}: {len(items)} items, {os.path.getsize(os.path.join(d, rel))} B "
+                  f"in {time.time() - t0:.1f} s", flush=True)
+    md = k.Metadata(sdm, None, storage, k.StorageMeta(os.path.abspath(d), str(uuid.uuid4())))
+    md.all_local_plans = plans
+    with open(os.path.join(d, ".metadata"), "wb") as f:
+        pickle.dump(md, f, protocol=4)
+    with open(os.path.join(d, "metadata.json"), "w") as f:  # last, as Megatron's finalize step
+        json.dump({"sharded_backend": "torch_dist", "sharded_backend_version": 1}, f)
+    return data.bytes
+
+
 def parse_size(s):
     m = re.fullmatch(r"([0-9.]+)\s*([KMGT]i?B?|B)?", s.strip(), re.I)
     if not m:
@@ -676,7 +1209,7 @@ def parse_size(s):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("layout", choices=["fsdp", "dcp", "deepseek"])
+    ap.add_argument("layout", choices=["fsdp", "dcp", "deepseek", "megatron", "megatron-dist"])
     ap.add_argument("out")
     ap.add_argument("--size", default="1GB", help="tensor bytes (decimal GB, or GiB)")
     ap.add_argument("--world-size", type=int, default=None)
@@ -689,10 +1222,30 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--layers", type=int, default=None,
                     help="deepseek: fewer layers (for profiling the planner)")
+    ap.add_argument("--tp", type=int, default=1, help="megatron: tensor-parallel size")
+    ap.add_argument("--pp", type=int, default=1, help="megatron: pipeline-parallel size")
+    ap.add_argument("--iteration", type=int, default=100, help="megatron: iteration (iter_N)")
+    ap.add_argument("--dist-optim", action="store_true",
+                    help="megatron: saved with the distributed optimizer (legacy files: each "
+                         "stage's parameters are views into one DDP buffer storage)")
     a = ap.parse_args(argv)
     t0 = time.time()
     if os.path.exists(a.out) and os.listdir(a.out):
         raise SystemExit(f"{a.out} exists and is not empty")
+    if a.layout.startswith("megatron"):
+        if a.tp < 1 or a.pp < 1:
+            raise SystemExit("--tp and --pp must be >= 1")
+        esize = DTYPES[a.dtype][2]
+        m = megatron_model(parse_size(a.size), esize, a.tp, a.pp)
+        declared = sum(numel(e.shape) * esize for p in range(a.pp) for e in mcore_stage(m, p)
+                       if e.shape is not None)
+        print(f"{a.layout}: {m.name} shapes, {m.layers} layers, hidden {m.h}, ffn {m.ffn}, "
+              f"heads {m.heads}/{m.groups}, vocab {m.vocab} (padded {m.padded_vocab}), "
+              f"{declared} tensor bytes, TP={a.tp} PP={a.pp}, {a.dtype} -> {a.out}", flush=True)
+        write = write_megatron if a.layout == "megatron" else write_megatron_dist
+        n = write(a.out, m, a.dtype, a.seed, a.iteration, a.dist_optim)
+        print(f"done: {n} data bytes in {time.time() - t0:.1f} s")
+        return 0
     if a.layout == "deepseek":
         config, tensors = deepseek_v3(a.layers or 61)
         w = a.world_size or 16

@@ -67,10 +67,10 @@ Result<Listing> list_torch(const fs::path& path) {
         placements_json += (i ? "," : "") + json_quote(to_string(t.dtensor->placements[i]));
       }
       row.extra += " dtensor global=" + shape_text(t.dtensor->global_shape) + " placements=(" +
-                   placements + ") mesh=" + shape_text(t.dtensor->mesh.shape);
+                   placements + ") mesh=" + shape_text(t.dtensor->mesh->shape);
       row.extra_json += ",\"dtensor\":{\"global_shape\":" + shape_text(t.dtensor->global_shape) +
                         ",\"placements\":[" + placements_json +
-                        "],\"mesh_shape\":" + shape_text(t.dtensor->mesh.shape) + "}";
+                        "],\"mesh_shape\":" + shape_text(t.dtensor->mesh->shape) + "}";
     }
     listing.rows.push_back(std::move(row));
   }

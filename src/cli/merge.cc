@@ -112,7 +112,8 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                  "directory with the model's config.json and tokenizer (RLinf: the base model), "
                  "when the checkpoint has none beside it");
   cmd.add_option("--threads", args.threads,
-                 "output files written (or hashed) at once, one thread each (0: one per core)")
+                 "output files written (or hashed), and rank files parsed, at once, one thread "
+                 "each (0: one per core)")
       ->capture_default_str();
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }
@@ -130,6 +131,7 @@ Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   options.use_rslora = args.use_rslora;
   if (!args.prefix.empty()) options.prefix = args.prefix;
   if (!args.hf_config.empty()) options.hf_config = args.hf_config;
+  options.threads = args.threads;
   return options;
 }
 
@@ -204,6 +206,10 @@ void add_plan(CLI::App& app, PlanArgs& args) {
   cmd->add_flag("--summary", args.summary, "omit each tensor's source fragments");
 }
 
+void print_part(std::string_view part) {
+  std::fwrite(part.data(), 1, part.size(), stdout);
+}
+
 int run_plan(const PlanArgs& args) {
   auto merge = plan_from_args(args.checkpoint);
   if (!merge.ok()) return report_error(merge.error());
@@ -212,13 +218,13 @@ int run_plan(const PlanArgs& args) {
       args.summary ? PlanSummaryOptions::Detail::kTensors : PlanSummaryOptions::Detail::kFragments;
   report.memory_window = ExecOptions{}.buffer_bytes;
   if (args.json) {
-    std::fputs(plan_to_json(merge->model, report).c_str(), stdout);
+    write_plan_json(merge->model, report, print_part);
   } else {
     print_notes(*merge, false);
-    std::fputs(plan_to_text(merge->model, report).c_str(), stdout);
+    write_plan_text(merge->model, report, print_part);
     if (merge->adapter) {
       std::printf("\nlora_adapter/:\n");
-      std::fputs(plan_to_text(*merge->adapter, report).c_str(), stdout);
+      write_plan_text(*merge->adapter, report, print_part);
     }
   }
   return kExitOk;

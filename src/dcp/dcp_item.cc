@@ -73,7 +73,7 @@ Result<StorageId> parse_storage_id(const Value& pid) {
   if (!pid.is(Kind::kTuple) || pid.items.size() < 5 || pid.items[0]->as_string() != "storage")
     return invalid_input("data.pkl: a persistent id is not a ('storage', ...) tuple");
   const auto& f = pid.items;
-  std::string cls = f[1]->class_name();
+  std::string cls(f[1]->class_name());
   StorageId id;
   if (cls != "UntypedStorage") {
     auto dtype = dtype_from_storage_class(cls);
@@ -86,18 +86,6 @@ Result<StorageId> parse_storage_id(const Value& pid) {
   id.key = std::string(*key);
   id.numel = static_cast<std::uint64_t>(*numel);
   return id;
-}
-
-void collect_persistent_ids(const ValuePtr& v, int depth, std::vector<const Value*>& out) {
-  if (!v || depth > 16) return;
-  if (v->is(Kind::kPersistentId)) {
-    out.push_back(v.get());
-    return;
-  }
-  for (const auto& x : v->items) collect_persistent_ids(x, depth + 1, out);
-  for (const auto& [k, x] : v->entries) collect_persistent_ids(x, depth + 1, out);
-  collect_persistent_ids(v->args, depth + 1, out);
-  collect_persistent_ids(v->state, depth + 1, out);
 }
 
 // The one tensor of an item's torch.save zip (`bytes` is the item; offsets relative to it).
@@ -123,8 +111,7 @@ Result<TorchTensor> read_item_tensor(std::span<const std::byte> bytes, const std
   if (!pickled.ok()) return pickled.error().with_context("data.pkl");
   ckpt.root = pickled->value;
 
-  std::vector<const Value*> pids;
-  collect_persistent_ids(pickled->value, 0, pids);
+  const std::vector<const Value*>& pids = pickled->persistent_ids;
   torch_internal::StorageUses uses;
   std::map<std::string, std::size_t> by_key;
   for (const Value* pid : pids) {
@@ -148,7 +135,13 @@ Result<TorchTensor> read_item_tensor(std::span<const std::byte> bytes, const std
     }
     uses[pid] = torch_internal::StorageUse{it->second, id.dtype};
   }
-  CKPT_TRY(torch_internal::collect_tensors(*pickled->value, uses, bytes, ckpt));
+  zip::ReadAt read = [bytes](std::uint64_t offset, std::span<std::byte> out) -> Status {
+    if (!range_fits(offset, out.size(), bytes.size()))
+      return invalid_input("a read past the end of the item");
+    std::memcpy(out.data(), bytes.data() + offset, out.size());
+    return {};
+  };
+  CKPT_TRY(torch_internal::collect_tensors(*pickled->value, uses, read, ckpt));
   if (ckpt.tensors.size() != 1 || !ckpt.tensors[0].name.empty())
     return invalid_input("data.pkl holds " + std::to_string(ckpt.tensors.size()) +
                          " tensors, expected the chunk alone");

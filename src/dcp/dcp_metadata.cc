@@ -46,7 +46,7 @@ Result<DType> properties_dtype(const ValuePtr& props, const std::string& fqn) {
   if (!is_instance(props, "TensorProperties"))
     return invalid_input("'" + fqn + "': properties is " + describe(props) +
                          ", not TensorProperties");
-  ValuePtr dtype;
+  ValuePtr dtype = nullptr;
   if (props->state && props->state->is(Kind::kTuple) && !props->state->items.empty() &&
       props->state->items[0]->is(Kind::kGlobal))
     dtype = props->state->items[0];
@@ -56,7 +56,7 @@ Result<DType> properties_dtype(const ValuePtr& props, const std::string& fqn) {
     return invalid_input("'" + fqn + "': TensorProperties has no torch.<dtype> (found " +
                          describe(dtype) + ")");
   auto d = dtype_from_torch_name(dtype->name);
-  if (!d) return unsupported("'" + fqn + "': unknown dtype torch." + dtype->name);
+  if (!d) return unsupported("'" + fqn + "': unknown dtype torch." + std::string(dtype->name));
   return *d;
 }
 
@@ -180,7 +180,7 @@ const StorageInfo* Metadata::find(const std::string& fqn,
 Result<Metadata> parse_metadata(std::span<const std::byte> bytes, const std::string& label) {
   auto parsed = [&]() -> Result<Metadata> {
     CKPT_ASSIGN_OR_RETURN(auto unpickled, pickle::unpickle(bytes));
-    const ValuePtr& root = unpickled.value;
+    const ValuePtr root = unpickled.value.get();
     if (!root || !root->is(Kind::kObject) || !root->attr("state_dict_metadata"))
       return invalid_input("not a DCP Metadata pickle (the pickled object is " + describe(root) +
                            ")");

@@ -36,6 +36,7 @@ struct MergeOptions {
   // The state dict as saved, for torch.save output: no LoRA fusing, tied-weight dropping or
   // expert unpacking, and no config needed.
   bool raw_state_dict = false;
+  unsigned threads = 0;  // rank files parsed at once (0: one per core)
 };
 
 // A directory for items that must be decoded before they can be streamed (zstd-compressed DCP

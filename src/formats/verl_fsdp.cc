@@ -18,11 +18,14 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <deque>
+#include <future>
 #include <map>
 #include <memory>
 #include <numeric>
 #include <set>
 #include <span>
+#include <thread>
 #include <unordered_map>
 
 #include "io/input_file.h"
@@ -162,7 +165,7 @@ Box local_box(const DTensorInfo& info, const std::vector<std::int64_t>& coord,
   for (std::size_t m = 0; m < info.placements.size(); ++m) {
     if (info.placements[m].kind != Placement::Kind::kShard) continue;
     std::size_t d = shard_dims[m];
-    std::int64_t pieces = info.mesh.shape[m];
+    std::int64_t pieces = info.mesh->shape[m];
     std::int64_t size = box.shape[d];
     std::int64_t chunk = size / pieces + (size % pieces != 0);
     std::int64_t begin = std::min(size, chunk * coord[m]);  // chunk * coord <= size * pieces
@@ -309,66 +312,225 @@ std::vector<std::size_t> visit_order(const TorchTensor& t) {
 
 // ---- merging ----------------------------------------------------------------------------------
 
-class Merger {
- public:
-  Merger(const FsdpCheckpoint& checkpoint, std::vector<TorchCheckpoint> ranks)
-      : checkpoint_(checkpoint), ranks_(std::move(ranks)) {}
+// Which ranks hold the first replica (coordinate 0 on every Replicate mesh dim), in mesh order.
+std::vector<std::int64_t> first_replica_ranks(const DTensorInfo& info) {
+  std::vector<std::int64_t> out;
+  for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat) {
+    auto coord = unravel(static_cast<std::int64_t>(flat), info.mesh->shape);
+    bool first = true;
+    for (std::size_t m = 0; m < coord.size(); ++m)
+      if (info.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0) first = false;
+    if (first) out.push_back(info.mesh->ranks[flat]);
+  }
+  return out;
+}
 
-  Result<MergedTensors> run() {
-    MergedTensors out;
-    out.inputs = checkpoint_.rank_files;
-    CKPT_TRY(index_names());
-    std::size_t dtensors = 0, plains = 0;
-    std::set<std::string> layouts;
-    for (std::size_t i = 0; i < ranks_[0].tensors.size(); ++i) {
-      const TorchTensor& t = ranks_[0].tensors[i];
-      std::vector<std::size_t> at(ranks_.size());
-      for (std::size_t r = 0; r < ranks_.size(); ++r) at[r] = names_[r].at(t.name);
-      auto merged = t.dtensor ? merge_dtensor(t.name, at) : merge_plain(t.name, at);
-      if (!merged.ok()) return merged.error().with_context("tensor " + t.name);
-      out.tensors.push_back(std::move(merged).value());
-      if (t.dtensor) {
-        ++dtensors;
-        layouts.insert(placements_text(*t.dtensor) + " over " + mesh_text(t.dtensor->mesh));
-      } else {
-        ++plains;
-      }
-    }
-    out.notes.push_back(
-        count(out.tensors.size(), "tensor") + " from " + count(ranks_.size(), "rank file") + ": " +
-        count(dtensors, "DTensor") + ", " + count(plains, "plain tensor") +
-        (ranks_.size() > 1 && plains ? " (identical on every rank, read once)" : ""));
-    for (const auto& layout : layouts) out.notes.push_back("placements " + layout);
-    if (!replica_note_.empty()) out.notes.push_back(replica_note_);
-    return out;
+bool same_mesh(const DeviceMeshInfo& a, const DeviceMeshInfo& b) {
+  return &a == &b || (a.shape == b.shape && a.ranks == b.ranks && a.dim_names == b.dim_names);
+}
+
+// Rank files are read ahead of the merge in two stages: the I/O-bound first step
+// (PendingTorchFile::open: zip directory, local headers, data.pkl bytes) of up to `threads` files
+// at once, and the CPU- and memory-bound second step (the pickle graph) of one file at a time,
+// one rank ahead of the caller. So however large W is, one pickle graph is in memory at a time.
+class RankReader {
+ public:
+  RankReader(const std::vector<fs::path>& files, unsigned threads)
+      : files_(files), window_(std::max(1u, threads)) {}
+
+  Result<TorchCheckpoint> next() {
+    if (!graph_.valid()) start_graph();
+    auto ckpt = graph_.get();
+    start_graph();  // the next file's graph is built while the caller merges this one
+    return ckpt;
+  }
+
+  ~RankReader() {
+    if (graph_.valid()) graph_.wait();
+    for (auto& p : opening_) p.wait();
   }
 
  private:
+  using Opened = std::future<Result<PendingTorchFile>>;
+
+  void fill() {
+    while (opening_.size() < window_ && launched_ < files_.size()) {
+      const fs::path& path = files_[launched_++];
+      opening_.push_back(
+          std::async(std::launch::async, [&path] { return PendingTorchFile::open(path); }));
+    }
+  }
+
+  void start_graph() {
+    fill();
+    if (opening_.empty()) return;
+    Opened opened = std::move(opening_.front());
+    opening_.pop_front();
+    fill();
+    graph_ = std::async(
+        std::launch::async, [opened = std::move(opened)]() mutable -> Result<TorchCheckpoint> {
+          auto pending = opened.get();
+          if (!pending.ok()) return pending.error();
+          CKPT_ASSIGN_OR_RETURN(auto ckpt, std::move(*pending).read());
+          ckpt.root.reset();  // the tensors are extracted; the graph would only hold memory
+          return ckpt;
+        });
+  }
+
+  const std::vector<fs::path>& files_;
+  std::size_t window_;
+  std::size_t launched_ = 0;
+  std::deque<Opened> opening_;
+  std::future<Result<TorchCheckpoint>> graph_;
+};
+
+// Folds the rank files into logical tensors one rank at a time: rank 0's file fixes the names,
+// order and DTensor specs; every other rank's file is checked against it and contributes its
+// local shards as fragments, then is dropped. Memory holds rank 0's tensor list, the fragments
+// and the files being parsed, not W parsed files.
+class Merger {
+ public:
+  Merger(const FsdpCheckpoint& checkpoint, unsigned threads)
+      : checkpoint_(checkpoint), threads_(threads) {}
+
+  Result<MergedTensors> run() {
+    RankReader reader(checkpoint_.rank_files, threads_);
+    for (std::size_t r = 0; r < checkpoint_.rank_files.size(); ++r) {
+      CKPT_ASSIGN_OR_RETURN(TorchCheckpoint ckpt, reader.next());
+      if (r == 0) {
+        first_ = std::move(ckpt);
+        CKPT_TRY(start());
+        CKPT_TRY(add_rank(0, first_));
+      } else {
+        CKPT_TRY(add_rank(r, ckpt));
+      }
+    }
+    return finish();
+  }
+
+ private:
+  struct Pending {
+    LogicalTensor tensor;
+    std::vector<std::size_t> shard_dims;     // DTensor: per mesh dim, the sharded tensor dim
+    std::vector<std::size_t> rank_position;  // DTensor: rank -> flat mesh index
+    std::vector<std::pair<std::size_t, int>> order;  // (mesh position, rank) of each fragment
+    std::vector<std::size_t> visit;                  // plain: dims in hashing order
+    std::optional<Digest> digest;                    // plain: rank 0's values
+    bool rank0_big_endian = false;
+  };
+
   std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
   std::string rank_text(std::size_t r) const {
     return "rank " + std::to_string(r) + " (" + file_of(r) + ")";
   }
+  static Error in_tensor(const Error& error, const std::string& name) {
+    return error.with_context("tensor " + name);
+  }
 
-  // Every rank file holds the same names, each once.
-  Status index_names() {
-    names_.resize(ranks_.size());
-    for (std::size_t r = 0; r < ranks_.size(); ++r) {
-      for (std::size_t i = 0; i < ranks_[r].tensors.size(); ++i)
-        if (!names_[r].emplace(ranks_[r].tensors[i].name, i).second)
-          return invalid_input(file_of(r) + ": tensor " + ranks_[r].tensors[i].name +
-                               " appears twice");
-    }
-    for (std::size_t r = 1; r < ranks_.size(); ++r) {
-      for (const auto& t : ranks_[0].tensors)
-        if (!names_[r].count(t.name))
-          return invalid_input("tensor " + t.name + " is in rank 0's file " + file_of(0) +
-                               " but missing from " + rank_text(r));
-      for (const auto& t : ranks_[r].tensors)
-        if (!names_[0].count(t.name))
-          return invalid_input("tensor " + t.name + " is in " + rank_text(r) +
-                               " but missing from rank 0's file " + file_of(0));
+  // Rank 0 fixes the tensors: names once each, DTensor layouts this merger can rebuild.
+  Status start() {
+    const std::size_t world = checkpoint_.rank_files.size();
+    pending_.resize(first_.tensors.size());
+    index_.reserve(first_.tensors.size());
+    for (std::size_t i = 0; i < first_.tensors.size(); ++i) {
+      const TorchTensor& t = first_.tensors[i];
+      if (!index_.emplace(t.name, i).second)
+        return invalid_input(file_of(0) + ": tensor " + t.name + " appears twice");
+      Pending& p = pending_[i];
+      p.tensor.name = t.name;
+      if (t.dtensor) {
+        const DTensorInfo& info = *t.dtensor;
+        auto dims = check_layout(info);
+        if (!dims.ok()) return in_tensor(dims.error(), t.name);
+        p.shard_dims = std::move(*dims);
+        p.rank_position.assign(world, 0);
+        for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat)
+          p.rank_position[static_cast<std::size_t>(info.mesh->ranks[flat])] = flat;
+        p.tensor.source_dtype = p.tensor.dtype = info.dtype;
+        p.tensor.shape = info.global_shape;
+      } else {
+        p.tensor.source_dtype = p.tensor.dtype = t.dtype;
+        p.tensor.shape = t.shape;
+        p.visit = visit_order(t);
+        p.rank0_big_endian = first_.big_endian;
+      }
     }
     return {};
+  }
+
+  // Every tensor of rank r's file, matched by name with rank 0's.
+  Status add_rank(std::size_t r, const TorchCheckpoint& ckpt) {
+    std::vector<bool> seen(first_.tensors.size(), false);
+    std::optional<InputFile> file;  // opened for the first plain tensor to compare
+    for (std::size_t j = 0; j < ckpt.tensors.size(); ++j) {
+      const TorchTensor& t = ckpt.tensors[j];
+      auto it = index_.find(t.name);
+      if (it == index_.end())
+        return invalid_input("tensor " + t.name + " is in " + rank_text(r) +
+                             " but missing from rank 0's file " + file_of(0));
+      std::size_t i = it->second;
+      if (seen[i]) return invalid_input(file_of(r) + ": tensor " + t.name + " appears twice");
+      seen[i] = true;
+      const TorchTensor& reference = first_.tensors[i];
+      Status status = reference.dtensor ? add_dtensor(pending_[i], reference, r, ckpt, j)
+                                        : add_plain(pending_[i], reference, r, ckpt, j, file);
+      if (!status.ok()) return in_tensor(status.error(), t.name);
+    }
+    for (std::size_t i = 0; i < seen.size(); ++i)
+      if (!seen[i])
+        return invalid_input("tensor " + first_.tensors[i].name + " is in rank 0's file " +
+                             file_of(0) + " but missing from " + rank_text(r));
+    return {};
+  }
+
+  Result<MergedTensors> finish() {
+    MergedTensors out;
+    out.inputs = checkpoint_.rank_files;
+    std::size_t dtensors = 0, plains = 0;
+    std::set<std::string> layouts;
+    for (std::size_t i = 0; i < pending_.size(); ++i) {
+      Pending& p = pending_[i];
+      const TorchTensor& t = first_.tensors[i];
+      if (t.dtensor) {
+        ++dtensors;
+        // Fragments in mesh order, whatever order the ranks were read in.
+        std::vector<std::size_t> sorted(p.order.size());
+        std::iota(sorted.begin(), sorted.end(), std::size_t{0});
+        std::sort(sorted.begin(), sorted.end(), [&](std::size_t a, std::size_t b) {
+          return p.order[a].first < p.order[b].first;
+        });
+        std::vector<Fragment> fragments;
+        std::vector<int> owners;
+        fragments.reserve(sorted.size());
+        for (std::size_t k : sorted) {
+          fragments.push_back(std::move(p.tensor.fragments[k]));
+          owners.push_back(p.order[k].second);
+        }
+        p.tensor.fragments = std::move(fragments);
+        Status tiled = check_tiling(p.tensor, owners);
+        if (!tiled.ok()) return in_tensor(tiled.error(), t.name);
+        layouts.insert(placements_text(*t.dtensor) + " over " + mesh_text(*t.dtensor->mesh));
+        if (replica_note_.empty()) {
+          auto readers = first_replica_ranks(*t.dtensor);
+          if (readers.size() < checkpoint_.rank_files.size()) {
+            std::string list;
+            for (auto r : readers) list += (list.empty() ? "" : ", ") + std::to_string(r);
+            replica_note_ = "replicated mesh dims: one replica read (ranks " + list + ")";
+          }
+        }
+      } else {
+        ++plains;
+        p.tensor.fragments.push_back(Fragment{first_.ref(i, 0), Shape(p.tensor.shape.size(), 0)});
+      }
+      out.tensors.push_back(std::move(p.tensor));
+    }
+    const std::size_t world = checkpoint_.rank_files.size();
+    out.notes.push_back(count(out.tensors.size(), "tensor") + " from " + count(world, "rank file") +
+                        ": " + count(dtensors, "DTensor") + ", " + count(plains, "plain tensor") +
+                        (world > 1 && plains ? " (identical on every rank, read once)" : ""));
+    for (const auto& layout : layouts) out.notes.push_back("placements " + layout);
+    if (!replica_note_.empty()) out.notes.push_back(replica_note_);
+    return out;
   }
 
   // Placements this merger can rebuild, on a mesh of data-parallel dims holding every rank once.
@@ -396,7 +558,7 @@ class Merger {
         shard_dims[m] = static_cast<std::size_t>(d);
       }
     }
-    const DeviceMeshInfo& mesh = info.mesh;
+    const DeviceMeshInfo& mesh = *info.mesh;
     for (std::size_t m = 0; m < mesh.dim_names.size(); ++m)
       if (!is_data_parallel_dim(mesh.dim_names[m]))
         return unsupported("mesh dimension '" + mesh.dim_names[m] + "' (" + mesh_text(mesh) +
@@ -408,145 +570,98 @@ class Merger {
     if (!size || static_cast<std::uint64_t>(*size) != mesh.ranks.size())
       return invalid_input("malformed device mesh: shape " + shape_text(mesh.shape) + " with " +
                            std::to_string(mesh.ranks.size()) + " ranks");
+    const std::size_t world = checkpoint_.rank_files.size();
     std::set<std::int64_t> ranks(mesh.ranks.begin(), mesh.ranks.end());
-    if (ranks.size() != mesh.ranks.size() || mesh.ranks.size() != ranks_.size() ||
-        *ranks.begin() != 0 || *ranks.rbegin() != static_cast<std::int64_t>(ranks_.size()) - 1)
+    if (ranks.size() != mesh.ranks.size() || mesh.ranks.size() != world || *ranks.begin() != 0 ||
+        *ranks.rbegin() != static_cast<std::int64_t>(world) - 1)
       return invalid_input("the device mesh holds ranks " + shape_text(mesh.ranks) +
                            ", but the checkpoint has the files of ranks 0.." +
-                           std::to_string(ranks_.size() - 1));
+                           std::to_string(world - 1));
     return shard_dims;
   }
 
-  // Every rank holds the same DTensorSpec (dtype, global shape, placements, mesh) and a local
-  // tensor of that dtype.
-  Status check_same_spec(const std::vector<std::size_t>& at) const {
-    const DTensorInfo& first = *ranks_[0].tensors[at[0]].dtensor;
-    for (std::size_t r = 0; r < ranks_.size(); ++r) {
-      const TorchTensor& t = ranks_[r].tensors[at[r]];
-      if (!t.dtensor)
-        return invalid_input("a DTensor on rank 0 but a plain tensor on " + rank_text(r));
-      const DTensorInfo& info = *t.dtensor;
-      if (info.dtype != first.dtype || info.global_shape != first.global_shape)
-        return invalid_input(rank_text(r) + " says " + std::string(torch_name(info.dtype)) + " " +
-                             shape_text(info.global_shape) + ", rank 0 says " +
-                             std::string(torch_name(first.dtype)) + " " +
-                             shape_text(first.global_shape));
-      bool same = info.placements.size() == first.placements.size() &&
-                  info.mesh.shape == first.mesh.shape && info.mesh.ranks == first.mesh.ranks &&
-                  info.mesh.dim_names == first.mesh.dim_names;
-      for (std::size_t m = 0; same && m < info.placements.size(); ++m)
-        same = same_placement(info.placements[m], first.placements[m]);
-      if (!same)
-        return invalid_input(rank_text(r) + " has placements " + placements_text(info) + " over " +
-                             mesh_text(info.mesh) + " " + shape_text(info.mesh.ranks) +
-                             ", rank 0 has " + placements_text(first) + " over " +
-                             mesh_text(first.mesh) + " " + shape_text(first.mesh.ranks));
-      if (t.dtype != info.dtype)
-        return invalid_input(rank_text(r) + " holds a " + std::string(torch_name(t.dtype)) +
-                             " local shard of a " + std::string(torch_name(info.dtype)) +
-                             " DTensor");
-      if (t.conj || t.neg)
-        return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
-    }
+  // Rank r holds the same DTensorSpec as rank 0 (dtype, global shape, placements, mesh), a local
+  // tensor of that dtype, and the local shape its mesh coordinate gives; its shard becomes a
+  // fragment unless it is a further replica or empty.
+  Status add_dtensor(Pending& p, const TorchTensor& reference, std::size_t r,
+                     const TorchCheckpoint& ckpt, std::size_t j) {
+    const DTensorInfo& first = *reference.dtensor;
+    const TorchTensor& t = ckpt.tensors[j];
+    if (!t.dtensor)
+      return invalid_input("a DTensor on rank 0 but a plain tensor on " + rank_text(r));
+    const DTensorInfo& info = *t.dtensor;
+    if (info.dtype != first.dtype || info.global_shape != first.global_shape)
+      return invalid_input(rank_text(r) + " says " + std::string(torch_name(info.dtype)) + " " +
+                           shape_text(info.global_shape) + ", rank 0 says " +
+                           std::string(torch_name(first.dtype)) + " " +
+                           shape_text(first.global_shape));
+    bool same =
+        info.placements.size() == first.placements.size() && same_mesh(*info.mesh, *first.mesh);
+    for (std::size_t m = 0; same && m < info.placements.size(); ++m)
+      same = same_placement(info.placements[m], first.placements[m]);
+    if (!same)
+      return invalid_input(rank_text(r) + " has placements " + placements_text(info) + " over " +
+                           mesh_text(*info.mesh) + " " + shape_text(info.mesh->ranks) +
+                           ", rank 0 has " + placements_text(first) + " over " +
+                           mesh_text(*first.mesh) + " " + shape_text(first.mesh->ranks));
+    if (t.dtype != info.dtype)
+      return invalid_input(rank_text(r) + " holds a " + std::string(torch_name(t.dtype)) +
+                           " local shard of a " + std::string(torch_name(info.dtype)) + " DTensor");
+    if (t.conj || t.neg)
+      return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
+    std::size_t flat = p.rank_position[r];
+    auto coord = unravel(static_cast<std::int64_t>(flat), first.mesh->shape);
+    Box box = local_box(first, coord, p.shard_dims);
+    if (t.shape != box.shape)
+      return invalid_input(rank_text(r) + " holds a local shard of shape " + shape_text(t.shape) +
+                           ", but " + placements_text(first) + " of " +
+                           shape_text(first.global_shape) + " over " + mesh_text(*first.mesh) +
+                           " gives " + shape_text(box.shape) + " at mesh coordinate " +
+                           shape_text(coord));
+    for (std::size_t m = 0; m < coord.size(); ++m)
+      if (first.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0) return {};
+    if (*checked_numel(box.shape) == 0) return {};
+    p.tensor.fragments.push_back(Fragment{ckpt.ref(j, r), std::move(box.offsets)});
+    p.order.emplace_back(flat, static_cast<int>(r));
     return {};
-  }
-
-  Result<LogicalTensor> merge_dtensor(const std::string& name, const std::vector<std::size_t>& at) {
-    const DTensorInfo& info = *ranks_[0].tensors[at[0]].dtensor;
-    CKPT_ASSIGN_OR_RETURN(auto shard_dims, check_layout(info));
-    CKPT_TRY(check_same_spec(at));
-    LogicalTensor tensor;
-    tensor.name = name;
-    tensor.source_dtype = tensor.dtype = info.dtype;
-    tensor.shape = info.global_shape;
-    std::vector<int> owners;
-    std::vector<std::size_t> readers;
-    for (std::size_t flat = 0; flat < info.mesh.ranks.size(); ++flat) {
-      auto r = static_cast<std::size_t>(info.mesh.ranks[flat]);
-      auto coord = unravel(static_cast<std::int64_t>(flat), info.mesh.shape);
-      Box box = local_box(info, coord, shard_dims);
-      const TorchTensor& t = ranks_[r].tensors[at[r]];
-      if (t.shape != box.shape)
-        return invalid_input(rank_text(r) + " holds a local shard of shape " + shape_text(t.shape) +
-                             ", but " + placements_text(info) + " of " +
-                             shape_text(info.global_shape) + " over " + mesh_text(info.mesh) +
-                             " gives " + shape_text(box.shape) + " at mesh coordinate " +
-                             shape_text(coord));
-      bool first_replica = true;
-      for (std::size_t m = 0; m < coord.size(); ++m)
-        if (info.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0)
-          first_replica = false;
-      if (!first_replica) continue;
-      readers.push_back(r);
-      if (*checked_numel(box.shape) == 0) continue;
-      tensor.fragments.push_back(Fragment{ranks_[r].ref(at[r], r), box.offsets});
-      owners.push_back(static_cast<int>(r));
-    }
-    CKPT_TRY(check_tiling(tensor, owners));
-    if (readers.size() < ranks_.size() && replica_note_.empty()) {
-      std::string list;
-      for (auto r : readers) list += (list.empty() ? "" : ", ") + std::to_string(r);
-      replica_note_ = "replicated mesh dims: one replica read (ranks " + list + ")";
-    }
-    return tensor;
   }
 
   // A plain tensor must be the same on every rank (a replicated buffer); rank 0's is taken.
-  Result<LogicalTensor> merge_plain(const std::string& name, const std::vector<std::size_t>& at) {
-    const TorchTensor& first = ranks_[0].tensors[at[0]];
-    for (std::size_t r = 0; r < ranks_.size(); ++r) {
-      const TorchTensor& t = ranks_[r].tensors[at[r]];
-      if (t.dtensor)
-        return invalid_input("a plain tensor on rank 0 but a DTensor on " + rank_text(r));
-      if (t.dtype != first.dtype || t.shape != first.shape)
-        return invalid_input("a plain tensor that differs between ranks: rank 0 holds " +
-                             std::string(torch_name(first.dtype)) + " " + shape_text(first.shape) +
-                             ", " + rank_text(r) + " holds " + std::string(torch_name(t.dtype)) +
-                             " " + shape_text(t.shape));
-      if (t.conj || t.neg)
-        return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
+  Status add_plain(Pending& p, const TorchTensor& first, std::size_t r, const TorchCheckpoint& ckpt,
+                   std::size_t j, std::optional<InputFile>& file) {
+    const TorchTensor& t = ckpt.tensors[j];
+    if (t.dtensor)
+      return invalid_input("a plain tensor on rank 0 but a DTensor on " + rank_text(r));
+    if (t.dtype != first.dtype || t.shape != first.shape)
+      return invalid_input("a plain tensor that differs between ranks: rank 0 holds " +
+                           std::string(torch_name(first.dtype)) + " " + shape_text(first.shape) +
+                           ", " + rank_text(r) + " holds " + std::string(torch_name(t.dtype)) +
+                           " " + shape_text(t.shape));
+    if (t.conj || t.neg)
+      return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
+    if (checkpoint_.rank_files.size() == 1) return {};
+    if (!file) {
+      CKPT_ASSIGN_OR_RETURN(auto opened, InputFile::open(checkpoint_.rank_files[r]));
+      file.emplace(std::move(opened));
     }
-    if (ranks_.size() > 1) CKPT_TRY(check_identical(at));
-    LogicalTensor tensor;
-    tensor.name = name;
-    tensor.source_dtype = tensor.dtype = first.dtype;
-    tensor.shape = first.shape;
-    tensor.fragments.push_back(Fragment{ranks_[0].ref(at[0], 0), Shape(first.shape.size(), 0)});
-    return tensor;
-  }
-
-  Status check_identical(const std::vector<std::size_t>& at) {
-    auto order = visit_order(ranks_[0].tensors[at[0]]);
-    std::optional<Digest> first;
-    for (std::size_t r = 0; r < ranks_.size(); ++r) {
-      CKPT_ASSIGN_OR_RETURN(const InputFile* file, input(r));
-      TensorRef ref = ranks_[r].ref(at[r], r);
-      auto digest = hash_view(*file, ref, order);
-      if (!digest.ok()) return digest.error().with_context(rank_text(r));
-      if (!first) {
-        first = *digest;
-      } else if (*digest != *first || ref.byteswap != ranks_[0].big_endian) {
-        return invalid_input("a plain tensor whose values differ between rank 0 (" + file_of(0) +
-                             ") and " + rank_text(r) +
-                             "; a tensor that is not a DTensor must be identical on every rank");
-      }
+    TensorRef ref = ckpt.ref(j, r);
+    auto digest = hash_view(*file, ref, p.visit);
+    if (!digest.ok()) return digest.error().with_context(rank_text(r));
+    if (!p.digest) {
+      p.digest = *digest;
+    } else if (*digest != *p.digest || ref.byteswap != p.rank0_big_endian) {
+      return invalid_input("a plain tensor whose values differ between rank 0 (" + file_of(0) +
+                           ") and " + rank_text(r) +
+                           "; a tensor that is not a DTensor must be identical on every rank");
     }
     return {};
   }
 
-  Result<const InputFile*> input(std::size_t r) {
-    if (files_.size() != ranks_.size()) files_.resize(ranks_.size());
-    if (!files_[r]) {
-      CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(checkpoint_.rank_files[r]));
-      files_[r] = std::make_unique<InputFile>(std::move(file));
-    }
-    return files_[r].get();
-  }
-
   const FsdpCheckpoint& checkpoint_;
-  std::vector<TorchCheckpoint> ranks_;
-  std::vector<std::unordered_map<std::string, std::size_t>> names_;
-  std::vector<std::unique_ptr<InputFile>> files_;
+  unsigned threads_;
+  TorchCheckpoint first_;
+  std::unordered_map<std::string_view, std::size_t> index_;  // views of first_'s names
+  std::vector<Pending> pending_;
   std::string replica_note_;
 };
 
@@ -625,20 +740,14 @@ Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
   return ckpt;
 }
 
-Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint) {
+Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads) {
   if (checkpoint.rank_files.empty() ||
       checkpoint.rank_files.size() != static_cast<std::size_t>(checkpoint.world_size))
     return invalid_input(checkpoint.dir.string() + ": " +
                          std::to_string(checkpoint.rank_files.size()) +
                          " rank files for world size " + std::to_string(checkpoint.world_size));
-  std::vector<TorchCheckpoint> ranks;
-  ranks.reserve(checkpoint.rank_files.size());
-  for (const auto& path : checkpoint.rank_files) {
-    CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
-    ckpt.root.reset();  // the tensors are extracted: W pickle trees would not fit at scale
-    ranks.push_back(std::move(ckpt));
-  }
-  return Merger(checkpoint, std::move(ranks)).run();
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  return Merger(checkpoint, threads).run();
 }
 
 }  // namespace ckptstream

@@ -43,7 +43,8 @@ struct MergedTensors {
 // Shard(d) with torch.chunk semantics, Replicate, 2-d (ddp, fsdp) meshes read from one
 // replica), checked against the DTensorSpec's global shape and dtype and for exact tiling.
 // Plain tensors must be identical on every rank and are taken once. Unsupported placements
-// (Partial, _StridedShard, a tp mesh dimension) are clear errors naming the tensor.
-Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint);
+// (Partial, _StridedShard, a tp mesh dimension) are clear errors naming the tensor. Rank files
+// are parsed on up to `threads` threads (0: one per core), that many at a time.
+Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0);
 
 }  // namespace ckptstream

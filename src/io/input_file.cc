@@ -95,6 +95,14 @@ Result<std::span<const std::byte>> InputFile::mapped() const {
                                     mapping_->source.size());
 }
 
+void InputFile::random_access() const {
+  ::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
+}
+
+void InputFile::will_need(std::uint64_t offset, std::uint64_t length) const {
+  ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_WILLNEED);
+}
+
 void InputFile::drop_cache(std::uint64_t offset, std::uint64_t length) const {
   ::posix_fadvise(fd_, static_cast<off_t>(offset), static_cast<off_t>(length), POSIX_FADV_DONTNEED);
 }

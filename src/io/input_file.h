@@ -35,6 +35,14 @@ class InputFile {
   // mapping a large file and reading only its metadata costs only those pages.
   Result<std::span<const std::byte>> mapped() const;
 
+  // No read-around for this open file: metadata reads (zip headers scattered between tensors)
+  // would otherwise each pull up to read_ahead_kb of tensor data into the page cache.
+  void random_access() const;
+
+  // Starts reading [offset, offset+length) into the page cache without waiting: many scattered
+  // small reads queued at once instead of one synchronous disk round trip each.
+  void will_need(std::uint64_t offset, std::uint64_t length) const;
+
   // Tells the kernel that the page-cache pages of [offset, offset+length) will not be read again.
   void drop_cache(std::uint64_t offset, std::uint64_t length) const;
 

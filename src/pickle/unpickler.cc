@@ -1,5 +1,6 @@
 #include "pickle/unpickler.h"
 
+#include <array>
 #include <bit>
 #include <charconv>
 #include <cstdio>
@@ -223,30 +224,26 @@ std::optional<std::string> decode_string_literal(std::string_view in) {
   return out;
 }
 
-// Two's-complement little-endian bytes -> Int when they fit int64, else BigInt.
-ValuePtr make_long(std::string bytes) {
+// Two's-complement little-endian bytes that fit int64, as that int; nullopt when they do not.
+std::optional<std::int64_t> small_long(std::string_view bytes) {
   std::size_t n = bytes.size();
-  if (n == 0) return Value::int_value(0);
+  if (n == 0) return 0;
   bool negative = (static_cast<std::uint8_t>(bytes[n - 1]) & 0x80) != 0;
   auto fill = static_cast<char>(negative ? 0xFF : 0x00);
-  bool fits = true;
-  for (std::size_t i = 8; i < n; ++i) fits = fits && bytes[i] == fill;
-  if (n > 8) fits = fits && ((static_cast<std::uint8_t>(bytes[7]) & 0x80) != 0) == negative;
-  if (!fits) {
-    auto v = std::make_shared<Value>(Kind::kBigInt);
-    v->text = std::move(bytes);
-    return v;
-  }
+  for (std::size_t i = 8; i < n; ++i)
+    if (bytes[i] != fill) return std::nullopt;
+  if (n > 8 && ((static_cast<std::uint8_t>(bytes[7]) & 0x80) != 0) != negative) return std::nullopt;
   std::uint64_t u = negative ? ~std::uint64_t{0} : 0;
   for (std::size_t i = 0; i < std::min<std::size_t>(n, 8); ++i) {
     u &= ~(std::uint64_t{0xFF} << (8 * i));
     u |= std::uint64_t{static_cast<std::uint8_t>(bytes[i])} << (8 * i);
   }
-  return Value::int_value(static_cast<std::int64_t>(u));
+  return static_cast<std::int64_t>(u);
 }
 
-// A decimal integer literal (protocol-0 INT / LONG) of any size.
-std::optional<ValuePtr> parse_decimal(std::string_view s) {
+// A decimal integer literal (protocol-0 INT / LONG) of any size, as two's-complement
+// little-endian bytes.
+std::optional<std::string> parse_decimal(std::string_view s) {
   bool negative = false;
   if (!s.empty() && (s[0] == '-' || s[0] == '+')) {
     negative = s[0] == '-';
@@ -273,27 +270,68 @@ std::optional<ValuePtr> parse_decimal(std::string_view s) {
       carry = x >> 8;
     }
   }
-  return make_long(std::string(mag.begin(), mag.end()));
+  return std::string(mag.begin(), mag.end());
 }
 
-bool is_builtins(const std::string& module) {
+bool is_builtins(std::string_view module) {
   return module == "builtins" || module == "__builtin__";
 }
 
+bool is_latin1_name(std::string_view s) {
+  return s == "latin1" || s == "latin-1";
+}
+
+constexpr std::size_t kMaxPickle = UINT32_MAX;  // keeps every container's count in 32 bits
+constexpr std::int64_t kSmallInts = 1 << 16;
+constexpr std::size_t kSharedTupleMax = 4;
+
+struct TupleKey {
+  std::array<const Value*, kSharedTupleMax> items;
+  std::size_t size;
+  bool operator==(const TupleKey&) const = default;
+};
+struct TupleKeyHash {
+  std::size_t operator()(const TupleKey& k) const {
+    std::size_t h = k.size;
+    for (std::size_t i = 0; i < k.size; ++i)
+      h = h * 0x9E3779B97F4A7C15ull ^ std::hash<const Value*>()(k.items[i]);
+    return h;
+  }
+};
+
+// Memo indices are dense in practice (Python numbers them 0, 1, 2, ...); a vector holds those,
+// a map the rare far-off ones, so that a hostile index cannot make us allocate gigabytes.
+constexpr std::uint64_t kDenseMemoSlack = 1u << 16;
+
 class Machine {
  public:
-  Machine(std::span<const std::byte> data, std::size_t offset) : data_(data), pos_(offset) {}
+  Machine(std::span<const std::byte> data, std::size_t offset)
+      : data_(data), pos_(offset), arena_(std::make_shared<Arena>()), a_(*arena_) {
+    none_ = shared(Kind::kNone);
+    true_ = shared(Kind::kBool);
+    true_->boolean = true;
+    false_ = shared(Kind::kBool);
+    empty_tuple_ = shared(Kind::kTuple);
+  }
 
   Result<Unpickled> run() {
     if (pos_ > data_.size()) return fail_at(pos_, "start offset past the end of the data");
+    if (data_.size() - pos_ > kMaxPickle)
+      return Error{ErrorKind::kUnsupported,
+                   fail_at(pos_, "a pickle of 4 GiB or more is not supported").message};
     while (true) {
       op_offset_ = pos_;
       if (pos_ >= data_.size()) return fail("truncated stream (no STOP opcode)");
       auto op = static_cast<std::uint8_t>(data_[pos_++]);
       if (op == kStop) {
         CKPT_ASSIGN_OR_RETURN(ValuePtr top, pop());
-        return Unpickled{std::move(top), pos_};
+        Unpickled out;
+        out.value = std::shared_ptr<Value>(arena_, top);  // keeps the arena alive
+        out.end = pos_;
+        out.persistent_ids = std::move(persistent_ids_);
+        return out;
       }
+      if (fast_step(op)) continue;
       CKPT_TRY(step(op));
     }
   }
@@ -303,6 +341,95 @@ class Machine {
     return invalid_input("pickle: " + what + " at offset " + std::to_string(at));
   }
   Error fail(const std::string& what) const { return fail_at(op_offset_, what); }
+
+  // ---- values --------------------------------------------------------------------------------
+  ValuePtr make(Kind kind) { return a_.make(kind); }
+  ValuePtr shared(Kind kind) {
+    ValuePtr v = make(kind);
+    v->shared = true;
+    return v;
+  }
+  ValuePtr boolean(bool b) { return b ? true_ : false_; }
+  ValuePtr integer(std::int64_t i) {
+    // Sizes, strides and offsets repeat in every tensor record: one node per value.
+    if (i >= 0 && i < kSmallInts) {
+      if (small_ints_.empty()) small_ints_.resize(kSmallInts, nullptr);
+      ValuePtr& v = small_ints_[static_cast<std::size_t>(i)];
+      if (!v) {
+        v = shared(Kind::kInt);
+        v->integer = i;
+      }
+      return v;
+    }
+    auto [it, inserted] = ints_.emplace(i, nullptr);
+    if (inserted) {
+      it->second = shared(Kind::kInt);
+      it->second->integer = i;
+    }
+    return it->second;
+  }
+  ValuePtr long_value(std::string_view twos_complement_le) {
+    if (auto i = small_long(twos_complement_le)) return integer(*i);
+    ValuePtr v = make(Kind::kBigInt);
+    v->text = a_.copy(twos_complement_le);
+    return v;
+  }
+  ValuePtr text_value(Kind kind, std::string_view text) {
+    ValuePtr v = make(kind);
+    v->text = a_.copy(text);
+    return v;
+  }
+  ValuePtr float_value(double d) {
+    ValuePtr v = make(Kind::kFloat);
+    v->real = d;
+    return v;
+  }
+  ValuePtr global(std::string_view module, std::string_view name) {
+    ValuePtr v = make(Kind::kGlobal);
+    v->module = a_.copy(module);
+    v->name = a_.copy(name);
+    return v;
+  }
+  ValuePtr container(Kind kind, std::span<const ValuePtr> items) {
+    if (kind == Kind::kTuple) return tuple(items);
+    ValuePtr v = make(kind);
+    a_.append(v->items, items);
+    return v;
+  }
+  // Tuples are immutable: those made only of shared values ((448,), (1,), (7168, 2048) in every
+  // tensor record) are shared too, keyed by their items' identities.
+  ValuePtr tuple(std::span<const ValuePtr> items) {
+    if (items.empty()) return empty_tuple_;
+    bool all_shared = items.size() <= kSharedTupleMax;
+    for (std::size_t i = 0; all_shared && i < items.size(); ++i) all_shared = items[i]->shared;
+    if (!all_shared) {
+      ValuePtr v = make(Kind::kTuple);
+      a_.append(v->items, items);
+      return v;
+    }
+    TupleKey key{};
+    std::copy(items.begin(), items.end(), key.items.begin());
+    key.size = items.size();
+    auto [it, inserted] = tuples_.try_emplace(key, nullptr);
+    if (inserted) {
+      it->second = shared(Kind::kTuple);
+      a_.append(it->second->items, items);
+    }
+    return it->second;
+  }
+  ValuePtr object(ValuePtr callable, ValuePtr args, ValuePtr kwargs = nullptr) {
+    ValuePtr v = make(Kind::kObject);
+    v->callable = callable;
+    v->args = args;
+    v->kwargs = kwargs;
+    return v;
+  }
+  ValuePtr persistent_id(ValuePtr pid) {
+    ValuePtr v = make(Kind::kPersistentId);
+    v->args = pid;
+    persistent_ids_.push_back(v);
+    return v;
+  }
 
   // ---- reading inline arguments -------------------------------------------------------------
   Status need(std::uint64_t n) const {
@@ -319,31 +446,32 @@ class Machine {
     pos_ += static_cast<std::size_t>(width);
     return v;
   }
-  Result<std::string> read_bytes(std::uint64_t n) {
+  Result<std::string_view> read_bytes(std::uint64_t n) {
     CKPT_TRY(need(n));
-    std::string s(reinterpret_cast<const char*>(data_.data() + pos_), static_cast<std::size_t>(n));
+    std::string_view s(reinterpret_cast<const char*>(data_.data() + pos_),
+                       static_cast<std::size_t>(n));
     pos_ += static_cast<std::size_t>(n);
     return s;
   }
-  Result<std::string> read_line() {
+  Result<std::string_view> read_line() {
     const auto* begin = reinterpret_cast<const char*>(data_.data() + pos_);
     const void* nl = std::memchr(begin, '\n', data_.size() - pos_);
     if (!nl) return fail("truncated stream (unterminated text argument)");
     std::size_t len = static_cast<std::size_t>(static_cast<const char*>(nl) - begin);
     pos_ += len + 1;
-    return std::string(begin, len);
+    return std::string_view(begin, len);
   }
-  Result<std::string> read_sized(int width) {
+  Result<std::string_view> read_sized(int width) {
     CKPT_ASSIGN_OR_RETURN(std::uint64_t n, read_le(width));
     return read_bytes(n);
   }
 
   // ---- the stacks ----------------------------------------------------------------------------
   std::size_t frame_base() const { return marks_.empty() ? 0 : marks_.back(); }
-  void push(ValuePtr v) { stack_.push_back(std::move(v)); }
+  void push(ValuePtr v) { stack_.push_back(v); }
   Result<ValuePtr> pop() {
     if (stack_.size() <= frame_base()) return fail("stack underflow");
-    ValuePtr v = std::move(stack_.back());
+    ValuePtr v = stack_.back();
     stack_.pop_back();
     return v;
   }
@@ -351,55 +479,64 @@ class Machine {
     if (stack_.size() <= frame_base()) return fail("stack underflow");
     return stack_.back();
   }
-  Result<std::vector<ValuePtr>> pop_mark() {
+  // Pops the innermost mark; the values above it stay on the stack, from the returned position,
+  // for the caller to use and then drop with truncate().
+  Result<std::size_t> pop_mark() {
     if (marks_.empty()) return fail("MARK missing");
     std::size_t base = marks_.back();
     marks_.pop_back();
-    std::vector<ValuePtr> items(std::make_move_iterator(stack_.begin() + static_cast<long>(base)),
-                                std::make_move_iterator(stack_.end()));
-    stack_.resize(base);
-    return items;
+    return base;
   }
+  std::span<const ValuePtr> above(std::size_t base) const {
+    return std::span<const ValuePtr>(stack_).subspan(base);
+  }
+  void truncate(std::size_t base) { stack_.resize(base); }
+
   Status memo_put(std::uint64_t index) {
     CKPT_ASSIGN_OR_RETURN(ValuePtr v, top());
-    memo_[index] = std::move(v);
+    if (index < memo_.size()) {
+      if (!memo_[index]) ++memo_count_;
+      memo_[index] = v;
+    } else if (index - memo_.size() < kDenseMemoSlack) {
+      memo_.resize(static_cast<std::size_t>(index) + 1, nullptr);
+      memo_[index] = v;
+      ++memo_count_;
+    } else {
+      if (sparse_memo_.insert_or_assign(index, v).second) ++memo_count_;
+    }
     return {};
   }
   Status memo_get(std::uint64_t index) {
-    auto it = memo_.find(index);
-    if (it == memo_.end()) return fail("memo index " + std::to_string(index) + " not found");
+    if (index < memo_.size() && memo_[index]) {
+      push(memo_[index]);
+      return {};
+    }
+    auto it = sparse_memo_.find(index);
+    if (it == sparse_memo_.end()) return fail("memo index " + std::to_string(index) + " not found");
     push(it->second);
     return {};
   }
 
   // ---- calls ---------------------------------------------------------------------------------
-  static ValuePtr object(ValuePtr callable, ValuePtr args, ValuePtr kwargs = nullptr) {
-    auto v = std::make_shared<Value>(Kind::kObject);
-    v->callable = std::move(callable);
-    v->args = std::move(args);
-    v->kwargs = std::move(kwargs);
-    return v;
-  }
-
   // The few constructors that are plain values; nullptr when `callable(args)` is something else.
-  static ValuePtr known_call(const Value& callable, const Value& args) {
+  ValuePtr known_call(const Value& callable, const Value& args) {
     if (callable.kind != Kind::kGlobal || args.kind != Kind::kTuple) return nullptr;
-    const std::string& mod = callable.module;
-    const std::string& name = callable.name;
+    std::string_view mod = callable.module;
+    std::string_view name = callable.name;
     const auto& a = args.items;
     if (mod == "collections" && (name == "OrderedDict" || name == "Counter")) {
-      auto d = std::make_shared<Value>(Kind::kDict);
-      d->module = mod;
-      d->name = name;
+      ValuePtr d = make(Kind::kDict);
+      d->module = callable.module;
+      d->name = callable.name;
       if (a.empty()) return d;
       if (a.size() == 1 && a[0]->kind == Kind::kDict) {
-        for (const auto& [k, x] : a[0]->entries) d->set_item(k, x);
+        for (const auto& [k, x] : a[0]->entries) a_.set_item(*d, k, x);
         return d;
       }
       if (a.size() == 1 && a[0]->is_sequence()) {
         for (const auto& pair : a[0]->items) {
           if (!pair->is_sequence() || pair->items.size() != 2) return nullptr;
-          d->set_item(pair->items[0], pair->items[1]);
+          a_.set_item(*d, pair->items[0], pair->items[1]);
         }
         return d;
       }
@@ -407,17 +544,17 @@ class Machine {
     }
     if (mod == "_codecs" && name == "encode") {
       if (a.size() == 2 && a[0]->kind == Kind::kString && a[1]->kind == Kind::kString &&
-          (a[1]->text == "latin1" || a[1]->text == "latin-1")) {
-        if (auto bytes = utf8_to_latin1(a[0]->text)) return Value::bytes_value(std::move(*bytes));
+          is_latin1_name(a[1]->text)) {
+        if (auto bytes = utf8_to_latin1(a[0]->text)) return text_value(Kind::kBytes, *bytes);
       }
       return nullptr;
     }
     if (is_builtins(mod) && (name == "bytes" || name == "bytearray")) {
-      if (a.empty()) return Value::bytes_value("");
-      if (a.size() == 1 && a[0]->kind == Kind::kBytes) return Value::bytes_value(a[0]->text);
+      if (a.empty()) return text_value(Kind::kBytes, "");
+      if (a.size() == 1 && a[0]->kind == Kind::kBytes) return text_value(Kind::kBytes, a[0]->text);
       if (a.size() == 2 && a[0]->kind == Kind::kString && a[1]->kind == Kind::kString &&
-          (a[1]->text == "latin1" || a[1]->text == "latin-1")) {
-        if (auto bytes = utf8_to_latin1(a[0]->text)) return Value::bytes_value(std::move(*bytes));
+          is_latin1_name(a[1]->text)) {
+        if (auto bytes = utf8_to_latin1(a[0]->text)) return text_value(Kind::kBytes, *bytes);
       }
       if (a.size() == 1 && a[0]->is_sequence()) {
         std::string out;
@@ -426,33 +563,33 @@ class Machine {
           if (!i || *i < 0 || *i > 255) return nullptr;
           out.push_back(static_cast<char>(*i));
         }
-        return Value::bytes_value(std::move(out));
+        return text_value(Kind::kBytes, out);
       }
       return nullptr;
     }
     if (is_builtins(mod) && (name == "set" || name == "frozenset")) {
       Kind kind = name == "set" ? Kind::kSet : Kind::kFrozenSet;
-      if (a.empty()) return Value::container(kind);
+      if (a.empty()) return container(kind, {});
       if (a.size() == 1 &&
           (a[0]->is_sequence() || a[0]->kind == Kind::kSet || a[0]->kind == Kind::kFrozenSet))
-        return Value::container(kind, a[0]->items);
+        return container(kind, a[0]->items.span());
       return nullptr;
     }
     if (mod == "torch" && name == "Size") {
-      if (a.size() == 1 && a[0]->is_sequence()) return Value::container(Kind::kTuple, a[0]->items);
+      if (a.size() == 1 && a[0]->is_sequence()) return container(Kind::kTuple, a[0]->items.span());
       return nullptr;
     }
     if (is_builtins(mod) && name == "getattr") {
       if (a.size() == 2 && a[0]->kind == Kind::kGlobal && a[1]->kind == Kind::kString)
-        return Value::global(a[0]->module, a[0]->name + "." + a[1]->text);
+        return global(a[0]->module, std::string(a[0]->name) + "." + std::string(a[1]->text));
       return nullptr;
     }
     if ((mod == "copyreg" || mod == "copy_reg") && name == "_reconstructor") {
       // copyreg._reconstructor(cls, base, state): base.__new__(cls[, state]); BUILD follows.
       if (a.size() == 3 && a[0]->kind == Kind::kGlobal) {
-        auto args_tuple = Value::container(Kind::kTuple);
-        if (a[2]->kind != Kind::kNone) args_tuple->items.push_back(a[2]);
-        return object(a[0], std::move(args_tuple));
+        ValuePtr state = a[2];
+        return object(a[0], state->kind == Kind::kNone ? container(Kind::kTuple, {})
+                                                       : container(Kind::kTuple, {&state, 1}));
       }
       return nullptr;
     }
@@ -463,7 +600,7 @@ class Machine {
     CKPT_ASSIGN_OR_RETURN(ValuePtr args, pop());
     CKPT_ASSIGN_OR_RETURN(ValuePtr callable, pop());
     ValuePtr known = known_call(*callable, *args);
-    push(known ? known : object(std::move(callable), std::move(args)));
+    push(known ? known : object(callable, args));
     return {};
   }
 
@@ -475,63 +612,142 @@ class Machine {
         return {};
       }
     }
-    push(object(std::move(cls), std::move(args), std::move(kwargs)));
+    push(object(cls, args, kwargs));
     return {};
   }
 
   Status build() {
     CKPT_ASSIGN_OR_RETURN(ValuePtr state, pop());
     CKPT_ASSIGN_OR_RETURN(ValuePtr target, top());
+    // Shared nodes stand for many values; Python cannot BUILD an int or a tuple either.
+    if (target->shared) return fail(std::string("BUILD on a ") + kind_name(target->kind));
     if (target->state && target->state->kind == Kind::kDict && state->kind == Kind::kDict &&
         target->state != state) {
-      for (const auto& [k, x] : state->entries) target->state->set_item(k, x);
+      for (const auto& [k, x] : state->entries) a_.set_item(*target->state, k, x);
     } else {
-      target->state = std::move(state);
+      target->state = state;
     }
     return {};
   }
 
-  Status append_items(std::vector<ValuePtr> values) {
-    CKPT_ASSIGN_OR_RETURN(ValuePtr list, top());
+  Status append_items(ValuePtr list, std::span<const ValuePtr> values) {
     if (list->kind != Kind::kList && list->kind != Kind::kObject)
       return fail(std::string("APPEND to a ") + kind_name(list->kind));
-    for (auto& v : values) list->items.push_back(std::move(v));
+    a_.append(list->items, values);
     return {};
   }
 
-  Status set_items(std::vector<ValuePtr> values) {
+  Status set_items(ValuePtr dict, std::span<const ValuePtr> values) {
     if (values.size() % 2 != 0) return fail("SETITEMS with an odd number of items");
-    CKPT_ASSIGN_OR_RETURN(ValuePtr dict, top());
     if (dict->kind != Kind::kDict && dict->kind != Kind::kObject)
       return fail(std::string("SETITEM on a ") + kind_name(dict->kind));
-    for (std::size_t i = 0; i < values.size(); i += 2)
-      dict->set_item(std::move(values[i]), std::move(values[i + 1]));
+    for (std::size_t i = 0; i < values.size(); i += 2) a_.set_item(*dict, values[i], values[i + 1]);
     return {};
   }
 
-  Status add_items(std::vector<ValuePtr> values) {
-    CKPT_ASSIGN_OR_RETURN(ValuePtr set, top());
+  Status add_items(ValuePtr set, std::span<const ValuePtr> values) {
     if (set->kind != Kind::kSet && set->kind != Kind::kObject)
       return fail(std::string("ADDITEMS to a ") + kind_name(set->kind));
-    for (auto& v : values) set->items.push_back(std::move(v));
+    a_.append(set->items, values);
     return {};
+  }
+
+  // The target of APPENDS / SETITEMS / ADDITEMS sits just below the mark.
+  Result<ValuePtr> below(std::size_t base) {
+    if (base == 0 || base - 1 < frame_base()) return fail("stack underflow");
+    return stack_[base - 1];
   }
 
   Status push_tuple_of(std::size_t n) {
     if (stack_.size() - frame_base() < n) return fail("stack underflow");
-    std::vector<ValuePtr> items(std::make_move_iterator(stack_.end() - static_cast<long>(n)),
-                                std::make_move_iterator(stack_.end()));
-    stack_.resize(stack_.size() - n);
-    push(Value::container(Kind::kTuple, std::move(items)));
+    std::size_t base = stack_.size() - n;
+    ValuePtr tuple = container(Kind::kTuple, above(base));
+    truncate(base);
+    push(tuple);
     return {};
   }
 
   Result<std::string> read_global_part() {
-    CKPT_ASSIGN_OR_RETURN(std::string s, read_line());
+    CKPT_ASSIGN_OR_RETURN(std::string_view s, read_line());
     return latin1_to_utf8(s);
   }
 
   // ---- one opcode ----------------------------------------------------------------------------
+  // The opcodes that make up most of a torch.save pickle (memo traffic, small ints, marks,
+  // small tuples), done without building a Status, when their argument and operands are there.
+  // false: not done (pos_ unchanged); step() then does it, or reports what is wrong.
+  bool fast_step(std::uint8_t op) {
+    const std::size_t left = data_.size() - pos_;
+    const std::size_t depth = stack_.size() - frame_base();
+    auto byte = [&](std::size_t i) { return static_cast<std::uint8_t>(data_[pos_ + i]); };
+    auto u32 = [&] {
+      return std::uint32_t{byte(0)} | std::uint32_t{byte(1)} << 8 | std::uint32_t{byte(2)} << 16 |
+             std::uint32_t{byte(3)} << 24;
+    };
+    switch (op) {
+      case kBinPut:
+      case kLongBinPut: {
+        std::size_t width = op == kBinPut ? 1 : 4;
+        if (left < width || depth == 0) return false;
+        std::uint64_t index = width == 1 ? byte(0) : u32();
+        if (index != memo_.size()) return false;  // Python's dense numbering; else the slow path
+        memo_.push_back(stack_.back());
+        ++memo_count_;
+        pos_ += width;
+        return true;
+      }
+      case kBinGet:
+      case kLongBinGet: {
+        std::size_t width = op == kBinGet ? 1 : 4;
+        if (left < width) return false;
+        std::uint64_t index = width == 1 ? byte(0) : u32();
+        if (index >= memo_.size() || !memo_[index]) return false;
+        stack_.push_back(memo_[index]);
+        pos_ += width;
+        return true;
+      }
+      case kMark:
+        marks_.push_back(stack_.size());
+        return true;
+      case kBinInt1:
+        if (left < 1) return false;
+        stack_.push_back(integer(byte(0)));
+        pos_ += 1;
+        return true;
+      case kBinInt2:
+        if (left < 2) return false;
+        stack_.push_back(integer(byte(0) | byte(1) << 8));
+        pos_ += 2;
+        return true;
+      case kNone:
+        stack_.push_back(none_);
+        return true;
+      case kNewTrue:
+      case kNewFalse:
+        stack_.push_back(boolean(op == kNewTrue));
+        return true;
+      case kEmptyTuple:
+        stack_.push_back(empty_tuple_);
+        return true;
+      case kEmptyDict:
+        stack_.push_back(make(Kind::kDict));
+        return true;
+      case kTuple1:
+      case kTuple2:
+      case kTuple3: {
+        std::size_t n = op - kTuple1 + 1u;
+        if (depth < n) return false;
+        std::size_t base = stack_.size() - n;
+        ValuePtr t = tuple(above(base));
+        truncate(base);
+        stack_.push_back(t);
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
   Status step(std::uint8_t op) {
     switch (op) {
       case kProto: {
@@ -555,135 +771,133 @@ class Machine {
         marks_.pop_back();  // POP on an empty frame discards the mark, as Python does
         return {};
       case kPopMark: {
-        CKPT_ASSIGN_OR_RETURN(auto dropped, pop_mark());
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        truncate(base);
         return {};
       }
       case kDup: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr v, top());
-        push(std::move(v));
+        push(v);
         return {};
       }
       case kNone:
-        push(Value::none());
+        push(none_);
         return {};
       case kNewTrue:
-        push(Value::boolean_value(true));
+        push(true_);
         return {};
       case kNewFalse:
-        push(Value::boolean_value(false));
+        push(false_);
         return {};
       case kInt: {
-        CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
+        CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
         if (line == "00" || line == "01") {
-          push(Value::boolean_value(line == "01"));
+          push(boolean(line == "01"));
           return {};
         }
-        auto v = parse_decimal(line);
-        if (!v) return fail("INT with a malformed literal");
-        push(*v);
+        auto bytes = parse_decimal(line);
+        if (!bytes) return fail("INT with a malformed literal");
+        push(long_value(*bytes));
         return {};
       }
       case kLong: {
-        CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
-        if (!line.empty() && line.back() == 'L') line.pop_back();
-        auto v = parse_decimal(line);
-        if (!v) return fail("LONG with a malformed literal");
-        push(*v);
+        CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
+        if (!line.empty() && line.back() == 'L') line.remove_suffix(1);
+        auto bytes = parse_decimal(line);
+        if (!bytes) return fail("LONG with a malformed literal");
+        push(long_value(*bytes));
         return {};
       }
       case kBinInt: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t v, read_le(4));
-        push(Value::int_value(static_cast<std::int32_t>(static_cast<std::uint32_t>(v))));
+        push(integer(static_cast<std::int32_t>(static_cast<std::uint32_t>(v))));
         return {};
       }
       case kBinInt1: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t v, read_le(1));
-        push(Value::int_value(static_cast<std::int64_t>(v)));
+        push(integer(static_cast<std::int64_t>(v)));
         return {};
       }
       case kBinInt2: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t v, read_le(2));
-        push(Value::int_value(static_cast<std::int64_t>(v)));
+        push(integer(static_cast<std::int64_t>(v)));
         return {};
       }
       case kLong1: {
-        CKPT_ASSIGN_OR_RETURN(std::string bytes, read_sized(1));
-        push(make_long(std::move(bytes)));
+        CKPT_ASSIGN_OR_RETURN(std::string_view bytes, read_sized(1));
+        push(long_value(bytes));
         return {};
       }
       case kLong4: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t n, read_le(4));
         if (static_cast<std::int32_t>(static_cast<std::uint32_t>(n)) < 0)
           return fail("LONG4 with a negative length");
-        CKPT_ASSIGN_OR_RETURN(std::string bytes, read_bytes(n));
-        push(make_long(std::move(bytes)));
+        CKPT_ASSIGN_OR_RETURN(std::string_view bytes, read_bytes(n));
+        push(long_value(bytes));
         return {};
       }
       case kFloat: {
-        CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
+        CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
         double d = 0;
         auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), d);
         if (ec != std::errc() || end != line.data() + line.size())
           return fail("FLOAT with a malformed literal");
-        push(Value::float_value(d));
+        push(float_value(d));
         return {};
       }
       case kBinFloat: {
         CKPT_TRY(need(8));
         std::uint64_t bits = 0;
         for (int i = 0; i < 8; ++i) bits = (bits << 8) | static_cast<std::uint8_t>(data_[pos_++]);
-        push(Value::float_value(std::bit_cast<double>(bits)));
+        push(float_value(std::bit_cast<double>(bits)));
         return {};
       }
       case kString: {
-        CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
+        CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
         auto s = decode_string_literal(line);
         if (!s) return fail("STRING with a malformed literal");
-        push(Value::string_value(latin1_to_utf8(*s)));
+        push(text_value(Kind::kString, latin1_to_utf8(*s)));
         return {};
       }
       case kBinString: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t n, read_le(4));
         if (static_cast<std::int32_t>(static_cast<std::uint32_t>(n)) < 0)
           return fail("BINSTRING with a negative length");
-        CKPT_ASSIGN_OR_RETURN(std::string s, read_bytes(n));
-        push(Value::string_value(latin1_to_utf8(s)));
+        CKPT_ASSIGN_OR_RETURN(std::string_view s, read_bytes(n));
+        push(text_value(Kind::kString, latin1_to_utf8(s)));
         return {};
       }
       case kShortBinString: {
-        CKPT_ASSIGN_OR_RETURN(std::string s, read_sized(1));
-        push(Value::string_value(latin1_to_utf8(s)));
+        CKPT_ASSIGN_OR_RETURN(std::string_view s, read_sized(1));
+        push(text_value(Kind::kString, latin1_to_utf8(s)));
         return {};
       }
       case kShortBinBytes:
-        return push_bytes(1);
+        return push_text(Kind::kBytes, 1);
       case kBinBytes:
-        return push_bytes(4);
+        return push_text(Kind::kBytes, 4);
       case kBinBytes8:
-        return push_bytes(8);
+        return push_text(Kind::kBytes, 8);
       case kByteArray8:
-        return push_bytes(8);
+        return push_text(Kind::kBytes, 8);
       case kUnicode: {
-        CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
+        CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
         auto s = decode_raw_unicode_escape(line);
         if (!s) return fail("UNICODE with a malformed escape");
-        push(Value::string_value(std::move(*s)));
+        push(text_value(Kind::kString, *s));
         return {};
       }
       case kShortBinUnicode:
-        return push_string(1);
+        return push_text(Kind::kString, 1);
       case kBinUnicode:
-        return push_string(4);
+        return push_text(Kind::kString, 4);
       case kBinUnicode8:
-        return push_string(8);
+        return push_text(Kind::kString, 8);
       case kEmptyTuple:
-        push(Value::container(Kind::kTuple));
+        push(empty_tuple_);
         return {};
-      case kTuple: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        push(Value::container(Kind::kTuple, std::move(items)));
-        return {};
-      }
+      case kTuple:
+        return collect(Kind::kTuple);
       case kTuple1:
         return push_tuple_of(1);
       case kTuple2:
@@ -691,55 +905,59 @@ class Machine {
       case kTuple3:
         return push_tuple_of(3);
       case kEmptyList:
-        push(Value::container(Kind::kList));
+        push(make(Kind::kList));
         return {};
-      case kList: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        push(Value::container(Kind::kList, std::move(items)));
-        return {};
-      }
+      case kList:
+        return collect(Kind::kList);
       case kAppend: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr v, pop());
-        std::vector<ValuePtr> one;
-        one.push_back(std::move(v));
-        return append_items(std::move(one));
+        CKPT_ASSIGN_OR_RETURN(ValuePtr list, top());
+        return append_items(list, {&v, 1});
       }
       case kAppends: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        return append_items(std::move(items));
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        CKPT_ASSIGN_OR_RETURN(ValuePtr list, below(base));
+        Status status = append_items(list, above(base));
+        truncate(base);
+        return status;
       }
       case kEmptyDict:
-        push(Value::container(Kind::kDict));
+        push(make(Kind::kDict));
         return {};
       case kDict: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        push(Value::container(Kind::kDict));
-        return set_items(std::move(items));
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        ValuePtr dict = make(Kind::kDict);
+        Status status = set_items(dict, above(base));
+        truncate(base);
+        push(dict);
+        return status;
       }
       case kSetItem: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr value, pop());
         CKPT_ASSIGN_OR_RETURN(ValuePtr key, pop());
-        std::vector<ValuePtr> pair;
-        pair.push_back(std::move(key));
-        pair.push_back(std::move(value));
-        return set_items(std::move(pair));
+        CKPT_ASSIGN_OR_RETURN(ValuePtr dict, top());
+        ValuePtr pair[2] = {key, value};
+        return set_items(dict, pair);
       }
       case kSetItems: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        return set_items(std::move(items));
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        CKPT_ASSIGN_OR_RETURN(ValuePtr dict, below(base));
+        Status status = set_items(dict, above(base));
+        truncate(base);
+        return status;
       }
       case kEmptySet:
-        push(Value::container(Kind::kSet));
+        push(make(Kind::kSet));
         return {};
       case kAddItems: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        return add_items(std::move(items));
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        CKPT_ASSIGN_OR_RETURN(ValuePtr set, below(base));
+        Status status = add_items(set, above(base));
+        truncate(base);
+        return status;
       }
-      case kFrozenSet: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        push(Value::container(Kind::kFrozenSet, std::move(items)));
-        return {};
-      }
+      case kFrozenSet:
+        return collect(Kind::kFrozenSet);
       case kBinPut: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t i, read_le(1));
         return memo_put(i);
@@ -753,7 +971,7 @@ class Machine {
         return memo_put(i);
       }
       case kMemoize:
-        return memo_put(memo_.size());
+        return memo_put(memo_count_);
       case kBinGet: {
         CKPT_ASSIGN_OR_RETURN(std::uint64_t i, read_le(1));
         return memo_get(i);
@@ -769,7 +987,7 @@ class Machine {
       case kGlobal: {
         CKPT_ASSIGN_OR_RETURN(std::string module, read_global_part());
         CKPT_ASSIGN_OR_RETURN(std::string name, read_global_part());
-        push(Value::global(std::move(module), std::move(name)));
+        push(global(module, name));
         return {};
       }
       case kStackGlobal: {
@@ -777,7 +995,7 @@ class Machine {
         CKPT_ASSIGN_OR_RETURN(ValuePtr module, pop());
         if (module->kind != Kind::kString || name->kind != Kind::kString)
           return fail("STACK_GLOBAL operands are not strings");
-        push(Value::global(module->text, name->text));
+        push(global(module->text, name->text));
         return {};
       }
       case kReduce:
@@ -785,39 +1003,41 @@ class Machine {
       case kNewObj: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr args, pop());
         CKPT_ASSIGN_OR_RETURN(ValuePtr cls, pop());
-        return new_object(std::move(cls), std::move(args), nullptr);
+        return new_object(cls, args, nullptr);
       }
       case kNewObjEx: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr kwargs, pop());
         CKPT_ASSIGN_OR_RETURN(ValuePtr args, pop());
         CKPT_ASSIGN_OR_RETURN(ValuePtr cls, pop());
-        return new_object(std::move(cls), std::move(args), std::move(kwargs));
+        return new_object(cls, args, kwargs);
       }
       case kInst: {
         CKPT_ASSIGN_OR_RETURN(std::string module, read_global_part());
         CKPT_ASSIGN_OR_RETURN(std::string name, read_global_part());
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
-        return new_object(Value::global(std::move(module), std::move(name)),
-                          Value::container(Kind::kTuple, std::move(items)), nullptr);
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        ValuePtr args = container(Kind::kTuple, above(base));
+        truncate(base);
+        return new_object(global(module, name), args, nullptr);
       }
       case kObj: {
-        CKPT_ASSIGN_OR_RETURN(auto items, pop_mark());
+        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+        auto items = above(base);
         if (items.empty()) return fail("OBJ without a class");
-        ValuePtr cls = std::move(items.front());
-        items.erase(items.begin());
-        return new_object(std::move(cls), Value::container(Kind::kTuple, std::move(items)),
-                          nullptr);
+        ValuePtr cls = items.front();
+        ValuePtr args = container(Kind::kTuple, items.subspan(1));
+        truncate(base);
+        return new_object(cls, args, nullptr);
       }
       case kBuild:
         return build();
       case kBinPersId: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr pid, pop());
-        push(persistent_id(std::move(pid)));
+        push(persistent_id(pid));
         return {};
       }
       case kPersId: {
-        CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
-        push(persistent_id(Value::string_value(latin1_to_utf8(line))));
+        CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
+        push(persistent_id(text_value(Kind::kString, latin1_to_utf8(line))));
         return {};
       }
       case kExt1:
@@ -829,10 +1049,8 @@ class Machine {
       case kNextBuffer:
         return Error{ErrorKind::kUnsupported,
                      fail("out-of-band buffers (NEXT_BUFFER) are not supported").message};
-      case kReadOnlyBuffer: {
-        CKPT_ASSIGN_OR_RETURN(ValuePtr v, top());
-        return {};
-      }
+      case kReadOnlyBuffer:
+        return top().ok() ? Status{} : fail("stack underflow");
       default:
         return fail("unknown opcode 0x" + hex(op));
     }
@@ -844,37 +1062,44 @@ class Machine {
     return buf;
   }
 
-  static ValuePtr persistent_id(ValuePtr pid) {
-    auto v = std::make_shared<Value>(Kind::kPersistentId);
-    v->args = std::move(pid);
-    return v;
-  }
-
-  Status push_bytes(int width) {
-    CKPT_ASSIGN_OR_RETURN(std::string s, read_sized(width));
-    push(Value::bytes_value(std::move(s)));
+  // TUPLE / LIST / FROZENSET: the values above the mark become one container.
+  Status collect(Kind kind) {
+    CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
+    ValuePtr v = container(kind, above(base));
+    truncate(base);
+    push(v);
     return {};
   }
-  Status push_string(int width) {
-    CKPT_ASSIGN_OR_RETURN(std::string s, read_sized(width));
-    push(Value::string_value(std::move(s)));
+
+  Status push_text(Kind kind, int width) {
+    CKPT_ASSIGN_OR_RETURN(std::string_view s, read_sized(width));
+    push(text_value(kind, s));
     return {};
   }
   Result<std::uint64_t> read_text_index() {
-    CKPT_ASSIGN_OR_RETURN(std::string line, read_line());
+    CKPT_ASSIGN_OR_RETURN(std::string_view line, read_line());
     std::uint64_t v = 0;
     auto [end, ec] = std::from_chars(line.data(), line.data() + line.size(), v);
     if (ec != std::errc() || end != line.data() + line.size() || line.empty())
-      return fail("malformed memo index '" + line + "'");
+      return fail("malformed memo index '" + std::string(line) + "'");
     return v;
   }
 
   std::span<const std::byte> data_;
   std::size_t pos_;
   std::size_t op_offset_ = 0;
+  std::shared_ptr<Arena> arena_;
+  Arena& a_;
+  ValuePtr none_ = nullptr, true_ = nullptr, false_ = nullptr, empty_tuple_ = nullptr;
+  std::vector<ValuePtr> small_ints_;
+  std::unordered_map<std::int64_t, ValuePtr> ints_;
+  std::unordered_map<TupleKey, ValuePtr, TupleKeyHash> tuples_;
   std::vector<ValuePtr> stack_;
   std::vector<std::size_t> marks_;
-  std::unordered_map<std::uint64_t, ValuePtr> memo_;
+  std::vector<ValuePtr> memo_;  // dense part; nullptr: not set
+  std::unordered_map<std::uint64_t, ValuePtr> sparse_memo_;
+  std::uint64_t memo_count_ = 0;
+  std::vector<const Value*> persistent_ids_;
 };
 
 }  // namespace

@@ -17,14 +17,18 @@
 //   copyreg._reconstructor(cls, base, state)             -> Object of cls (args empty)
 // ("builtins" also matches the protocol-2 spelling "__builtin__", "copyreg" also "copy_reg".)
 // BUILD stores its state on the node (Object, Dict, ...); attributes are read with Value::attr.
-// Persistent ids become PersistentId nodes for the caller to interpret.
+// Persistent ids become PersistentId nodes for the caller to interpret. None, booleans, ints and
+// the empty tuple are immutable, so equal ones are one shared node (BUILD on them is an error, as
+// in Python).
 //
 // Every length is checked against the bytes left, so a malformed stream gives an error naming
 // the opcode and offset, never a crash or an oversized allocation.
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <span>
+#include <vector>
 
 #include "ckptstream/result.h"
 #include "pickle/value.h"
@@ -32,8 +36,12 @@
 namespace ckptstream::pickle {
 
 struct Unpickled {
-  ValuePtr value;
+  // The object; the pointer shares ownership of the arena that holds the whole graph.
+  std::shared_ptr<Value> value;
   std::size_t end = 0;  // offset just past the STOP opcode
+  // Every persistent-id node, in the order the stream made them (what torch's persistent_load
+  // would have been called with), so that callers need not walk the graph to find storages.
+  std::vector<const Value*> persistent_ids;
 };
 
 // Runs the pickle that starts at `offset` of `data` up to its STOP. Errors read

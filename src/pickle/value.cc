@@ -1,7 +1,14 @@
 #include "pickle/value.h"
 
+#include <sys/mman.h>
 #include <algorithm>
 #include <cstdio>
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+#include <unordered_map>
 
 namespace ckptstream::pickle {
 
@@ -43,38 +50,54 @@ const char* kind_name(Kind kind) {
 
 namespace {
 
-// Moves every child pointer of `v` into `out`.
-void take_children(Value& v, std::vector<ValuePtr>& out) {
-  for (auto& item : v.items) out.push_back(std::move(item));
-  for (auto& [k, x] : v.entries) {
-    out.push_back(std::move(k));
-    out.push_back(std::move(x));
+constexpr std::size_t kFirstBlock = 4096;
+constexpr std::size_t kMaxBlock = 8u << 20;
+constexpr std::size_t kIndexedDict = 8;  // dicts larger than this get a hash index
+
+// Python equality of dict keys, for the scalar keys a pickle's dicts use (str, int, bool, None,
+// bytes, float, big ints and tuples of those); other keys never compare equal, so they are kept.
+bool same_key(const Value& a, const Value& b, int depth = 0) {
+  auto int_like = [](const Value& v) { return v.kind == Kind::kInt || v.kind == Kind::kBool; };
+  if (int_like(a) && int_like(b)) return *a.as_int() == *b.as_int();  // True == 1 in Python
+  if (a.kind != b.kind) return false;
+  switch (a.kind) {
+    case Kind::kString:
+    case Kind::kBytes:
+    case Kind::kBigInt:
+      return a.text == b.text;
+    case Kind::kNone:
+      return true;
+    case Kind::kFloat:
+      return std::memcmp(&a.real, &b.real, sizeof a.real) == 0;
+    case Kind::kTuple:
+      if (depth > 8 || a.items.size() != b.items.size()) return false;
+      for (std::size_t i = 0; i < a.items.size(); ++i)
+        if (!same_key(*a.items[i], *b.items[i], depth + 1)) return false;
+      return true;
+    default:
+      return false;
   }
-  v.items.clear();
-  v.entries.clear();
-  for (ValuePtr* p : {&v.callable, &v.args, &v.kwargs, &v.state})
-    if (*p) out.push_back(std::move(*p));
 }
 
-// A key for the dict index: scalars and tuples of scalars; "" when the key is not indexable.
+// A key for the dict index, equal exactly when same_key() holds; "" when not indexable.
 std::string index_key(const Value& k, int depth = 0) {
   switch (k.kind) {
     case Kind::kString:
-      return "s" + k.text;
+      return "s" + std::string(k.text);
     case Kind::kInt:
       return "i" + std::to_string(k.integer);
     case Kind::kBool:
-      return "i" + std::to_string(k.boolean ? 1 : 0);  // True == 1 in Python
+      return "i" + std::to_string(k.boolean ? 1 : 0);
     case Kind::kBigInt:
-      return "I" + k.text;
+      return "I" + std::string(k.text);
     case Kind::kBytes:
-      return "b" + k.text;
+      return "b" + std::string(k.text);
     case Kind::kNone:
       return "n";
     case Kind::kFloat: {
-      char buf[40];
-      std::snprintf(buf, sizeof buf, "f%.17g", k.real);
-      return buf;
+      std::string out = "f";
+      out.append(reinterpret_cast<const char*>(&k.real), sizeof k.real);
+      return out;
     }
     case Kind::kTuple: {
       if (depth > 8) return "";
@@ -93,56 +116,102 @@ std::string index_key(const Value& k, int depth = 0) {
 
 }  // namespace
 
-Value::~Value() {
-  std::vector<ValuePtr> pending;
-  take_children(*this, pending);
-  while (!pending.empty()) {
-    ValuePtr p = std::move(pending.back());
-    pending.pop_back();
-    // Only the last owner tears the node down; its children go on the worklist first, so the
-    // node's own destructor finds nothing to recurse into.
-    if (p && p.use_count() == 1) take_children(*p, pending);
+// String keys (nearly all) by their arena text, without building a key string; others by
+// index_key().
+struct DictIndex {
+  std::unordered_map<std::string_view, std::size_t> strings;
+  std::unordered_map<std::string, std::size_t> others;
+
+  // The slot for `key`'s position (new slots hold SIZE_MAX); nullptr if the key is not indexable.
+  std::size_t* slot(const Value& key) {
+    if (key.kind == Kind::kString) return &strings.try_emplace(key.text, SIZE_MAX).first->second;
+    std::string k = index_key(key);
+    if (k.empty()) return nullptr;
+    return &others.try_emplace(std::move(k), SIZE_MAX).first->second;
+  }
+};
+
+Arena::Arena() = default;
+
+// Large blocks come straight from the kernel and go straight back: through malloc, the blocks
+// of a graph built on one thread and freed later stayed in that thread's malloc arena, and
+// reading many large pickles on a few threads held several graphs' worth of memory.
+constexpr std::size_t kMappedBlock = 256u << 10;
+
+Arena::~Arena() {
+  for (DictIndex* index : indexes_) delete index;
+  for (const Block& block : blocks_) {
+    if (block.size >= kMappedBlock)
+      ::munmap(block.data, block.size);
+    else
+      std::free(block.data);
   }
 }
 
-ValuePtr Value::none() {
-  return std::make_shared<Value>(Kind::kNone);
+void* Arena::allocate(std::size_t size, std::size_t align) {
+  std::size_t pad = (align - reinterpret_cast<std::uintptr_t>(cursor_) % align) % align;
+  if (left_ < pad + size) {
+    // Blocks double up to kMaxBlock: a tiny pickle (a DCP item) costs a few KiB, a large one
+    // needs few blocks.
+    std::size_t block = std::max(size + align, next_block_ ? next_block_ : kFirstBlock);
+    next_block_ = std::min(kMaxBlock, block * 2);
+    void* memory = nullptr;
+    if (block >= kMappedBlock) {
+      memory = ::mmap(nullptr, block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (memory == MAP_FAILED) throw std::bad_alloc();
+    } else {
+      memory = std::malloc(block);
+      if (!memory) throw std::bad_alloc();
+    }
+    blocks_.push_back(Block{static_cast<std::byte*>(memory), block});
+    cursor_ = blocks_.back().data;
+    left_ = block;
+    bytes_used_ += block;
+    pad = (align - reinterpret_cast<std::uintptr_t>(cursor_) % align) % align;
+  }
+  std::byte* out = cursor_ + pad;
+  cursor_ = out + size;
+  left_ -= pad + size;
+  return out;
 }
-ValuePtr Value::boolean_value(bool b) {
-  auto v = std::make_shared<Value>(Kind::kBool);
-  v->boolean = b;
-  return v;
+
+Value* Arena::make(Kind kind) {
+  static_assert(std::is_trivially_destructible_v<Value>, "the arena never runs destructors");
+  return new (allocate(sizeof(Value), alignof(Value))) Value(kind);
 }
-ValuePtr Value::int_value(std::int64_t i) {
-  auto v = std::make_shared<Value>(Kind::kInt);
-  v->integer = i;
-  return v;
+
+std::string_view Arena::copy(std::string_view bytes) {
+  if (bytes.empty()) return {};
+  auto* out = static_cast<char*>(allocate(bytes.size(), 1));
+  std::memcpy(out, bytes.data(), bytes.size());
+  return {out, bytes.size()};
 }
-ValuePtr Value::float_value(double d) {
-  auto v = std::make_shared<Value>(Kind::kFloat);
-  v->real = d;
-  return v;
-}
-ValuePtr Value::string_value(std::string s) {
-  auto v = std::make_shared<Value>(Kind::kString);
-  v->text = std::move(s);
-  return v;
-}
-ValuePtr Value::bytes_value(std::string s) {
-  auto v = std::make_shared<Value>(Kind::kBytes);
-  v->text = std::move(s);
-  return v;
-}
-ValuePtr Value::global(std::string module, std::string name) {
-  auto v = std::make_shared<Value>(Kind::kGlobal);
-  v->module = std::move(module);
-  v->name = std::move(name);
-  return v;
-}
-ValuePtr Value::container(Kind kind, std::vector<ValuePtr> items) {
-  auto v = std::make_shared<Value>(kind);
-  v->items = std::move(items);
-  return v;
+
+void Arena::set_item(Value& dict, ValuePtr key, ValuePtr value) {
+  if (dict.index) {
+    if (std::size_t* at = dict.index->slot(*key)) {
+      if (*at != SIZE_MAX) {
+        dict.entries[*at].second = value;
+        return;
+      }
+      *at = dict.entries.size();
+    }
+    append(dict.entries, std::pair<ValuePtr, ValuePtr>(key, value));
+    return;
+  }
+  for (auto& [k, x] : dict.entries)
+    if (same_key(*k, *key)) {
+      x = value;
+      return;
+    }
+  append(dict.entries, std::pair<ValuePtr, ValuePtr>(key, value));
+  if (dict.entries.size() > kIndexedDict) {
+    auto* index = new DictIndex;
+    indexes_.push_back(index);
+    dict.index = index;
+    for (std::size_t i = 0; i < dict.entries.size(); ++i)
+      if (std::size_t* at = index->slot(*dict.entries[i].first)) *at = i;
+  }
 }
 
 std::optional<std::int64_t> Value::as_int() const {
@@ -161,16 +230,21 @@ std::optional<double> Value::as_float() const {
   return std::nullopt;
 }
 std::optional<std::string_view> Value::as_string() const {
-  if (kind == Kind::kString || kind == Kind::kBytes) return std::string_view(text);
+  if (kind == Kind::kString || kind == Kind::kBytes) return text;
   return std::nullopt;
 }
 
 const ValuePtr* Value::find_entry(std::string_view key) const {
   if (kind != Kind::kDict) return nullptr;
-  auto it = key_index_.find("s" + std::string(key));
-  if (it != key_index_.end()) return &entries[it->second].second;
-  for (const auto& [k, x] : entries)  // py2 byte-string keys
-    if (k->kind == Kind::kBytes && k->text == key) return &x;
+  if (index) {
+    auto it = index->strings.find(key);
+    if (it != index->strings.end()) return &entries[it->second].second;
+  }
+  for (const auto& [k, x] : entries)  // small dicts, and py2 byte-string keys
+    if ((k->kind == Kind::kString || k->kind == Kind::kBytes) && k->text == key) {
+      if (k->kind == Kind::kString && index) continue;  // the index would have found it
+      return &x;
+    }
   return nullptr;
 }
 
@@ -196,16 +270,20 @@ std::string Value::callable_name() const {
   return "";
 }
 
-std::string Value::class_name() const {
+std::string_view Value::class_name() const {
   const Value* g = this;
   if (kind == Kind::kObject) {
     if (!callable || callable->kind != Kind::kGlobal) return "";
-    g = callable.get();
+    g = callable;
   } else if (kind != Kind::kGlobal) {
     return "";
   }
   auto dot = g->name.rfind('.');
-  return dot == std::string::npos ? g->name : g->name.substr(dot + 1);
+  return dot == std::string_view::npos ? g->name : g->name.substr(dot + 1);
+}
+
+std::string Value::qualified_name() const {
+  return std::string(module) + "." + std::string(name);
 }
 
 std::string Value::int_decimal() const {
@@ -213,18 +291,6 @@ std::string Value::int_decimal() const {
   if (kind == Kind::kBool) return boolean ? "1" : "0";
   if (kind == Kind::kBigInt) return big_int_decimal(text);
   return "";
-}
-
-void Value::set_item(ValuePtr key, ValuePtr value) {
-  std::string k = index_key(*key);
-  if (!k.empty()) {
-    auto [it, inserted] = key_index_.emplace(k, entries.size());
-    if (!inserted) {
-      entries[it->second].second = std::move(value);
-      return;
-    }
-  }
-  entries.emplace_back(std::move(key), std::move(value));
 }
 
 std::string big_int_decimal(std::string_view bytes) {

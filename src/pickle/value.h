@@ -4,9 +4,13 @@
 // values (OrderedDict -> Dict, bytes/bytearray/_codecs.encode -> Bytes, set/frozenset, torch.Size
 // -> Tuple, getattr(cls, 'Name') -> Global).
 //
-// Nodes are shared (std::shared_ptr) because the pickle memo shares them: the same tensor saved
-// under two names is one node reached twice, and BUILD / SETITEMS mutate a node after it was
-// memoized. Graphs may even be cyclic (a list containing itself); walkers must bound their depth.
+// Nodes live in an Arena owned by the unpickled result and point at each other with plain
+// pointers: the pickle memo shares them (the same tensor saved under two names is one node reached
+// twice), BUILD / SETITEMS mutate a node after it was memoized, and graphs may even be cyclic (a
+// list containing itself); walkers must bound their depth. One arena per pickle, freed at once,
+// because a torch.save file of a large model holds millions of small values: a heap allocation
+// and a reference count per value made parsing slow and memory-hungry. Strings are copied into
+// the arena, so a value never points into the pickled bytes.
 //
 // Walking a value:
 //   switch (v.kind) { case Kind::kDict: for (auto& [k, x] : v.entries) ...; }
@@ -18,20 +22,21 @@
 //   v.as_int() / as_string() ...   typed accessors returning std::optional
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 namespace ckptstream::pickle {
 
 struct Value;
-using ValuePtr = std::shared_ptr<Value>;
+using ValuePtr = Value*;  // owned by the Arena that made it
 
 enum class Kind : std::uint8_t {
   kNone,
@@ -53,36 +58,56 @@ enum class Kind : std::uint8_t {
 
 const char* kind_name(Kind kind);
 
+// A read-only sequence in arena memory (items of a container, entries of a dict). Only the Arena
+// appends to it. 32-bit counts keep values small; unpickle() refuses pickles of 4 GiB or more, so
+// no container can outgrow them (every element costs at least one byte of pickle).
+template <class T>
+class ArenaList {
+ public:
+  std::size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  T& operator[](std::size_t i) { return data_[i]; }
+  const T& operator[](std::size_t i) const { return data_[i]; }
+  T* begin() { return data_; }
+  T* end() { return data_ + size_; }
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + size_; }
+  const T& front() const { return data_[0]; }
+  const T& back() const { return data_[size_ - 1]; }
+  std::span<const T> span() const { return {data_, size_}; }
+
+ private:
+  friend class Arena;
+  T* data_ = nullptr;
+  std::uint32_t size_ = 0;
+  std::uint32_t capacity_ = 0;
+};
+
+struct DictIndex;  // value.cc: scalar key -> entries index, built for larger dicts
+
 struct Value {
   Kind kind = Kind::kNone;
   bool boolean = false;
-  std::int64_t integer = 0;
-  double real = 0;
-  std::string text;                                    // String, Bytes, BigInt
-  std::vector<ValuePtr> items;                         // Tuple, List, Set, FrozenSet
-  std::vector<std::pair<ValuePtr, ValuePtr>> entries;  // Dict
-  std::string module;                                  // Global; Dict from OrderedDict
-  std::string name;                                    //   ("collections", "OrderedDict")
-  ValuePtr callable;  // Object: a Global (or any value for REDUCE on something odd)
-  ValuePtr args;      // Object: a Tuple (or the argument as pickled); PersistentId: the pid
-  ValuePtr kwargs;    // Object: NEWOBJ_EX keyword arguments (a Dict), else null
-  ValuePtr state;     // BUILD state (Object, Dict attributes, ...), null if no BUILD
+  bool shared = false;  // one node for all equal values (None, bools, ints, tuples of those)
+  union {
+    std::int64_t integer = 0;  // Int
+    double real;               // Float
+  };
+  std::string_view text;                             // String, Bytes, BigInt
+  ArenaList<ValuePtr> items;                         // Tuple, List, Set, FrozenSet
+  ArenaList<std::pair<ValuePtr, ValuePtr>> entries;  // Dict
+  std::string_view module;                           // Global; Dict from OrderedDict
+  std::string_view name;                             //   ("collections", "OrderedDict")
+  ValuePtr callable = nullptr;  // Object: a Global (or any value for REDUCE on something odd)
+  ValuePtr args = nullptr;      // Object: a Tuple (or the argument as pickled); PersistentId: pid
+  ValuePtr kwargs = nullptr;    // Object: NEWOBJ_EX keyword arguments (a Dict), else null
+  ValuePtr state = nullptr;     // BUILD state (Object, Dict attributes, ...), null if no BUILD
+  DictIndex* index = nullptr;   // Dict: owned by the arena
 
   Value() = default;
   explicit Value(Kind k) : kind(k) {}
   Value(const Value&) = delete;
   Value& operator=(const Value&) = delete;
-  ~Value();  // iterative, so that deeply nested values cannot overflow the stack
-
-  // Constructors of leaf values.
-  static ValuePtr none();
-  static ValuePtr boolean_value(bool b);
-  static ValuePtr int_value(std::int64_t i);
-  static ValuePtr float_value(double d);
-  static ValuePtr string_value(std::string s);
-  static ValuePtr bytes_value(std::string s);
-  static ValuePtr global(std::string module, std::string name);
-  static ValuePtr container(Kind kind, std::vector<ValuePtr> items = {});
 
   bool is(Kind k) const { return kind == k; }
   bool is_sequence() const { return kind == Kind::kTuple || kind == Kind::kList; }
@@ -103,19 +128,68 @@ struct Value {
   // Object: "module.name" of the callable when it is a Global, else "".
   std::string callable_name() const;
   // Object: the final component of the callable's name ("DTensor"); Global: its final name.
-  std::string class_name() const;
+  std::string_view class_name() const;
   // Global: "module.name".
-  std::string qualified_name() const { return module + "." + name; }
+  std::string qualified_name() const;
 
   // Int or BigInt as decimal text.
   std::string int_decimal() const;
+};
+
+// Owns every value of one unpickled object graph and the bytes of their strings.
+class Arena {
+ public:
+  Arena();
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  Value* make(Kind kind);
+  std::string_view copy(std::string_view bytes);
+
+  template <class T>
+  void append(ArenaList<T>& list, T item) {
+    if (list.size_ == list.capacity_) grow(list, std::size_t{list.size_} + 1);
+    list.data_[list.size_++] = std::move(item);
+  }
+  template <class T>
+  void append(ArenaList<T>& list, std::span<const T> more) {
+    if (more.empty()) return;
+    if (list.capacity_ - list.size_ < more.size()) grow(list, list.size_ + more.size());
+    std::copy(more.begin(), more.end(), list.data_ + list.size_);
+    list.size_ += static_cast<std::uint32_t>(more.size());
+  }
 
   // Dict: stores value under key, replacing the value of an equal scalar key (str, int, bool,
   // None, bytes, float, or tuples of those); other keys are appended.
-  void set_item(ValuePtr key, ValuePtr value);
+  void set_item(Value& dict, ValuePtr key, ValuePtr value);
+
+  std::size_t bytes_used() const { return bytes_used_; }
 
  private:
-  std::unordered_map<std::string, std::size_t> key_index_;  // Dict: scalar key -> entries index
+  void* allocate(std::size_t size, std::size_t align);
+  template <class T>
+  void grow(ArenaList<T>& list, std::size_t need) {
+    // Exact for a new container (most are tuples, never appended to), doubling after that.
+    std::size_t capacity =
+        list.capacity_ == 0 ? need : std::max<std::size_t>(need, list.capacity_ * 2ull);
+    capacity = std::min<std::size_t>(capacity, UINT32_MAX);
+    T* data = static_cast<T*>(allocate(capacity * sizeof(T), alignof(T)));
+    std::copy(list.data_, list.data_ + list.size_, data);  // the old block stays in the arena
+    list.data_ = data;
+    list.capacity_ = static_cast<std::uint32_t>(capacity);
+  }
+
+  struct Block {
+    std::byte* data;
+    std::size_t size;
+  };
+  std::vector<Block> blocks_;
+  std::byte* cursor_ = nullptr;
+  std::size_t left_ = 0;
+  std::size_t next_block_ = 0;
+  std::size_t bytes_used_ = 0;
+  std::vector<DictIndex*> indexes_;
 };
 
 // Two's-complement little-endian bytes (as LONG1/LONG4 store them) as decimal text.

@@ -20,7 +20,6 @@ struct FragmentSpan {
   bool contiguous = true;
 };
 
-
 FragmentSpan fragment_span(const TensorRef& ref) {
   FragmentSpan span;
   auto element = static_cast<std::int64_t>(element_size(ref.dtype));
@@ -307,9 +306,12 @@ PlanTotals plan_totals(const Plan& plan) {
   return totals;
 }
 
-std::string plan_to_text(const Plan& plan, const PlanSummaryOptions& options) {
+void write_plan_text(const Plan& plan, const PlanSummaryOptions& options, const ReportSink& sink) {
   std::string out;
-  out.reserve(estimated_size(plan, false));
+  auto flush = [&] {
+    sink(out);
+    out.clear();
+  };
   for (const auto& file : plan.files) {
     out += "file ";
     out += file.name;
@@ -320,9 +322,10 @@ std::string plan_to_text(const Plan& plan, const PlanSummaryOptions& options) {
     out += "), ";
     append_number(out, static_cast<std::uint64_t>(file.tensors.size()));
     out += file.tensors.size() == 1 ? " tensor\n" : " tensors\n";
-    if (options.detail == Detail::kFiles) continue;
-    for (const auto& placed : file.tensors)
-      append_tensor_text(out, plan, file, placed, options.detail);
+    if (options.detail != Detail::kFiles)
+      for (const auto& placed : file.tensors)
+        append_tensor_text(out, plan, file, placed, options.detail);
+    flush();
   }
   for (const auto& side : plan.side_files) {
     out += "side ";
@@ -354,12 +357,15 @@ std::string plan_to_text(const Plan& plan, const PlanSummaryOptions& options) {
   out += "; memory window ";
   append_bytes_text(out, options.memory_window);
   out += '\n';
-  return out;
+  flush();
 }
 
-std::string plan_to_json(const Plan& plan, const PlanSummaryOptions& options) {
+void write_plan_json(const Plan& plan, const PlanSummaryOptions& options, const ReportSink& sink) {
   std::string out;
-  out.reserve(estimated_size(plan, true));
+  auto flush = [&] {
+    sink(out);
+    out.clear();
+  };
   out += "{\"schema\":\"ckptstream.plan/1\",\n\"inputs\":[";
   for (std::size_t i = 0; i < plan.inputs.size(); ++i) {
     if (i) out += ',';
@@ -383,6 +389,7 @@ std::string plan_to_json(const Plan& plan, const PlanSummaryOptions& options) {
       out += ']';
     }
     out += '}';
+    flush();
   }
   out += "],\n\"side_files\":[";
   for (std::size_t i = 0; i < plan.side_files.size(); ++i) {
@@ -421,6 +428,20 @@ std::string plan_to_json(const Plan& plan, const PlanSummaryOptions& options) {
   out += ",\"memory_window\":";
   append_number(out, options.memory_window);
   out += "}}\n";
+  flush();
+}
+
+std::string plan_to_text(const Plan& plan, const PlanSummaryOptions& options) {
+  std::string out;
+  out.reserve(estimated_size(plan, false));
+  write_plan_text(plan, options, [&](std::string_view part) { out += part; });
+  return out;
+}
+
+std::string plan_to_json(const Plan& plan, const PlanSummaryOptions& options) {
+  std::string out;
+  out.reserve(estimated_size(plan, true));
+  write_plan_json(plan, options, [&](std::string_view part) { out += part; });
   return out;
 }
 

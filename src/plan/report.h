@@ -1,6 +1,7 @@
 // What `ckptstream plan --dry-run` prints: a Plan described before a byte moves, as text for
-// people or as JSON for tools. Both are built in one pass with appends into one reserved string,
-// so a plan of 100k tensors and 1M fragments costs time and memory linear in its size.
+// people or as JSON for tools. Both are built in one pass with appends, handed out one output
+// file at a time (write_plan_*) or gathered into one string (plan_to_*), so a plan of 100k
+// tensors and 1M fragments costs time linear in its size.
 //
 // Terms. A fragment reads a strided view of a storage in an input file: its *offset* is the
 // absolute byte offset in that file of the lowest storage element the view touches (the view's
@@ -60,7 +61,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include "plan/plan.h"
 
@@ -85,6 +88,12 @@ PlanTotals plan_totals(const Plan& plan);
 
 std::string plan_to_text(const Plan& plan, const PlanSummaryOptions& options);
 std::string plan_to_json(const Plan& plan, const PlanSummaryOptions& options);
+
+// The same reports handed to `sink` one output file at a time, so that printing the plan of a
+// terabyte model (a million fragment lines) does not hold the whole text in memory.
+using ReportSink = std::function<void(std::string_view part)>;
+void write_plan_text(const Plan& plan, const PlanSummaryOptions& options, const ReportSink& sink);
+void write_plan_json(const Plan& plan, const PlanSummaryOptions& options, const ReportSink& sink);
 
 // "1.5 GiB", "512 B": bytes with a binary unit, for people.
 std::string human_bytes(std::uint64_t bytes);

@@ -1,6 +1,8 @@
 #include "torch/tensor_interpreter.h"
 
+#include <memory>
 #include <optional>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -32,7 +34,7 @@ ValuePtr state_lookup(const ValuePtr& state, std::string_view key) {
   return nullptr;
 }
 
-const std::vector<ValuePtr>* call_args(const Value& v) {
+const pickle::ArenaList<ValuePtr>* call_args(const Value& v) {
   if (!v.args || !v.args->is(Kind::kTuple)) return nullptr;
   return &v.args->items;
 }
@@ -59,7 +61,7 @@ Result<DType> torch_dtype(const ValuePtr& v) {
   if (!v || !v->is(Kind::kGlobal) || v->module != "torch")
     return invalid_input("dtype argument is not a torch.<dtype> global");
   auto d = dtype_from_torch_name(v->name);
-  if (!d) return unsupported("unknown dtype torch." + v->name);
+  if (!d) return unsupported("unknown dtype torch." + std::string(v->name));
   return *d;
 }
 
@@ -67,8 +69,8 @@ using MaybeTensor = std::optional<TorchTensor>;
 
 class Interpreter {
  public:
-  Interpreter(const StorageUses& uses, std::span<const std::byte> bytes, TorchCheckpoint& ckpt)
-      : uses_(uses), bytes_(bytes), ckpt_(ckpt) {}
+  Interpreter(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt)
+      : uses_(uses), read_(read), ckpt_(ckpt) {}
 
   Status walk(const Value& node, const std::string& name, int depth) {
     if (depth > kMaxDepth)
@@ -136,23 +138,25 @@ class Interpreter {
     if (!v.is(Kind::kObject) || !v.callable || !v.callable->is(Kind::kGlobal)) return MaybeTensor{};
     if (depth > 8) return invalid_input("tensor rebuild calls nested too deeply");
     const Value& fn = *v.callable;
+    const std::string fn_name(fn.name);
     const auto* args = call_args(v);
     if (fn.module == "torch._utils") {
-      if (fn.name.rfind("_rebuild_", 0) != 0) return MaybeTensor{};
-      if (!args) return invalid_input(fn.name + " arguments are not a tuple");
-      return rebuild_utils(fn.name, *args, depth);
+      if (!fn.name.starts_with("_rebuild_")) return MaybeTensor{};
+      if (!args) return invalid_input(fn_name + " arguments are not a tuple");
+      return rebuild_utils(fn_name, *args, depth);
     }
     if (fn.module == "torch._tensor" &&
         (fn.name == "_rebuild_from_type_v2" || fn.name == "_rebuild_from_type")) {
       if (!args || args->size() < 3)
-        return invalid_input(fn.name + " needs (func, type, args[, state])");
+        return invalid_input(fn_name + " needs (func, type, args[, state])");
       return rebuild_from_type(*args, depth);
     }
     return MaybeTensor{};
   }
 
   Result<std::optional<TorchTensor>> rebuild_utils(const std::string& name,
-                                                   const std::vector<ValuePtr>& a, int depth) {
+                                                   const pickle::ArenaList<ValuePtr>& a,
+                                                   int depth) {
     if (name == "_rebuild_tensor_v2") {
       if (a.size() < 6) return invalid_input(name + " needs at least 6 arguments");
       return dense(a, std::nullopt, a.size() > 6 ? a[6] : nullptr);
@@ -180,11 +184,11 @@ class Interpreter {
   }
 
   // _rebuild_tensor_v2/v3/_rebuild_tensor: (storage, offset, size, stride[, requires_grad, ...]).
-  Result<std::optional<TorchTensor>> dense(const std::vector<ValuePtr>& a,
+  Result<std::optional<TorchTensor>> dense(const pickle::ArenaList<ValuePtr>& a,
                                            std::optional<DType> dtype, const ValuePtr& metadata) {
     if (!a[0]->is(Kind::kPersistentId))
       return invalid_input("storage argument is not a persistent id");
-    auto use = uses_.find(a[0].get());
+    auto use = uses_.find(a[0]);
     if (use == uses_.end()) return invalid_input("storage persistent id was not resolved");
     TorchTensor t;
     t.storage = use->second.storage;
@@ -239,7 +243,8 @@ class Interpreter {
 
   // _rebuild_from_type_v2(func, new_type, args, state): a tensor subclass; func(*args) is the
   // tensor, unless func is _rebuild_wrapper_subclass (DTensor and other storage-less wrappers).
-  Result<std::optional<TorchTensor>> rebuild_from_type(const std::vector<ValuePtr>& a, int depth) {
+  Result<std::optional<TorchTensor>> rebuild_from_type(const pickle::ArenaList<ValuePtr>& a,
+                                                       int depth) {
     const ValuePtr& func = a[0];
     const ValuePtr& new_type = a[1];
     const ValuePtr& inner_args = a[2];
@@ -295,19 +300,29 @@ class Interpreter {
     for (const auto& p : placements->items) info.placements.push_back(placement(*p));
     ValuePtr mesh = spec->attr("mesh");
     if (!mesh) return invalid_input("DTensorSpec has no mesh");
-    CKPT_ASSIGN_OR_RETURN(info.mesh, device_mesh(*mesh, depth));
-    if (info.mesh.shape.size() != info.placements.size())
+    CKPT_ASSIGN_OR_RETURN(info.mesh, shared_mesh(*mesh, depth));
+    if (info.mesh->shape.size() != info.placements.size())
       return invalid_input("DTensor has " + std::to_string(info.placements.size()) +
-                           " placements for a " + std::to_string(info.mesh.shape.size()) +
+                           " placements for a " + std::to_string(info.mesh->shape.size()) +
                            "-d mesh");
     t->dtensor = std::move(info);
     return t;
   }
 
+  // One DeviceMeshInfo per DeviceMesh node: the pickle memo makes every DTensor of a file refer
+  // to the same mesh object.
+  Result<std::shared_ptr<const DeviceMeshInfo>> shared_mesh(const Value& mesh, int depth) {
+    auto found = meshes_.find(&mesh);
+    if (found != meshes_.end()) return found->second;
+    CKPT_ASSIGN_OR_RETURN(DeviceMeshInfo info, device_mesh(mesh, depth));
+    auto shared = std::make_shared<const DeviceMeshInfo>(std::move(info));
+    meshes_.emplace(&mesh, shared);
+    return shared;
+  }
+
   static Placement placement(const Value& p) {
     Placement out;
-    out.class_name = p.callable_name();
-    std::string cls = p.class_name();
+    std::string_view cls = p.class_name();
     auto int_attr = [&](const char* key, std::int64_t fallback) {
       auto v = p.attr(key);
       auto i = v ? v->as_int() : std::nullopt;
@@ -333,6 +348,7 @@ class Interpreter {
       }
     } else {
       out.kind = Placement::Kind::kOther;
+      out.class_name = p.callable_name();
     }
     return out;
   }
@@ -434,16 +450,20 @@ class Interpreter {
     if (!is_signed && t.dtype != DType::kU8)
       return unsupported("mesh tensor of dtype " + std::string(torch_name(t.dtype)));
     const StorageRecord& s = ckpt_.storages[t.storage];
+    if (s.nbytes > kMaxMeshRanks * sizeof(std::int64_t))
+      return invalid_input("device mesh storage too large");
+    std::vector<std::byte> storage(static_cast<std::size_t>(s.nbytes));
+    CKPT_TRY(read_(s.file_offset, storage));
     return gather(t.shape, t.strides, t.storage_offset,
                   [&](std::int64_t i) -> Result<std::int64_t> {
                     // validate_view has checked i against the storage.
-                    std::uint64_t at = s.file_offset + static_cast<std::uint64_t>(i) * size;
-                    if (at > bytes_.size() || size > bytes_.size() - at)
-                      return invalid_input("mesh tensor lies outside the file");
+                    std::uint64_t at = static_cast<std::uint64_t>(i) * size;
+                    if (at > storage.size() || size > storage.size() - at)
+                      return invalid_input("mesh tensor lies outside its storage");
                     std::uint64_t u = 0;
                     for (std::size_t b = 0; b < size; ++b) {
                       std::size_t k = ckpt_.big_endian ? b : size - 1 - b;
-                      u = (u << 8) | static_cast<std::uint8_t>(bytes_[at + k]);
+                      u = (u << 8) | static_cast<std::uint8_t>(storage[at + k]);
                     }
                     if (is_signed && size < 8 && (u >> (8 * size - 1)) != 0)
                       u |= ~std::uint64_t{0} << (8 * size);  // sign-extend
@@ -452,17 +472,18 @@ class Interpreter {
   }
 
   const StorageUses& uses_;
-  std::span<const std::byte> bytes_;
+  const zip::ReadAt& read_;
   TorchCheckpoint& ckpt_;
   std::unordered_set<const Value*> on_path_;
+  std::unordered_map<const Value*, std::shared_ptr<const DeviceMeshInfo>> meshes_;
   std::size_t visits_ = 0;
 };
 
 }  // namespace
 
-Status collect_tensors(const pickle::Value& root, const StorageUses& uses,
-                       std::span<const std::byte> bytes, TorchCheckpoint& ckpt) {
-  return Interpreter(uses, bytes, ckpt).walk(root, "", 0);
+Status collect_tensors(const pickle::Value& root, const StorageUses& uses, const zip::ReadAt& read,
+                       TorchCheckpoint& ckpt) {
+  return Interpreter(uses, read, ckpt).walk(root, "", 0);
 }
 
 }  // namespace ckptstream::torch_internal

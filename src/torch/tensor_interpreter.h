@@ -21,6 +21,7 @@
 
 #include "pickle/value.h"
 #include "torch/torch_checkpoint.h"
+#include "zip/zip_archive.h"
 
 namespace ckptstream::torch_internal {
 
@@ -33,8 +34,9 @@ struct StorageUse {
 using StorageUses = std::unordered_map<const pickle::Value*, StorageUse>;
 
 // Appends to ckpt.tensors every tensor reachable from `root` (ckpt.storages must be located, so
-// that views can be validated and mesh tensors read). `bytes` is the whole file.
-Status collect_tensors(const pickle::Value& root, const StorageUses& uses,
-                       std::span<const std::byte> bytes, TorchCheckpoint& ckpt);
+// that views can be validated and mesh tensors read). `read` reads the file (storage offsets are
+// positions in it).
+Status collect_tensors(const pickle::Value& root, const StorageUses& uses, const zip::ReadAt& read,
+                       TorchCheckpoint& ckpt);
 
 }  // namespace ckptstream::torch_internal

@@ -3,7 +3,6 @@
 #include "torch/torch_checkpoint.h"
 
 #include <cstring>
-#include <unordered_set>
 
 #include "io/input_file.h"
 #include "pickle/unpickler.h"
@@ -40,10 +39,24 @@ struct StorageId {
   DType dtype = DType::kU8;
   std::string key;
   std::uint64_t numel = 0;
-  ValuePtr view;  // legacy: None or (view_key, offset, size)
+  ValuePtr view = nullptr;  // legacy: None or (view_key, offset, size)
 };
 
-Result<std::optional<StorageId>> parse_storage_id(const Value& pid) {
+// The dtype a storage class stands for ("BFloat16Storage", "UntypedStorage": uint8).
+Result<DType> storage_class_dtype(const Value& storage_class) {
+  std::string cls(storage_class.class_name());
+  if (cls.empty() || cls.find("Storage") == std::string::npos)
+    return invalid_input("storage persistent id names no storage class");
+  if (cls == "UntypedStorage") return DType::kU8;
+  auto dtype = dtype_from_storage_class(cls);
+  if (!dtype) return unsupported("unknown storage class " + cls);
+  return *dtype;
+}
+
+// `classes` remembers the dtype of each storage class node: every tensor of a file names one of
+// a few memoized classes.
+Result<std::optional<StorageId>> parse_storage_id(
+    const Value& pid, std::unordered_map<const Value*, DType>& classes) {
   using Maybe = std::optional<StorageId>;
   if (!pid.is(Kind::kTuple) || pid.items.empty()) return Maybe{};
   auto tag = pid.items[0]->as_string();
@@ -51,15 +64,12 @@ Result<std::optional<StorageId>> parse_storage_id(const Value& pid) {
   const auto& f = pid.items;
   if (f.size() < 5) return invalid_input("storage persistent id has fewer than 5 fields");
   StorageId id;
-  std::string cls = f[1]->class_name();
-  if (cls.empty() || cls.find("Storage") == std::string::npos)
-    return invalid_input("storage persistent id names no storage class");
-  if (cls == "UntypedStorage") {
-    id.dtype = DType::kU8;
+  auto known = classes.find(f[1]);
+  if (known != classes.end()) {
+    id.dtype = known->second;
   } else {
-    auto dtype = dtype_from_storage_class(cls);
-    if (!dtype) return unsupported("unknown storage class " + cls);
-    id.dtype = *dtype;
+    CKPT_ASSIGN_OR_RETURN(id.dtype, storage_class_dtype(*f[1]));
+    classes.emplace(f[1], id.dtype);
   }
   auto key = f[2]->as_string();
   if (!key) return invalid_input("storage key is not a string");
@@ -71,57 +81,75 @@ Result<std::optional<StorageId>> parse_storage_id(const Value& pid) {
   return Maybe(std::move(id));
 }
 
-// Every persistent-id node of the graph, in a deterministic (depth-first) order.
-std::vector<const Value*> persistent_ids(const Value& root) {
-  std::vector<const Value*> out;
-  std::unordered_set<const Value*> seen;
-  std::vector<const Value*> todo{&root};
-  while (!todo.empty()) {
-    const Value* v = todo.back();
-    todo.pop_back();
-    if (!v || !seen.insert(v).second) continue;
-    if (v->is(Kind::kPersistentId)) out.push_back(v);
-    for (auto it = v->items.rbegin(); it != v->items.rend(); ++it) todo.push_back(it->get());
-    for (auto it = v->entries.rbegin(); it != v->entries.rend(); ++it) {
-      todo.push_back(it->second.get());
-      todo.push_back(it->first.get());
-    }
-    for (const ValuePtr* p : {&v->state, &v->kwargs, &v->args, &v->callable})
-      if (*p) todo.push_back(p->get());
-  }
-  return out;
-}
+// data.pkl is read whole into memory; beyond this it is not a state dict's pickle but damage.
+constexpr std::uint64_t kMaxPickleBytes = UINT32_MAX;  // what unpickle() accepts
 
-class Reader {
+}  // namespace
+
+class PendingTorchFile::Reader {
  public:
-  Reader(const InputFile& file, std::span<const std::byte> bytes, TorchCheckpoint& ckpt)
-      : file_(file), bytes_(bytes), ckpt_(ckpt) {}
+  Reader(InputFile file, const std::filesystem::path& path)
+      : file_(std::move(file)), read_([this](std::uint64_t offset, std::span<std::byte> out) {
+          return file_.read_at(offset, out);
+        }) {
+    ckpt_.path = path;
+  }
+  Reader(const Reader&) = delete;  // read_ refers to this object's file_
+  Reader& operator=(const Reader&) = delete;
 
-  Status read() {
-    if (starts_with(bytes_, 0, "PK\x03\x04")) return read_zip();
-    if (starts_with(bytes_, 0, "PYTORCH1"))
+  // Step 1: what can be read without building the pickle graph.
+  Status prepare() {
+    std::vector<std::byte> head(
+        static_cast<std::size_t>(std::min<std::uint64_t>(file_.size(), 512)));
+    CKPT_TRY(file_.read_at(0, head));
+    if (starts_with(head, 0, "PK\x03\x04")) return prepare_zip();
+    if (starts_with(head, 0, "PYTORCH1"))
       return unsupported("pre-release PYTORCH1 archive format (rejected by PyTorch too)");
-    if (starts_with(bytes_, 257, "ustar"))
+    if (starts_with(head, 257, "ustar"))
       return unsupported("tar-based torch.save format of PyTorch <= 0.3 is not supported");
-    if (!bytes_.empty() && static_cast<std::uint8_t>(bytes_[0]) == 0x80) return read_legacy();
-    if (bytes_.size() < 4) return invalid_input("file too short to be a torch.save file");
+    if (!head.empty() && static_cast<std::uint8_t>(head[0]) == 0x80) {
+      // The legacy format interleaves pickles and raw storages: parsed from a mapping.
+      CKPT_ASSIGN_OR_RETURN(bytes_, file_.mapped());
+      ckpt_.format = TorchCheckpoint::Format::kLegacy;
+      return {};
+    }
+    if (head.size() < 4) return invalid_input("file too short to be a torch.save file");
     return invalid_input("not a torch.save file (neither a zip archive nor a legacy pickle)");
   }
 
+  // Step 2: the pickle graph, its storages and tensors.
+  Status finish() {
+    if (ckpt_.format == TorchCheckpoint::Format::kLegacy) return read_legacy();
+    return finish_zip();
+  }
+
+  TorchCheckpoint take() { return std::move(ckpt_); }
+  const std::filesystem::path& path() const { return ckpt_.path; }
+
  private:
   // ---- zip format ------------------------------------------------------------------------------
-  Status read_zip() {
+  // Positional reads only: the end records, the central directory, each local header, data.pkl
+  // and the few small records. Mapping the file instead made every local header of a large rank
+  // file a page fault (and its unmapping a large TLB shootdown).
+  Status prepare_zip() {
     ckpt_.format = TorchCheckpoint::Format::kZip;
-    CKPT_ASSIGN_OR_RETURN(auto archive, zip::Archive::parse(bytes_, file_.path().string()));
-    archive_ = &archive;
+    file_.random_access();
+    zip::WillRead will_read = [this](std::uint64_t offset, std::uint64_t length) {
+      file_.will_need(offset, length);
+    };
+    CKPT_ASSIGN_OR_RETURN(
+        auto parsed, zip::Archive::parse(file_.size(), read_, file_.path().string(), will_read));
+    archive_.emplace(std::move(parsed));
+    const zip::Archive& archive = *archive_;
     if (archive.entries().empty()) return invalid_input("zip archive has no entries");
     const std::string& first = archive.entries().front().name;
     auto slash = first.find('/');
     if (slash == std::string::npos)
       return invalid_input("zip entry '" + first + "' is not under an archive directory");
     prefix_ = first.substr(0, slash + 1);
+    const std::string constants = prefix_ + "constants.pkl", code = prefix_ + "code/";
     for (const auto& e : archive.entries())
-      if (e.name == prefix_ + "constants.pkl" || e.name.rfind(prefix_ + "code/", 0) == 0)
+      if (e.name == constants || e.name.starts_with(code))
         return unsupported("this is a TorchScript archive (it has " + e.name +
                            "), not a torch.save file; save a state_dict instead");
     if (!archive.find(prefix_ + "data.pkl"))
@@ -129,49 +157,62 @@ class Reader {
     CKPT_ASSIGN_OR_RETURN(const zip::Entry* pkl, archive.stored(prefix_ + "data.pkl"));
     if (const zip::Entry* order = archive.find(prefix_ + "byteorder")) {
       CKPT_TRY(archive.stored(order->name));
-      std::string_view text = text_of(bytes_, order->data_offset, order->size);
-      if (text == "big")
+      std::vector<std::byte> bytes(
+          static_cast<std::size_t>(std::min<std::uint64_t>(order->size, 16)));
+      CKPT_TRY(file_.read_at(order->data_offset, bytes));
+      std::string_view text = text_of(bytes, 0, bytes.size());
+      if (text == "big" && order->size == 3)
         ckpt_.big_endian = true;
-      else if (text != "little")
+      else if (text != "little" || order->size != 6)
         return invalid_input("byteorder record says '" + std::string(text) + "'");
     }
-    auto pickled = pickle::unpickle(bytes_.subspan(static_cast<std::size_t>(pkl->data_offset),
-                                                   static_cast<std::size_t>(pkl->size)));
+    if (pkl->size > kMaxPickleBytes)
+      return invalid_input(prefix_ + "data.pkl of " + std::to_string(pkl->size) +
+                           " bytes is implausibly large");
+    pickle_.resize(static_cast<std::size_t>(pkl->size));
+    return file_.read_at(pkl->data_offset, pickle_);
+  }
+
+  Status finish_zip() {
+    auto pickled = pickle::unpickle(pickle_);
     if (!pickled.ok()) return pickled.error().with_context("data.pkl");
+    std::vector<std::byte>().swap(pickle_);  // the graph holds copies of what it needs
     ckpt_.root = pickled->value;
-    CKPT_TRY(resolve_storages(*pickled->value));
-    Status status = torch_internal::collect_tensors(*pickled->value, uses_, bytes_, ckpt_);
-    archive_ = nullptr;
+    CKPT_TRY(resolve_storages(pickled->persistent_ids));
+    Status status = torch_internal::collect_tensors(*pickled->value, uses_, read_, ckpt_);
+    archive_.reset();
     return status;
   }
 
   // ---- legacy format ---------------------------------------------------------------------------
   Status read_legacy() {
-    ckpt_.format = TorchCheckpoint::Format::kLegacy;
     std::size_t at = 0;
-    auto next = [&](const char* what) -> Result<ValuePtr> {
+    auto next = [&](const char* what) -> Result<pickle::Unpickled> {
       auto p = pickle::unpickle(bytes_, at);
       if (!p.ok()) return p.error().with_context(std::string("legacy ") + what);
       at = p->end;
-      return p->value;
+      return p;
     };
-    CKPT_ASSIGN_OR_RETURN(ValuePtr magic, next("magic number"));
+    CKPT_ASSIGN_OR_RETURN(auto magic_pickle, next("magic number"));
+    const Value* magic = magic_pickle.value.get();
     if (!magic->is(Kind::kBigInt) || magic->text.size() != sizeof kLegacyMagic ||
         std::memcmp(magic->text.data(), kLegacyMagic, sizeof kLegacyMagic) != 0)
       return invalid_input("not a torch.save file (a pickle without torch's magic number)");
-    CKPT_ASSIGN_OR_RETURN(ValuePtr version, next("protocol version"));
+    CKPT_ASSIGN_OR_RETURN(auto version_pickle, next("protocol version"));
+    const Value* version = version_pickle.value.get();
     if (version->as_int() != kLegacyProtocolVersion)
       return unsupported("legacy protocol version " + version->int_decimal() + " (expected 1001)");
-    CKPT_ASSIGN_OR_RETURN(ValuePtr sys_info, next("sys_info"));
+    CKPT_ASSIGN_OR_RETURN(auto sys_info_pickle, next("sys_info"));
+    const Value* sys_info = sys_info_pickle.value.get();
     if (auto little = sys_info->find("little_endian"))
       ckpt_.big_endian = !little->as_bool().value_or(true);
-    CKPT_ASSIGN_OR_RETURN(ValuePtr root, next("object pickle"));
-    ckpt_.root = root;
-    CKPT_ASSIGN_OR_RETURN(ValuePtr keys, next("storage key list"));
-    if (!keys->is_sequence()) return invalid_input("legacy storage key list is not a list");
-    CKPT_TRY(resolve_storages(*root));
-    CKPT_TRY(locate_legacy_storages(*keys, at));
-    return torch_internal::collect_tensors(*root, uses_, bytes_, ckpt_);
+    CKPT_ASSIGN_OR_RETURN(auto root, next("object pickle"));
+    ckpt_.root = root.value;
+    CKPT_ASSIGN_OR_RETURN(auto keys, next("storage key list"));
+    if (!keys.value->is_sequence()) return invalid_input("legacy storage key list is not a list");
+    CKPT_TRY(resolve_storages(root.persistent_ids));
+    CKPT_TRY(locate_legacy_storages(*keys.value, at));
+    return torch_internal::collect_tensors(*root.value, uses_, read_, ckpt_);
   }
 
   // Raw storages follow the key list: per key an 8-byte element count, then the elements.
@@ -228,9 +269,10 @@ class Reader {
   }
 
   // ---- storages --------------------------------------------------------------------------------
-  Status resolve_storages(const Value& root) {
-    for (const Value* pid : persistent_ids(root)) {
-      auto id = parse_storage_id(*pid->args);
+  Status resolve_storages(const std::vector<const Value*>& persistent_ids) {
+    uses_.reserve(persistent_ids.size());
+    for (const Value* pid : persistent_ids) {
+      auto id = parse_storage_id(*pid->args, storage_classes_);
       if (!id.ok()) return id.error();
       if (!id->has_value()) continue;
       CKPT_ASSIGN_OR_RETURN(std::size_t index, storage_for(**id));
@@ -249,10 +291,11 @@ class Reader {
     if (__builtin_mul_overflow(id.numel, element_size(id.dtype), &s.nbytes))
       return invalid_input("storage '" + id.key + "': element count overflows");
     if (archive_) {
-      std::string name = prefix_ + "data/" + id.key;
-      if (!archive_->find(name))
-        return invalid_input("storage '" + id.key + "': record " + name + " is missing");
-      CKPT_ASSIGN_OR_RETURN(const zip::Entry* e, archive_->stored(name));
+      record_name_.assign(prefix_).append("data/").append(id.key);
+      const std::string& name = record_name_;
+      const zip::Entry* e = archive_->find(name);
+      if (!e) return invalid_input("storage '" + id.key + "': record " + name + " is missing");
+      if (!e->is_stored()) CKPT_TRY(archive_->stored(name));  // its error
       if (e->size != s.nbytes)
         return invalid_input("storage '" + id.key + "': record " + name + " holds " +
                              std::to_string(e->size) + " bytes, but its persistent id says " +
@@ -299,31 +342,52 @@ class Reader {
     return index;
   }
 
-  const InputFile& file_;
-  std::span<const std::byte> bytes_;
-  TorchCheckpoint& ckpt_;
-  const zip::Archive* archive_ = nullptr;
+  InputFile file_;
+  zip::ReadAt read_;
+  std::span<const std::byte> bytes_;  // legacy format only
+  TorchCheckpoint ckpt_;
+  std::optional<zip::Archive> archive_;  // zip format, until finish()
+  std::vector<std::byte> pickle_;        // data.pkl, from prepare() to finish()
   std::string prefix_;
+  std::string record_name_;
   std::unordered_map<std::string, std::size_t> by_key_;
+  std::unordered_map<const Value*, DType> storage_classes_;
   std::vector<std::pair<std::size_t, LegacyView>> legacy_views_;
   StorageUses uses_;
 };
 
+namespace {
+
+Error naming_file(const Error& error, const std::filesystem::path& path) {
+  // Zip and read errors already name the file.
+  if (error.message.rfind(path.string() + ":", 0) == 0) return error;
+  return error.with_context(path.string());
+}
+
 }  // namespace
 
-Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path) {
+PendingTorchFile::PendingTorchFile(std::unique_ptr<Reader> reader) : reader_(std::move(reader)) {}
+PendingTorchFile::PendingTorchFile(PendingTorchFile&&) noexcept = default;
+PendingTorchFile& PendingTorchFile::operator=(PendingTorchFile&&) noexcept = default;
+PendingTorchFile::~PendingTorchFile() = default;
+
+Result<PendingTorchFile> PendingTorchFile::open(const std::filesystem::path& path) {
   CKPT_ASSIGN_OR_RETURN(InputFile file, InputFile::open(path));
-  CKPT_ASSIGN_OR_RETURN(auto bytes, file.mapped());
-  TorchCheckpoint ckpt;
-  ckpt.path = path;
-  Status status = Reader(file, bytes, ckpt).read();
-  if (!status.ok()) {
-    const std::string& message = status.error().message;
-    // Zip errors already name the file.
-    if (message.rfind(path.string() + ":", 0) == 0) return status.error();
-    return status.error().with_context(path.string());
-  }
-  return ckpt;
+  auto reader = std::make_unique<Reader>(std::move(file), path);
+  Status status = reader->prepare();
+  if (!status.ok()) return naming_file(status.error(), path);
+  return PendingTorchFile(std::move(reader));
+}
+
+Result<TorchCheckpoint> PendingTorchFile::read() && {
+  Status status = reader_->finish();
+  if (!status.ok()) return naming_file(status.error(), reader_->path());
+  return reader_->take();
+}
+
+Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path) {
+  CKPT_ASSIGN_OR_RETURN(auto pending, PendingTorchFile::open(path));
+  return std::move(pending).read();
 }
 
 std::string to_string(const Placement& p) {

@@ -36,7 +36,7 @@ struct Placement {
   std::int64_t dim = 0;           // Shard / _StridedShard
   std::int64_t split_factor = 1;  // _StridedShard
   std::string reduce_op;          // Partial
-  std::string class_name;         // as written, for messages
+  std::string class_name;         // kOther: the class as written, for messages
 };
 
 // "Shard(0)", "Replicate()", "Partial(sum)", "_StridedShard(dim=0, split_factor=2)".
@@ -54,7 +54,9 @@ struct DTensorInfo {
   Shape global_shape;
   Shape global_stride;
   std::vector<Placement> placements;  // one per mesh dimension
-  DeviceMeshInfo mesh;
+  // Shared by the tensors of one file that share a DeviceMesh object (all of them, usually):
+  // a large model has tens of thousands of DTensors per rank file.
+  std::shared_ptr<const DeviceMeshInfo> mesh;
 };
 
 struct TorchTensor {
@@ -89,5 +91,25 @@ struct TorchCheckpoint {
 // problem: truncated or corrupt zip, compressed entries, TorchScript archives, the old tar
 // format, unknown opcodes, missing storage records, views reaching past their storage.
 Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path);
+
+// read_torch_file in two steps, so that a caller reading many files can overlap the first step
+// of some (I/O: the zip directory, every local header, the data.pkl bytes) with the second of
+// another (CPU and memory: the pickle graph, its storages and tensors) and keep only one graph
+// in memory at a time.
+class PendingTorchFile {
+ public:
+  static Result<PendingTorchFile> open(const std::filesystem::path& path);  // step 1
+  Result<TorchCheckpoint> read() &&;                                        // step 2
+
+  PendingTorchFile(PendingTorchFile&&) noexcept;
+  PendingTorchFile& operator=(PendingTorchFile&&) noexcept;
+  ~PendingTorchFile();
+
+  class Reader;
+
+ private:
+  explicit PendingTorchFile(std::unique_ptr<Reader> reader);
+  std::unique_ptr<Reader> reader_;
+};
 
 }  // namespace ckptstream

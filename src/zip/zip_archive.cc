@@ -47,11 +47,12 @@ struct Directory {
 
 class Parser {
  public:
-  Parser(std::span<const std::byte> bytes, const std::string& label)
-      : bytes_(bytes), label_(label) {}
+  Parser(std::uint64_t size, const ReadAt& read, const WillRead& will_read,
+         const std::string& label)
+      : size_(size), read_(read), will_read_(will_read), label_(label) {}
 
   Result<std::vector<Entry>> run() {
-    CKPT_ASSIGN_OR_RETURN(std::size_t eocd, find_eocd());
+    CKPT_ASSIGN_OR_RETURN(std::uint64_t eocd, find_eocd());
     CKPT_ASSIGN_OR_RETURN(Directory dir, read_directory_location(eocd));
     return read_entries(dir);
   }
@@ -59,95 +60,125 @@ class Parser {
  private:
   Error fail(const std::string& what) const { return invalid_input(label_ + ": zip: " + what); }
 
-  Result<std::size_t> find_eocd() const {
-    if (bytes_.size() < kEocdSize)
-      return fail("file too short (" + std::to_string(bytes_.size()) +
+  // `length` bytes at `offset` (bounds checked by the caller) into buffer_, which the result views.
+  Result<std::span<const std::byte>> view(std::uint64_t offset, std::size_t length) {
+    buffer_.resize(length);
+    CKPT_TRY(read_(offset, buffer_));
+    return std::span<const std::byte>(buffer_);
+  }
+
+  Result<std::uint64_t> find_eocd() {
+    if (size_ < kEocdSize)
+      return fail("file too short (" + std::to_string(size_) +
                   " bytes) to hold an end-of-central-directory record (truncated?)");
-    // The EOCD ends the file unless a comment (at most 65535 bytes) follows it.
-    std::size_t last = bytes_.size() - kEocdSize;
+    // The EOCD ends the file unless a comment (at most 65535 bytes) follows it; the zip64
+    // locator sits right before it.
+    std::uint64_t tail = std::min<std::uint64_t>(size_, kEocdSize + 0xFFFF + kZip64LocatorSize);
+    std::uint64_t base = size_ - tail;
+    CKPT_ASSIGN_OR_RETURN(auto bytes, view(base, static_cast<std::size_t>(tail)));
+    std::size_t last = bytes.size() - kEocdSize;
     std::size_t first = last > 0xFFFF ? last - 0xFFFF : 0;
     for (std::size_t at = last + 1; at-- > first;) {
-      if (u32(bytes_, at) != kEocdSig) continue;
-      std::size_t comment = u16(bytes_, at + 20);
-      if (comment <= bytes_.size() - at - kEocdSize) return at;
+      if (u32(bytes, at) != kEocdSig) continue;
+      std::size_t comment = u16(bytes, at + 20);
+      if (comment <= bytes.size() - at - kEocdSize) {
+        tail_ = std::vector<std::byte>(bytes.begin(), bytes.end());
+        tail_base_ = base;
+        return base + at;
+      }
     }
     return fail("no end-of-central-directory record (truncated or not a zip file)");
   }
 
-  Result<Directory> read_directory_location(std::size_t eocd) const {
-    Directory dir{u16(bytes_, eocd + 10), u32(bytes_, eocd + 16), u32(bytes_, eocd + 12)};
-    if (eocd >= kZip64LocatorSize && u32(bytes_, eocd - kZip64LocatorSize) == kZip64LocatorSig) {
-      std::uint64_t at = u64(bytes_, eocd - kZip64LocatorSize + 8);
-      if (!fits(at, kZip64EocdSize, eocd - kZip64LocatorSize) || u32(bytes_, at) != kZip64EocdSig)
+  Result<Directory> read_directory_location(std::uint64_t eocd) {
+    std::span<const std::byte> tail(tail_);
+    std::size_t e = static_cast<std::size_t>(eocd - tail_base_);
+    Directory dir{u16(tail, e + 10), u32(tail, e + 16), u32(tail, e + 12)};
+    if (e >= kZip64LocatorSize && u32(tail, e - kZip64LocatorSize) == kZip64LocatorSig) {
+      std::uint64_t at = u64(tail, e - kZip64LocatorSize + 8);
+      if (!fits(at, kZip64EocdSize, eocd - kZip64LocatorSize))
         return fail("zip64 end-of-central-directory locator points to offset " +
                     std::to_string(at) + ", where there is no zip64 record");
-      dir.entries = u64(bytes_, at + 32);
-      dir.size = u64(bytes_, at + 40);
-      dir.offset = u64(bytes_, at + 48);
+      CKPT_ASSIGN_OR_RETURN(auto record, view(at, kZip64EocdSize));
+      if (u32(record, 0) != kZip64EocdSig)
+        return fail("zip64 end-of-central-directory locator points to offset " +
+                    std::to_string(at) + ", where there is no zip64 record");
+      dir.entries = u64(record, 32);
+      dir.size = u64(record, 40);
+      dir.offset = u64(record, 48);
     }
-    if (!fits(dir.offset, dir.size, bytes_.size()))
+    if (!fits(dir.offset, dir.size, size_))
       return fail("central directory [" + std::to_string(dir.offset) + ", +" +
-                  std::to_string(dir.size) + ") lies outside the file of " +
-                  std::to_string(bytes_.size()) + " bytes (truncated?)");
+                  std::to_string(dir.size) + ") lies outside the file of " + std::to_string(size_) +
+                  " bytes (truncated?)");
     if (dir.entries > dir.size / kCentralSize)
       return fail("central directory of " + std::to_string(dir.size) + " bytes cannot hold " +
                   std::to_string(dir.entries) + " entries");
     return dir;
   }
 
-  Result<std::vector<Entry>> read_entries(const Directory& dir) const {
+  Result<std::vector<Entry>> read_entries(const Directory& dir) {
+    CKPT_ASSIGN_OR_RETURN(auto cd, view(dir.offset, static_cast<std::size_t>(dir.size)));
+    std::vector<std::byte> directory(cd.begin(), cd.end());
+    directory_offset_ = dir.offset;
     std::vector<Entry> entries;
     entries.reserve(static_cast<std::size_t>(dir.entries));
-    std::uint64_t at = dir.offset;
-    std::uint64_t end = dir.offset + dir.size;
+    std::size_t at = 0;
     for (std::uint64_t i = 0; i < dir.entries; ++i) {
-      CKPT_ASSIGN_OR_RETURN(Entry entry, read_entry(at, end, i));
-      CKPT_TRY(locate_data(entry));
+      CKPT_ASSIGN_OR_RETURN(Entry entry, read_entry(directory, at, i));
       entries.push_back(std::move(entry));
     }
+    if (will_read_)  // the local headers lie scattered over the file: ask for all of them first
+      for (const Entry& entry : entries)
+        if (entry.local_header_offset < size_)
+          will_read_(entry.local_header_offset, kLocalSize + entry.name.size());
+    for (Entry& entry : entries) CKPT_TRY(locate_data(entry));
     return entries;
   }
 
-  // Reads the central directory entry at `at` (advanced past it).
-  Result<Entry> read_entry(std::uint64_t& at, std::uint64_t end, std::uint64_t index) const {
-    std::string where = "central directory entry " + std::to_string(index);
-    if (!fits(at, kCentralSize, end) || u32(bytes_, at) != kCentralSig)
-      return fail(where + " at offset " + std::to_string(at) + " is corrupt (bad signature)");
-    std::size_t name_len = u16(bytes_, at + 28);
-    std::size_t extra_len = u16(bytes_, at + 30);
-    std::size_t comment_len = u16(bytes_, at + 32);
-    std::uint64_t total = kCentralSize + name_len + extra_len + comment_len;
-    if (!fits(at, total, end)) return fail(where + " runs past the end of the central directory");
+  // Reads the central directory entry at `at` of `cd` (advanced past it).
+  Result<Entry> read_entry(std::span<const std::byte> cd, std::size_t& at,
+                           std::uint64_t index) const {
+    auto where = [&] { return "central directory entry " + std::to_string(index); };
+    if (!fits(at, kCentralSize, cd.size()) || u32(cd, at) != kCentralSig)
+      return fail(where() + " at offset " + std::to_string(directory_offset_ + at) +
+                  " is corrupt (bad signature)");
+    std::size_t name_len = u16(cd, at + 28);
+    std::size_t extra_len = u16(cd, at + 30);
+    std::size_t comment_len = u16(cd, at + 32);
+    std::size_t total = kCentralSize + name_len + extra_len + comment_len;
+    if (!fits(at, total, cd.size()))
+      return fail(where() + " runs past the end of the central directory");
     Entry e;
-    e.name.assign(reinterpret_cast<const char*>(bytes_.data() + at + kCentralSize), name_len);
-    e.method = u16(bytes_, at + 10);
-    e.crc32 = u32(bytes_, at + 16);
-    e.compressed_size = u32(bytes_, at + 20);
-    e.size = u32(bytes_, at + 24);
-    e.local_header_offset = u32(bytes_, at + 42);
-    CKPT_TRY(apply_zip64_extra(e, at + kCentralSize + name_len, extra_len));
+    e.name.assign(reinterpret_cast<const char*>(cd.data() + at + kCentralSize), name_len);
+    e.method = u16(cd, at + 10);
+    e.crc32 = u32(cd, at + 16);
+    e.compressed_size = u32(cd, at + 20);
+    e.size = u32(cd, at + 24);
+    e.local_header_offset = u32(cd, at + 42);
+    CKPT_TRY(apply_zip64_extra(e, cd.subspan(at + kCentralSize + name_len, extra_len)));
     at += total;
     return e;
   }
 
   // Replaces 0xFFFFFFFF fields by the values of the zip64 extra field, in the fixed order.
-  Status apply_zip64_extra(Entry& e, std::uint64_t extra, std::size_t extra_len) const {
+  Status apply_zip64_extra(Entry& e, std::span<const std::byte> extra) const {
     bool need_size = e.size == 0xFFFFFFFF;
     bool need_compressed = e.compressed_size == 0xFFFFFFFF;
     bool need_offset = e.local_header_offset == 0xFFFFFFFF;
     if (!need_size && !need_compressed && !need_offset) return {};
-    std::uint64_t end = extra + extra_len;
-    for (std::uint64_t at = extra; at + 4 <= end;) {
-      std::uint16_t id = u16(bytes_, at);
-      std::uint64_t len = u16(bytes_, at + 2);
+    std::size_t end = extra.size();
+    for (std::size_t at = 0; at + 4 <= end;) {
+      std::uint16_t id = u16(extra, at);
+      std::size_t len = u16(extra, at + 2);
       if (len > end - at - 4) break;
       if (id == kZip64ExtraId) {
-        std::uint64_t field = at + 4;
-        std::uint64_t field_end = field + len;
+        std::size_t field = at + 4;
+        std::size_t field_end = field + len;
         auto take = [&](std::uint64_t& out) -> Status {
           if (field + 8 > field_end)
             return fail("entry '" + e.name + "': zip64 extra field too short");
-          out = u64(bytes_, field);
+          out = u64(extra, field);
           field += 8;
           return {};
         };
@@ -161,49 +192,75 @@ class Parser {
     return fail("entry '" + e.name + "': sizes or offset need a zip64 extra field, none found");
   }
 
-  // Reads the local header to find where the entry's data starts, and checks the data fits.
-  Status locate_data(Entry& e) const {
+  // Reads the local header to find where the entry's data starts, and checks the data fits. One
+  // read per entry (header + the name the central directory gives): a large model's rank file
+  // has tens of thousands of entries, spread over the whole file.
+  Status locate_data(Entry& e) {
     std::uint64_t at = e.local_header_offset;
-    if (!fits(at, kLocalSize, bytes_.size()) || u32(bytes_, at) != kLocalHeaderSig)
+    if (!fits(at, kLocalSize, size_))
       return fail("entry '" + e.name + "': no local header at offset " + std::to_string(at) +
                   " (corrupt or truncated)");
-    std::uint64_t name_len = u16(bytes_, at + 26);
-    std::uint64_t extra_len = u16(bytes_, at + 28);
-    if (!fits(at, kLocalSize + name_len + extra_len, bytes_.size()))
+    std::size_t want =
+        static_cast<std::size_t>(std::min<std::uint64_t>(kLocalSize + e.name.size(), size_ - at));
+    CKPT_ASSIGN_OR_RETURN(auto header, view(at, want));
+    if (u32(header, 0) != kLocalHeaderSig)
+      return fail("entry '" + e.name + "': no local header at offset " + std::to_string(at) +
+                  " (corrupt or truncated)");
+    std::uint64_t name_len = u16(header, 26);
+    std::uint64_t extra_len = u16(header, 28);
+    if (!fits(at, kLocalSize + name_len + extra_len, size_))
       return fail("entry '" + e.name + "': local header runs past the end of the file");
-    std::string_view local_name(reinterpret_cast<const char*>(bytes_.data() + at + kLocalSize),
-                                static_cast<std::size_t>(name_len));
-    if (local_name != e.name)
+    std::string_view local_name(
+        reinterpret_cast<const char*>(header.data() + kLocalSize),
+        static_cast<std::size_t>(std::min<std::uint64_t>(name_len, header.size() - kLocalSize)));
+    if (name_len != e.name.size() || local_name != e.name)
       return fail("entry '" + e.name + "': local header names '" + std::string(local_name) +
                   "' (corrupt central directory)");
     e.data_offset = at + kLocalSize + name_len + extra_len;
-    if (!fits(e.data_offset, e.compressed_size, bytes_.size()))
+    if (!fits(e.data_offset, e.compressed_size, size_))
       return fail("entry '" + e.name + "': data [" + std::to_string(e.data_offset) + ", +" +
                   std::to_string(e.compressed_size) + ") runs past the end of the file (" +
-                  std::to_string(bytes_.size()) + " bytes; truncated?)");
+                  std::to_string(size_) + " bytes; truncated?)");
     if (e.is_stored() && e.size != e.compressed_size)
       return fail("entry '" + e.name + "': STORED but sizes differ (" + std::to_string(e.size) +
                   " vs " + std::to_string(e.compressed_size) + ")");
     return {};
   }
 
-  std::span<const std::byte> bytes_;
+  std::uint64_t size_;
+  const ReadAt& read_;
+  const WillRead& will_read_;
   const std::string& label_;
+  std::vector<std::byte> buffer_;
+  std::vector<std::byte> tail_;  // the end of the file, from tail_base_: EOCD and zip64 locator
+  std::uint64_t tail_base_ = 0;
+  std::uint64_t directory_offset_ = 0;
 };
 
 }  // namespace
 
 Result<Archive> Archive::parse(std::span<const std::byte> bytes, std::string label) {
+  ReadAt read = [bytes](std::uint64_t offset, std::span<std::byte> out) -> Status {
+    // Parser only asks for ranges it has checked against the size.
+    std::memcpy(out.data(), bytes.data() + offset, out.size());
+    return {};
+  };
+  return parse(bytes.size(), read, std::move(label));
+}
+
+Result<Archive> Archive::parse(std::uint64_t size, const ReadAt& read, std::string label,
+                               const WillRead& will_read) {
   Archive archive;
   archive.label_ = std::move(label);
-  CKPT_ASSIGN_OR_RETURN(archive.entries_, Parser(bytes, archive.label_).run());
+  CKPT_ASSIGN_OR_RETURN(archive.entries_, Parser(size, read, will_read, archive.label_).run());
+  archive.index_.reserve(archive.entries_.size());
   for (std::size_t i = 0; i < archive.entries_.size(); ++i)
     archive.index_.emplace(archive.entries_[i].name, i);  // the first of duplicate names wins
   return archive;
 }
 
 const Entry* Archive::find(std::string_view name) const {
-  auto it = index_.find(std::string(name));
+  auto it = index_.find(name);
   return it == index_.end() ? nullptr : &entries_[it->second];
 }
 

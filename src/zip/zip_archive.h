@@ -30,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -51,11 +52,25 @@ struct Entry {
   bool is_stored() const { return method == 0; }
 };
 
+// Reads exactly out.size() bytes at `offset` (an error otherwise).
+using ReadAt = std::function<Status(std::uint64_t offset, std::span<std::byte> out)>;
+// Announces reads of [offset, offset+length) about to come (may do nothing).
+using WillRead = std::function<void(std::uint64_t offset, std::uint64_t length)>;
+
 class Archive {
  public:
   // Parses the archive whose bytes are `bytes` (offsets are relative to bytes[0]). `label` names
   // the file in error messages.
   static Result<Archive> parse(std::span<const std::byte> bytes, std::string label);
+  // The same for an archive of `size` bytes read through `read` (positional reads of a file:
+  // only the end records, the central directory and each local header are read).
+  static Result<Archive> parse(std::uint64_t size, const ReadAt& read, std::string label,
+                               const WillRead& will_read = nullptr);
+
+  Archive(Archive&&) = default;
+  Archive& operator=(Archive&&) = default;
+  Archive(const Archive&) = delete;  // index_ views the names of entries_
+  Archive& operator=(const Archive&) = delete;
 
   const std::vector<Entry>& entries() const { return entries_; }
   const std::string& label() const { return label_; }
@@ -67,9 +82,10 @@ class Archive {
   Result<const Entry*> stored(std::string_view name) const;
 
  private:
+  Archive() = default;
   std::string label_;
   std::vector<Entry> entries_;
-  std::unordered_map<std::string, std::size_t> index_;
+  std::unordered_map<std::string_view, std::size_t> index_;  // views of entries_' names
 };
 
 }  // namespace ckptstream::zip

@@ -116,6 +116,29 @@ TEST_CASE("text report: one line per tensor, fragments below, totals") {
   CHECK(files.find("file model.safetensors: 148 bytes (header 120), 2 tensors\n") == 0);
 }
 
+TEST_CASE("streamed reports are the same bytes, handed out one output file at a time") {
+  Plan plan = small_plan();
+  plan.files.push_back(plan.files.front());
+  plan.files.back().name = "model-2.safetensors";
+  for (auto detail : {PlanSummaryOptions::Detail::kFragments, PlanSummaryOptions::Detail::kFiles}) {
+    PlanSummaryOptions options;
+    options.detail = detail;
+    std::vector<std::string> parts;
+    auto sink = [&](std::string_view part) { parts.emplace_back(part); };
+    write_plan_text(plan, options, sink);
+    CHECK(parts.size() == 3);  // a part per file, then side files, index and totals
+    std::string joined;
+    for (const auto& part : parts) joined += part;
+    CHECK(joined == plan_to_text(plan, options));
+    parts.clear();
+    write_plan_json(plan, options, sink);
+    CHECK(parts.size() == 3);
+    joined.clear();
+    for (const auto& part : parts) joined += part;
+    CHECK(joined == plan_to_json(plan, options));
+  }
+}
+
 TEST_CASE("JSON report: documented schema, exact bytes, parses") {
   PlanSummaryOptions options;
   options.memory_window = 1 << 20;

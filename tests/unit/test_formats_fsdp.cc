@@ -331,3 +331,45 @@ TEST_CASE("fsdp: Partial, _StridedShard and a tp mesh dimension are unsupported,
   CHECK(merged.error().kind == ErrorKind::kUnsupported);
   CHECK(contains(merged.error().message, "tensor score.weight: mesh dimension 'tp'"));
 }
+
+TEST_CASE("fsdp: rank files read on 1, 2 or 8 threads give the same tensors and fragments") {
+  auto describe = [](const MergedTensors& merged) {
+    std::string out;
+    for (const auto& t : merged.tensors) {
+      out += t.name + " " + std::to_string(t.fragments.size()) + ":";
+      for (const auto& f : t.fragments)
+        out += " " + std::to_string(f.source.input) + "@" + std::to_string(f.source.storage_begin) +
+               "+" + std::to_string(f.offsets[0]);
+      out += "\n";
+    }
+    for (const auto& note : merged.notes) out += note + "\n";
+    return out;
+  };
+  for (const char* name : {"w4", "hsdp", "w3"}) {
+    INFO("case " << name);
+    auto checkpoint = find_fsdp_checkpoint(kFixtures / name);
+    REQUIRE(checkpoint.ok());
+    auto one = merge_fsdp_tensors(*checkpoint, 1);
+    REQUIRE_MESSAGE(one.ok(), one.error().message);
+    for (unsigned threads : {2u, 8u}) {
+      auto many = merge_fsdp_tensors(*checkpoint, threads);
+      REQUIRE_MESSAGE(many.ok(), many.error().message);
+      CHECK(describe(*many) == describe(*one));
+    }
+  }
+}
+
+TEST_CASE("fsdp: a bad rank file is named whichever thread reads it") {
+  TempDir tmp("bad_rank_threads");
+  for (const auto& entry : fs::directory_iterator(kFixtures / "w4"))
+    fs::copy(entry.path(), tmp.path / entry.path().filename(), fs::copy_options::recursive);
+  auto rank2 = tmp.path / "model_world_size_4_rank_2.pt";
+  fs::resize_file(rank2, fs::file_size(rank2) / 2);
+  for (unsigned threads : {1u, 4u}) {
+    auto checkpoint = find_fsdp_checkpoint(tmp.path);
+    REQUIRE(checkpoint.ok());
+    auto merged = merge_fsdp_tensors(*checkpoint, threads);
+    REQUIRE(!merged.ok());
+    CHECK(contains(merged.error().message, rank2.string()));
+  }
+}

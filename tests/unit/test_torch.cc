@@ -204,12 +204,12 @@ void check_fixture(const std::string& name) {
       const Json& d = e["dtensor"];
       CHECK(t.dtensor->global_shape == d["global_shape"].ints());
       CHECK(t.dtensor->global_stride == d["global_stride"].ints());
-      CHECK(t.dtensor->mesh.ranks == d["mesh"].ints());
-      CHECK(t.dtensor->mesh.shape == d["mesh_shape"].ints());
-      CHECK(t.dtensor->mesh.device_type == d["device_type"].str);
+      CHECK(t.dtensor->mesh->ranks == d["mesh"].ints());
+      CHECK(t.dtensor->mesh->shape == d["mesh_shape"].ints());
+      CHECK(t.dtensor->mesh->device_type == d["device_type"].str);
       std::vector<std::string> names;
       for (const auto& n : d["dim_names"].array) names.push_back(n.str);
-      CHECK(t.dtensor->mesh.dim_names == names);
+      CHECK(t.dtensor->mesh->dim_names == names);
       REQUIRE(t.dtensor->placements.size() == d["placements"].array.size());
       for (std::size_t p = 0; p < t.dtensor->placements.size(); ++p) {
         const Json& ep = d["placements"].array[p];
@@ -424,4 +424,43 @@ TEST_CASE("random byte mutations of fixtures never crash") {
       if (!r.ok()) CHECK(!r.error().message.empty());
     }
   }
+}
+
+TEST_CASE("read in two steps: the same checkpoint, errors naming the file at either step") {
+  for (const char* name : {"views.pt", "dtypes.pt", "legacy.pt", "dtensor_rank1.pt"}) {
+    INFO(name);
+    if (!fs::exists(kDir / name)) continue;
+    auto whole = read_torch_file(kDir / name);
+    REQUIRE_MESSAGE(whole.ok(), whole.error().message);
+    auto pending = PendingTorchFile::open(kDir / name);
+    REQUIRE(pending.ok());
+    auto stepped = std::move(*pending).read();
+    REQUIRE_MESSAGE(stepped.ok(), stepped.error().message);
+    REQUIRE(stepped->tensors.size() == whole->tensors.size());
+    for (std::size_t i = 0; i < whole->tensors.size(); ++i) {
+      const auto& a = whole->tensors[i];
+      const auto& b = stepped->tensors[i];
+      CHECK(a.name == b.name);
+      CHECK(a.shape == b.shape);
+      CHECK(a.strides == b.strides);
+      CHECK(whole->ref(i, 0).storage_begin == stepped->ref(i, 0).storage_begin);
+    }
+  }
+  TempDir dir;
+  std::string views = read_text(kDir / "views.pt");
+  // Step 1 fails on a broken zip; step 2 on a broken pickle.
+  auto truncated = write_mutated(dir, "t.pt", views.substr(0, views.size() / 2));
+  auto opened = PendingTorchFile::open(truncated);
+  REQUIRE(!opened.ok());
+  CHECK(opened.error().message.rfind(truncated.string() + ": ", 0) == 0);
+  std::string bad = views;
+  auto pkl = data_offset(views, "views/data.pkl");
+  bad[pkl + 2] = '\xff';  // an unknown opcode right after PROTO
+  auto broken = write_mutated(dir, "b.pt", bad);
+  auto pending = PendingTorchFile::open(broken);
+  REQUIRE(pending.ok());
+  auto read = std::move(*pending).read();
+  REQUIRE(!read.ok());
+  CHECK(read.error().message.rfind(broken.string() + ": ", 0) == 0);
+  CHECK(read.error().message.find("unknown opcode") != std::string::npos);
 }

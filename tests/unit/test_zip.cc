@@ -235,3 +235,36 @@ TEST_CASE("corrupt and truncated archives give errors naming the file") {
   bad[eocd64 + 32] = std::byte{0xff};
   CHECK(error(bad).find("cannot hold") != std::string::npos);
 }
+
+TEST_CASE("positional reads give the same archive, after announcing every local header") {
+  auto bytes = read_file(CKPT_FIXTURES "/torch/views.pt");
+  auto whole = Archive::parse(bytes, "views.pt");
+  REQUIRE(whole.ok());
+  std::size_t reads = 0;
+  std::vector<std::uint64_t> announced;
+  ReadAt read = [&](std::uint64_t offset, std::span<std::byte> out) -> Status {
+    ++reads;
+    REQUIRE(offset + out.size() <= bytes.size());
+    std::memcpy(out.data(), bytes.data() + offset, out.size());
+    return {};
+  };
+  WillRead will_read = [&](std::uint64_t offset, std::uint64_t) { announced.push_back(offset); };
+  auto stepped = Archive::parse(bytes.size(), read, "views.pt", will_read);
+  REQUIRE(stepped.ok());
+  REQUIRE(stepped->entries().size() == whole->entries().size());
+  for (std::size_t i = 0; i < whole->entries().size(); ++i) {
+    CHECK(stepped->entries()[i].name == whole->entries()[i].name);
+    CHECK(stepped->entries()[i].data_offset == whole->entries()[i].data_offset);
+    CHECK(announced[i] == whole->entries()[i].local_header_offset);
+  }
+  // The file's tail (EOCD, zip64 locator), the zip64 EOCD torch always writes, the central
+  // directory, then one read per local header: never the data.
+  CHECK(reads == 3 + whole->entries().size());
+  // A read error is passed on.
+  ReadAt failing = [](std::uint64_t, std::span<std::byte>) -> Status {
+    return io_error("x: read failed");
+  };
+  auto failed = Archive::parse(bytes.size(), failing, "views.pt");
+  REQUIRE(!failed.ok());
+  CHECK(failed.error().message == "x: read failed");
+}
