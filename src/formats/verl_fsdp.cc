@@ -13,6 +13,7 @@
 // ranks at coordinate 0 are read.
 #include "formats/verl_fsdp.h"
 
+#include <malloc.h>
 #include <simdjson.h>
 #include <xxhash.h>
 #include <algorithm>
@@ -330,13 +331,14 @@ bool same_mesh(const DeviceMeshInfo& a, const DeviceMeshInfo& b) {
 }
 
 // Rank files are read ahead of the merge in two stages: the I/O-bound first step
-// (PendingTorchFile::open: zip directory, local headers, data.pkl bytes) of up to `threads` files
-// at once, and the CPU- and memory-bound second step (the pickle graph) of one file at a time,
-// one rank ahead of the caller. So however large W is, one pickle graph is in memory at a time.
+// (PendingTorchFile::open: zip directory, local headers, data.pkl bytes) of up to `threads` - 1
+// files at once (at least one), and the CPU- and memory-bound second step (the pickle graph) of one
+// file at a time, one rank ahead of the caller. So however large W is, one pickle graph is in
+// memory at a time.
 class RankReader {
  public:
   RankReader(const std::vector<fs::path>& files, unsigned threads)
-      : files_(files), window_(std::max(1u, threads)) {}
+      : files_(files), window_(std::max(1u, threads - 1)) {}
 
   Result<TorchCheckpoint> next() {
     if (!graph_.valid()) start_graph();
@@ -404,6 +406,10 @@ class Merger {
       } else {
         CKPT_TRY(add_rank(r, ckpt));
       }
+      ckpt = TorchCheckpoint();
+      // The rank's graph and tensor list were allocated on reader threads, whose malloc arenas
+      // keep freed memory; hand it back so that peak memory stays that of one rank file.
+      ::malloc_trim(0);
     }
     return finish();
   }

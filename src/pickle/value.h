@@ -93,10 +93,12 @@ struct Value {
     std::int64_t integer = 0;  // Int
     double real;               // Float
   };
-  std::string_view text;                             // String, Bytes, BigInt
+  union {                        // no kind has both
+    std::string_view text = {};  // String, Bytes, BigInt
+    std::string_view module;     // Global; Dict from OrderedDict ("collections")
+  };
   ArenaList<ValuePtr> items;                         // Tuple, List, Set, FrozenSet
   ArenaList<std::pair<ValuePtr, ValuePtr>> entries;  // Dict
-  std::string_view module;                           // Global; Dict from OrderedDict
   std::string_view name;                             //   ("collections", "OrderedDict")
   ValuePtr callable = nullptr;  // Object: a Global (or any value for REDUCE on something odd)
   ValuePtr args = nullptr;      // Object: a Tuple (or the argument as pickled); PersistentId: pid
