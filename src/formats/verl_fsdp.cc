@@ -30,6 +30,7 @@
 #include <unordered_map>
 
 #include "io/input_file.h"
+#include "pickle/value.h"
 #include "torch/torch_checkpoint.h"
 
 namespace ckptstream {
@@ -384,6 +385,7 @@ class RankReader {
   std::size_t launched_ = 0;
   std::deque<Opened> opening_;
   std::future<Result<TorchCheckpoint>> graph_;
+  std::shared_ptr<pickle::BlockPool> pool_ = std::make_shared<pickle::BlockPool>();
 };
 
 // Folds the rank files into logical tensors one rank at a time: rank 0's file fixes the names,

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/iostreams/device/mapped_file.hpp>
@@ -97,6 +98,16 @@ Result<std::span<const std::byte>> InputFile::mapped() const {
 
 void InputFile::random_access() const {
   ::posix_fadvise(fd_, 0, 0, POSIX_FADV_RANDOM);
+}
+
+bool InputFile::cached(std::uint64_t offset, std::uint64_t length) const {
+  std::byte probe[64];
+  std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(length, sizeof probe));
+  if (want == 0 || !range_fits(offset, want, size_)) return false;
+  iovec iov{probe, want};
+  // RWF_NOWAIT: fails with EAGAIN instead of waiting for the disk.
+  ssize_t n = ::preadv2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+  return n == static_cast<ssize_t>(want);
 }
 
 void InputFile::will_need(std::uint64_t offset, std::uint64_t length) const {

@@ -39,6 +39,9 @@ class InputFile {
   // would otherwise each pull up to read_ahead_kb of tensor data into the page cache.
   void random_access() const;
 
+  // Are the first bytes of [offset, offset+length) in the page cache? (a read that may not wait)
+  bool cached(std::uint64_t offset, std::uint64_t length) const;
+
   // Starts reading [offset, offset+length) into the page cache without waiting: many scattered
   // small reads queued at once instead of one synchronous disk round trip each.
   void will_need(std::uint64_t offset, std::uint64_t length) const;

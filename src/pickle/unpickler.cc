@@ -305,8 +305,8 @@ constexpr std::uint64_t kDenseMemoSlack = 1u << 16;
 
 class Machine {
  public:
-  Machine(std::span<const std::byte> data, std::size_t offset)
-      : data_(data), pos_(offset), arena_(std::make_shared<Arena>()), a_(*arena_) {
+  Machine(std::span<const std::byte> data, std::size_t offset, std::shared_ptr<BlockPool> pool)
+      : data_(data), pos_(offset), arena_(std::make_shared<Arena>(std::move(pool))), a_(*arena_) {
     none_ = shared(Kind::kNone);
     true_ = shared(Kind::kBool);
     true_->boolean = true;
@@ -1104,8 +1104,9 @@ class Machine {
 
 }  // namespace
 
-Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset) {
-  return Machine(data, offset).run();
+Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset,
+                           std::shared_ptr<BlockPool> pool) {
+  return Machine(data, offset, std::move(pool)).run();
 }
 
 }  // namespace ckptstream::pickle

@@ -46,6 +46,8 @@ struct Unpickled {
 
 // Runs the pickle that starts at `offset` of `data` up to its STOP. Errors read
 // "pickle: <problem> at offset N" (offsets relative to data[0]).
-Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset = 0);
+// `pool`, when given, lends and takes back the arena's large blocks.
+Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset = 0,
+                           std::shared_ptr<BlockPool> pool = nullptr);
 
 }  // namespace ckptstream::pickle

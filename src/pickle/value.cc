@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <type_traits>
 #include <unordered_map>
@@ -131,7 +132,27 @@ struct DictIndex {
   }
 };
 
-Arena::Arena() = default;
+BlockPool::~BlockPool() {
+  for (auto [block, size] : blocks_) ::munmap(block, size);
+}
+
+std::byte* BlockPool::take(std::size_t size) {
+  std::lock_guard lock(mutex_);
+  for (auto it = blocks_.begin(); it != blocks_.end(); ++it)
+    if (it->second == size) {
+      std::byte* block = it->first;
+      blocks_.erase(it);
+      return block;
+    }
+  return nullptr;
+}
+
+void BlockPool::give(std::byte* block, std::size_t size) {
+  std::lock_guard lock(mutex_);
+  blocks_.emplace_back(block, size);
+}
+
+Arena::Arena(std::shared_ptr<BlockPool> pool) : pool_(std::move(pool)) {}
 
 // Large blocks come straight from the kernel and go straight back: through malloc, the blocks
 // of a graph built on one thread and freed later stayed in that thread's malloc arena, and
@@ -141,10 +162,12 @@ constexpr std::size_t kMappedBlock = 256u << 10;
 Arena::~Arena() {
   for (DictIndex* index : indexes_) delete index;
   for (const Block& block : blocks_) {
-    if (block.size >= kMappedBlock)
-      ::munmap(block.data, block.size);
-    else
+    if (block.size < kMappedBlock)
       std::free(block.data);
+    else if (pool_)
+      pool_->give(block.data, block.size);
+    else
+      ::munmap(block.data, block.size);
   }
 }
 
@@ -157,7 +180,9 @@ void* Arena::allocate(std::size_t size, std::size_t align) {
     next_block_ = std::min(kMaxBlock, block * 2);
     void* memory = nullptr;
     if (block >= kMappedBlock) {
-      memory = ::mmap(nullptr, block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      memory = pool_ ? pool_->take(block) : nullptr;
+      if (!memory)
+        memory = ::mmap(nullptr, block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (memory == MAP_FAILED) throw std::bad_alloc();
     } else {
       memory = std::malloc(block);

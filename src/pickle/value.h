@@ -26,6 +26,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -138,10 +139,28 @@ struct Value {
   std::string int_decimal() const;
 };
 
+// Large arena blocks kept for the next graph: a reader that parses many large pickles one after
+// another reuses pages already mapped instead of faulting in (and zeroing) fresh ones for each.
+// Thread-safe: a graph may be freed on another thread than the one that built it.
+class BlockPool {
+ public:
+  BlockPool() = default;
+  ~BlockPool();
+  BlockPool(const BlockPool&) = delete;
+  BlockPool& operator=(const BlockPool&) = delete;
+
+  std::byte* take(std::size_t size);  // a kept block of exactly `size` bytes, or nullptr
+  void give(std::byte* block, std::size_t size);
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<std::byte*, std::size_t>> blocks_;
+};
+
 // Owns every value of one unpickled object graph and the bytes of their strings.
 class Arena {
  public:
-  Arena();
+  explicit Arena(std::shared_ptr<BlockPool> pool = nullptr);
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -192,6 +211,7 @@ class Arena {
   std::size_t next_block_ = 0;
   std::size_t bytes_used_ = 0;
   std::vector<DictIndex*> indexes_;
+  std::shared_ptr<BlockPool> pool_;
 };
 
 // Two's-complement little-endian bytes (as LONG1/LONG4 store them) as decimal text.

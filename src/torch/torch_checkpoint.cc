@@ -82,6 +82,8 @@ Result<std::optional<StorageId>> parse_storage_id(
 }
 
 // data.pkl is read whole into memory; beyond this it is not a state dict's pickle but damage.
+constexpr std::size_t kCacheProbeEvery = 256;
+
 constexpr std::uint64_t kMaxPickleBytes = UINT32_MAX;  // what unpickle() accepts
 
 }  // namespace
@@ -118,9 +120,9 @@ class PendingTorchFile::Reader {
   }
 
   // Step 2: the pickle graph, its storages and tensors.
-  Status finish() {
+  Status finish(std::shared_ptr<pickle::BlockPool> pool) {
     if (ckpt_.format == TorchCheckpoint::Format::kLegacy) return read_legacy();
-    return finish_zip();
+    return finish_zip(std::move(pool));
   }
 
   TorchCheckpoint take() { return std::move(ckpt_); }
@@ -134,8 +136,13 @@ class PendingTorchFile::Reader {
   Status prepare_zip() {
     ckpt_.format = TorchCheckpoint::Format::kZip;
     file_.random_access();
-    zip::WillRead will_read = [this](std::uint64_t offset, std::uint64_t length) {
-      file_.will_need(offset, length);
+    // Cold local headers are asked for all at once; a sample tells whether they are cached
+    // already (re-runs, verify after merge), when asking would only cost a syscall each.
+    std::size_t announced = 0;
+    bool warm = false;
+    zip::WillRead will_read = [&](std::uint64_t offset, std::uint64_t length) {
+      if (announced++ % kCacheProbeEvery == 0) warm = file_.cached(offset, length);
+      if (!warm) file_.will_need(offset, length);
     };
     CKPT_ASSIGN_OR_RETURN(
         auto parsed, zip::Archive::parse(file_.size(), read_, file_.path().string(), will_read));
@@ -173,8 +180,8 @@ class PendingTorchFile::Reader {
     return file_.read_at(pkl->data_offset, pickle_);
   }
 
-  Status finish_zip() {
-    auto pickled = pickle::unpickle(pickle_);
+  Status finish_zip(std::shared_ptr<pickle::BlockPool> pool) {
+    auto pickled = pickle::unpickle(pickle_, 0, std::move(pool));
     if (!pickled.ok()) return pickled.error().with_context("data.pkl");
     std::vector<std::byte>().swap(pickle_);  // the graph holds copies of what it needs
     ckpt_.root = pickled->value;
@@ -379,8 +386,8 @@ Result<PendingTorchFile> PendingTorchFile::open(const std::filesystem::path& pat
   return PendingTorchFile(std::move(reader));
 }
 
-Result<TorchCheckpoint> PendingTorchFile::read() && {
-  Status status = reader_->finish();
+Result<TorchCheckpoint> PendingTorchFile::read(std::shared_ptr<pickle::BlockPool> pool) && {
+  Status status = reader_->finish(std::move(pool));
   if (!status.ok()) return naming_file(status.error(), reader_->path());
   return reader_->take();
 }

@@ -17,7 +17,8 @@
 
 namespace ckptstream::pickle {
 struct Value;
-}
+class BlockPool;
+}  // namespace ckptstream::pickle
 
 namespace ckptstream {
 
@@ -99,7 +100,8 @@ Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path);
 class PendingTorchFile {
  public:
   static Result<PendingTorchFile> open(const std::filesystem::path& path);  // step 1
-  Result<TorchCheckpoint> read() &&;                                        // step 2
+  // Step 2; `pool` recycles the pickle graph's memory from one file to the next.
+  Result<TorchCheckpoint> read(std::shared_ptr<pickle::BlockPool> pool = nullptr) &&;
 
   PendingTorchFile(PendingTorchFile&&) noexcept;
   PendingTorchFile& operator=(PendingTorchFile&&) noexcept;
