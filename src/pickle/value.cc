@@ -147,6 +147,11 @@ std::byte* BlockPool::take(std::size_t size) {
   return nullptr;
 }
 
+std::size_t BlockPool::kept() const {
+  std::lock_guard lock(mutex_);
+  return blocks_.size();
+}
+
 void BlockPool::give(std::byte* block, std::size_t size) {
   std::lock_guard lock(mutex_);
   blocks_.emplace_back(block, size);

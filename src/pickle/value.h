@@ -151,9 +151,10 @@ class BlockPool {
 
   std::byte* take(std::size_t size);  // a kept block of exactly `size` bytes, or nullptr
   void give(std::byte* block, std::size_t size);
+  std::size_t kept() const;  // blocks waiting for a graph
 
  private:
-  std::mutex mutex_;
+  mutable std::mutex mutex_;
   std::vector<std::pair<std::byte*, std::size_t>> blocks_;
 };
 

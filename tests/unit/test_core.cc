@@ -35,6 +35,14 @@ TEST_CASE("InputFile reads exactly and names the file when truncated") {
   auto map = file->mapped();
   REQUIRE(map.ok());
   CHECK(static_cast<char>((*map)[9]) == '9');
+  // Just written and read: in the page cache. Past the end: not.
+  CHECK(file->cached(0, 10));
+  CHECK(!file->cached(10, 4));
+  CHECK(!file->cached(0, 0));
+  file->random_access();  // hints only: reads behave the same
+  file->will_need(0, 10);
+  REQUIRE(file->read_at(0, buf).ok());
+  CHECK(static_cast<char>(buf[3]) == '3');
   std::filesystem::remove(path);
   CHECK(!InputFile::open(path).ok());
 }

@@ -407,3 +407,25 @@ TEST_CASE("persistent ids are listed in the order the stream made them") {
   CHECK(r->persistent_ids[1]->args->text == "b");
   CHECK(r->value->items[1] == r->persistent_ids[1]);
 }
+
+TEST_CASE("a block pool hands a freed graph's large blocks to the next graph") {
+  // A list of 200k small ints: several MiB of arena, so large (mapped) blocks are used.
+  std::string p = "](";
+  for (int i = 0; i < 200000; ++i) p += "K\x01";
+  p += "e.";
+  auto data = bytes_of(p);
+  auto pool = std::make_shared<BlockPool>();
+  {
+    auto first = unpickle(data, 0, pool);
+    REQUIRE(first.ok());
+    CHECK(first->value->items.size() == 200000);
+    CHECK(pool->kept() == 0);
+  }
+  std::size_t kept = pool->kept();
+  CHECK(kept > 0);
+  auto second = unpickle(data, 0, pool);
+  REQUIRE(second.ok());
+  CHECK(second->value->items.size() == 200000);
+  CHECK(second->value->items[199999]->integer == 1);
+  CHECK(pool->kept() < kept);
+}
