@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "exec/file_jobs.h"
+#include "exec/file_writer.h"
+#include "exec/input_prefetch.h"
 #include "exec/manifest.h"
 #include "exec/plan_check.h"
 #include "exec/staging.h"
@@ -20,6 +22,9 @@ namespace {
 
 constexpr std::uint64_t kMinWorkerBuffer = 8ull << 20;
 constexpr std::uint64_t kMinWorkerWriteback = 64ull << 20;
+// How far ahead of a worker its inputs are asked for (input_prefetch.h): a few windows, enough
+// to keep reads queued on a cold cache; the page cache holds at most this much unread.
+constexpr std::uint64_t kPrefetchBytes = 32ull << 20;
 
 std::string tensor_context(const std::string& name) {
   return "tensor '" + name + "'";
@@ -76,20 +81,80 @@ ExecOptions worker_options(const ExecOptions& options, unsigned workers) {
   return share;
 }
 
+namespace {
+
+// Checks for a stop and counts progress around another sink.
+class CountingSink final : public TensorSink {
+ public:
+  CountingSink(TensorSink& sink, ExecContext& context) : sink_(sink), context_(context) {}
+  std::span<std::byte> room() override { return sink_.room(); }
+  Status take(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    if (context_.stop && context_.stop->load(std::memory_order_relaxed))
+      return io_error("stopped: another file failed");
+    CKPT_TRY(sink_.take(offset, bytes));
+    if (context_.progress) context_.progress->add(bytes.size());
+    return {};
+  }
+
+ private:
+  TensorSink& sink_;
+  ExecContext& context_;
+};
+
+Result<TensorDigest> stream_tensor(const PlacedTensor& placed, ExecContext& context,
+                                   TensorSink& sink) {
+  CountingSink counting(sink, context);
+  auto hash = TensorStream(placed.tensor, context).run(counting);
+  if (!hash.ok()) return hash.error().with_context(tensor_context(placed.tensor.name));
+  return TensorDigest{placed.tensor.name, std::move(hash).value()};
+}
+
+class VisitorSink final : public TensorSink {
+ public:
+  VisitorSink(const WindowVisitor& visit, const OutputFile& file, const PlacedTensor& placed)
+      : visit_(visit), file_(file), placed_(placed) {}
+  Status take(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    return visit_(file_, placed_, offset, bytes);
+  }
+
+ private:
+  const WindowVisitor& visit_;
+  const OutputFile& file_;
+  const PlacedTensor& placed_;
+};
+
+// A tensor's bytes into the file writer's buffer: produced there (room) or copied in; then the
+// inputs of what comes next are asked for.
+class FileSink final : public TensorSink {
+ public:
+  FileSink(FileWriter& writer, InputPrefetch& prefetch, std::uint64_t data_start)
+      : writer_(writer), prefetch_(prefetch), data_start_(data_start) {}
+  std::span<std::byte> room() override { return writer_.room(); }
+  Status take(std::uint64_t, std::span<const std::byte> bytes) override {
+    if (bytes.data() == writer_.room().data()) {
+      CKPT_TRY(writer_.advance(bytes.size()));
+    } else {
+      CKPT_TRY(writer_.append(bytes));
+    }
+    prefetch_.advance(writer_.position() - data_start_);
+    return {};
+  }
+
+ private:
+  FileWriter& writer_;
+  InputPrefetch& prefetch_;
+  std::uint64_t data_start_;  // the header's size
+};
+
+}  // namespace
+
 Result<FileDigest> stream_file(const OutputFile& file, ExecContext& context,
                                const WindowVisitor& visit) {
   FileDigest digest{file.name, file.size(), {}};
   for (const PlacedTensor& placed : file.tensors) {
-    TensorStream stream(placed.tensor, context);
-    auto hash = stream.run([&](std::uint64_t offset, std::span<const std::byte> bytes) -> Status {
-      if (context.stop && context.stop->load(std::memory_order_relaxed))
-        return io_error("stopped: another file failed");
-      CKPT_TRY(visit(file, placed, offset, bytes));
-      if (context.progress) context.progress->add(bytes.size());
-      return {};
-    });
-    if (!hash.ok()) return hash.error().with_context(tensor_context(placed.tensor.name));
-    digest.tensors.push_back({placed.tensor.name, std::move(hash).value()});
+    VisitorSink sink(visit, file, placed);
+    CKPT_ASSIGN_OR_RETURN(TensorDigest tensor, stream_tensor(placed, context, sink));
+    digest.tensors.push_back(std::move(tensor));
   }
   return digest;
 }
@@ -98,17 +163,23 @@ Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging
                                      ExecContext& context) {
   CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(file.name));
   CKPT_ASSIGN_OR_RETURN(StagedFile out,
-                        StagedFile::create(path, file.size(), context.options.writeback_bytes));
-  CKPT_TRY(
-      out.write_at(0, reinterpret_cast<const std::byte*>(file.header.data()), file.header.size()));
-  CKPT_ASSIGN_OR_RETURN(FileDigest digest,
-                        stream_file(file, context,
-                                    [&](const OutputFile&, const PlacedTensor& placed,
-                                        std::uint64_t offset, std::span<const std::byte> bytes) {
-                                      return out.write_at(
-                                          file.header.size() + placed.data_begin + offset,
-                                          bytes.data(), bytes.size());
-                                    }));
+                        StagedFile::create(path, file.size(), context.options.writeback_bytes,
+                                           context.options.direct_writes));
+  FileDigest digest{file.name, file.size(), {}};
+  InputPrefetch prefetch(file, context.inputs, kPrefetchBytes);
+  prefetch.advance(0);
+  {
+    FileWriter writer(out, context.write_buffers);
+    CKPT_TRY(writer.append(std::as_bytes(std::span(file.header))));
+    FileSink sink(writer, prefetch, file.header.size());
+    for (const PlacedTensor& placed : file.tensors) {
+      CKPT_TRY_CTX(writer.zero_fill_to(file.header.size() + placed.data_begin),
+                   tensor_context(placed.tensor.name));
+      CKPT_ASSIGN_OR_RETURN(TensorDigest tensor, stream_tensor(placed, context, sink));
+      digest.tensors.push_back(std::move(tensor));
+    }
+    CKPT_TRY(writer.finish());
+  }
   CKPT_TRY(out.finish());
   return digest;
 }

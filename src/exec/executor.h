@@ -1,17 +1,21 @@
 // The streaming executor: runs a Plan. Each output file is created under a staging directory
-// inside the target, preallocated, its header written, then every tensor's fragments are read
-// (pread, coalesced runs), converted to the output dtype, hashed (XXH3-128) and written with
-// pwrite through a bounded staging buffer; a tensor with a LoRA delta is fused on the way
-// (tensor_writer.h). Page cache is kept in check by windowed writeback (sync_file_range) and
-// POSIX_FADV_DONTNEED on inputs and outputs. When every file is complete and fsynced, files
-// are renamed into the target (index and manifest last); on any error the staging directory is
-// removed and the target holds nothing new.
+// inside the target, preallocated, then written front to back: its header, then every tensor's
+// fragments read (preadv, coalesced runs), converted to the output dtype and hashed (XXH3-128)
+// in an aligned write buffer, which a thread of the file's own writes out while the next is
+// being filled (file_writer.h): whole 4 KiB blocks with O_DIRECT where the file system allows,
+// the rest through the page cache; a tensor with a LoRA delta is fused on the way
+// (tensor_writer.h), and the inputs of the next windows are asked for ahead (input_prefetch.h).
+// Page cache is kept in check by O_DIRECT, by windowed writeback (sync_file_range) of what is
+// buffered and by POSIX_FADV_DONTNEED on inputs and outputs. When every file is complete and
+// fsynced, files are renamed into the target (index and manifest last); on any error the
+// staging directory is removed and the target holds nothing new.
 //
 // Output files are written in parallel by ExecOptions::threads workers (worker_pool.h), each
 // taking whole files, so one worker's reads overlap another's writes; the tensors of a file are
-// written in order by one worker. Files are independent, so the bytes and the manifest do not
-// depend on the number of workers. Memory: the buffers are shared out between the workers
-// (worker_options in file_jobs.h), about max(buffer_bytes, workers x 8 MiB) of windows.
+// written in order by one worker (and its file's writer thread, which only writes). Files are
+// independent, so the bytes and the manifest do not depend on the number of workers. Memory:
+// the buffers are shared out between the workers (worker_options in file_jobs.h), about
+// max(buffer_bytes, workers x 8 MiB) of windows and half as much of write buffers.
 // Distributed runs (several processes, each writing some files) are in distributed.h.
 #pragma once
 
@@ -49,6 +53,10 @@ struct ExecOptions {
   std::function<void(std::uint64_t, std::uint64_t)> on_progress;
   // Workers writing (or hashing) output files at once: 0 = one per core; at most the files.
   unsigned threads = 0;
+  // Write whole 4 KiB blocks of output files with O_DIRECT where the file system allows (the
+  // bytes stay out of the page cache); false: every byte through the page cache. The bytes
+  // written are the same either way.
+  bool direct_writes = true;
 };
 
 Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,

@@ -162,6 +162,7 @@ StagedFile::StagedFile(std::filesystem::path path, int fd, std::uint64_t writeba
 StagedFile::StagedFile(StagedFile&& other) noexcept
     : path_(std::move(other.path_)),
       fd_(std::exchange(other.fd_, -1)),
+      direct_fd_(std::exchange(other.direct_fd_, -1)),
       writeback_bytes_(other.writeback_bytes_),
       window_begin_(other.window_begin_),
       previous_begin_(other.previous_begin_),
@@ -169,6 +170,7 @@ StagedFile::StagedFile(StagedFile&& other) noexcept
 
 StagedFile::~StagedFile() {
   if (fd_ >= 0) ::close(fd_);
+  if (direct_fd_ >= 0) ::close(direct_fd_);
 }
 
 Error StagedFile::os_error(const std::string& what) const {
@@ -176,7 +178,7 @@ Error StagedFile::os_error(const std::string& what) const {
 }
 
 Result<StagedFile> StagedFile::create(const std::filesystem::path& path, std::uint64_t size,
-                                      std::uint64_t writeback_bytes) {
+                                      std::uint64_t writeback_bytes, bool direct_writes) {
   CKPT_ASSIGN_OR_RETURN(int fd, create_exclusive(path));
   StagedFile file(path, fd, writeback_bytes);
   if (size == 0) return file;
@@ -185,12 +187,41 @@ Result<StagedFile> StagedFile::create(const std::filesystem::path& path, std::ui
       return file.os_error("cannot preallocate " + std::to_string(size) + " bytes");
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) return file.os_error("cannot resize");
   }
+  // Refused (EINVAL) by file systems without direct I/O: then every write is buffered.
+  if (direct_writes && size >= kDirectAlign)
+    file.direct_fd_ = ::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
   return file;
 }
 
 Status StagedFile::write_at(std::uint64_t offset, const std::byte* data, std::size_t size) {
-  CKPT_TRY(write_all(fd_, path_, offset, data, size));
+  CKPT_ASSIGN_OR_RETURN(std::size_t direct, write_direct(offset, data, size));
+  if (direct == size) return {};
+  CKPT_TRY(write_all(fd_, path_, offset + direct, data + direct, size - direct));
   return advance_writeback(offset + size);
+}
+
+Result<std::size_t> StagedFile::write_direct(std::uint64_t offset, const std::byte* data,
+                                             std::size_t size) {
+  std::size_t done = 0;
+  auto aligned = [](std::uint64_t value) { return value % kDirectAlign == 0; };
+  // The memory's alignment is left to the kernel to check (it depends on the device): ours is
+  // always aligned, and a refusal only means falling back.
+  if (direct_fd_ < 0 || !aligned(offset)) return done;
+  std::size_t whole = size - size % kDirectAlign;
+  while (done < whole) {
+    ssize_t n = ::pwrite(direct_fd_, data + done, whole - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EINVAL) {
+      // The file system takes O_DIRECT opens but not these writes (a larger block size, or no
+      // direct I/O at all): nothing was written; from here on everything goes through the cache.
+      ::close(std::exchange(direct_fd_, -1));
+      break;
+    }
+    if (n < 0) return os_error("write failed");
+    done += static_cast<std::size_t>(n);
+    if (!aligned(done)) break;  // a short write off the block grid: the rest goes buffered
+  }
+  return done;
 }
 
 // Every writeback_bytes: start writeback of the new window, wait for the previous one (started
@@ -220,6 +251,7 @@ Status StagedFile::advance_writeback(std::uint64_t written_end) {
 }
 
 Status StagedFile::finish() {
+  if (direct_fd_ >= 0) ::close(std::exchange(direct_fd_, -1));
   int fd = std::exchange(fd_, -1);
   return sync_and_close(fd, path_);
 }

@@ -45,29 +45,42 @@ class OutputStaging {
 };
 
 // A file being written in staging: created exclusively, preallocated, written with pwrite.
-// Dirty pages are pushed to disk and dropped every `writeback_bytes` written (landscape §4.2),
-// so the page cache holds about two windows of output whatever the file size.
+// Writes of whole 4 KiB blocks at aligned offsets (from aligned memory) go through a second
+// descriptor opened with O_DIRECT when asked and the file system allows it: the device reads the
+// caller's buffer, the bytes are not copied into the page cache (measured here 1.3 GB/s against
+// ~0.6 buffered, landscape §4.1, and the copy into the cache was a third of a warm merge's CPU).
+// Everything else (a file's unaligned tail, all of it where O_DIRECT is refused, e.g. by some
+// FUSE or network file systems) goes through the page cache, whose dirty pages are pushed to
+// disk and dropped every `writeback_bytes` written (landscape §4.2), so the cache holds about two
+// windows of output whatever the file size.
 class StagedFile {
  public:
+  static constexpr std::size_t kDirectAlign = 4096;  // offset, length and address of direct writes
+
   static Result<StagedFile> create(const std::filesystem::path& path, std::uint64_t size,
-                                   std::uint64_t writeback_bytes);
+                                   std::uint64_t writeback_bytes, bool direct_writes = false);
   StagedFile(StagedFile&& other) noexcept;
   StagedFile& operator=(StagedFile&&) = delete;
   StagedFile(const StagedFile&) = delete;
   ~StagedFile();
 
   int fd() const { return fd_; }
+  // Whether aligned blocks are still written with O_DIRECT (false after a refusal).
+  bool writes_direct() const { return direct_fd_ >= 0; }
   Status write_at(std::uint64_t offset, const std::byte* data, std::size_t size);
   // fdatasync, drop the file's pages from the cache, close.
   Status finish();
 
  private:
   StagedFile(std::filesystem::path path, int fd, std::uint64_t writeback_bytes);
+  // Writes the largest aligned prefix it can with O_DIRECT; returns the bytes written.
+  Result<std::size_t> write_direct(std::uint64_t offset, const std::byte* data, std::size_t size);
   Status advance_writeback(std::uint64_t written_end);
   Error os_error(const std::string& what) const;
 
   std::filesystem::path path_;
   int fd_ = -1;
+  int direct_fd_ = -1;  // the same file opened with O_DIRECT; -1 when not used
   std::uint64_t writeback_bytes_;
   std::uint64_t window_begin_ = 0;    // start of the window not yet pushed out
   std::uint64_t previous_begin_ = 0;  // the window pushed out last, still being written back

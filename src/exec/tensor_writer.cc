@@ -62,6 +62,7 @@ ExecContext::ExecContext(std::span<const InputFile> input_files, ExecOptions wor
       window_capacity(std::max<std::size_t>(options.buffer_bytes, 64)),
       window(std::make_unique_for_overwrite<std::byte[]>(window_capacity)),
       gather(options.buffer_bytes),
+      write_buffers(options.buffer_bytes),
       progress(progress_counter),
       stop(stop_flag) {}
 
@@ -84,41 +85,80 @@ std::uint64_t TensorStream::file_byte(const Source& source, std::int64_t element
   return source.fragment->source.storage_begin + static_cast<std::uint64_t>(element) * source_size_;
 }
 
+namespace {
+
+class FunctionSink final : public TensorSink {
+ public:
+  explicit FunctionSink(const WindowSink& sink) : sink_(sink) {}
+  Status take(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    return sink_(offset, bytes);
+  }
+
+ private:
+  const WindowSink& sink_;
+};
+
+}  // namespace
+
 Result<std::string> TensorStream::run(const WindowSink& sink) {
+  FunctionSink function_sink(sink);
+  return run(function_sink);
+}
+
+Result<std::string> TensorStream::run(TensorSink& sink) {
   if (tensor_.lora && numel_ > 0) CKPT_TRY_CTX(load_lora(), "LoRA delta");
   bool fusing = lora_ != nullptr;
-  // Regions of the window, each `elements` long: the gathered source values; with a LoRA delta
-  // their float32 values (the gathered ones themselves when the source is float32); the output
-  // values when they differ in dtype from what precedes them.
+  // Regions, each `elements` long: the gathered source values; with a LoRA delta their float32
+  // values (the gathered ones themselves when the source is float32); the output values when
+  // they differ in dtype from what precedes them. The last is the output: in the sink's room
+  // when it offers one (then a plain copy is read straight into it), except when fusing without
+  // a conversion (add_lora works on aligned floats in the window); the others in the window.
   bool widening = fusing && tensor_.source_dtype != DType::kF32;
   DType produced_dtype = fusing ? DType::kF32 : tensor_.source_dtype;
   bool converting = produced_dtype != tensor_.dtype;
-  std::size_t per_element =
-      source_size_ + (widening ? sizeof(float) : 0) + (converting ? output_size_ : 0);
-  auto elements = static_cast<std::int64_t>(
-      std::max<std::size_t>(1, (context_.window_capacity - 2 * kRegionAlign) / per_element));
-  auto count_of = [&](std::size_t size) { return static_cast<std::size_t>(elements) * size; };
-  std::byte* gathered = context_.window.get();
-  std::byte* produced = widening ? align_up(gathered + count_of(source_size_)) : gathered;
-  std::byte* output =
-      converting ? align_up(produced + count_of(element_size(produced_dtype))) : produced;
-  auto* values = reinterpret_cast<float*>(produced);  // float32 values when fusing
+  std::size_t produced_size = element_size(produced_dtype);
+  std::size_t all_regions =
+      source_size_ + (widening ? produced_size : 0) + (converting ? output_size_ : 0);
+  bool may_use_room = converting || !fusing;
+  std::size_t window_room = context_.window_capacity - 2 * kRegionAlign;
 
   TensorHasher hasher;
-  for (std::int64_t begin = 0; begin < numel_; begin += elements) {
-    std::int64_t end = std::min(numel_, begin + elements);
-    auto count = static_cast<std::size_t>(end - begin);
+  for (std::int64_t begin = 0; begin < numel_;) {
+    std::span<std::byte> room = may_use_room ? sink.room() : std::span<std::byte>{};
+    bool in_room = !room.empty();
+    std::size_t in_window = all_regions - (in_room ? output_size_ : 0);  // bytes per element
+    std::int64_t elements = numel_ - begin;
+    if (in_window > 0)
+      elements = std::min(elements, static_cast<std::int64_t>(window_room / in_window));
+    if (in_room)
+      elements = std::min(elements, static_cast<std::int64_t>(room.size() / output_size_));
+    elements = std::max<std::int64_t>(elements, 1);
+    std::int64_t end = begin + elements;
+    auto count = static_cast<std::size_t>(elements);
+
+    std::byte* next_free = context_.window.get();
+    auto region = [&](std::size_t size, bool is_output) {
+      if (is_output && in_room) return room.data();
+      std::byte* start = align_up(next_free);
+      next_free = start + count * size;
+      return start;
+    };
+    std::byte* gathered = region(source_size_, !widening && !converting);
+    std::byte* produced = widening ? region(produced_size, !converting) : gathered;
+    std::byte* output = converting ? region(output_size_, true) : produced;
+
     CKPT_TRY(gather_window(begin, end, gathered));
     if (widening) convert_elements(tensor_.source_dtype, DType::kF32, gathered, produced, count);
-    if (fusing) add_lora(begin, end, values);
+    if (fusing) add_lora(begin, end, reinterpret_cast<float*>(produced));
     if (converting) {
       convert_elements_at(produced_dtype, tensor_.dtype, produced, output, count,
                           static_cast<std::size_t>(begin), static_cast<std::size_t>(numel_));
     }
     std::size_t bytes = count * output_size_;
     hasher.update(output, bytes);
-    CKPT_TRY(sink(static_cast<std::uint64_t>(begin) * output_size_, {output, bytes}));
+    CKPT_TRY(sink.take(static_cast<std::uint64_t>(begin) * output_size_, {output, bytes}));
     release_inputs(end, end == numel_);
+    begin = end;
   }
   return hasher.hex_digest();
 }
@@ -196,9 +236,14 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
 }
 
 // Drops input pages that will not be read again: for fragments read front to back, everything
-// before the next element to write, once a writeback window's worth has accumulated; for the
-// others (transposed views re-read their span every window), their whole span at the end.
+// before the next element to write, once the fragment's share of a writeback window has
+// accumulated (a tensor of many shards would otherwise keep a window per shard cached: 8 x 256
+// MiB for a large embedding of 8 ranks), but not less than 4 MiB (few calls); for the others
+// (transposed views re-read their span every window), their whole span at the end.
 void TensorStream::release_inputs(std::int64_t written_end, bool finished) {
+  std::uint64_t window = context_.options.writeback_bytes;
+  std::uint64_t share = std::max<std::uint64_t>(window / std::max<std::size_t>(sources_.size(), 1),
+                                                std::min<std::uint64_t>(window, 4ull << 20));
   for (Source& source : sources_) {
     std::uint64_t consumed = file_byte(source, source.geometry.source_end());
     if (!finished) {
@@ -206,8 +251,7 @@ void TensorStream::release_inputs(std::int64_t written_end, bool finished) {
       std::int64_t next = source.geometry.count_before(written_end);
       if (next < source.geometry.numel())
         consumed = file_byte(source, source.geometry.source_element(next));
-      if (consumed - std::min(consumed, source.dropped_upto) < context_.options.writeback_bytes)
-        continue;
+      if (consumed - std::min(consumed, source.dropped_upto) < share) continue;
     }
     if (consumed <= source.dropped_upto) continue;
     const InputFile& file = context_.inputs[source.fragment->source.input];

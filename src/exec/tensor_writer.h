@@ -1,11 +1,15 @@
 // Produces one logical tensor's output bytes: window by window of its flat index, the fragments'
-// lines are gathered from the inputs into the window buffer (source dtype), converted to the
-// output dtype, hashed and handed to a sink (a pwrite into the staged file, a hasher only, or a
-// caller's visitor: executor.h). A tensor with a LoRA delta (plan.h) is fused on the way:
-// W's window is widened to float32, B @ A for the window's elements is added, and the sum is
-// cast to the output dtype. Memory: the window buffer (ExecOptions::buffer_bytes) plus the
-// gather scratch (at most as much again, only for strided views) plus 64 KiB, whatever the
-// tensor's size; with a LoRA delta also A and B in float32 (at most kMaxLoraFactorBytes).
+// lines are gathered from the inputs (source dtype), converted to the output dtype, hashed and
+// handed to a sink (the output file's writer, a hasher only, or a caller's visitor: executor.h).
+// A sink may offer room for the output bytes (the file writer's buffer, file_writer.h): they are
+// then produced there, and a tensor that needs no conversion is read from the inputs straight
+// into it; otherwise they are produced in the worker's window buffer. A tensor with a LoRA delta
+// (plan.h) is fused on the way: W's window is widened to float32, B @ A for the window's elements
+// is added, and the sum is cast to the output dtype. Memory per worker, whatever the tensor's
+// size: the window buffer (ExecOptions::buffer_bytes; untouched when nothing is converted) plus
+// the write buffers (half as much, file_writer.h) plus the gather scratch (at most
+// buffer_bytes, only for strided views) plus 64 KiB; with a LoRA delta also A and B in float32
+// (at most kMaxLoraFactorBytes).
 #pragma once
 
 #include <atomic>
@@ -19,6 +23,7 @@
 
 #include "ckptstream/result.h"
 #include "exec/executor.h"
+#include "exec/file_writer.h"
 #include "exec/fragment_geometry.h"
 #include "exec/source_gather.h"
 #include "io/input_file.h"
@@ -55,6 +60,7 @@ struct ExecContext {
   std::size_t window_capacity;  // bytes of `window`
   std::unique_ptr<std::byte[]> window;
   GatherBuffers gather;
+  WriteBuffers write_buffers;     // for the output files this worker writes
   ProgressCounter* progress;      // may be null
   const std::atomic<bool>* stop;  // set when another worker failed; may be null
 };
@@ -62,12 +68,27 @@ struct ExecContext {
 // Receives a tensor's bytes in order: `offset` is the byte position of `bytes` in the tensor.
 using WindowSink = std::function<Status(std::uint64_t offset, std::span<const std::byte> bytes)>;
 
+// A WindowSink that may say where it wants the bytes.
+class TensorSink {
+ public:
+  // Memory for the next window's output bytes, so that they need not be copied (at least
+  // WriteBuffers::kMaxElementBytes long), or empty: then they are produced in the window buffer.
+  virtual std::span<std::byte> room() { return {}; }
+  // The next bytes, at byte `offset` of the tensor: at room().data() when room() was not empty,
+  // unless they were made elsewhere (LoRA fusion works in the window; the sink copies them).
+  virtual Status take(std::uint64_t offset, std::span<const std::byte> bytes) = 0;
+
+ protected:
+  ~TensorSink() = default;
+};
+
 class TensorStream {
  public:
   // `tensor` must have passed check_tensor (plan_check.h).
   TensorStream(const LogicalTensor& tensor, ExecContext& context);
 
   // Passes every window of the tensor's output bytes to `sink`; returns their XXH3-128 in hex.
+  Result<std::string> run(TensorSink& sink);
   Result<std::string> run(const WindowSink& sink);
 
  private:
