@@ -319,6 +319,9 @@ class Machine {
     if (data_.size() - pos_ > kMaxPickle)
       return Error{ErrorKind::kUnsupported,
                    fail_at(pos_, "a pickle of 4 GiB or more is not supported").message};
+    // Python memoizes nearly every object: about one memo entry per 16 bytes of a torch.save
+    // pickle. Reserving that avoids copying a large memo as it grows.
+    memo_.reserve(std::min<std::size_t>((data_.size() - pos_) / 16, std::size_t{1} << 22));
     while (true) {
       op_offset_ = pos_;
       if (pos_ >= data_.size()) return fail("truncated stream (no STOP opcode)");
@@ -361,12 +364,10 @@ class Machine {
       }
       return v;
     }
-    auto [it, inserted] = ints_.emplace(i, nullptr);
-    if (inserted) {
-      it->second = shared(Kind::kInt);
-      it->second->integer = i;
-    }
-    return it->second;
+    // Larger ones (hashes, a vocabulary size) rarely repeat: a node each.
+    ValuePtr v = make(Kind::kInt);
+    v->integer = i;
+    return v;
   }
   ValuePtr long_value(std::string_view twos_complement_le) {
     if (auto i = small_long(twos_complement_le)) return integer(*i);
@@ -1092,7 +1093,6 @@ class Machine {
   Arena& a_;
   ValuePtr none_ = nullptr, true_ = nullptr, false_ = nullptr, empty_tuple_ = nullptr;
   std::vector<ValuePtr> small_ints_;
-  std::unordered_map<std::int64_t, ValuePtr> ints_;
   std::unordered_map<TupleKey, ValuePtr, TupleKeyHash> tuples_;
   std::vector<ValuePtr> stack_;
   std::vector<std::size_t> marks_;
