@@ -135,13 +135,7 @@ Result<TorchTensor> read_item_tensor(std::span<const std::byte> bytes, const std
     }
     uses[pid] = torch_internal::StorageUse{it->second, id.dtype};
   }
-  zip::ReadAt read = [bytes](std::uint64_t offset, std::span<std::byte> out) -> Status {
-    if (!range_fits(offset, out.size(), bytes.size()))
-      return invalid_input("a read past the end of the item");
-    std::memcpy(out.data(), bytes.data() + offset, out.size());
-    return {};
-  };
-  CKPT_TRY(torch_internal::collect_tensors(*pickled->value, uses, read, ckpt));
+  CKPT_TRY(torch_internal::collect_tensors(*pickled->value, uses, zip::read_from(bytes), ckpt));
   if (ckpt.tensors.size() != 1 || !ckpt.tensors[0].name.empty())
     return invalid_input("data.pkl holds " + std::to_string(ckpt.tensors.size()) +
                          " tensors, expected the chunk alone");

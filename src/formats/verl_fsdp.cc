@@ -314,16 +314,20 @@ std::vector<std::size_t> visit_order(const TorchTensor& t) {
 
 // ---- merging ----------------------------------------------------------------------------------
 
-// Which ranks hold the first replica (coordinate 0 on every Replicate mesh dim), in mesh order.
+// Is the rank at mesh coordinate `coord` in the replica that is read (coordinate 0 on every
+// Replicate mesh dim)?
+bool in_first_replica(const DTensorInfo& info, const std::vector<std::int64_t>& coord) {
+  for (std::size_t m = 0; m < coord.size(); ++m)
+    if (info.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0) return false;
+  return true;
+}
+
+// The ranks of that replica, in mesh order.
 std::vector<std::int64_t> first_replica_ranks(const DTensorInfo& info) {
   std::vector<std::int64_t> out;
-  for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat) {
-    auto coord = unravel(static_cast<std::int64_t>(flat), info.mesh->shape);
-    bool first = true;
-    for (std::size_t m = 0; m < coord.size(); ++m)
-      if (info.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0) first = false;
-    if (first) out.push_back(info.mesh->ranks[flat]);
-  }
+  for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat)
+    if (in_first_replica(info, unravel(static_cast<std::int64_t>(flat), info.mesh->shape)))
+      out.push_back(info.mesh->ranks[flat]);
   return out;
 }
 
@@ -371,10 +375,11 @@ class RankReader {
     opening_.pop_front();
     fill();
     graph_ = std::async(
-        std::launch::async, [opened = std::move(opened)]() mutable -> Result<TorchCheckpoint> {
+        std::launch::async,
+        [opened = std::move(opened), pool = pool_]() mutable -> Result<TorchCheckpoint> {
           auto pending = opened.get();
           if (!pending.ok()) return pending.error();
-          CKPT_ASSIGN_OR_RETURN(auto ckpt, std::move(*pending).read());
+          CKPT_ASSIGN_OR_RETURN(auto ckpt, std::move(*pending).read(pool));
           ckpt.root.reset();  // the tensors are extracted; the graph would only hold memory
           return ckpt;
         });
@@ -419,12 +424,11 @@ class Merger {
  private:
   struct Pending {
     LogicalTensor tensor;
-    std::vector<std::size_t> shard_dims;     // DTensor: per mesh dim, the sharded tensor dim
-    std::vector<std::size_t> rank_position;  // DTensor: rank -> flat mesh index
+    std::vector<std::size_t> shard_dims;  // DTensor: per mesh dim, the sharded tensor dim
+    const std::vector<std::size_t>* rank_position = nullptr;  // DTensor: rank -> mesh index
     std::vector<std::pair<std::size_t, int>> order;  // (mesh position, rank) of each fragment
     std::vector<std::size_t> visit;                  // plain: dims in hashing order
     std::optional<Digest> digest;                    // plain: rank 0's values
-    bool rank0_big_endian = false;
   };
 
   std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
@@ -451,16 +455,19 @@ class Merger {
         auto dims = check_layout(info);
         if (!dims.ok()) return in_tensor(dims.error(), t.name);
         p.shard_dims = std::move(*dims);
-        p.rank_position.assign(world, 0);
-        for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat)
-          p.rank_position[static_cast<std::size_t>(info.mesh->ranks[flat])] = flat;
+        auto [positions, fresh] = mesh_positions_.try_emplace(info.mesh.get());
+        if (fresh) {  // once per mesh: every DTensor of a file shares one
+          positions->second.assign(world, 0);
+          for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat)
+            positions->second[static_cast<std::size_t>(info.mesh->ranks[flat])] = flat;
+        }
+        p.rank_position = &positions->second;
         p.tensor.source_dtype = p.tensor.dtype = info.dtype;
         p.tensor.shape = info.global_shape;
       } else {
         p.tensor.source_dtype = p.tensor.dtype = t.dtype;
         p.tensor.shape = t.shape;
         p.visit = visit_order(t);
-        p.rank0_big_endian = first_.big_endian;
       }
     }
     return {};
@@ -617,7 +624,7 @@ class Merger {
                            " local shard of a " + std::string(torch_name(info.dtype)) + " DTensor");
     if (t.conj || t.neg)
       return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
-    std::size_t flat = p.rank_position[r];
+    std::size_t flat = (*p.rank_position)[r];
     auto coord = unravel(static_cast<std::int64_t>(flat), first.mesh->shape);
     Box box = local_box(first, coord, p.shard_dims);
     if (t.shape != box.shape)
@@ -626,8 +633,7 @@ class Merger {
                            shape_text(first.global_shape) + " over " + mesh_text(*first.mesh) +
                            " gives " + shape_text(box.shape) + " at mesh coordinate " +
                            shape_text(coord));
-    for (std::size_t m = 0; m < coord.size(); ++m)
-      if (first.placements[m].kind == Placement::Kind::kReplicate && coord[m] != 0) return {};
+    if (!in_first_replica(first, coord)) return {};
     if (*checked_numel(box.shape) == 0) return {};
     p.tensor.fragments.push_back(Fragment{ckpt.ref(j, r), std::move(box.offsets)});
     p.order.emplace_back(flat, static_cast<int>(r));
@@ -657,7 +663,7 @@ class Merger {
     if (!digest.ok()) return digest.error().with_context(rank_text(r));
     if (!p.digest) {
       p.digest = *digest;
-    } else if (*digest != *p.digest || ref.byteswap != p.rank0_big_endian) {
+    } else if (*digest != *p.digest || ref.byteswap != first_.big_endian) {
       return invalid_input("a plain tensor whose values differ between rank 0 (" + file_of(0) +
                            ") and " + rank_text(r) +
                            "; a tensor that is not a DTensor must be identical on every rank");
@@ -670,6 +676,8 @@ class Merger {
   TorchCheckpoint first_;
   std::unordered_map<std::string_view, std::size_t> index_;  // views of first_'s names
   std::vector<Pending> pending_;
+  // rank -> flat mesh index, per mesh of rank 0's file (check_layout: a permutation of the ranks)
+  std::unordered_map<const DeviceMeshInfo*, std::vector<std::size_t>> mesh_positions_;
   std::string replica_note_;
 };
 

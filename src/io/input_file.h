@@ -1,6 +1,7 @@
-// Read-only access to an input file: positional reads (pread) for bulk tensor bytes, which keep
-// resident memory bounded, and an optional read-only memory map for metadata that parsers walk
-// as a byte span (zip directories, pickles). Neither copies the file.
+// Read-only access to an input file: positional reads (pread) for tensor bytes and for the
+// metadata of torch.save zip files (each local header of a large rank file is one small read),
+// which keep resident memory bounded; page-cache hints; and an optional read-only memory map for
+// formats parsed as one byte span (DCP items, the legacy torch format). Neither copies the file.
 #pragma once
 
 #include <cstddef>

@@ -281,8 +281,10 @@ bool is_latin1_name(std::string_view s) {
   return s == "latin1" || s == "latin-1";
 }
 
-constexpr std::size_t kMaxPickle = UINT32_MAX;  // keeps every container's count in 32 bits
-constexpr std::int64_t kSmallInts = 1 << 16;
+// Every element costs at least a byte of pickle, so this keeps every container's count in 32 bits.
+constexpr std::size_t kMaxPickle = UINT32_MAX;
+constexpr std::int64_t kIntTable = 1 << 10;
+constexpr std::int64_t kSharedInts = 1 << 16;
 constexpr std::size_t kSharedTupleMax = 4;
 
 struct TupleKey {
@@ -316,15 +318,16 @@ class Machine {
 
   Result<Unpickled> run() {
     if (pos_ > data_.size()) return fail_at(pos_, "start offset past the end of the data");
-    if (data_.size() - pos_ > kMaxPickle)
-      return Error{ErrorKind::kUnsupported,
-                   fail_at(pos_, "a pickle of 4 GiB or more is not supported").message};
+    const std::size_t start = pos_;
     // Python memoizes nearly every object: about one memo entry per 16 bytes of a torch.save
     // pickle. Reserving that avoids copying a large memo as it grows.
     memo_.reserve(std::min<std::size_t>((data_.size() - pos_) / 16, std::size_t{1} << 22));
     while (true) {
       op_offset_ = pos_;
       if (pos_ >= data_.size()) return fail("truncated stream (no STOP opcode)");
+      if (pos_ - start > kMaxPickle)  // data may go on (a legacy file's storages follow)
+        return Error{ErrorKind::kUnsupported,
+                     fail("a pickle of 4 GiB or more is not supported").message};
       auto op = static_cast<std::uint8_t>(data_[pos_++]);
       if (op == kStop) {
         CKPT_ASSIGN_OR_RETURN(ValuePtr top, pop());
@@ -354,18 +357,25 @@ class Machine {
   }
   ValuePtr boolean(bool b) { return b ? true_ : false_; }
   ValuePtr integer(std::int64_t i) {
-    // Sizes, strides and offsets repeat in every tensor record: one node per value.
-    if (i >= 0 && i < kSmallInts) {
-      if (small_ints_.empty()) small_ints_.resize(kSmallInts, nullptr);
-      ValuePtr& v = small_ints_[static_cast<std::size_t>(i)];
-      if (!v) {
-        v = shared(Kind::kInt);
-        v->integer = i;
-      }
+    // Sizes, strides and offsets repeat in every tensor record: one node per value. A table for
+    // the smallest (cheap for the many tiny pickles of a DCP checkpoint), a map for the others.
+    if (i >= 0 && i < kIntTable) {
+      ValuePtr& v = int_table_[static_cast<std::size_t>(i)];
+      if (!v) v = shared_int(i);
       return v;
+    }
+    if (i >= 0 && i < kSharedInts) {
+      auto [it, fresh] = ints_.try_emplace(i, nullptr);
+      if (fresh) it->second = shared_int(i);
+      return it->second;
     }
     // Larger ones (hashes, a vocabulary size) rarely repeat: a node each.
     ValuePtr v = make(Kind::kInt);
+    v->integer = i;
+    return v;
+  }
+  ValuePtr shared_int(std::int64_t i) {
+    ValuePtr v = shared(Kind::kInt);
     v->integer = i;
     return v;
   }
@@ -1092,7 +1102,8 @@ class Machine {
   std::shared_ptr<Arena> arena_;
   Arena& a_;
   ValuePtr none_ = nullptr, true_ = nullptr, false_ = nullptr, empty_tuple_ = nullptr;
-  std::vector<ValuePtr> small_ints_;
+  std::array<ValuePtr, kIntTable> int_table_{};
+  std::unordered_map<std::int64_t, ValuePtr> ints_;
   std::unordered_map<TupleKey, ValuePtr, TupleKeyHash> tuples_;
   std::vector<ValuePtr> stack_;
   std::vector<std::size_t> marks_;

@@ -23,6 +23,7 @@
 //
 // Every length is checked against the bytes left, so a malformed stream gives an error naming
 // the opcode and offset, never a crash or an oversized allocation.
+// A pickle of 4 GiB or more is refused (its containers' counts are 32-bit).
 #pragma once
 
 #include <cstddef>

@@ -56,31 +56,8 @@ constexpr std::size_t kMaxBlock = 8u << 20;
 constexpr std::size_t kIndexedDict = 8;  // dicts larger than this get a hash index
 
 // Python equality of dict keys, for the scalar keys a pickle's dicts use (str, int, bool, None,
-// bytes, float, big ints and tuples of those); other keys never compare equal, so they are kept.
-bool same_key(const Value& a, const Value& b, int depth = 0) {
-  auto int_like = [](const Value& v) { return v.kind == Kind::kInt || v.kind == Kind::kBool; };
-  if (int_like(a) && int_like(b)) return *a.as_int() == *b.as_int();  // True == 1 in Python
-  if (a.kind != b.kind) return false;
-  switch (a.kind) {
-    case Kind::kString:
-    case Kind::kBytes:
-    case Kind::kBigInt:
-      return a.text == b.text;
-    case Kind::kNone:
-      return true;
-    case Kind::kFloat:
-      return std::memcmp(&a.real, &b.real, sizeof a.real) == 0;
-    case Kind::kTuple:
-      if (depth > 8 || a.items.size() != b.items.size()) return false;
-      for (std::size_t i = 0; i < a.items.size(); ++i)
-        if (!same_key(*a.items[i], *b.items[i], depth + 1)) return false;
-      return true;
-    default:
-      return false;
-  }
-}
-
-// A key for the dict index, equal exactly when same_key() holds; "" when not indexable.
+// bytes, float, big ints and tuples of those), as a string: equal keys give equal strings (True
+// and 1 both "i1"); "" for other keys, which never compare equal, so they are all kept.
 std::string index_key(const Value& k, int depth = 0) {
   switch (k.kind) {
     case Kind::kString:
@@ -113,6 +90,14 @@ std::string index_key(const Value& k, int depth = 0) {
     default:
       return "";
   }
+}
+
+// index_key(a) == index_key(b), without building strings for the string keys of small dicts.
+bool same_key(const Value& a, const Value& b) {
+  if (a.kind == Kind::kString || b.kind == Kind::kString)
+    return a.kind == b.kind && a.text == b.text;
+  std::string ka = index_key(a);
+  return !ka.empty() && ka == index_key(b);
 }
 
 }  // namespace
@@ -196,7 +181,6 @@ void* Arena::allocate(std::size_t size, std::size_t align) {
     blocks_.push_back(Block{static_cast<std::byte*>(memory), block});
     cursor_ = blocks_.back().data;
     left_ = block;
-    bytes_used_ += block;
     pad = (align - reinterpret_cast<std::uintptr_t>(cursor_) % align) % align;
   }
   std::byte* out = cursor_ + pad;

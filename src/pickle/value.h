@@ -73,8 +73,6 @@ class ArenaList {
   T* end() { return data_ + size_; }
   const T* begin() const { return data_; }
   const T* end() const { return data_ + size_; }
-  const T& front() const { return data_[0]; }
-  const T& back() const { return data_[size_ - 1]; }
   std::span<const T> span() const { return {data_, size_}; }
 
  private:
@@ -186,8 +184,6 @@ class Arena {
   // None, bytes, float, or tuples of those); other keys are appended.
   void set_item(Value& dict, ValuePtr key, ValuePtr value);
 
-  std::size_t bytes_used() const { return bytes_used_; }
-
  private:
   void* allocate(std::size_t size, std::size_t align);
   template <class T>
@@ -210,7 +206,6 @@ class Arena {
   std::byte* cursor_ = nullptr;
   std::size_t left_ = 0;
   std::size_t next_block_ = 0;
-  std::size_t bytes_used_ = 0;
   std::vector<DictIndex*> indexes_;
   std::shared_ptr<BlockPool> pool_;
 };

@@ -81,10 +81,12 @@ Result<std::optional<StorageId>> parse_storage_id(
   return Maybe(std::move(id));
 }
 
-// data.pkl is read whole into memory; beyond this it is not a state dict's pickle but damage.
+// One local header in this many is probed for being in the page cache (prepare_zip).
 constexpr std::size_t kCacheProbeEvery = 256;
 
-constexpr std::uint64_t kMaxPickleBytes = UINT32_MAX;  // what unpickle() accepts
+// data.pkl is read whole into memory (a few percent of the graph built from it); unpickle()
+// accepts less than 4 GiB.
+constexpr std::uint64_t kMaxPickleBytes = UINT32_MAX;
 
 }  // namespace
 

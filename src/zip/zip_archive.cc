@@ -240,12 +240,18 @@ class Parser {
 }  // namespace
 
 Result<Archive> Archive::parse(std::span<const std::byte> bytes, std::string label) {
-  ReadAt read = [bytes](std::uint64_t offset, std::span<std::byte> out) -> Status {
-    // Parser only asks for ranges it has checked against the size.
+  return parse(bytes.size(), read_from(bytes), std::move(label));
+}
+
+ReadAt read_from(std::span<const std::byte> bytes) {
+  return [bytes](std::uint64_t offset, std::span<std::byte> out) -> Status {
+    if (offset > bytes.size() || out.size() > bytes.size() - offset)
+      return invalid_input("a read of " + std::to_string(out.size()) + " bytes at offset " +
+                           std::to_string(offset) + " past the end of " +
+                           std::to_string(bytes.size()) + " bytes");
     std::memcpy(out.data(), bytes.data() + offset, out.size());
     return {};
   };
-  return parse(bytes.size(), read, std::move(label));
 }
 
 Result<Archive> Archive::parse(std::uint64_t size, const ReadAt& read, std::string label,

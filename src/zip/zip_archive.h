@@ -54,6 +54,8 @@ struct Entry {
 
 // Reads exactly out.size() bytes at `offset` (an error otherwise).
 using ReadAt = std::function<Status(std::uint64_t offset, std::span<std::byte> out)>;
+// Reads from bytes in memory (an error past their end).
+ReadAt read_from(std::span<const std::byte> bytes);
 // Announces reads of [offset, offset+length) about to come (may do nothing).
 using WillRead = std::function<void(std::uint64_t offset, std::uint64_t length)>;
 
