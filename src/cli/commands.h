@@ -83,7 +83,7 @@ struct CheckpointArgs {
 };
 void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required);
 // Detects the layout and plans the model the checkpoint becomes (merge_plan.h).
-Result<MergePlan> plan_from_args(const CheckpointArgs& args);
+Result<MergePlan> plan_from_args(const CheckpointArgs& args, std::size_t sampled_headers = 0);
 
 // --atol / --rtol, for test and verify --reference.
 void add_tolerance_options(CLI::App& cmd, double& atol, double& rtol);

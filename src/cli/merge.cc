@@ -135,9 +135,10 @@ Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   return options;
 }
 
-Result<MergePlan> plan_from_args(const CheckpointArgs& args) {
+Result<MergePlan> plan_from_args(const CheckpointArgs& args, std::size_t sampled_headers) {
   if (args.local_dir.empty()) return usage_error("--local_dir is required");
   CKPT_ASSIGN_OR_RETURN(auto options, to_merge_options(args));
+  options.sampled_headers = sampled_headers;
   if (!args.quiet && args.trust_remote_code)
     std::fprintf(stderr, "note: --trust-remote-code has no effect: no code is ever run\n");
   if (!args.quiet && args.use_cpu_initialization)
@@ -206,12 +207,16 @@ void add_plan(CLI::App& app, PlanArgs& args) {
   cmd->add_flag("--summary", args.summary, "omit each tensor's source fragments");
 }
 
+// Local headers `plan` reads per rank file (the first, the last and evenly spaced ones).
+constexpr std::size_t kPlanSampledHeaders = 64;
+
 void print_part(std::string_view part) {
   std::fwrite(part.data(), 1, part.size(), stdout);
 }
 
 int run_plan(const PlanArgs& args) {
-  auto merge = plan_from_args(args.checkpoint);
+  // Shown, not executed: the data offsets may be computed (MergeOptions::sampled_headers).
+  auto merge = plan_from_args(args.checkpoint, kPlanSampledHeaders);
   if (!merge.ok()) return report_error(merge.error());
   PlanSummaryOptions report;
   report.detail =

@@ -55,6 +55,10 @@ Result<std::vector<InputFile>> open_inputs(const Plan& plan) {
   inputs.reserve(plan.inputs.size());
   for (const auto& path : plan.inputs) {
     CKPT_ASSIGN_OR_RETURN(InputFile file, InputFile::open(path));
+    // No kernel readahead: output order is not file order, and readahead past the end of one
+    // fragment reads the next, often consumed and dropped already, back into the cache, where
+    // it stayed (2 GiB at 20 GB). InputPrefetch asks for exactly what comes next instead.
+    file.random_access();
     inputs.push_back(std::move(file));
   }
   return inputs;

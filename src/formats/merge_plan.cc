@@ -26,9 +26,10 @@ struct SourceModel {
   std::vector<std::string> notes;
 };
 
-Result<SourceModel> read_fsdp(const fs::path& dir, unsigned threads) {
+Result<SourceModel> read_fsdp(const fs::path& dir, const MergeOptions& options) {
   CKPT_ASSIGN_OR_RETURN(auto checkpoint, find_fsdp_checkpoint(dir));
-  CKPT_ASSIGN_OR_RETURN(auto merged, merge_fsdp_tensors(checkpoint, threads));
+  CKPT_ASSIGN_OR_RETURN(auto merged, merge_fsdp_tensors(checkpoint, options.threads,
+                                                        TorchReadOptions{options.sampled_headers}));
   SourceModel model;
   model.layout = "verl FSDP checkpoint, world size " + std::to_string(checkpoint.world_size);
   model.inputs = std::move(merged.inputs);
@@ -80,7 +81,7 @@ Result<SourceModel> read_source(const fs::path& dir, const MergeOptions& options
                            "dcp_checkpoint/ or model_state_dict/full_weights.pt)");
   }
   if (backend == Backend::kDcp) return read_dcp(dir, options, scratch);
-  return read_fsdp(dir, options.threads);
+  return read_fsdp(dir, options);
 }
 
 bool is_lm_head(const std::string& name) {

@@ -37,6 +37,9 @@ struct MergeOptions {
   // expert unpacking, and no config needed.
   bool raw_state_dict = false;
   unsigned threads = 0;  // rank files parsed at once (0: one per core)
+  // Local headers of torch zip files read per file, the others' data offsets computed
+  // (TorchReadOptions); 0: all. Only for plans that are shown, not executed.
+  std::size_t sampled_headers = 0;
 };
 
 // A directory for items that must be decoded before they can be streamed (zstd-compressed DCP

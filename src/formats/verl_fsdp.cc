@@ -342,8 +342,8 @@ bool same_mesh(const DeviceMeshInfo& a, const DeviceMeshInfo& b) {
 // memory at a time.
 class RankReader {
  public:
-  RankReader(const std::vector<fs::path>& files, unsigned threads)
-      : files_(files), window_(std::max(1u, threads - 1)) {}
+  RankReader(const std::vector<fs::path>& files, unsigned threads, const TorchReadOptions& options)
+      : files_(files), window_(std::max(1u, threads - 1)), options_(options) {}
 
   Result<TorchCheckpoint> next() {
     if (!graph_.valid()) start_graph();
@@ -363,8 +363,8 @@ class RankReader {
   void fill() {
     while (opening_.size() < window_ && launched_ < files_.size()) {
       const fs::path& path = files_[launched_++];
-      opening_.push_back(
-          std::async(std::launch::async, [&path] { return PendingTorchFile::open(path); }));
+      opening_.push_back(std::async(
+          std::launch::async, [&path, this] { return PendingTorchFile::open(path, options_); }));
     }
   }
 
@@ -387,6 +387,7 @@ class RankReader {
 
   const std::vector<fs::path>& files_;
   std::size_t window_;
+  TorchReadOptions options_;
   std::size_t launched_ = 0;
   std::deque<Opened> opening_;
   std::future<Result<TorchCheckpoint>> graph_;
@@ -399,13 +400,14 @@ class RankReader {
 // and the files being parsed, not W parsed files.
 class Merger {
  public:
-  Merger(const FsdpCheckpoint& checkpoint, unsigned threads)
-      : checkpoint_(checkpoint), threads_(threads) {}
+  Merger(const FsdpCheckpoint& checkpoint, unsigned threads, const TorchReadOptions& options)
+      : checkpoint_(checkpoint), threads_(threads), options_(options) {}
 
   Result<MergedTensors> run() {
-    RankReader reader(checkpoint_.rank_files, threads_);
+    RankReader reader(checkpoint_.rank_files, threads_, options_);
     for (std::size_t r = 0; r < checkpoint_.rank_files.size(); ++r) {
       CKPT_ASSIGN_OR_RETURN(TorchCheckpoint ckpt, reader.next());
+      computed_offsets_ += ckpt.computed_offsets;
       if (r == 0) {
         first_ = std::move(ckpt);
         CKPT_TRY(start());
@@ -545,6 +547,11 @@ class Merger {
                         (world > 1 && plains ? " (identical on every rank, read once)" : ""));
     for (const auto& layout : layouts) out.notes.push_back("placements " + layout);
     if (!replica_note_.empty()) out.notes.push_back(replica_note_);
+    if (computed_offsets_ > 0)
+      out.notes.push_back(
+          "file offsets of " + count(computed_offsets_, "zip record") +
+          " computed from torch's alignment rule, which a sample of local headers in each rank "
+          "file follows; merge reads every header");
     return out;
   }
 
@@ -673,6 +680,8 @@ class Merger {
 
   const FsdpCheckpoint& checkpoint_;
   unsigned threads_;
+  TorchReadOptions options_;
+  std::size_t computed_offsets_ = 0;
   TorchCheckpoint first_;
   std::unordered_map<std::string_view, std::size_t> index_;  // views of first_'s names
   std::vector<Pending> pending_;
@@ -756,14 +765,15 @@ Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
   return ckpt;
 }
 
-Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads) {
+Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads,
+                                         const TorchReadOptions& options) {
   if (checkpoint.rank_files.empty() ||
       checkpoint.rank_files.size() != static_cast<std::size_t>(checkpoint.world_size))
     return invalid_input(checkpoint.dir.string() + ": " +
                          std::to_string(checkpoint.rank_files.size()) +
                          " rank files for world size " + std::to_string(checkpoint.world_size));
   if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-  return Merger(checkpoint, threads).run();
+  return Merger(checkpoint, threads, options).run();
 }
 
 }  // namespace ckptstream

@@ -13,6 +13,7 @@
 
 #include "ckptstream/result.h"
 #include "plan/plan.h"
+#include "torch/torch_checkpoint.h"
 
 namespace ckptstream {
 
@@ -44,7 +45,9 @@ struct MergedTensors {
 // replica), checked against the DTensorSpec's global shape and dtype and for exact tiling.
 // Plain tensors must be identical on every rank and are taken once. Unsupported placements
 // (Partial, _StridedShard, a tp mesh dimension) are clear errors naming the tensor. Rank files
-// are parsed on up to `threads` threads (0: one per core), that many at a time.
-Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0);
+// are parsed on up to `threads` threads (0: one per core), that many at a time; `options` say
+// how (a plan that reads no data may sample the local headers).
+Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0,
+                                         const TorchReadOptions& options = {});
 
 }  // namespace ckptstream

@@ -92,8 +92,10 @@ constexpr std::uint64_t kMaxPickleBytes = UINT32_MAX;
 
 class PendingTorchFile::Reader {
  public:
-  Reader(InputFile file, const std::filesystem::path& path)
-      : file_(std::move(file)), read_([this](std::uint64_t offset, std::span<std::byte> out) {
+  Reader(InputFile file, const std::filesystem::path& path, const TorchReadOptions& options)
+      : file_(std::move(file)),
+        options_(options),
+        read_([this](std::uint64_t offset, std::span<std::byte> out) {
           return file_.read_at(offset, out);
         }) {
     ckpt_.path = path;
@@ -142,13 +144,16 @@ class PendingTorchFile::Reader {
     // already (re-runs, verify after merge), when asking would only cost a syscall each.
     std::size_t announced = 0;
     bool warm = false;
-    zip::WillRead will_read = [&](std::uint64_t offset, std::uint64_t length) {
+    zip::LocalHeaders headers;
+    headers.sample = options_.sampled_headers;
+    headers.will_read = [&](std::uint64_t offset, std::uint64_t length) {
       if (announced++ % kCacheProbeEvery == 0) warm = file_.cached(offset, length);
       if (!warm) file_.will_need(offset, length);
     };
-    CKPT_ASSIGN_OR_RETURN(
-        auto parsed, zip::Archive::parse(file_.size(), read_, file_.path().string(), will_read));
+    CKPT_ASSIGN_OR_RETURN(auto parsed,
+                          zip::Archive::parse(file_.size(), read_, file_.path().string(), headers));
     archive_.emplace(std::move(parsed));
+    ckpt_.computed_offsets = archive_->computed_offsets();
     const zip::Archive& archive = *archive_;
     if (archive.entries().empty()) return invalid_input("zip archive has no entries");
     const std::string& first = archive.entries().front().name;
@@ -352,6 +357,7 @@ class PendingTorchFile::Reader {
   }
 
   InputFile file_;
+  TorchReadOptions options_;
   zip::ReadAt read_;
   std::span<const std::byte> bytes_;  // legacy format only
   TorchCheckpoint ckpt_;
@@ -380,9 +386,10 @@ PendingTorchFile::PendingTorchFile(PendingTorchFile&&) noexcept = default;
 PendingTorchFile& PendingTorchFile::operator=(PendingTorchFile&&) noexcept = default;
 PendingTorchFile::~PendingTorchFile() = default;
 
-Result<PendingTorchFile> PendingTorchFile::open(const std::filesystem::path& path) {
+Result<PendingTorchFile> PendingTorchFile::open(const std::filesystem::path& path,
+                                                const TorchReadOptions& options) {
   CKPT_ASSIGN_OR_RETURN(InputFile file, InputFile::open(path));
-  auto reader = std::make_unique<Reader>(std::move(file), path);
+  auto reader = std::make_unique<Reader>(std::move(file), path, options);
   Status status = reader->prepare();
   if (!status.ok()) return naming_file(status.error(), path);
   return PendingTorchFile(std::move(reader));

@@ -83,6 +83,9 @@ struct TorchCheckpoint {
   std::vector<StorageRecord> storages;
   std::vector<TorchTensor> tensors;           // in the order the pickle yields them
   std::shared_ptr<const pickle::Value> root;  // the whole unpickled object
+  // Zip records whose data offset was computed from sampled local headers, not read
+  // (TorchReadOptions::sampled_headers).
+  std::size_t computed_offsets = 0;
 
   // A TensorRef for tensors[i] (input index `input` in the plan).
   TensorRef ref(std::size_t i, std::size_t input) const;
@@ -93,13 +96,21 @@ struct TorchCheckpoint {
 // format, unknown opcodes, missing storage records, views reaching past their storage.
 Result<TorchCheckpoint> read_torch_file(const std::filesystem::path& path);
 
+struct TorchReadOptions {
+  // Read only this many of a zip file's local headers and compute the other records' data
+  // offsets from torch's alignment rule, when the sample follows it (zip::LocalHeaders); 0: read
+  // every header. For plans that read no tensor data.
+  std::size_t sampled_headers = 0;
+};
+
 // read_torch_file in two steps, so that a caller reading many files can overlap the first step
 // of some (I/O: the zip directory, every local header, the data.pkl bytes) with the second of
 // another (CPU and memory: the pickle graph, its storages and tensors) and keep only one graph
 // in memory at a time.
 class PendingTorchFile {
  public:
-  static Result<PendingTorchFile> open(const std::filesystem::path& path);  // step 1
+  static Result<PendingTorchFile> open(const std::filesystem::path& path,
+                                       const TorchReadOptions& options = {});  // step 1
   // Step 2; `pool` recycles the pickle graph's memory from one file to the next.
   Result<TorchCheckpoint> read(std::shared_ptr<pickle::BlockPool> pool = nullptr) &&;
 

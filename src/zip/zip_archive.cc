@@ -45,17 +45,46 @@ struct Directory {
   std::uint64_t size = 0;
 };
 
+// Where torch's writer starts the padding so that the data is aligned (LocalHeaders): after the
+// local header, the name, the zip64 extra field it writes for large sizes or offsets (id, length,
+// then only the overflowing fields) and the 4-byte header of its "FB" padding field.
+std::uint64_t unpadded_data_start(const Entry& e) {
+  bool big_size = e.size >= 0xFFFFFFFF;
+  bool big_offset = e.local_header_offset >= 0xFFFFFFFF;
+  std::uint64_t zip64 = big_size || big_offset ? 4 + (big_size ? 16 : 0) + (big_offset ? 8 : 0) : 0;
+  return e.local_header_offset + kLocalSize + e.name.size() + zip64 + 4;
+}
+
+std::uint64_t align_up(std::uint64_t value, std::uint64_t alignment) {
+  return (value + alignment - 1) / alignment * alignment;
+}
+
+// `count` entries of `n` (< n): a quarter at each end, the rest evenly spaced between; sorted.
+std::vector<std::size_t> sample_indices(std::size_t n, std::size_t count) {
+  std::vector<std::size_t> picks;
+  std::size_t ends = std::max<std::size_t>(count / 4, 1);
+  for (std::size_t i = 0; i < ends; ++i) picks.push_back(i);
+  std::size_t middle = count > 2 * ends ? count - 2 * ends : 0;
+  for (std::size_t k = 0; k < middle; ++k) picks.push_back(ends + (n - 2 * ends) * k / middle);
+  for (std::size_t i = n - ends; i < n; ++i) picks.push_back(i);
+  std::sort(picks.begin(), picks.end());
+  picks.erase(std::unique(picks.begin(), picks.end()), picks.end());
+  return picks;
+}
+
 class Parser {
  public:
-  Parser(std::uint64_t size, const ReadAt& read, const WillRead& will_read,
+  Parser(std::uint64_t size, const ReadAt& read, const LocalHeaders& headers,
          const std::string& label)
-      : size_(size), read_(read), will_read_(will_read), label_(label) {}
+      : size_(size), read_(read), headers_(headers), label_(label) {}
 
   Result<std::vector<Entry>> run() {
     CKPT_ASSIGN_OR_RETURN(std::uint64_t eocd, find_eocd());
     CKPT_ASSIGN_OR_RETURN(Directory dir, read_directory_location(eocd));
     return read_entries(dir);
   }
+
+  std::size_t computed_offsets() const { return computed_; }
 
  private:
   Error fail(const std::string& what) const { return invalid_input(label_ + ": zip: " + what); }
@@ -128,12 +157,56 @@ class Parser {
       CKPT_ASSIGN_OR_RETURN(Entry entry, read_entry(directory, at, i));
       entries.push_back(std::move(entry));
     }
-    if (will_read_)  // the local headers lie scattered over the file: ask for all of them first
-      for (const Entry& entry : entries)
-        if (entry.local_header_offset < size_)
-          will_read_(entry.local_header_offset, kLocalSize + entry.name.size());
+    if (headers_.sample > 0 && entries.size() > headers_.sample) {
+      CKPT_ASSIGN_OR_RETURN(bool computed, compute_from_sample(entries));
+      if (computed) return entries;
+    }
+    std::vector<std::size_t> all(entries.size());
+    for (std::size_t i = 0; i < all.size(); ++i) all[i] = i;
+    announce(entries, all);
     for (Entry& entry : entries) CKPT_TRY(locate_data(entry));
     return entries;
+  }
+
+  // The local headers lie scattered over the file: ask for all of them before reading any.
+  void announce(const std::vector<Entry>& entries, const std::vector<std::size_t>& which) const {
+    if (!headers_.will_read) return;
+    for (std::size_t i : which)
+      if (entries[i].local_header_offset < size_)
+        headers_.will_read(entries[i].local_header_offset, kLocalSize + entries[i].name.size());
+  }
+
+  // Reads the sampled local headers (LocalHeaders); when all of them follow torch's rule for one
+  // alignment, computes the other entries' data offsets from it and returns true.
+  Result<bool> compute_from_sample(std::vector<Entry>& entries) {
+    std::vector<std::size_t> picks = sample_indices(entries.size(), headers_.sample);
+    announce(entries, picks);
+    for (std::size_t i : picks) CKPT_TRY(locate_data(entries[i]));
+    auto follows = [&](std::uint64_t alignment) {
+      return std::all_of(picks.begin(), picks.end(), [&](std::size_t i) {
+        return entries[i].data_offset == align_up(unpadded_data_start(entries[i]), alignment);
+      });
+    };
+    std::uint64_t alignment = 64;  // torch's default; others are configurable since torch 2.7
+    for (std::uint64_t other = 1; !follows(alignment); other *= 2) {
+      if (other > 0x8000) return false;  // not torch's layout: read every header
+      alignment = other;
+    }
+    std::size_t next = 0;  // into picks, which is sorted
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      if (next < picks.size() && picks[next] == i) {
+        ++next;
+        continue;
+      }
+      Entry& e = entries[i];
+      if (!fits(e.local_header_offset, kLocalSize + e.name.size(), size_))
+        return fail("entry '" + e.name + "': no local header at offset " +
+                    std::to_string(e.local_header_offset) + " (corrupt or truncated)");
+      e.data_offset = align_up(unpadded_data_start(e), alignment);
+      CKPT_TRY(check_data(e));
+      ++computed_;
+    }
+    return true;
   }
 
   // Reads the central directory entry at `at` of `cd` (advanced past it).
@@ -217,6 +290,11 @@ class Parser {
       return fail("entry '" + e.name + "': local header names '" + std::string(local_name) +
                   "' (corrupt central directory)");
     e.data_offset = at + kLocalSize + name_len + extra_len;
+    return check_data(e);
+  }
+
+  // The entry's data lies inside the file, and a STORED entry's sizes agree.
+  Status check_data(const Entry& e) const {
     if (!fits(e.data_offset, e.compressed_size, size_))
       return fail("entry '" + e.name + "': data [" + std::to_string(e.data_offset) + ", +" +
                   std::to_string(e.compressed_size) + ") runs past the end of the file (" +
@@ -229,8 +307,9 @@ class Parser {
 
   std::uint64_t size_;
   const ReadAt& read_;
-  const WillRead& will_read_;
+  const LocalHeaders& headers_;
   const std::string& label_;
+  std::size_t computed_ = 0;
   std::vector<std::byte> buffer_;
   std::vector<std::byte> tail_;  // the end of the file, from tail_base_: EOCD and zip64 locator
   std::uint64_t tail_base_ = 0;
@@ -255,10 +334,12 @@ ReadAt read_from(std::span<const std::byte> bytes) {
 }
 
 Result<Archive> Archive::parse(std::uint64_t size, const ReadAt& read, std::string label,
-                               const WillRead& will_read) {
+                               const LocalHeaders& headers) {
   Archive archive;
   archive.label_ = std::move(label);
-  CKPT_ASSIGN_OR_RETURN(archive.entries_, Parser(size, read, will_read, archive.label_).run());
+  Parser parser(size, read, headers, archive.label_);
+  CKPT_ASSIGN_OR_RETURN(archive.entries_, parser.run());
+  archive.computed_offsets_ = parser.computed_offsets();
   archive.index_.reserve(archive.entries_.size());
   for (std::size_t i = 0; i < archive.entries_.size(); ++i)
     archive.index_.emplace(archive.entries_[i].name, i);  // the first of duplicate names wins

@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -249,7 +250,7 @@ TEST_CASE("positional reads give the same archive, after announcing every local 
     return {};
   };
   WillRead will_read = [&](std::uint64_t offset, std::uint64_t) { announced.push_back(offset); };
-  auto stepped = Archive::parse(bytes.size(), read, "views.pt", will_read);
+  auto stepped = Archive::parse(bytes.size(), read, "views.pt", LocalHeaders{will_read});
   REQUIRE(stepped.ok());
   REQUIRE(stepped->entries().size() == whole->entries().size());
   for (std::size_t i = 0; i < whole->entries().size(); ++i) {
@@ -267,4 +268,111 @@ TEST_CASE("positional reads give the same archive, after announcing every local 
   auto failed = Archive::parse(bytes.size(), failing, "views.pt");
   REQUIRE(!failed.ok());
   CHECK(failed.error().message == "x: read failed");
+}
+
+namespace {
+
+// Parses `bytes` through positional reads with `sample` local headers (0: all); counts reads.
+Result<Archive> parse_counting(const std::vector<std::byte>& bytes, std::size_t sample,
+                               std::size_t& reads) {
+  reads = 0;
+  ReadAt read = [&](std::uint64_t offset, std::span<std::byte> out) -> Status {
+    ++reads;
+    return read_from(bytes)(offset, out);
+  };
+  return Archive::parse(bytes.size(), read, "a.pt", LocalHeaders{nullptr, sample});
+}
+
+}  // namespace
+
+TEST_CASE("sampled local headers: offsets computed by torch's rule equal those real torch wrote") {
+  std::size_t files = 0, computed = 0;
+  for (const char* dir : {"/torch", "/fsdp/w4", "/fsdp/hsdp", "/fsdp/bf16"}) {
+    for (const auto& item : std::filesystem::directory_iterator(std::string(CKPT_FIXTURES) + dir)) {
+      if (item.path().extension() != ".pt") continue;
+      auto bytes = read_file(item.path().string());
+      if (bytes.size() < 4 || std::memcmp(bytes.data(), "PK\x03\x04", 4) != 0) continue;  // legacy
+      CAPTURE(item.path().string());
+      std::size_t full_reads = 0, sampled_reads = 0;
+      auto full = parse_counting(bytes, 0, full_reads);
+      auto sampled = parse_counting(bytes, 2, sampled_reads);  // the first and the last header
+      REQUIRE(full.ok());
+      REQUIRE(sampled.ok());
+      const auto& want = full->entries();
+      REQUIRE(sampled->entries().size() == want.size());
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        CAPTURE(want[i].name);
+        CHECK(sampled->entries()[i].data_offset == want[i].data_offset);
+      }
+      if (item.path().filename() == "big_endian.pt") {
+        // Rewritten by Python's zipfile (no padding field): every header is read.
+        CHECK(sampled->computed_offsets() == 0);
+        CHECK(sampled_reads == full_reads + 2);
+      } else if (want.size() > 2) {
+        CHECK(sampled->computed_offsets() == want.size() - 2);
+        CHECK(sampled_reads == full_reads - (want.size() - 2));
+      }
+      CHECK(full->computed_offsets() == 0);
+      ++files;
+      computed += sampled->computed_offsets();
+    }
+  }
+  CHECK(files >= 10);
+  CHECK(computed >= 100);
+}
+
+TEST_CASE("sampled local headers: another alignment is found; another layout has all read") {
+  // Data aligned to 4096 by torch's rule (torch.serialization.config.save.storage_alignment).
+  ZipBuilder aligned;
+  for (int i = 0; i < 12; ++i) {
+    std::string name = "a/data/" + std::to_string(i);
+    std::uint64_t start = aligned.out.size() + 30 + name.size() + 4;
+    std::size_t padding = static_cast<std::size_t>((4096 - start % 4096) % 4096);
+    aligned.add(name, std::string(100 + i, 'x'), {.padding = padding});
+  }
+  auto bytes = aligned.finish();
+  std::size_t full_reads = 0, sampled_reads = 0;
+  auto full = parse_counting(bytes, 0, full_reads);
+  auto sampled = parse_counting(bytes, 4, sampled_reads);
+  REQUIRE(full.ok());
+  REQUIRE(sampled.ok());
+  CHECK(sampled->computed_offsets() == 8);
+  for (std::size_t i = 0; i < 12; ++i) {
+    CHECK(sampled->entries()[i].data_offset == full->entries()[i].data_offset);
+    CHECK(sampled->entries()[i].data_offset % 4096 == 0);
+  }
+
+  // No padding field (Python's zipfile): the sample does not follow the rule, all are read.
+  ZipBuilder plain;
+  for (int i = 0; i < 12; ++i) plain.add("a/data/" + std::to_string(i), std::string(7, 'y'), {});
+  bytes = plain.finish();
+  full = parse_counting(bytes, 0, full_reads);
+  sampled = parse_counting(bytes, 4, sampled_reads);
+  REQUIRE(full.ok());
+  REQUIRE(sampled.ok());
+  CHECK(sampled->computed_offsets() == 0);
+  CHECK(sampled_reads == full_reads + 4);  // the sample, then every header
+  for (std::size_t i = 0; i < 12; ++i)
+    CHECK(text_at(bytes, sampled->entries()[i]) == std::string(7, 'y'));
+
+  // A computed offset past the end of the file is an error naming the entry.
+  ZipBuilder cut;
+  for (int i = 0; i < 12; ++i) {
+    std::string name = "a/data/" + std::to_string(i);
+    std::uint64_t start = cut.out.size() + 30 + name.size() + 4;
+    cut.add(name, std::string(64, 'z'),
+            {.padding = static_cast<std::size_t>((64 - start % 64) % 64)});
+  }
+  bytes = cut.finish();
+  // entry 5's central local-header offset moved to the end of the central directory
+  auto good = parse_counting(bytes, 0, full_reads);
+  REQUIRE(good.ok());
+  std::size_t cd = static_cast<std::size_t>(good->entries()[11].data_offset + 64 + 16);
+  for (int i = 0; i < 5; ++i) cd += 46 + ("a/data/" + std::to_string(i)).size();
+  REQUIRE(static_cast<std::uint8_t>(bytes[cd]) == 0x50);
+  std::uint32_t far = static_cast<std::uint32_t>(bytes.size() - 40);
+  std::memcpy(bytes.data() + cd + 42, &far, 4);
+  auto broken = parse_counting(bytes, 4, sampled_reads);
+  REQUIRE(!broken.ok());
+  CHECK(broken.error().message.find("entry 'a/data/5'") != std::string::npos);
 }
