@@ -70,9 +70,9 @@ struct StorageId {
 };
 
 Result<StorageId> parse_storage_id(const Value& pid) {
-  if (!pid.is(Kind::kTuple) || pid.items.size() < 5 || pid.items[0]->as_string() != "storage")
+  if (!pid.is(Kind::kTuple) || pid.items().size() < 5 || pid.items()[0]->as_string() != "storage")
     return invalid_input("data.pkl: a persistent id is not a ('storage', ...) tuple");
-  const auto& f = pid.items;
+  const auto& f = pid.items();
   std::string cls(f[1]->class_name());
   StorageId id;
   if (cls != "UntypedStorage") {

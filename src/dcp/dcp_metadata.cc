@@ -25,7 +25,7 @@ bool is_instance(const ValuePtr& v, std::string_view class_name) {
 Result<Shape> int_tuple(const ValuePtr& v, const std::string& what) {
   if (!v || !v->is_sequence()) return invalid_input(what + " is " + describe(v) + ", not a tuple");
   Shape out;
-  for (const auto& x : v->items) {
+  for (const auto& x : v->items()) {
     auto i = x->as_int();
     if (!i || *i < 0) return invalid_input(what + " holds " + describe(x) + ", not a size");
     out.push_back(*i);
@@ -47,16 +47,16 @@ Result<DType> properties_dtype(const ValuePtr& props, const std::string& fqn) {
     return invalid_input("'" + fqn + "': properties is " + describe(props) +
                          ", not TensorProperties");
   ValuePtr dtype = nullptr;
-  if (props->state && props->state->is(Kind::kTuple) && !props->state->items.empty() &&
-      props->state->items[0]->is(Kind::kGlobal))
-    dtype = props->state->items[0];
+  if (props->state && props->state->is(Kind::kTuple) && !props->state->items().empty() &&
+      props->state->items()[0]->is(Kind::kGlobal))
+    dtype = props->state->items()[0];
   else
     dtype = props->attr("dtype");
-  if (!dtype || !dtype->is(Kind::kGlobal) || dtype->module != "torch")
+  if (!dtype || !dtype->is(Kind::kGlobal) || dtype->module() != "torch")
     return invalid_input("'" + fqn + "': TensorProperties has no torch.<dtype> (found " +
                          describe(dtype) + ")");
-  auto d = dtype_from_torch_name(dtype->name);
-  if (!d) return unsupported("'" + fqn + "': unknown dtype torch." + std::string(dtype->name));
+  auto d = dtype_from_torch_name(dtype->name());
+  if (!d) return unsupported("'" + fqn + "': unknown dtype torch." + std::string(dtype->name()));
   return *d;
 }
 
@@ -69,7 +69,7 @@ Result<StateDictEntry> tensor_entry(const std::string& fqn, const Value& md) {
   ValuePtr chunks = md.attr("chunks");
   if (!chunks || !chunks->is_sequence())
     return invalid_input("'" + fqn + "': chunks is " + describe(chunks) + ", not a list");
-  for (const auto& c : chunks->items) {
+  for (const auto& c : chunks->items()) {
     if (!is_instance(c, "ChunkStorageMetadata"))
       return invalid_input("'" + fqn + "': a chunk is " + describe(c));
     ChunkMeta chunk;
@@ -84,7 +84,7 @@ Result<StateDictEntry> tensor_entry(const std::string& fqn, const Value& md) {
 Status read_state_dict_metadata(const ValuePtr& sdm, Metadata& out) {
   if (!sdm || !sdm->is(Kind::kDict))
     return invalid_input("state_dict_metadata is " + describe(sdm) + ", not a dict");
-  for (const auto& [key, value] : sdm->entries) {
+  for (const auto& [key, value] : sdm->entries()) {
     auto fqn = key->as_string();
     if (!fqn) return invalid_input("state_dict_metadata has a " + describe(key) + " key");
     if (is_instance(value, "TensorStorageMetadata")) {
@@ -108,7 +108,7 @@ Result<std::vector<std::string>> transform_list(const ValuePtr& v, const std::st
   if (!v || v->is(Kind::kNone)) return out;
   if (!v->is_sequence())
     return invalid_input(what + ": transform_descriptors is " + describe(v) + ", not a list");
-  for (const auto& d : v->items) {
+  for (const auto& d : v->items()) {
     auto s = d->as_string();
     if (!s) return invalid_input(what + ": a transform descriptor is " + describe(d));
     out.emplace_back(*s);
@@ -119,7 +119,7 @@ Result<std::vector<std::string>> transform_list(const ValuePtr& v, const std::st
 Status read_storage_data(const ValuePtr& sd, Metadata& out) {
   if (!sd || !sd->is(Kind::kDict))
     return invalid_input("storage_data is " + describe(sd) + ", not a dict");
-  for (const auto& [key, value] : sd->entries) {
+  for (const auto& [key, value] : sd->entries()) {
     if (!is_instance(key, "MetadataIndex"))
       return invalid_input("storage_data has a " + describe(key) + " key, not MetadataIndex");
     ValuePtr fqn_value = key->attr("fqn");
@@ -155,11 +155,11 @@ Status read_storage_data(const ValuePtr& sd, Metadata& out) {
 
 void read_planner_data(const ValuePtr& pd, Metadata& out) {
   if (!pd || !pd->is(Kind::kDict)) return;  // None (1.13) or a custom planner's data
-  for (const auto& [key, value] : pd->entries) {
+  for (const auto& [key, value] : pd->entries()) {
     auto fqn = key->as_string();
     if (!fqn || !value->is_sequence()) continue;
     std::vector<std::string> path;
-    for (const auto& element : value->items) {
+    for (const auto& element : value->items()) {
       if (auto s = element->as_string())
         path.emplace_back(*s);
       else if (element->is(Kind::kInt) || element->is(Kind::kBigInt))

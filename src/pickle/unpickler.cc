@@ -382,12 +382,12 @@ class Machine {
   ValuePtr long_value(std::string_view twos_complement_le) {
     if (auto i = small_long(twos_complement_le)) return integer(*i);
     ValuePtr v = make(Kind::kBigInt);
-    v->text = a_.copy(twos_complement_le);
+    v->chars = a_.copy(twos_complement_le);
     return v;
   }
   ValuePtr text_value(Kind kind, std::string_view text) {
     ValuePtr v = make(kind);
-    v->text = a_.copy(text);
+    v->chars = a_.copy(text);
     return v;
   }
   ValuePtr float_value(double d) {
@@ -397,14 +397,16 @@ class Machine {
   }
   ValuePtr global(std::string_view module, std::string_view name) {
     ValuePtr v = make(Kind::kGlobal);
-    v->module = a_.copy(module);
-    v->name = a_.copy(name);
+    std::string joined;
+    joined.reserve(module.size() + 1 + name.size());
+    joined.append(module).append(1, '\0').append(name);
+    v->chars = a_.copy(joined);
     return v;
   }
   ValuePtr container(Kind kind, std::span<const ValuePtr> items) {
     if (kind == Kind::kTuple) return tuple(items);
     ValuePtr v = make(kind);
-    a_.append(v->items, items);
+    a_.append(v->list, items);
     return v;
   }
   // Tuples are immutable: those made only of shared values ((448,), (1,), (7168, 2048) in every
@@ -415,7 +417,7 @@ class Machine {
     for (std::size_t i = 0; all_shared && i < items.size(); ++i) all_shared = items[i]->shared;
     if (!all_shared) {
       ValuePtr v = make(Kind::kTuple);
-      a_.append(v->items, items);
+      a_.append(v->list, items);
       return v;
     }
     TupleKey key{};
@@ -424,7 +426,7 @@ class Machine {
     auto [it, inserted] = tuples_.try_emplace(key, nullptr);
     if (inserted) {
       it->second = shared(Kind::kTuple);
-      a_.append(it->second->items, items);
+      a_.append(it->second->list, items);
     }
     return it->second;
   }
@@ -532,22 +534,20 @@ class Machine {
   // The few constructors that are plain values; nullptr when `callable(args)` is something else.
   ValuePtr known_call(const Value& callable, const Value& args) {
     if (callable.kind != Kind::kGlobal || args.kind != Kind::kTuple) return nullptr;
-    std::string_view mod = callable.module;
-    std::string_view name = callable.name;
-    const auto& a = args.items;
+    std::string_view mod = callable.module();
+    std::string_view name = callable.name();
+    const auto a = args.items();
     if (mod == "collections" && (name == "OrderedDict" || name == "Counter")) {
       ValuePtr d = make(Kind::kDict);
-      d->module = callable.module;
-      d->name = callable.name;
       if (a.empty()) return d;
       if (a.size() == 1 && a[0]->kind == Kind::kDict) {
-        for (const auto& [k, x] : a[0]->entries) a_.set_item(*d, k, x);
+        for (const auto& [k, x] : a[0]->entries()) a_.set_item(*d, k, x);
         return d;
       }
       if (a.size() == 1 && a[0]->is_sequence()) {
-        for (const auto& pair : a[0]->items) {
-          if (!pair->is_sequence() || pair->items.size() != 2) return nullptr;
-          a_.set_item(*d, pair->items[0], pair->items[1]);
+        for (const auto& pair : a[0]->items()) {
+          if (!pair->is_sequence() || pair->items().size() != 2) return nullptr;
+          a_.set_item(*d, pair->items()[0], pair->items()[1]);
         }
         return d;
       }
@@ -555,21 +555,22 @@ class Machine {
     }
     if (mod == "_codecs" && name == "encode") {
       if (a.size() == 2 && a[0]->kind == Kind::kString && a[1]->kind == Kind::kString &&
-          is_latin1_name(a[1]->text)) {
-        if (auto bytes = utf8_to_latin1(a[0]->text)) return text_value(Kind::kBytes, *bytes);
+          is_latin1_name(a[1]->text())) {
+        if (auto bytes = utf8_to_latin1(a[0]->text())) return text_value(Kind::kBytes, *bytes);
       }
       return nullptr;
     }
     if (is_builtins(mod) && (name == "bytes" || name == "bytearray")) {
       if (a.empty()) return text_value(Kind::kBytes, "");
-      if (a.size() == 1 && a[0]->kind == Kind::kBytes) return text_value(Kind::kBytes, a[0]->text);
+      if (a.size() == 1 && a[0]->kind == Kind::kBytes)
+        return text_value(Kind::kBytes, a[0]->text());
       if (a.size() == 2 && a[0]->kind == Kind::kString && a[1]->kind == Kind::kString &&
-          is_latin1_name(a[1]->text)) {
-        if (auto bytes = utf8_to_latin1(a[0]->text)) return text_value(Kind::kBytes, *bytes);
+          is_latin1_name(a[1]->text())) {
+        if (auto bytes = utf8_to_latin1(a[0]->text())) return text_value(Kind::kBytes, *bytes);
       }
       if (a.size() == 1 && a[0]->is_sequence()) {
         std::string out;
-        for (const auto& x : a[0]->items) {
+        for (const auto& x : a[0]->items()) {
           auto i = x->as_int();
           if (!i || *i < 0 || *i > 255) return nullptr;
           out.push_back(static_cast<char>(*i));
@@ -583,16 +584,16 @@ class Machine {
       if (a.empty()) return container(kind, {});
       if (a.size() == 1 &&
           (a[0]->is_sequence() || a[0]->kind == Kind::kSet || a[0]->kind == Kind::kFrozenSet))
-        return container(kind, a[0]->items.span());
+        return container(kind, a[0]->items());
       return nullptr;
     }
     if (mod == "torch" && name == "Size") {
-      if (a.size() == 1 && a[0]->is_sequence()) return container(Kind::kTuple, a[0]->items.span());
+      if (a.size() == 1 && a[0]->is_sequence()) return container(Kind::kTuple, a[0]->items());
       return nullptr;
     }
     if (is_builtins(mod) && name == "getattr") {
       if (a.size() == 2 && a[0]->kind == Kind::kGlobal && a[1]->kind == Kind::kString)
-        return global(a[0]->module, std::string(a[0]->name) + "." + std::string(a[1]->text));
+        return global(a[0]->module(), std::string(a[0]->name()) + "." + std::string(a[1]->text()));
       return nullptr;
     }
     if ((mod == "copyreg" || mod == "copy_reg") && name == "_reconstructor") {
@@ -617,7 +618,7 @@ class Machine {
 
   Status new_object(ValuePtr cls, ValuePtr args, ValuePtr kwargs) {
     if (args->kind != Kind::kTuple) return fail("NEWOBJ arguments are not a tuple");
-    if (kwargs == nullptr || kwargs->entries.empty()) {
+    if (kwargs == nullptr || kwargs->entries().empty()) {
       if (ValuePtr known = known_call(*cls, *args)) {
         push(known);
         return {};
@@ -634,7 +635,7 @@ class Machine {
     if (target->shared) return fail(std::string("BUILD on a ") + kind_name(target->kind));
     if (target->state && target->state->kind == Kind::kDict && state->kind == Kind::kDict &&
         target->state != state) {
-      for (const auto& [k, x] : state->entries) a_.set_item(*target->state, k, x);
+      for (const auto& [k, x] : state->entries()) a_.set_item(*target->state, k, x);
     } else {
       target->state = state;
     }
@@ -644,7 +645,8 @@ class Machine {
   Status append_items(ValuePtr list, std::span<const ValuePtr> values) {
     if (list->kind != Kind::kList && list->kind != Kind::kObject)
       return fail(std::string("APPEND to a ") + kind_name(list->kind));
-    a_.append(list->items, values);
+    if (!list->use_list()) return fail("APPEND to an object that was given dict items");
+    a_.append(list->list, values);
     return {};
   }
 
@@ -652,14 +654,17 @@ class Machine {
     if (values.size() % 2 != 0) return fail("SETITEMS with an odd number of items");
     if (dict->kind != Kind::kDict && dict->kind != Kind::kObject)
       return fail(std::string("SETITEM on a ") + kind_name(dict->kind));
-    for (std::size_t i = 0; i < values.size(); i += 2) a_.set_item(*dict, values[i], values[i + 1]);
+    for (std::size_t i = 0; i < values.size(); i += 2)
+      if (!a_.set_item(*dict, values[i], values[i + 1]))
+        return fail("SETITEM on an object that was appended to");
     return {};
   }
 
   Status add_items(ValuePtr set, std::span<const ValuePtr> values) {
     if (set->kind != Kind::kSet && set->kind != Kind::kObject)
       return fail(std::string("ADDITEMS to a ") + kind_name(set->kind));
-    a_.append(set->items, values);
+    if (!set->use_list()) return fail("ADDITEMS to an object that was given dict items");
+    a_.append(set->list, values);
     return {};
   }
 
@@ -1006,7 +1011,7 @@ class Machine {
         CKPT_ASSIGN_OR_RETURN(ValuePtr module, pop());
         if (module->kind != Kind::kString || name->kind != Kind::kString)
           return fail("STACK_GLOBAL operands are not strings");
-        push(global(module->text, name->text));
+        push(global(module->text(), name->text()));
         return {};
       }
       case kReduce:

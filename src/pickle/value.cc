@@ -61,15 +61,15 @@ constexpr std::size_t kIndexedDict = 8;  // dicts larger than this get a hash in
 std::string index_key(const Value& k, int depth = 0) {
   switch (k.kind) {
     case Kind::kString:
-      return "s" + std::string(k.text);
+      return "s" + std::string(k.text());
     case Kind::kInt:
       return "i" + std::to_string(k.integer);
     case Kind::kBool:
       return "i" + std::to_string(k.boolean ? 1 : 0);
     case Kind::kBigInt:
-      return "I" + std::string(k.text);
+      return "I" + std::string(k.text());
     case Kind::kBytes:
-      return "b" + std::string(k.text);
+      return "b" + std::string(k.text());
     case Kind::kNone:
       return "n";
     case Kind::kFloat: {
@@ -79,8 +79,8 @@ std::string index_key(const Value& k, int depth = 0) {
     }
     case Kind::kTuple: {
       if (depth > 8) return "";
-      std::string out = "t" + std::to_string(k.items.size());
-      for (const auto& item : k.items) {
+      std::string out = "t" + std::to_string(k.items().size());
+      for (const auto& item : k.items()) {
         std::string sub = index_key(*item, depth + 1);
         if (sub.empty()) return "";
         out += std::to_string(sub.size()) + ":" + sub;
@@ -95,7 +95,7 @@ std::string index_key(const Value& k, int depth = 0) {
 // index_key(a) == index_key(b), without building strings for the string keys of small dicts.
 bool same_key(const Value& a, const Value& b) {
   if (a.kind == Kind::kString || b.kind == Kind::kString)
-    return a.kind == b.kind && a.text == b.text;
+    return a.kind == b.kind && a.text() == b.text();
   std::string ka = index_key(a);
   return !ka.empty() && ka == index_key(b);
 }
@@ -110,7 +110,7 @@ struct DictIndex {
 
   // The slot for `key`'s position (new slots hold SIZE_MAX); nullptr if the key is not indexable.
   std::size_t* slot(const Value& key) {
-    if (key.kind == Kind::kString) return &strings.try_emplace(key.text, SIZE_MAX).first->second;
+    if (key.kind == Kind::kString) return &strings.try_emplace(key.text(), SIZE_MAX).first->second;
     std::string k = index_key(key);
     if (k.empty()) return nullptr;
     return &others.try_emplace(std::move(k), SIZE_MAX).first->second;
@@ -191,6 +191,7 @@ void* Arena::allocate(std::size_t size, std::size_t align) {
 
 Value* Arena::make(Kind kind) {
   static_assert(std::is_trivially_destructible_v<Value>, "the arena never runs destructors");
+  static_assert(sizeof(Value) <= 64, "a rank file of a large model has millions of nodes");
   return new (allocate(sizeof(Value), alignof(Value))) Value(kind);
 }
 
@@ -201,31 +202,34 @@ std::string_view Arena::copy(std::string_view bytes) {
   return {out, bytes.size()};
 }
 
-void Arena::set_item(Value& dict, ValuePtr key, ValuePtr value) {
+bool Arena::set_item(Value& dict, ValuePtr key, ValuePtr value) {
+  if (!dict.use_map()) return false;
+  auto& entries = dict.map;
   if (dict.index) {
     if (std::size_t* at = dict.index->slot(*key)) {
       if (*at != SIZE_MAX) {
-        dict.entries[*at].second = value;
-        return;
+        entries[*at].second = value;
+        return true;
       }
-      *at = dict.entries.size();
+      *at = entries.size();
     }
-    append(dict.entries, std::pair<ValuePtr, ValuePtr>(key, value));
-    return;
+    append(entries, std::pair<ValuePtr, ValuePtr>(key, value));
+    return true;
   }
-  for (auto& [k, x] : dict.entries)
+  for (auto& [k, x] : entries)
     if (same_key(*k, *key)) {
       x = value;
-      return;
+      return true;
     }
-  append(dict.entries, std::pair<ValuePtr, ValuePtr>(key, value));
-  if (dict.entries.size() > kIndexedDict) {
+  append(entries, std::pair<ValuePtr, ValuePtr>(key, value));
+  if (entries.size() > kIndexedDict) {
     auto* index = new DictIndex;
     indexes_.push_back(index);
     dict.index = index;
-    for (std::size_t i = 0; i < dict.entries.size(); ++i)
-      if (std::size_t* at = index->slot(*dict.entries[i].first)) *at = i;
+    for (std::size_t i = 0; i < entries.size(); ++i)
+      if (std::size_t* at = index->slot(*entries[i].first)) *at = i;
   }
+  return true;
 }
 
 std::optional<std::int64_t> Value::as_int() const {
@@ -244,7 +248,7 @@ std::optional<double> Value::as_float() const {
   return std::nullopt;
 }
 std::optional<std::string_view> Value::as_string() const {
-  if (kind == Kind::kString || kind == Kind::kBytes) return text;
+  if (kind == Kind::kString || kind == Kind::kBytes) return chars;
   return std::nullopt;
 }
 
@@ -252,10 +256,10 @@ const ValuePtr* Value::find_entry(std::string_view key) const {
   if (kind != Kind::kDict) return nullptr;
   if (index) {
     auto it = index->strings.find(key);
-    if (it != index->strings.end()) return &entries[it->second].second;
+    if (it != index->strings.end()) return &map[it->second].second;
   }
-  for (const auto& [k, x] : entries)  // small dicts, and py2 byte-string keys
-    if ((k->kind == Kind::kString || k->kind == Kind::kBytes) && k->text == key) {
+  for (const auto& [k, x] : map.span())  // small dicts, and py2 byte-string keys
+    if ((k->kind == Kind::kString || k->kind == Kind::kBytes) && k->chars == key) {
       if (k->kind == Kind::kString && index) continue;  // the index would have found it
       return &x;
     }
@@ -270,8 +274,8 @@ ValuePtr Value::find(std::string_view key) const {
 ValuePtr Value::attr(std::string_view key) const {
   if (!state) return nullptr;
   if (state->kind == Kind::kDict) return state->find(key);
-  if (state->kind == Kind::kTuple && state->items.size() == 2) {
-    for (const auto& part : state->items)
+  if (state->kind == Kind::kTuple && state->items().size() == 2) {
+    for (const auto& part : state->items())
       if (part->kind == Kind::kDict)
         if (auto v = part->find(key)) return v;
   }
@@ -292,18 +296,30 @@ std::string_view Value::class_name() const {
   } else if (kind != Kind::kGlobal) {
     return "";
   }
-  auto dot = g->name.rfind('.');
-  return dot == std::string_view::npos ? g->name : g->name.substr(dot + 1);
+  std::string_view name = g->name();
+  auto dot = name.rfind('.');
+  return dot == std::string_view::npos ? name : name.substr(dot + 1);
 }
 
 std::string Value::qualified_name() const {
-  return std::string(module) + "." + std::string(name);
+  return std::string(module()) + "." + std::string(name());
+}
+
+std::string_view Value::module() const {
+  if (kind != Kind::kGlobal) return {};
+  return chars.substr(0, chars.find('\0'));
+}
+
+std::string_view Value::name() const {
+  if (kind != Kind::kGlobal) return {};
+  auto end = chars.find('\0');
+  return end == std::string_view::npos ? std::string_view() : chars.substr(end + 1);
 }
 
 std::string Value::int_decimal() const {
   if (kind == Kind::kInt) return std::to_string(integer);
   if (kind == Kind::kBool) return boolean ? "1" : "0";
-  if (kind == Kind::kBigInt) return big_int_decimal(text);
+  if (kind == Kind::kBigInt) return big_int_decimal(chars);
   return "";
 }
 

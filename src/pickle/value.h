@@ -13,7 +13,7 @@
 // the arena, so a value never points into the pickled bytes.
 //
 // Walking a value:
-//   switch (v.kind) { case Kind::kDict: for (auto& [k, x] : v.entries) ...; }
+//   switch (v.kind) { case Kind::kDict: for (auto& [k, x] : v.entries()) ...; }
 //   v.find("key")                  dict lookup by string key (nullptr if absent)
 //   v.attr("name")                 attribute of an Object (or a Dict's BUILD state): looks in a
 //                                  dict state and in the (dict|None, slots) form
@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <span>
 #include <string>
@@ -84,21 +85,25 @@ class ArenaList {
 
 struct DictIndex;  // value.cc: scalar key -> entries index, built for larger dicts
 
+// Which member of Value's payload union is in use.
+enum class Payload : std::uint8_t { kNone, kScalar, kChars, kList, kMap };
+
 struct Value {
   Kind kind = Kind::kNone;
   bool boolean = false;
   bool shared = false;  // one node for all equal values (None, bools, ints, tuples of those)
+  Payload payload = Payload::kNone;
+  // One of these, so that a node is 64 bytes (a rank file of a large model unpickles into over
+  // a million nodes). The kind fixes which, except for an Object: APPENDS or SETITEMS on it (a
+  // list or dict subclass) give it a list or a map. Read them through the accessors below, which
+  // give an empty result for the others.
   union {
-    std::int64_t integer = 0;  // Int
-    double real;               // Float
+    std::int64_t integer;         // Int
+    double real;                  // Float
+    std::string_view chars = {};  // String, Bytes, BigInt; Global: module '\0' name
+    ArenaList<ValuePtr> list;     // Tuple, List, Set, FrozenSet
+    ArenaList<std::pair<ValuePtr, ValuePtr>> map;  // Dict, in insertion order
   };
-  union {                        // no kind has both
-    std::string_view text = {};  // String, Bytes, BigInt
-    std::string_view module;     // Global; Dict from OrderedDict ("collections")
-  };
-  ArenaList<ValuePtr> items;                         // Tuple, List, Set, FrozenSet
-  ArenaList<std::pair<ValuePtr, ValuePtr>> entries;  // Dict
-  std::string_view name;                             //   ("collections", "OrderedDict")
   ValuePtr callable = nullptr;  // Object: a Global (or any value for REDUCE on something odd)
   ValuePtr args = nullptr;      // Object: a Tuple (or the argument as pickled); PersistentId: pid
   ValuePtr kwargs = nullptr;    // Object: NEWOBJ_EX keyword arguments (a Dict), else null
@@ -106,12 +111,55 @@ struct Value {
   DictIndex* index = nullptr;   // Dict: owned by the arena
 
   Value() = default;
-  explicit Value(Kind k) : kind(k) {}
+  explicit Value(Kind k) : kind(k) {
+    if (k == Kind::kDict)
+      use_map();
+    else if (is_container())
+      use_list();
+    else if (k == Kind::kInt || k == Kind::kFloat)
+      payload = Payload::kScalar;
+    else if (k == Kind::kString || k == Kind::kBytes || k == Kind::kBigInt || k == Kind::kGlobal)
+      payload = Payload::kChars;
+  }
+  // Makes `list` (`map`) the payload if there is none yet; false if the other one is.
+  bool use_list() {
+    if (payload == Payload::kNone) {
+      new (&list) ArenaList<ValuePtr>();
+      payload = Payload::kList;
+    }
+    return payload == Payload::kList;
+  }
+  bool use_map() {
+    if (payload == Payload::kNone) {
+      new (&map) ArenaList<std::pair<ValuePtr, ValuePtr>>();
+      payload = Payload::kMap;
+    }
+    return payload == Payload::kMap;
+  }
   Value(const Value&) = delete;
   Value& operator=(const Value&) = delete;
 
   bool is(Kind k) const { return kind == k; }
   bool is_sequence() const { return kind == Kind::kTuple || kind == Kind::kList; }
+  bool is_container() const {
+    return is_sequence() || kind == Kind::kSet || kind == Kind::kFrozenSet;
+  }
+
+  // Tuple, List, Set, FrozenSet (and an Object appended to): the items; else empty.
+  std::span<const ValuePtr> items() const {
+    return payload == Payload::kList ? list.span() : std::span<const ValuePtr>();
+  }
+  // Dict (and an Object given items): the entries in insertion order; else empty.
+  std::span<const std::pair<ValuePtr, ValuePtr>> entries() const {
+    return payload == Payload::kMap ? map.span() : std::span<const std::pair<ValuePtr, ValuePtr>>();
+  }
+  // String (UTF-8), Bytes, BigInt (two's complement, little-endian); else empty.
+  std::string_view text() const {
+    return payload == Payload::kChars && kind != Kind::kGlobal ? chars : std::string_view();
+  }
+  // Global: the module and the (possibly dotted) name; empty for other kinds.
+  std::string_view module() const;
+  std::string_view name() const;
 
   std::optional<std::int64_t> as_int() const;         // Int (and Bool as 0/1)
   std::optional<bool> as_bool() const;                // Bool (and Int 0/1)
@@ -180,9 +228,10 @@ class Arena {
     list.size_ += static_cast<std::uint32_t>(more.size());
   }
 
-  // Dict: stores value under key, replacing the value of an equal scalar key (str, int, bool,
-  // None, bytes, float, or tuples of those); other keys are appended.
-  void set_item(Value& dict, ValuePtr key, ValuePtr value);
+  // Dict (or an Object, which then holds a map): stores value under key, replacing the value of
+  // an equal scalar key (str, int, bool, None, bytes, float, or tuples of those); other keys are
+  // appended. false if `dict` holds a list.
+  bool set_item(Value& dict, ValuePtr key, ValuePtr value);
 
  private:
   void* allocate(std::size_t size, std::size_t align);

@@ -27,22 +27,22 @@ std::string shape_text(const Shape& s) {
 ValuePtr state_lookup(const ValuePtr& state, std::string_view key) {
   if (!state) return nullptr;
   if (state->is(Kind::kDict)) return state->find(key);
-  if (state->is(Kind::kTuple) && state->items.size() == 2)
-    for (const auto& part : state->items)
+  if (state->is(Kind::kTuple) && state->items().size() == 2)
+    for (const auto& part : state->items())
       if (part->is(Kind::kDict))
         if (auto v = part->find(key)) return v;
   return nullptr;
 }
 
-const pickle::ArenaList<ValuePtr>* call_args(const Value& v) {
-  if (!v.args || !v.args->is(Kind::kTuple)) return nullptr;
-  return &v.args->items;
+std::optional<std::span<const ValuePtr>> call_args(const Value& v) {
+  if (!v.args || !v.args->is(Kind::kTuple)) return std::nullopt;
+  return v.args->items();
 }
 
 Result<Shape> int_list(const ValuePtr& v, const char* what) {
   if (!v || !v->is_sequence()) return invalid_input(std::string(what) + " is not a tuple of ints");
   Shape out;
-  for (const auto& x : v->items) {
+  for (const auto& x : v->items()) {
     auto i = x->as_int();
     if (!i) return invalid_input(std::string(what) + " holds a " + pickle::kind_name(x->kind));
     out.push_back(*i);
@@ -58,10 +58,10 @@ Result<Shape> int_or_list(const ValuePtr& v, const char* what) {
 }
 
 Result<DType> torch_dtype(const ValuePtr& v) {
-  if (!v || !v->is(Kind::kGlobal) || v->module != "torch")
+  if (!v || !v->is(Kind::kGlobal) || v->module() != "torch")
     return invalid_input("dtype argument is not a torch.<dtype> global");
-  auto d = dtype_from_torch_name(v->name);
-  if (!d) return unsupported("unknown dtype torch." + std::string(v->name));
+  auto d = dtype_from_torch_name(v->name());
+  if (!d) return unsupported("unknown dtype torch." + std::string(v->name()));
   return *d;
 }
 
@@ -102,10 +102,10 @@ class Interpreter {
         return walk_state(node.state, name, depth);
       }
       case Kind::kDict:
-        for (const auto& [key, value] : node.entries) {
+        for (const auto& [key, value] : node.entries()) {
           std::string k;
           if (key->is(Kind::kString) || key->is(Kind::kBytes))
-            k = key->text;
+            k = key->text();
           else if (key->is(Kind::kInt) || key->is(Kind::kBigInt))
             k = key->int_decimal();
           else
@@ -115,8 +115,8 @@ class Interpreter {
         return {};
       case Kind::kList:
       case Kind::kTuple:
-        for (std::size_t i = 0; i < node.items.size(); ++i)
-          CKPT_TRY(walk(*node.items[i], join(name, std::to_string(i)), depth + 1));
+        for (std::size_t i = 0; i < node.items().size(); ++i)
+          CKPT_TRY(walk(*node.items()[i], join(name, std::to_string(i)), depth + 1));
         return {};
       default:
         return {};
@@ -126,8 +126,8 @@ class Interpreter {
   Status walk_state(const ValuePtr& state, const std::string& name, int depth) {
     if (!state) return {};
     if (state->is(Kind::kDict)) return walk(*state, name, depth);
-    if (state->is(Kind::kTuple) && state->items.size() == 2)
-      for (const auto& part : state->items)
+    if (state->is(Kind::kTuple) && state->items().size() == 2)
+      for (const auto& part : state->items())
         if (part->is(Kind::kDict)) CKPT_TRY(walk(*part, name, depth));
     return {};
   }
@@ -138,15 +138,15 @@ class Interpreter {
     if (!v.is(Kind::kObject) || !v.callable || !v.callable->is(Kind::kGlobal)) return MaybeTensor{};
     if (depth > 8) return invalid_input("tensor rebuild calls nested too deeply");
     const Value& fn = *v.callable;
-    const std::string fn_name(fn.name);
-    const auto* args = call_args(v);
-    if (fn.module == "torch._utils") {
-      if (!fn.name.starts_with("_rebuild_")) return MaybeTensor{};
+    const std::string fn_name(fn.name());
+    const auto args = call_args(v);
+    if (fn.module() == "torch._utils") {
+      if (!fn.name().starts_with("_rebuild_")) return MaybeTensor{};
       if (!args) return invalid_input(fn_name + " arguments are not a tuple");
       return rebuild_utils(fn_name, *args, depth);
     }
-    if (fn.module == "torch._tensor" &&
-        (fn.name == "_rebuild_from_type_v2" || fn.name == "_rebuild_from_type")) {
+    if (fn.module() == "torch._tensor" &&
+        (fn.name() == "_rebuild_from_type_v2" || fn.name() == "_rebuild_from_type")) {
       if (!args || args->size() < 3)
         return invalid_input(fn_name + " needs (func, type, args[, state])");
       return rebuild_from_type(*args, depth);
@@ -155,8 +155,7 @@ class Interpreter {
   }
 
   Result<std::optional<TorchTensor>> rebuild_utils(const std::string& name,
-                                                   const pickle::ArenaList<ValuePtr>& a,
-                                                   int depth) {
+                                                   std::span<const ValuePtr> a, int depth) {
     if (name == "_rebuild_tensor_v2") {
       if (a.size() < 6) return invalid_input(name + " needs at least 6 arguments");
       return dense(a, std::nullopt, a.size() > 6 ? a[6] : nullptr);
@@ -184,8 +183,8 @@ class Interpreter {
   }
 
   // _rebuild_tensor_v2/v3/_rebuild_tensor: (storage, offset, size, stride[, requires_grad, ...]).
-  Result<std::optional<TorchTensor>> dense(const pickle::ArenaList<ValuePtr>& a,
-                                           std::optional<DType> dtype, const ValuePtr& metadata) {
+  Result<std::optional<TorchTensor>> dense(std::span<const ValuePtr> a, std::optional<DType> dtype,
+                                           const ValuePtr& metadata) {
     if (!a[0]->is(Kind::kPersistentId))
       return invalid_input("storage argument is not a persistent id");
     auto use = uses_.find(a[0]);
@@ -243,14 +242,13 @@ class Interpreter {
 
   // _rebuild_from_type_v2(func, new_type, args, state): a tensor subclass; func(*args) is the
   // tensor, unless func is _rebuild_wrapper_subclass (DTensor and other storage-less wrappers).
-  Result<std::optional<TorchTensor>> rebuild_from_type(const pickle::ArenaList<ValuePtr>& a,
-                                                       int depth) {
+  Result<std::optional<TorchTensor>> rebuild_from_type(std::span<const ValuePtr> a, int depth) {
     const ValuePtr& func = a[0];
     const ValuePtr& new_type = a[1];
     const ValuePtr& inner_args = a[2];
     ValuePtr state = a.size() > 3 ? a[3] : nullptr;
     std::string type_name = new_type->is(Kind::kGlobal) ? new_type->qualified_name() : "?";
-    if (func->is(Kind::kGlobal) && func->name == "_rebuild_wrapper_subclass") {
+    if (func->is(Kind::kGlobal) && func->name() == "_rebuild_wrapper_subclass") {
       if (new_type->class_name() == "DTensor") return dtensor(inner_args, state, type_name, depth);
       return unsupported("wrapper subclass " + type_name + " (no local data) is not supported");
     }
@@ -279,25 +277,26 @@ class Interpreter {
     DTensorInfo info;
     info.dtype = t->dtype;
     ValuePtr meta = spec->attr("tensor_meta");
-    if (wrapper_args && wrapper_args->is(Kind::kTuple) && wrapper_args->items.size() >= 8) {
-      const auto& w = wrapper_args->items;
+    if (wrapper_args && wrapper_args->is(Kind::kTuple) && wrapper_args->items().size() >= 8) {
+      const auto& w = wrapper_args->items();
       CKPT_ASSIGN_OR_RETURN(info.dtype, torch_dtype(w[1]));
       CKPT_ASSIGN_OR_RETURN(info.global_shape, int_list(w[2], "DTensor size"));
       CKPT_ASSIGN_OR_RETURN(info.global_stride, int_list(w[3], "DTensor stride"));
       t->requires_grad = w[7]->as_bool().value_or(t->requires_grad);
     } else if (meta && meta->args && meta->args->is(Kind::kTuple) &&
-               meta->args->items.size() >= 3) {  // TensorMeta(shape, stride, dtype)
-      CKPT_ASSIGN_OR_RETURN(info.global_shape, int_list(meta->args->items[0], "TensorMeta shape"));
+               meta->args->items().size() >= 3) {  // TensorMeta(shape, stride, dtype)
+      CKPT_ASSIGN_OR_RETURN(info.global_shape,
+                            int_list(meta->args->items()[0], "TensorMeta shape"));
       CKPT_ASSIGN_OR_RETURN(info.global_stride,
-                            int_list(meta->args->items[1], "TensorMeta stride"));
-      CKPT_ASSIGN_OR_RETURN(info.dtype, torch_dtype(meta->args->items[2]));
+                            int_list(meta->args->items()[1], "TensorMeta stride"));
+      CKPT_ASSIGN_OR_RETURN(info.dtype, torch_dtype(meta->args->items()[2]));
     } else {
       return invalid_input("DTensor has neither wrapper arguments nor tensor_meta");
     }
     ValuePtr placements = spec->attr("placements");
     if (!placements || !placements->is_sequence())
       return invalid_input("DTensorSpec has no placements tuple");
-    for (const auto& p : placements->items) info.placements.push_back(placement(*p));
+    for (const auto& p : placements->items()) info.placements.push_back(placement(*p));
     ValuePtr mesh = spec->attr("mesh");
     if (!mesh) return invalid_input("DTensorSpec has no mesh");
     CKPT_ASSIGN_OR_RETURN(info.mesh, shared_mesh(*mesh, depth));
@@ -361,7 +360,7 @@ class Interpreter {
     ValuePtr names = mesh.attr("mesh_dim_names");
     if (!names) names = mesh.attr("_mesh_dim_names");
     if (names && names->is_sequence())
-      for (const auto& n : names->items)
+      for (const auto& n : names->items())
         if (auto s = n->as_string()) info.dim_names.emplace_back(*s);
     if (ValuePtr mesh_tensor = mesh.attr("mesh")) {
       CKPT_ASSIGN_OR_RETURN(auto t, interpret(*mesh_tensor, depth + 1));
@@ -383,7 +382,7 @@ class Interpreter {
     // convention): the axis' size is the product of its shape.
     Shape sub_shape, strides;
     if (ValuePtr axes = layout->attr("axes"); axes && axes->is_sequence()) {
-      for (const auto& axis : axes->items) {
+      for (const auto& axis : axes->items()) {
         CKPT_ASSIGN_OR_RETURN(Shape axis_shape,
                               int_or_list(axis->attr("shape"), "_FlatLayout shape"));
         CKPT_ASSIGN_OR_RETURN(Shape axis_stride,
@@ -399,9 +398,9 @@ class Interpreter {
     } else {
       ValuePtr shape = layout->attr("shape");
       ValuePtr stride = layout->attr("stride");
-      if ((!shape || !stride) && layout->args && layout->args->items.size() >= 2) {
-        shape = layout->args->items[0];
-        stride = layout->args->items[1];
+      if ((!shape || !stride) && layout->args && layout->args->items().size() >= 2) {
+        shape = layout->args->items()[0];
+        stride = layout->args->items()[1];
       }
       CKPT_ASSIGN_OR_RETURN(info.shape, int_list(shape, "_MeshLayout shape"));
       CKPT_ASSIGN_OR_RETURN(strides, int_list(stride, "_MeshLayout stride"));

@@ -58,10 +58,10 @@ Result<DType> storage_class_dtype(const Value& storage_class) {
 Result<std::optional<StorageId>> parse_storage_id(
     const Value& pid, std::unordered_map<const Value*, DType>& classes) {
   using Maybe = std::optional<StorageId>;
-  if (!pid.is(Kind::kTuple) || pid.items.empty()) return Maybe{};
-  auto tag = pid.items[0]->as_string();
+  if (!pid.is(Kind::kTuple) || pid.items().empty()) return Maybe{};
+  auto tag = pid.items()[0]->as_string();
   if (!tag || *tag != "storage") return Maybe{};
-  const auto& f = pid.items;
+  const auto& f = pid.items();
   if (f.size() < 5) return invalid_input("storage persistent id has fewer than 5 fields");
   StorageId id;
   auto known = classes.find(f[1]);
@@ -209,8 +209,8 @@ class PendingTorchFile::Reader {
     };
     CKPT_ASSIGN_OR_RETURN(auto magic_pickle, next("magic number"));
     const Value* magic = magic_pickle.value.get();
-    if (!magic->is(Kind::kBigInt) || magic->text.size() != sizeof kLegacyMagic ||
-        std::memcmp(magic->text.data(), kLegacyMagic, sizeof kLegacyMagic) != 0)
+    if (!magic->is(Kind::kBigInt) || magic->text().size() != sizeof kLegacyMagic ||
+        std::memcmp(magic->text().data(), kLegacyMagic, sizeof kLegacyMagic) != 0)
       return invalid_input("not a torch.save file (a pickle without torch's magic number)");
     CKPT_ASSIGN_OR_RETURN(auto version_pickle, next("protocol version"));
     const Value* version = version_pickle.value.get();
@@ -232,7 +232,7 @@ class PendingTorchFile::Reader {
   // Raw storages follow the key list: per key an 8-byte element count, then the elements.
   Status locate_legacy_storages(const Value& keys, std::uint64_t at) {
     std::vector<bool> located(ckpt_.storages.size(), false);
-    for (const auto& k : keys.items) {
+    for (const auto& k : keys.items()) {
       auto key = k->as_string();
       if (!key) return invalid_input("legacy storage key list holds a non-string");
       auto it = by_key_.find(std::string(*key));
@@ -330,11 +330,11 @@ class PendingTorchFile::Reader {
 
   Result<std::size_t> legacy_view(const StorageId& id) {
     const auto& v = id.view;
-    if (!v->is(Kind::kTuple) || v->items.size() != 3)
+    if (!v->is(Kind::kTuple) || v->items().size() != 3)
       return invalid_input("storage '" + id.key + "': malformed view metadata");
-    auto view_key = v->items[0]->as_string();
-    auto offset = v->items[1]->as_int();
-    auto size = v->items[2]->as_int();
+    auto view_key = v->items()[0]->as_string();
+    auto offset = v->items()[1]->as_int();
+    auto size = v->items()[2]->as_int();
     if (!view_key || !offset || !size || *offset < 0 || *size < 0)
       return invalid_input("storage '" + id.key + "': malformed view metadata");
     StorageId root_id = id;

@@ -29,7 +29,7 @@ std::string read_file(const std::string& path) {
 
 // Mirrors canon() of tools/fixtures/make_torch_fixtures.py.
 std::string canon(const Value& v) {
-  auto join = [](const ArenaList<ValuePtr>& items) {
+  auto join = [](std::span<const ValuePtr> items) {
     std::string out;
     for (std::size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + canon(*items[i]);
     return out;
@@ -48,27 +48,28 @@ std::string canon(const Value& v) {
       return buf;
     }
     case Kind::kString:
-      return "'" + std::string(v.text) + "'";
+      return "'" + std::string(v.text()) + "'";
     case Kind::kBytes: {
       std::string out = "b'";
       char buf[3];
-      for (char c : v.text) {
+      for (char c : v.text()) {
         std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned char>(c));
         out += buf;
       }
       return out + "'";
     }
     case Kind::kTuple:
-      return "(" + join(v.items) + ")";
+      return "(" + join(v.items()) + ")";
     case Kind::kList:
-      return "[" + join(v.items) + "]";
+      return "[" + join(v.items()) + "]";
     case Kind::kSet:
     case Kind::kFrozenSet:
-      return "{" + join(v.items) + "}";
+      return "{" + join(v.items()) + "}";
     case Kind::kDict: {
       std::string out = "{";
-      for (std::size_t i = 0; i < v.entries.size(); ++i)
-        out += (i ? ", " : "") + canon(*v.entries[i].first) + ": " + canon(*v.entries[i].second);
+      for (std::size_t i = 0; i < v.entries().size(); ++i)
+        out +=
+            (i ? ", " : "") + canon(*v.entries()[i].first) + ": " + canon(*v.entries()[i].second);
       return out + "}";
     }
     case Kind::kGlobal:
@@ -153,33 +154,33 @@ TEST_CASE("strings and bytes of every width") {
   CHECK(ok(std::string("X\x03\x00\x00\x00"
                        "abc.",
                        9))
-            ->text == "abc");
-  CHECK(ok("\x8c\x02hi.")->text == "hi");
-  CHECK(ok(std::string("\x8d\x01\x00\x00\x00\x00\x00\x00\x00z.", 11))->text == "z");
+            ->text() == "abc");
+  CHECK(ok("\x8c\x02hi.")->text() == "hi");
+  CHECK(ok(std::string("\x8d\x01\x00\x00\x00\x00\x00\x00\x00z.", 11))->text() == "z");
   auto b = ok(std::string("C\x02\x00\xff.", 5));
   CHECK(b->kind == Kind::kBytes);
-  CHECK(b->text == std::string("\x00\xff", 2));
-  CHECK(ok(std::string("B\x01\x00\x00\x00q.", 7))->text == "q");
+  CHECK(b->text() == std::string("\x00\xff", 2));
+  CHECK(ok(std::string("B\x01\x00\x00\x00q.", 7))->text() == "q");
   CHECK(ok(std::string("\x8e\x01\x00\x00\x00\x00\x00\x00\x00q.", 11))->kind == Kind::kBytes);
   CHECK(ok(std::string("\x96\x01\x00\x00\x00\x00\x00\x00\x00q.", 11))->kind == Kind::kBytes);
   // Python-2 byte strings decode as latin-1.
-  CHECK(ok("U\x02\xe9t.")->text == "\xc3\xa9t");
-  CHECK(ok(std::string("T\x01\x00\x00\x00k.", 7))->text == "k");
-  CHECK(ok("S'a\\'b\\n'\n.")->text == "a'b\n");
-  CHECK(ok("Vcaf\xe9 \\u20ac\n.")->text == "caf\xc3\xa9 \xe2\x82\xac");
+  CHECK(ok("U\x02\xe9t.")->text() == "\xc3\xa9t");
+  CHECK(ok(std::string("T\x01\x00\x00\x00k.", 7))->text() == "k");
+  CHECK(ok("S'a\\'b\\n'\n.")->text() == "a'b\n");
+  CHECK(ok("Vcaf\xe9 \\u20ac\n.")->text() == "caf\xc3\xa9 \xe2\x82\xac");
   // protocol-2 bytes: _codecs.encode(str, 'latin1')
   auto enc = ok("c_codecs\nencode\nX\x02\x00\x00\x00\xc3\xbfX\x06\x00\x00\x00latin1\x86R."s);
   CHECK(enc->kind == Kind::kBytes);
-  CHECK(enc->text == "\xff");
+  CHECK(enc->text() == "\xff");
   CHECK(ok("c__builtin__\nbytes\n)R.")->kind == Kind::kBytes);
 }
 
 TEST_CASE("containers: tuples, lists, dicts, sets, marks") {
   auto t = ok("(K\x01K\x02t.");
   CHECK(t->kind == Kind::kTuple);
-  CHECK(t->items.size() == 2);
-  CHECK(ok("K\x01K\x02K\x03\x87.")->items.size() == 3);
-  CHECK(ok(").")->items.empty());
+  CHECK(t->items().size() == 2);
+  CHECK(ok("K\x01K\x02K\x03\x87.")->items().size() == 3);
+  CHECK(ok(").")->items().empty());
   auto l =
       ok("](K\x01K\x02"
          "eK\x03"
@@ -210,24 +211,24 @@ TEST_CASE("containers: tuples, lists, dicts, sets, marks") {
 
 TEST_CASE("memo: BINPUT/LONG_BINPUT/MEMOIZE/PUT share one node") {
   auto v = ok("]q\x00h\x00\x86.");
-  REQUIRE(v->items.size() == 2);
-  CHECK(v->items[0] == v->items[1]);
+  REQUIRE(v->items().size() == 2);
+  CHECK(v->items()[0] == v->items()[1]);
   auto w = ok(std::string("]r\x00\x01\x00\x00j\x00\x01\x00\x00\x86.", 13));
-  CHECK(w->items[0] == w->items[1]);
+  CHECK(w->items()[0] == w->items()[1]);
   auto m = ok("]\x94h\x00\x86.");
-  CHECK(m->items[0] == m->items[1]);
+  CHECK(m->items()[0] == m->items()[1]);
   auto p = ok("]p7\ng7\n\x86.");
-  CHECK(p->items[0] == p->items[1]);
+  CHECK(p->items()[0] == p->items()[1]);
   // Mutation after memoization is seen through every reference.
   auto x =
       ok("]q\x00h\x00K\x01"
          "a\x86.");
-  CHECK(x->items[0]->items.size() == 1);
+  CHECK(x->items()[0]->items().size() == 1);
   // A list containing itself: no crash, no infinite loop.
   auto cyc =
       ok("]q\x00h\x00"
          "a.");
-  CHECK(cyc->items[0] == cyc.get());
+  CHECK(cyc->items()[0] == cyc.get());
 }
 
 TEST_CASE("globals and calls stay names and objects; harmless ones become values") {
@@ -237,11 +238,12 @@ TEST_CASE("globals and calls stay names and objects; harmless ones become values
   CHECK(ok("\x8c\x01m\x8c\x01n\x93.")->qualified_name() == "m.n");
   auto od = ok("ccollections\nOrderedDict\n)R.");
   CHECK(od->kind == Kind::kDict);
-  CHECK(od->name == "OrderedDict");
+  CHECK(od->entries().empty());
   CHECK(canon(*ok("ctorch\nSize\nK\x02K\x03\x86\x85R.")) == "(2, 3)");
   auto nested = ok("c__builtin__\ngetattr\ncm\nOuter\nX\x05\x00\x00\x00Inner\x86R."s);
   CHECK(nested->kind == Kind::kGlobal);
-  CHECK(nested->name == "Outer.Inner");
+  CHECK(nested->name() == "Outer.Inner");
+  CHECK(nested->module() == "m");
   CHECK(nested->class_name() == "Inner");
   auto call = ok("cos\nsystem\nX\x02\x00\x00\x00ls\x85R.");  // never executed
   CHECK(call->kind == Kind::kObject);
@@ -291,7 +293,7 @@ TEST_CASE("BUILD: dict state, (None, slots), (dict, slots), other states") {
   CHECK(twice->attr("a")->integer == 1);
   CHECK(twice->attr("b")->integer == 2);
   auto od = ok("ccollections\nOrderedDict\n)R}X\x09\x00\x00\x00_metadataK\x01sb."s);
-  CHECK(od->entries.empty());
+  CHECK(od->entries().empty());
   CHECK(od->attr("_metadata")->integer == 1);
 }
 
@@ -353,13 +355,13 @@ TEST_CASE("deeply nested values are destroyed without recursion") {
 TEST_CASE("immutable values are shared nodes; mutating one is an error, as in Python") {
   // ((1, 2), (1, 2)): one node for both inner tuples and for each int.
   auto v = ok("\x80\x02K\x01K\x02\x86K\x01K\x02\x86\x86.");
-  REQUIRE(v->items.size() == 2);
-  CHECK(v->items[0] == v->items[1]);
-  CHECK(v->items[0]->items[0]->integer == 1);
+  REQUIRE(v->items().size() == 2);
+  CHECK(v->items()[0] == v->items()[1]);
+  CHECK(v->items()[0]->items()[0]->integer == 1);
   CHECK(canon(*v) == "((1, 2), (1, 2))");
   // A tuple holding a mutable value is its own node.
   auto w = ok("\x80\x02]\x85]\x85\x86.");
-  CHECK(w->items[0] != w->items[1]);
+  CHECK(w->items()[0] != w->items()[1]);
   CHECK(error_of("\x80\x02K\x01}b.").find("BUILD on a int") != std::string::npos);
   CHECK(error_of("\x80\x02)}b.").find("BUILD on a tuple") != std::string::npos);
   CHECK(error_of("\x80\x02N}b.").find("BUILD on a None") != std::string::npos);
@@ -388,11 +390,11 @@ TEST_CASE("dict keys follow Python equality, small and large dicts alike") {
   p += "u";
   p += "X\x02\x00\x00\x00k5K\x63s."s;
   auto d = ok(std::string_view(p));
-  REQUIRE(d->entries.size() == 20);
+  REQUIRE(d->entries().size() == 20);
   CHECK(d->find("k5")->integer == 99);
   CHECK(d->find("k19")->integer == 19);
   CHECK(d->find("k20") == nullptr);
-  CHECK(d->entries[5].first->text == "k5");
+  CHECK(d->entries()[5].first->text() == "k5");
 }
 
 TEST_CASE("persistent ids are listed in the order the stream made them") {
@@ -403,9 +405,9 @@ TEST_CASE("persistent ids are listed in the order the stream made them") {
   auto r = unpickle(data);
   REQUIRE(r.ok());
   REQUIRE(r->persistent_ids.size() == 2);
-  CHECK(r->persistent_ids[0]->args->text == "a");
-  CHECK(r->persistent_ids[1]->args->text == "b");
-  CHECK(r->value->items[1] == r->persistent_ids[1]);
+  CHECK(r->persistent_ids[0]->args->text() == "a");
+  CHECK(r->persistent_ids[1]->args->text() == "b");
+  CHECK(r->value->items()[1] == r->persistent_ids[1]);
 }
 
 TEST_CASE("a block pool hands a freed graph's large blocks to the next graph") {
@@ -418,14 +420,54 @@ TEST_CASE("a block pool hands a freed graph's large blocks to the next graph") {
   {
     auto first = unpickle(data, 0, pool);
     REQUIRE(first.ok());
-    CHECK(first->value->items.size() == 200000);
+    CHECK(first->value->items().size() == 200000);
     CHECK(pool->kept() == 0);
   }
   std::size_t kept = pool->kept();
   CHECK(kept > 0);
   auto second = unpickle(data, 0, pool);
   REQUIRE(second.ok());
-  CHECK(second->value->items.size() == 200000);
-  CHECK(second->value->items[199999]->integer == 1);
+  CHECK(second->value->items().size() == 200000);
+  CHECK(second->value->items()[199999]->integer == 1);
   CHECK(pool->kept() < kept);
+}
+
+TEST_CASE("a list or dict subclass keeps what APPENDS or SETITEMS gave it, not both") {
+  // m.C() then SETITEMS {'a': 1}: the object holds a map.
+  auto dict_like =
+      ok("\x80\x02"
+         "cm\nC\n)\x81(X\x01\x00\x00\x00"
+         "aK\x01u."s);
+  REQUIRE(dict_like->kind == Kind::kObject);
+  REQUIRE(dict_like->entries().size() == 1);
+  CHECK(dict_like->entries()[0].first->text() == "a");
+  CHECK(dict_like->items().empty());
+  CHECK(dict_like->text().empty());
+  // m.C() then APPENDS [1, 2]: a list.
+  auto list_like =
+      ok("\x80\x02"
+         "cm\nC\n)\x81(K\x01K\x02"
+         "e."s);
+  REQUIRE(list_like->items().size() == 2);
+  CHECK(list_like->entries().empty());
+  // Both on one object: an error, not a mixed node.
+  CHECK(error_of("\x80\x02"
+                 "cm\nC\n)\x81(X\x01\x00\x00\x00"
+                 "aK\x01u(K\x02"
+                 "e."s)
+            .find("APPEND to an object that was given dict items") != std::string::npos);
+  CHECK(error_of("\x80\x02"
+                 "cm\nC\n)\x81(K\x02"
+                 "e(X\x01\x00\x00\x00"
+                 "aK\x01u."s)
+            .find("SETITEM on an object that was appended to") != std::string::npos);
+  // Accessors of another kind read as empty.
+  auto text = ok("X\x01\x00\x00\x00z."s);
+  CHECK(text->items().empty());
+  CHECK(text->entries().empty());
+  CHECK(text->module().empty());
+  auto g = ok("cfoo.bar\nBaz\n.");
+  CHECK(g->text().empty());
+  CHECK(g->module() == "foo.bar");
+  CHECK(g->name() == "Baz");
 }
