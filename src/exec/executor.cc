@@ -25,6 +25,9 @@ constexpr std::uint64_t kMinWorkerWriteback = 64ull << 20;
 // How far ahead of a worker its inputs are asked for (input_prefetch.h): a few windows, enough
 // to keep reads queued on a cold cache; the page cache holds at most this much unread.
 constexpr std::uint64_t kPrefetchBytes = 32ull << 20;
+// An input at least this much in the page cache when the merge starts is left cached
+// (InputFile::keep_cache): what was warm before stays warm; what we read in, we drop.
+constexpr double kWarmInput = 0.9;
 
 std::string tensor_context(const std::string& name) {
   return "tensor '" + name + "'";
@@ -59,6 +62,7 @@ Result<std::vector<InputFile>> open_inputs(const Plan& plan) {
     // fragment reads the next, often consumed and dropped already, back into the cache, where
     // it stayed (2 GiB at 20 GB). InputPrefetch asks for exactly what comes next instead.
     file.random_access();
+    if (file.cached_fraction() >= kWarmInput) file.keep_cache();
     inputs.push_back(std::move(file));
   }
   return inputs;

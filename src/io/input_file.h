@@ -47,8 +47,15 @@ class InputFile {
   // small reads queued at once instead of one synchronous disk round trip each.
   void will_need(std::uint64_t offset, std::uint64_t length) const;
 
-  // Tells the kernel that the page-cache pages of [offset, offset+length) will not be read again.
+  // The share of the file's pages in the page cache, 0 to 1: exact through cachestat(2) (Linux
+  // 6.5), else estimated from 64 probes spread over the file.
+  double cached_fraction() const;
+  // Tells the kernel that the page-cache pages of [offset, offset+length) will not be read again,
+  // unless keep_cache() was called: then it does nothing.
   void drop_cache(std::uint64_t offset, std::uint64_t length) const;
+  // Leave this file's pages cached: it was in the cache before we read it (a warm re-run, a
+  // verify after a merge), and dropping what another reader put there is not ours to do.
+  void keep_cache() { keep_cache_ = true; }
 
  private:
   InputFile(std::filesystem::path path, int fd, std::uint64_t size);
@@ -56,6 +63,7 @@ class InputFile {
   std::filesystem::path path_;
   int fd_ = -1;
   std::uint64_t size_ = 0;
+  bool keep_cache_ = false;
   struct Mapping;
   mutable std::unique_ptr<Mapping> mapping_;
 };

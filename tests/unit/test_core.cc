@@ -2,6 +2,12 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <vector>
+
+#include <linux/magic.h>
+#include <sys/vfs.h>
+#include <unistd.h>
 
 #include "ckptstream/dtype.h"
 #include "io/input_file.h"
@@ -45,6 +51,32 @@ TEST_CASE("InputFile reads exactly and names the file when truncated") {
   CHECK(static_cast<char>(buf[3]) == '3');
   std::filesystem::remove(path);
   CHECK(!InputFile::open(path).ok());
+}
+
+TEST_CASE("InputFile measures how much of it is cached; keep_cache leaves its pages there") {
+  auto path = std::filesystem::temp_directory_path() / "ckpt_test_core_cache.bin";
+  {
+    std::ofstream out(path, std::ios::binary);
+    std::string block(1 << 20, 'x');
+    for (int i = 0; i < 4; ++i) out << block;
+  }
+  auto file = InputFile::open(path);
+  REQUIRE(file.ok());
+  std::vector<std::byte> all(file->size());
+  REQUIRE(file->read_at(0, all).ok());
+  CHECK(file->cached_fraction() > 0.9);
+  ::fsync(file->fd());  // clean pages can be dropped
+  file->keep_cache();
+  file->drop_cache(0, file->size());
+  CHECK(file->cached_fraction() > 0.9);
+  // Where the file system drops clean pages at all (not tmpfs), a file not kept loses them.
+  auto plain = InputFile::open(path);
+  REQUIRE(plain.ok());
+  plain->drop_cache(0, plain->size());
+  struct statfs fs {};
+  if (::statfs(path.c_str(), &fs) == 0 && fs.f_type != TMPFS_MAGIC)
+    CHECK(plain->cached_fraction() < 0.1);
+  std::filesystem::remove(path);
 }
 
 TEST_CASE("range_fits does not overflow") {
