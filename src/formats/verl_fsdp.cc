@@ -486,11 +486,15 @@ class Merger {
     std::optional<InputFile> file;  // opened for the first plain tensor to compare
     for (std::size_t j = 0; j < ckpt.tensors.size(); ++j) {
       const TorchTensor& t = ckpt.tensors[j];
-      auto it = index_.find(t.name);
-      if (it == index_.end())
-        return invalid_input("tensor " + t.name + " is in " + rank_text(r) +
-                             " but missing from rank 0's file " + file_of(0));
-      std::size_t i = it->second;
+      // Ranks save their state dicts in the same order: look the name up only when it differs.
+      std::size_t i = j;
+      if (j >= first_.tensors.size() || first_.tensors[j].name != t.name) {
+        auto it = index_.find(t.name);
+        if (it == index_.end())
+          return invalid_input("tensor " + t.name + " is in " + rank_text(r) +
+                               " but missing from rank 0's file " + file_of(0));
+        i = it->second;
+      }
       if (seen[i]) return invalid_input(file_of(r) + ": tensor " + t.name + " appears twice");
       seen[i] = true;
       const TorchTensor& reference = first_.tensors[i];

@@ -161,6 +161,7 @@ class PendingTorchFile::Reader {
     if (slash == std::string::npos)
       return invalid_input("zip entry '" + first + "' is not under an archive directory");
     prefix_ = first.substr(0, slash + 1);
+    number_records();
     const std::string constants = prefix_ + "constants.pkl", code = prefix_ + "code/";
     for (const auto& e : archive.entries())
       if (e.name == constants || e.name.starts_with(code))
@@ -297,8 +298,12 @@ class PendingTorchFile::Reader {
 
   Result<std::size_t> storage_for(const StorageId& id) {
     if (id.view) return legacy_view(id);
-    auto found = by_key_.find(id.key);
-    if (found != by_key_.end()) return found->second;
+    std::size_t* numbered = numbered_storage(id.key);
+    if (numbered && *numbered != SIZE_MAX) return *numbered;
+    if (!numbered) {
+      auto found = by_key_.find(id.key);
+      if (found != by_key_.end()) return found->second;
+    }
     StorageRecord s;
     s.key = id.key;
     s.dtype = id.dtype;
@@ -307,7 +312,8 @@ class PendingTorchFile::Reader {
     if (archive_) {
       record_name_.assign(prefix_).append("data/").append(id.key);
       const std::string& name = record_name_;
-      const zip::Entry* e = archive_->find(name);
+      const zip::Entry* e =
+          numbered ? numbered_records_[numbered - numbered_storages_.data()] : archive_->find(name);
       if (!e) return invalid_input("storage '" + id.key + "': record " + name + " is missing");
       if (!e->is_stored()) CKPT_TRY(archive_->stored(name));  // its error
       if (e->size != s.nbytes)
@@ -318,8 +324,45 @@ class PendingTorchFile::Reader {
       s.file_offset = e->data_offset;
     }
     ckpt_.storages.push_back(std::move(s));
-    by_key_.emplace(id.key, ckpt_.storages.size() - 1);
+    if (numbered)
+      *numbered = ckpt_.storages.size() - 1;
+    else
+      by_key_.emplace(id.key, ckpt_.storages.size() - 1);
     return ckpt_.storages.size() - 1;
+  }
+
+  // torch.save keys a zip file's storages 0, 1, 2, ... (records data/0, data/1, ...): tables by
+  // number replace two hash lookups per storage, of which a large model's rank file has tens of
+  // thousands. Built from the archive's records; other keys go through by_key_ and find().
+  void number_records() {
+    const std::string data = prefix_ + "data/";
+    const auto& entries = archive_->entries();
+    numbered_records_.assign(entries.size(), nullptr);
+    for (const zip::Entry& e : entries)
+      if (e.name.starts_with(data))
+        if (auto n = record_number(std::string_view(e.name).substr(data.size()));
+            n && *n < entries.size() && !numbered_records_[*n])
+          numbered_records_[*n] = &e;
+    numbered_storages_.assign(entries.size(), SIZE_MAX);
+  }
+
+  // The canonical decimal form of a number below 10^9 ("0", "17"; not "017" or "+1"), else none.
+  static std::optional<std::size_t> record_number(std::string_view key) {
+    if (key.empty() || key.size() > 9 || (key.size() > 1 && key[0] == '0')) return std::nullopt;
+    std::size_t n = 0;
+    for (char c : key) {
+      if (c < '0' || c > '9') return std::nullopt;
+      n = n * 10 + static_cast<std::size_t>(c - '0');
+    }
+    return n;
+  }
+
+  // The storage slot of a numbered record's key (SIZE_MAX until made), or nullptr.
+  std::size_t* numbered_storage(const std::string& key) {
+    if (!archive_) return nullptr;
+    auto n = record_number(key);
+    if (!n || *n >= numbered_records_.size() || !numbered_records_[*n]) return nullptr;
+    return &numbered_storages_[*n];
   }
 
   // Legacy storage views: (view_key, offset, size) slices of the root storage `key`.
@@ -366,6 +409,8 @@ class PendingTorchFile::Reader {
   std::string prefix_;
   std::string record_name_;
   std::unordered_map<std::string, std::size_t> by_key_;
+  std::vector<const zip::Entry*> numbered_records_;  // record data/<n>, by n (number_records)
+  std::vector<std::size_t> numbered_storages_;       // its storage index, SIZE_MAX if none yet
   std::unordered_map<const Value*, DType> storage_classes_;
   std::vector<std::pair<std::size_t, LegacyView>> legacy_views_;
   StorageUses uses_;

@@ -340,13 +340,22 @@ Result<Archive> Archive::parse(std::uint64_t size, const ReadAt& read, std::stri
   Parser parser(size, read, headers, archive.label_);
   CKPT_ASSIGN_OR_RETURN(archive.entries_, parser.run());
   archive.computed_offsets_ = parser.computed_offsets();
-  archive.index_.reserve(archive.entries_.size());
-  for (std::size_t i = 0; i < archive.entries_.size(); ++i)
-    archive.index_.emplace(archive.entries_[i].name, i);  // the first of duplicate names wins
   return archive;
 }
 
 const Entry* Archive::find(std::string_view name) const {
+  constexpr std::size_t kScans = 8;
+  if (index_.empty() && scans_ < kScans) {
+    ++scans_;
+    for (const Entry& e : entries_)
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+  if (index_.empty()) {
+    index_.reserve(entries_.size());
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      index_.emplace(entries_[i].name, i);  // the first of duplicate names wins
+  }
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &entries_[it->second];
 }

@@ -82,7 +82,7 @@ class Archive {
   static Result<Archive> parse(std::uint64_t size, const ReadAt& read, std::string label,
                                const LocalHeaders& headers = {});
 
-  Archive(Archive&&) = default;
+  Archive(Archive&&) = default;  // moves entries_' heap buffer: index_'s views stay valid
   Archive& operator=(Archive&&) = default;
   Archive(const Archive&) = delete;  // index_ views the names of entries_
   Archive& operator=(const Archive&) = delete;
@@ -92,7 +92,9 @@ class Archive {
   std::size_t computed_offsets() const { return computed_offsets_; }
   const std::string& label() const { return label_; }
 
-  // The entry of that name, or nullptr.
+  // The entry of that name (the first, if several), or nullptr. The first few calls scan the
+  // entries; later ones use a hash index built then (a rank file of 45 000 records is asked for
+  // data.pkl and byteorder, near the front, and no more). Not for concurrent use.
   const Entry* find(std::string_view name) const;
 
   // The entry of that name, which must exist and be STORED; errors name the file and the entry.
@@ -103,7 +105,8 @@ class Archive {
   std::string label_;
   std::vector<Entry> entries_;
   std::size_t computed_offsets_ = 0;
-  std::unordered_map<std::string_view, std::size_t> index_;  // views of entries_' names
+  mutable std::unordered_map<std::string_view, std::size_t> index_;  // views of entries_' names
+  mutable std::size_t scans_ = 0;
 };
 
 }  // namespace ckptstream::zip
