@@ -42,6 +42,7 @@ std::optional<std::span<const ValuePtr>> call_args(const Value& v) {
 Result<Shape> int_list(const ValuePtr& v, const char* what) {
   if (!v || !v->is_sequence()) return invalid_input(std::string(what) + " is not a tuple of ints");
   Shape out;
+  out.reserve(v->items().size());
   for (const auto& x : v->items()) {
     auto i = x->as_int();
     if (!i) return invalid_input(std::string(what) + " holds a " + pickle::kind_name(x->kind));
