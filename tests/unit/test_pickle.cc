@@ -395,6 +395,29 @@ TEST_CASE("dict keys follow Python equality, small and large dicts alike") {
   CHECK(d->find("k19")->integer == 19);
   CHECK(d->find("k20") == nullptr);
   CHECK(d->entries()[5].first->text() == "k5");
+  // A state dict's worth of keys (the index table grows many times), each key then set again,
+  // with a few int keys between: every string key once, the last value, insertion order.
+  std::string big = "}(";
+  auto key = [](int i) { return "model.layers." + std::to_string(i) + ".weight"; };
+  auto put = [&](int i, int value) {
+    std::string k = key(i);
+    big += "X" + std::string(1, static_cast<char>(k.size())) + std::string(3, '\0') + k + "J";
+    for (int b = 0; b < 4; ++b) big += static_cast<char>((value >> (8 * b)) & 0xFF);
+  };
+  for (int i = 0; i < 5000; ++i) put(i, i);
+  big += "K\x07K\x01";  // 7: 1
+  for (int i = 0; i < 5000; i += 3) put(i, -i);
+  big += "u.";
+  auto large = ok(std::string_view(big));
+  REQUIRE(large->entries().size() == 5001);
+  CHECK(large->entries()[4999].first->text() == key(4999));
+  CHECK(large->entries()[5000].first->integer == 7);
+  for (int i : {0, 1, 2, 3, 2999, 4998, 4999}) {
+    CAPTURE(i);
+    REQUIRE(large->find(key(i)));
+    CHECK(large->find(key(i))->integer == (i % 3 == 0 ? -i : i));
+  }
+  CHECK(large->find(key(5000)) == nullptr);
 }
 
 TEST_CASE("persistent ids are listed in the order the stream made them") {
