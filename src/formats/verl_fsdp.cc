@@ -19,10 +19,13 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <condition_variable>
 #include <deque>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <numeric>
 #include <set>
 #include <span>
@@ -335,11 +338,63 @@ bool same_mesh(const DeviceMeshInfo& a, const DeviceMeshInfo& b) {
   return &a == &b || (a.shape == b.shape && a.ranks == b.ranks && a.dim_names == b.dim_names);
 }
 
+// Runs tasks one after another on one thread that lives as long as it does. The rank files'
+// opens and graphs run on two such threads throughout: a short-lived thread per task (2W of
+// them) was often given a fresh malloc arena by glibc (it creates up to 8 per core), whose pages
+// were then faulted in again for every rank file.
+class SerialWorker {
+ public:
+  SerialWorker() : thread_([this] { run(); }) {}
+  SerialWorker(const SerialWorker&) = delete;
+  SerialWorker& operator=(const SerialWorker&) = delete;
+  ~SerialWorker() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    ready_.notify_one();
+    thread_.join();  // after the tasks queued so far
+  }
+
+  template <class F>
+  auto submit(F f) -> std::future<std::invoke_result_t<F&>> {
+    auto task = std::make_shared<std::packaged_task<std::invoke_result_t<F&>()>>(std::move(f));
+    auto result = task->get_future();
+    {
+      std::lock_guard lock(mutex_);
+      tasks_.emplace_back([task] { (*task)(); });
+    }
+    ready_.notify_one();
+    return result;
+  }
+
+ private:
+  void run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock lock(mutex_);
+        ready_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+        if (tasks_.empty()) return;
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<std::function<void()>> tasks_;
+  bool stopping_ = false;
+  std::thread thread_;  // last: started once the members it uses exist
+};
+
 // Rank files are read ahead of the merge in two stages: the I/O-bound first step
 // (PendingTorchFile::open: zip directory, local headers, data.pkl bytes) of up to `threads` - 1
-// files at once (at least one, at most kMaxOpenAhead), and the CPU- and memory-bound second step
-// (the pickle graph) of one file at a time, one rank ahead of the caller. So however large W is,
-// one pickle graph is in memory at a time.
+// files ahead (at least one, at most kMaxOpenAhead; one after another), and the CPU- and
+// memory-bound second step (the pickle graph) of one file at a time, one rank ahead of the caller.
+// So however large W is, one pickle graph is in memory at a time.
 class RankReader {
   // Each file opened ahead holds its zip directory and data.pkl (28 MB per DeepSeek-V3 rank file
   // at W=16); more than two ahead only cost memory: on 16 cores the plan took as long with 15
@@ -368,8 +423,8 @@ class RankReader {
   void fill() {
     while (opening_.size() < window_ && launched_ < files_.size()) {
       const fs::path& path = files_[launched_++];
-      opening_.push_back(std::async(
-          std::launch::async, [&path, this] { return PendingTorchFile::open(path, options_); }));
+      opening_.push_back(
+          opener_.submit([&path, this] { return PendingTorchFile::open(path, options_); }));
     }
   }
 
@@ -379,8 +434,7 @@ class RankReader {
     Opened opened = std::move(opening_.front());
     opening_.pop_front();
     fill();
-    graph_ = std::async(
-        std::launch::async,
+    graph_ = builder_.submit(
         [opened = std::move(opened), pool = pool_]() mutable -> Result<TorchCheckpoint> {
           auto pending = opened.get();
           if (!pending.ok()) return pending.error();
@@ -397,6 +451,8 @@ class RankReader {
   std::deque<Opened> opening_;
   std::future<Result<TorchCheckpoint>> graph_;
   std::shared_ptr<pickle::BlockPool> pool_ = std::make_shared<pickle::BlockPool>();
+  SerialWorker opener_;   // step 1 of each file, in order
+  SerialWorker builder_;  // step 2, one file at a time
 };
 
 // Folds the rank files into logical tensors one rank at a time: rank 0's file fixes the names,
