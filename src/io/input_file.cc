@@ -39,6 +39,7 @@ InputFile& InputFile::operator=(InputFile&& other) noexcept {
     path_ = std::move(other.path_);
     fd_ = std::exchange(other.fd_, -1);
     size_ = other.size_;
+    keep_cache_ = other.keep_cache_;
     mapping_ = std::move(other.mapping_);
   }
   return *this;
