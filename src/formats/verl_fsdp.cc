@@ -199,9 +199,10 @@ std::optional<std::int64_t> checked_numel(const Shape& shape) {
   return n;
 }
 
-// The fragments of `tensor` (each from the rank in `owners`) tile it exactly: inside it, no two
-// overlapping, sizes adding up. Fragments are swept along the dim where their offsets vary.
-Status check_tiling(const LogicalTensor& tensor, const std::vector<int>& owners) {
+// The fragments of `tensor` tile it exactly: inside it, no two overlapping, sizes adding up.
+// Fragments are swept along the dim where their offsets vary. Each fragment's input is its rank.
+Status check_tiling(const LogicalTensor& tensor) {
+  auto owner = [&](std::size_t i) { return std::to_string(tensor.fragments[i].source.input); };
   const auto& frags = tensor.fragments;
   std::size_t ndim = tensor.shape.size();
   std::int64_t covered = 0;
@@ -210,9 +211,9 @@ Status check_tiling(const LogicalTensor& tensor, const std::vector<int>& owners)
     for (std::size_t d = 0; d < ndim; ++d)
       if (f.offsets[d] < 0 || f.source.shape[d] < 0 ||
           f.offsets[d] > tensor.shape[d] - f.source.shape[d])
-        return invalid_input("rank " + std::to_string(owners[i]) + "'s shard " +
-                             shape_text(f.source.shape) + " at " + shape_text(f.offsets) +
-                             " reaches outside the global shape " + shape_text(tensor.shape));
+        return invalid_input("rank " + owner(i) + "'s shard " + shape_text(f.source.shape) +
+                             " at " + shape_text(f.offsets) + " reaches outside the global shape " +
+                             shape_text(tensor.shape));
     if (__builtin_add_overflow(covered, *checked_numel(f.source.shape), &covered))
       covered = INT64_MAX;
   }
@@ -237,8 +238,8 @@ Status check_tiling(const LogicalTensor& tensor, const std::vector<int>& owners)
         overlap = a.offsets[d] < b.offsets[d] + b.source.shape[d] &&
                   b.offsets[d] < a.offsets[d] + a.source.shape[d];
       if (overlap)
-        return invalid_input("the shards of rank " + std::to_string(owners[order[i]]) +
-                             " and rank " + std::to_string(owners[order[j]]) + " overlap");
+        return invalid_input("the shards of rank " + owner(order[i]) + " and rank " +
+                             owner(order[j]) + " overlap");
     }
   }
   if (covered != *checked_numel(tensor.shape))
@@ -489,9 +490,8 @@ class Merger {
     LogicalTensor tensor;
     std::vector<std::size_t> shard_dims;  // DTensor: per mesh dim, the sharded tensor dim
     const std::vector<std::size_t>* rank_position = nullptr;  // DTensor: rank -> mesh index
-    std::vector<std::pair<std::size_t, int>> order;  // (mesh position, rank) of each fragment
-    std::vector<std::size_t> visit;                  // plain: dims in hashing order
-    std::optional<Digest> digest;                    // plain: rank 0's values
+    std::vector<std::size_t> visit;                           // plain: dims in hashing order
+    std::optional<Digest> digest;                             // plain: rank 0's values
   };
 
   std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
@@ -575,21 +575,15 @@ class Merger {
       const TorchTensor& t = first_.tensors[i];
       if (t.dtensor) {
         ++dtensors;
-        // Fragments in mesh order, whatever order the ranks were read in.
-        std::vector<std::size_t> sorted(p.order.size());
-        std::iota(sorted.begin(), sorted.end(), std::size_t{0});
-        std::sort(sorted.begin(), sorted.end(), [&](std::size_t a, std::size_t b) {
-          return p.order[a].first < p.order[b].first;
-        });
-        std::vector<Fragment> fragments;
-        std::vector<int> owners;
-        fragments.reserve(sorted.size());
-        for (std::size_t k : sorted) {
-          fragments.push_back(std::move(p.tensor.fragments[k]));
-          owners.push_back(p.order[k].second);
-        }
-        p.tensor.fragments = std::move(fragments);
-        Status tiled = check_tiling(p.tensor, owners);
+        // Fragments in mesh order, whatever order the ranks were read in (a fragment's input is
+        // its rank; the mesh need not list the ranks in order).
+        auto before = [&](const Fragment& a, const Fragment& b) {
+          return (*p.rank_position)[a.source.input] < (*p.rank_position)[b.source.input];
+        };
+        auto& fragments = p.tensor.fragments;
+        if (!std::is_sorted(fragments.begin(), fragments.end(), before))
+          std::sort(fragments.begin(), fragments.end(), before);
+        Status tiled = check_tiling(p.tensor);
         if (!tiled.ok()) return in_tensor(tiled.error(), t.name);
         layouts.insert(placements_text(*t.dtensor) + " over " + mesh_text(*t.dtensor->mesh));
         if (replica_note_.empty()) {
@@ -708,7 +702,6 @@ class Merger {
     if (!in_first_replica(first, coord)) return {};
     if (*checked_numel(box.shape) == 0) return {};
     p.tensor.fragments.push_back(Fragment{ckpt.ref(j, r), std::move(box.offsets)});
-    p.order.emplace_back(flat, static_cast<int>(r));
     return {};
   }
 
