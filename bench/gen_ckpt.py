@@ -207,23 +207,29 @@ class _Fake:
     pass
 
 
+# Stand-in classes are registered under the module paths torch's pickles name.
+def _module(name):
+    """sys.modules[name], made empty (with its parents) if absent."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    return sys.modules[name]
+
+
+def _put(mod, obj, name=None):
+    """obj as mod.name, named so that pickle writes that global."""
+    name = name or obj.__name__
+    obj.__module__ = mod.__name__
+    obj.__qualname__ = name
+    obj.__name__ = name
+    setattr(mod, name, obj)
+    return obj
+
+
 def fake_torch():
     if "_ckptstream_fake" in globals():
         return globals()["_ckptstream_fake"]
-
-    def module(name):
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-        return sys.modules[name]
-
-    def put(mod, obj, name=None):
-        name = name or obj.__name__
-        obj.__module__ = mod.__name__
-        obj.__qualname__ = name
-        obj.__name__ = name
-        setattr(mod, name, obj)
-        return obj
+    module, put = _module, _put
 
     torch = module("torch")
     if getattr(torch, "__file__", None):
@@ -556,19 +562,7 @@ def dcp_classes():
     ns = fake_torch()
     if hasattr(ns, "dcp"):
         return ns.dcp
-
-    def module(name):
-        parts = name.split(".")
-        for i in range(1, len(parts) + 1):
-            sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-        return sys.modules[name]
-
-    def put(mod, obj, name=None):
-        name = name or obj.__name__
-        obj.__module__ = mod.__name__
-        obj.__qualname__ = name
-        setattr(mod, name, obj)
-        return obj
+    module, put = _module, _put
 
     @dataclasses.dataclass
     class ChunkStorageMetadata:
@@ -695,21 +689,6 @@ def write_dcp(out, tensors, config, w, dt, seed, sparse, prefix="model"):
 # ---------------------------------------------------------------------------------------------
 # Megatron layouts (../shared/docs/formats/megatron.md): a Megatron-core GPT model (Transformer
 # Engine layer spec, as Megatron-LM builds it by default) of Qwen2 shapes, TP x PP, DP = 1.
-
-def _module(name):
-    parts = name.split(".")
-    for i in range(1, len(parts) + 1):
-        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-    return sys.modules[name]
-
-
-def _put(mod, obj, name=None):
-    name = name or obj.__name__
-    obj.__module__ = mod.__name__
-    obj.__qualname__ = name
-    setattr(mod, name, obj)
-    return obj
-
 
 def megatron_classes():
     """Stand-ins for what Megatron's pickles name besides dcp_classes(): torch 2.6's

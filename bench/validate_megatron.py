@@ -30,13 +30,12 @@ import os
 import re
 import sys
 import tempfile
-import types
 from collections import OrderedDict
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gen_ckpt  # noqa: E402  (GlobalData only: stdlib, no torch stand-ins are made)
+import gen_ckpt  # noqa: E402  (GlobalData and the module stub helper: stdlib, no torch stand-ins)
 
 
 def stub_megatron():
@@ -46,11 +45,7 @@ def stub_megatron():
         unfused = 3
         local = 4
         auto = 5
-    parts = "megatron.core.transformer.enums".split(".")
-    for i in range(1, len(parts) + 1):
-        sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-    AttnBackend.__module__ = "megatron.core.transformer.enums"
-    sys.modules["megatron.core.transformer.enums"].AttnBackend = AttnBackend
+    gen_ckpt._put(gen_ckpt._module("megatron.core.transformer.enums"), AttnBackend)
 
 
 def layer_spec(a):

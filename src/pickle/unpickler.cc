@@ -642,11 +642,14 @@ class Machine {
     return {};
   }
 
-  Status append_items(ValuePtr list, std::span<const ValuePtr> values) {
-    if (list->kind != Kind::kList && list->kind != Kind::kObject)
-      return fail(std::string("APPEND to a ") + kind_name(list->kind));
-    if (!list->use_list()) return fail("APPEND to an object that was given dict items");
-    a_.append(list->list, values);
+  // APPEND(S) to a list, ADDITEMS to a set (`kind`); either to an object (a subclass), which
+  // then holds a list.
+  Status extend(ValuePtr target, Kind kind, const char* op, std::span<const ValuePtr> values) {
+    if (target->kind != kind && target->kind != Kind::kObject)
+      return fail(std::string(op) + " to a " + kind_name(target->kind));
+    if (!target->use_list())
+      return fail(std::string(op) + " to an object that was given dict items");
+    a_.append(target->list, values);
     return {};
   }
 
@@ -660,18 +663,14 @@ class Machine {
     return {};
   }
 
-  Status add_items(ValuePtr set, std::span<const ValuePtr> values) {
-    if (set->kind != Kind::kSet && set->kind != Kind::kObject)
-      return fail(std::string("ADDITEMS to a ") + kind_name(set->kind));
-    if (!set->use_list()) return fail("ADDITEMS to an object that was given dict items");
-    a_.append(set->list, values);
-    return {};
-  }
-
-  // The target of APPENDS / SETITEMS / ADDITEMS sits just below the mark.
-  Result<ValuePtr> below(std::size_t base) {
+  // APPENDS / SETITEMS / ADDITEMS: `add` the values above the mark to the target just below it.
+  template <class Add>
+  Status add_marked(Add add) {
+    CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
     if (base == 0 || base - 1 < frame_base()) return fail("stack underflow");
-    return stack_[base - 1];
+    Status status = add(stack_[base - 1], above(base));
+    truncate(base);
+    return status;
   }
 
   Status push_tuple_of(std::size_t n) {
@@ -928,15 +927,12 @@ class Machine {
       case kAppend: {
         CKPT_ASSIGN_OR_RETURN(ValuePtr v, pop());
         CKPT_ASSIGN_OR_RETURN(ValuePtr list, top());
-        return append_items(list, {&v, 1});
+        return extend(list, Kind::kList, "APPEND", {&v, 1});
       }
-      case kAppends: {
-        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
-        CKPT_ASSIGN_OR_RETURN(ValuePtr list, below(base));
-        Status status = append_items(list, above(base));
-        truncate(base);
-        return status;
-      }
+      case kAppends:
+        return add_marked([this](ValuePtr list, std::span<const ValuePtr> values) {
+          return extend(list, Kind::kList, "APPEND", values);
+        });
       case kEmptyDict:
         push(make(Kind::kDict));
         return {};
@@ -955,23 +951,17 @@ class Machine {
         ValuePtr pair[2] = {key, value};
         return set_items(dict, pair);
       }
-      case kSetItems: {
-        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
-        CKPT_ASSIGN_OR_RETURN(ValuePtr dict, below(base));
-        Status status = set_items(dict, above(base));
-        truncate(base);
-        return status;
-      }
+      case kSetItems:
+        return add_marked([this](ValuePtr dict, std::span<const ValuePtr> values) {
+          return set_items(dict, values);
+        });
       case kEmptySet:
         push(make(Kind::kSet));
         return {};
-      case kAddItems: {
-        CKPT_ASSIGN_OR_RETURN(std::size_t base, pop_mark());
-        CKPT_ASSIGN_OR_RETURN(ValuePtr set, below(base));
-        Status status = add_items(set, above(base));
-        truncate(base);
-        return status;
-      }
+      case kAddItems:
+        return add_marked([this](ValuePtr set, std::span<const ValuePtr> values) {
+          return extend(set, Kind::kSet, "ADDITEMS", values);
+        });
       case kFrozenSet:
         return collect(Kind::kFrozenSet);
       case kBinPut: {

@@ -1,12 +1,17 @@
-// A scratch directory for one test, unique (mkdtemp) and removed with everything in it.
+// A scratch directory for one test, unique (mkdtemp) and removed with everything in it; and the
+// bytes of a file, for comparing what a test wrote.
 #pragma once
 
 #include <doctest/doctest.h>
 #include <stdlib.h>
 
+#include <cstddef>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
+#include <vector>
 
 namespace ckptstream::testing {
 
@@ -43,5 +48,14 @@ struct TempDir {
     return dir;
   }
 };
+
+// The whole file (empty if it cannot be read).
+inline std::vector<std::byte> file_bytes(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::byte> bytes(chars.size());
+  std::memcpy(bytes.data(), chars.data(), chars.size());
+  return bytes;
+}
 
 }  // namespace ckptstream::testing

@@ -20,9 +20,11 @@
 #include "exec/dtype_convert.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
+#include "temp_dir.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::file_bytes;
 using Bytes = std::vector<std::byte>;
 
 namespace {
@@ -48,14 +50,6 @@ void write_file(const fs::path& path, const Bytes& bytes) {
   std::ofstream(path, std::ios::binary)
       .write(reinterpret_cast<const char*>(bytes.data()),
              static_cast<std::streamsize>(bytes.size()));
-}
-
-Bytes read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  Bytes bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
 }
 
 template <class T>
@@ -153,7 +147,7 @@ std::string xxh3_128_hex(const Bytes& bytes) {
 void run_and_check(const Plan& plan, const fs::path& target, std::uint64_t buffer_bytes,
                    bool direct_writes = true) {
   std::vector<Bytes> inputs;
-  for (const auto& path : plan.inputs) inputs.push_back(read_file(path));
+  for (const auto& path : plan.inputs) inputs.push_back(file_bytes(path));
   ExecOptions options;
   options.buffer_bytes = buffer_bytes;
   options.direct_writes = direct_writes;
@@ -163,7 +157,7 @@ void run_and_check(const Plan& plan, const fs::path& target, std::uint64_t buffe
   REQUIRE(manifest->files.size() == plan.files.size());
   for (std::size_t f = 0; f < plan.files.size(); ++f) {
     const OutputFile& file = plan.files[f];
-    Bytes written = read_file(target / file.name);
+    Bytes written = file_bytes(target / file.name);
     REQUIRE(written.size() == file.size());
     CHECK(std::memcmp(written.data(), file.header.data(), file.header.size()) == 0);
     CHECK(manifest->files[f].size == file.size());
@@ -233,7 +227,7 @@ TEST_CASE("contiguous, transposed, offset and strided views are copied exactly")
     run_and_check(plan, dir.out(), buffer);
   }
   // Spot-check the reference itself: transposed[1][0] is storage element 1 (value 2).
-  Bytes out = read_file(dir.out() / "model.safetensors");
+  Bytes out = file_bytes(dir.out() / "model.safetensors");
   float value;
   std::memcpy(&value, &out[8 + 35 * 4 + 5 * 4], 4);
   CHECK(value == 2.0f);
@@ -295,7 +289,7 @@ TEST_CASE("dtype conversion and byte swapping in the executor") {
        tensor("swapped", {8}, {{big_endian, {0}}}),
        tensor("swapped_bf16", {4, 2}, {{transposed_big, {0, 0}}}, DType::kF32, DType::kBF16)});
   for (std::uint64_t buffer : {16ull << 20, 20ull}) run_and_check(plan, dir.out(), buffer);
-  Bytes out = read_file(dir.out() / "model.safetensors");
+  Bytes out = file_bytes(dir.out() / "model.safetensors");
   std::uint16_t first[8];
   std::memcpy(first, &out[8], 16);
   CHECK(first[0] == 0x3F80);  // 1.0
@@ -396,7 +390,7 @@ TEST_CASE("large files: direct and buffered writes, windows across write buffers
       CAPTURE(direct);
       CAPTURE(buffer);
       run_and_check(plan, dir.out(), buffer, direct);
-      Bytes out = read_file(dir.out() / "model.safetensors");
+      Bytes out = file_bytes(dir.out() / "model.safetensors");
       CHECK(Bytes(out.begin() + static_cast<std::ptrdiff_t>(gap_begin),
                   out.begin() + static_cast<std::ptrdiff_t>(gap_begin + 3)) == Bytes(3));
       if (first.empty()) first = out;
@@ -435,11 +429,11 @@ TEST_CASE("side files, index and manifest; existing files are replaced") {
                                                        "model-00001-of-00002.safetensors",
                                                        "model-00002-of-00002.safetensors",
                                                        "model.safetensors.index.json", "sub"});
-  CHECK(read_file(dir.out() / "config.json") == read_file(dir.in("config.json")));
-  CHECK(read_file(dir.out() / "sub" / "extra.json") == read_file(dir.in("config.json")));
-  CHECK(read_file(dir.out() / "model.safetensors.index.json") ==
+  CHECK(file_bytes(dir.out() / "config.json") == file_bytes(dir.in("config.json")));
+  CHECK(file_bytes(dir.out() / "sub" / "extra.json") == file_bytes(dir.in("config.json")));
+  CHECK(file_bytes(dir.out() / "model.safetensors.index.json") ==
         bytes_of(std::vector<char>(plan.index_json.begin(), plan.index_json.end())));
-  CHECK(read_file(dir.out() / "model-00001-of-00002.safetensors").size() == 8 + 24);
+  CHECK(file_bytes(dir.out() / "model-00001-of-00002.safetensors").size() == 8 + 24);
   REQUIRE(!progress.empty());
   CHECK(progress.back() == std::pair<std::uint64_t, std::uint64_t>{36, 36});
   CHECK(std::is_sorted(progress.begin(), progress.end()));
@@ -450,7 +444,7 @@ TEST_CASE("side files, index and manifest; existing files are replaced") {
   CHECK(reread->files[1].tensors[1].name == "c\"\\\n");
   CHECK(reread->files[1].tensors[1].xxh3_128 == xxh3_128_hex({}));
   CHECK(manifest_to_json(*reread) == manifest_to_json(*manifest));
-  Bytes file1 = read_file(dir.out() / "model-00001-of-00002.safetensors");
+  Bytes file1 = file_bytes(dir.out() / "model-00001-of-00002.safetensors");
   CHECK(reread->files[0].tensors[0].xxh3_128 ==
         xxh3_128_hex(Bytes(file1.begin() + 8, file1.end())));
 }

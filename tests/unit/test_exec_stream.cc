@@ -21,9 +21,11 @@
 #include "exec/dtype_convert.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
+#include "temp_dir.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::file_bytes;
 using Bytes = std::vector<std::byte>;
 
 namespace {
@@ -49,14 +51,6 @@ void write_file(const fs::path& path, const Bytes& bytes) {
   std::ofstream(path, std::ios::binary)
       .write(reinterpret_cast<const char*>(bytes.data()),
              static_cast<std::streamsize>(bytes.size()));
-}
-
-Bytes read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  Bytes bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
 }
 
 template <class T>
@@ -164,7 +158,7 @@ void check_agreement(const Plan& plan, const TempDir& dir, std::uint64_t buffer_
   CHECK(listing(dir.path()) == before);  // neither hash_plan nor stream_plan wrote anything
 
   for (const OutputFile& file : plan.files) {
-    Bytes bytes = read_file(out / file.name);
+    Bytes bytes = file_bytes(out / file.name);
     for (const PlacedTensor& placed : file.tensors) {
       CAPTURE(placed.tensor.name);
       auto begin =
@@ -235,7 +229,7 @@ struct StoredTensor {
 };
 
 std::map<std::string, StoredTensor> read_safetensors_index(const fs::path& path) {
-  Bytes bytes = read_file(path);
+  Bytes bytes = file_bytes(path);
   REQUIRE(bytes.size() >= 8);
   std::uint64_t header_size;
   std::memcpy(&header_size, bytes.data(), 8);
@@ -331,7 +325,7 @@ struct LoraCase {
 };
 
 std::vector<LoraCase> lora_cases() {
-  Bytes text = read_file(kLoraFixtures / "lora_fixtures.json");
+  Bytes text = file_bytes(kLoraFixtures / "lora_fixtures.json");
   simdjson::dom::parser parser;
   simdjson::padded_string json(reinterpret_cast<const char*>(text.data()), text.size());
   std::vector<LoraCase> cases;
@@ -445,7 +439,7 @@ TEST_CASE("a LoRA delta is fused while streaming, whatever the windows and fragm
   for (std::uint64_t buffer : {16ull << 20, 64ull, 100ull, 4ull}) {
     CAPTURE(buffer);
     check_agreement(plan, dir, buffer);
-    Bytes out = read_file(dir / "out/model.safetensors");
+    Bytes out = file_bytes(dir / "out/model.safetensors");
     CHECK(values_of<float>(out, 8, want.size()) == want);
     CHECK(Bytes(out.begin() + 8 + 140, out.begin() + 8 + 140 + 70) == want_bf16);
     CHECK(Bytes(out.begin() + 8 + 210, out.end()) == want_f64);
@@ -457,7 +451,7 @@ TEST_CASE("a LoRA delta is fused while streaming, whatever the windows and fragm
   fs::create_directory(dir / "zero");
   auto zero = execute_plan(plan, dir / "zero", {});
   REQUIRE(zero.ok());
-  CHECK(values_of<float>(read_file(dir / "zero/model.safetensors"), 8, w.size()) == w);
+  CHECK(values_of<float>(file_bytes(dir / "zero/model.safetensors"), 8, w.size()) == w);
 }
 
 TEST_CASE("LoRA deltas that cannot be fused are refused before writing") {
@@ -515,7 +509,7 @@ TEST_CASE("LoRA deltas that cannot be fused are refused before writing") {
 TEST_CASE("LoRA fusion matches torch: (W.float() + scale * (B.float() @ A.float())).to(dtype)") {
   auto inputs = read_safetensors_index(kLoraFixtures / "exec_inputs.safetensors");
   auto expected = read_safetensors_index(kLoraFixtures / "exec_expected.safetensors");
-  Bytes expected_bytes = read_file(kLoraFixtures / "exec_expected.safetensors");
+  Bytes expected_bytes = file_bytes(kLoraFixtures / "exec_expected.safetensors");
   auto cases = lora_cases();
   REQUIRE(cases.size() >= 6);
   std::vector<LogicalTensor> tensors;
@@ -546,7 +540,7 @@ TEST_CASE("LoRA fusion matches torch: (W.float() + scale * (B.float() @ A.float(
   for (std::uint64_t buffer : {16ull << 20, 1000ull}) {
     CAPTURE(buffer);
     check_agreement(plan, dir, buffer);
-    Bytes out = read_file(dir / "out/model.safetensors");
+    Bytes out = file_bytes(dir / "out/model.safetensors");
     for (const PlacedTensor& placed : plan.files[0].tensors) {
       const std::string& name = placed.tensor.name;
       CAPTURE(name);

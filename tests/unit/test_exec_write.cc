@@ -21,18 +21,11 @@
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::file_bytes;
 using Bytes = std::vector<std::byte>;
 using ckptstream::testing::TempDir;
 
 namespace {
-
-Bytes read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::vector<char> chars((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  Bytes bytes(chars.size());
-  std::memcpy(bytes.data(), chars.data(), chars.size());
-  return bytes;
-}
 
 Bytes random_bytes(std::size_t size, unsigned seed) {
   std::mt19937 rng(seed);
@@ -106,7 +99,7 @@ TEST_CASE("FileWriter: the file holds exactly what was written, whatever the buf
         CAPTURE(budget);
         fs::path path = dir.path / "out.bin";
         write_through(path, want, budget, direct, static_cast<unsigned>(budget + size));
-        CHECK(read_file(path) == want);
+        CHECK(file_bytes(path) == want);
         fs::remove(path);
       }
     }
@@ -128,7 +121,7 @@ TEST_CASE("StagedFile: aligned blocks direct, the rest buffered; a refused write
   REQUIRE(file->write_at(2 * kBlock + 10, memory + 2 * kBlock + 10, kBlock + 90).ok());
   CHECK(file->writes_direct() == direct);  // unaligned pieces go buffered, direct stays on
   REQUIRE(file->finish().ok());
-  CHECK(read_file(dir.path / "a.bin") == want);
+  CHECK(file_bytes(dir.path / "a.bin") == want);
 
   // Memory the device cannot read from (one byte off): the kernel refuses the direct write
   // (EINVAL); the bytes go through the page cache instead, and so does everything after.
@@ -143,7 +136,7 @@ TEST_CASE("StagedFile: aligned blocks direct, the rest buffered; a refused write
   std::memmove(memory, memory + 1, want.size());
   REQUIRE(refused->write_at(2 * kBlock, memory + 2 * kBlock, want.size() - 2 * kBlock).ok());
   REQUIRE(refused->finish().ok());
-  CHECK(read_file(dir.path / "b.bin") == want);
+  CHECK(file_bytes(dir.path / "b.bin") == want);
 
   // Not asked for: never direct.
   auto buffered = StagedFile::create(dir.path / "c.bin", want.size(), 0, false);
