@@ -5,6 +5,7 @@
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -305,10 +306,169 @@ struct TupleKeyHash {
 // a map the rare far-off ones, so that a hostile index cannot make us allocate gigabytes.
 constexpr std::uint64_t kDenseMemoSlack = 1u << 16;
 
+// What a scan of the opcodes from `pos` to STOP tells about the memo.
+struct MemoScan {
+  std::vector<std::uint32_t> last_get;  // per memo index: 1 + offset of its last GET, or 0
+  std::size_t puts = 0;                 // PUT, BINPUT, LONG_BINPUT, MEMOIZE
+};
+
+// nullopt where the scan cannot follow the stream (an unknown opcode, a truncated argument, an
+// implausible index), which then is not streamed.
+std::optional<MemoScan> scan_memo(std::span<const std::byte> data, std::size_t pos) {
+  MemoScan scan;
+  std::vector<std::uint32_t>& last = scan.last_get;
+  auto fits = [&](std::uint64_t n) { return n <= data.size() - pos; };
+  auto le = [&](std::size_t width) {
+    std::uint64_t v = 0;
+    for (std::size_t i = width; i-- > 0;) v = (v << 8) | static_cast<std::uint8_t>(data[pos + i]);
+    return v;
+  };
+  auto skip_line = [&] {
+    const void* nl = std::memchr(data.data() + pos, '\n', data.size() - pos);
+    if (!nl) return false;
+    pos = static_cast<std::size_t>(static_cast<const std::byte*>(nl) - data.data()) + 1;
+    return true;
+  };
+  while (pos < data.size()) {
+    const std::size_t at = pos;
+    if (at >= kMaxPickle) return std::nullopt;  // offsets are kept in 32 bits
+    const auto op = static_cast<std::uint8_t>(data[pos++]);
+    std::uint64_t fixed = 0, sized = 0;  // argument bytes; width of a length prefix
+    std::optional<std::uint64_t> got;
+    if (op == kBinPut || op == kLongBinPut || op == kPut || op == kMemoize) ++scan.puts;
+    switch (op) {
+      case kStop:
+        return scan;
+      case kBinInt1:
+      case kBinPut:
+      case kProto:
+      case kExt1:
+        fixed = 1;
+        break;
+      case kBinInt2:
+      case kExt2:
+        fixed = 2;
+        break;
+      case kBinInt:
+      case kLongBinPut:
+      case kExt4:
+        fixed = 4;
+        break;
+      case kBinFloat:
+      case kFrame:
+        fixed = 8;
+        break;
+      case kBinGet:
+      case kLongBinGet: {
+        std::size_t width = op == kBinGet ? 1 : 4;
+        if (!fits(width)) return std::nullopt;
+        got = le(width);
+        fixed = width;
+        break;
+      }
+      case kLong1:
+      case kShortBinString:
+      case kShortBinBytes:
+      case kShortBinUnicode:
+        sized = 1;
+        break;
+      case kLong4:
+      case kBinString:
+      case kBinUnicode:
+      case kBinBytes:
+        sized = 4;
+        break;
+      case kBinUnicode8:
+      case kBinBytes8:
+      case kByteArray8:
+        sized = 8;
+        break;
+      case kGet: {
+        const auto* begin = reinterpret_cast<const char*>(data.data() + pos);
+        if (!skip_line()) return std::nullopt;
+        std::uint64_t index = 0;
+        auto [end, ec] =
+            std::from_chars(begin, reinterpret_cast<const char*>(data.data() + pos) - 1, index);
+        if (ec != std::errc()) return std::nullopt;
+        got = index;
+        break;
+      }
+      case kInt:
+      case kLong:
+      case kFloat:
+      case kString:
+      case kUnicode:
+      case kPut:
+      case kPersId:
+        if (!skip_line()) return std::nullopt;
+        break;
+      case kGlobal:
+      case kInst:
+        if (!skip_line() || !skip_line()) return std::nullopt;
+        break;
+      case kMark:
+      case kPop:
+      case kPopMark:
+      case kDup:
+      case kNone:
+      case kBinPersId:
+      case kReduce:
+      case kAppend:
+      case kBuild:
+      case kDict:
+      case kEmptyDict:
+      case kAppends:
+      case kList:
+      case kEmptyList:
+      case kObj:
+      case kSetItem:
+      case kTuple:
+      case kEmptyTuple:
+      case kSetItems:
+      case kNewObj:
+      case kTuple1:
+      case kTuple2:
+      case kTuple3:
+      case kNewTrue:
+      case kNewFalse:
+      case kEmptySet:
+      case kAddItems:
+      case kFrozenSet:
+      case kNewObjEx:
+      case kStackGlobal:
+      case kMemoize:
+      case kNextBuffer:
+      case kReadOnlyBuffer:
+        break;
+      default:
+        return std::nullopt;
+    }
+    if (sized) {
+      if (!fits(sized)) return std::nullopt;
+      fixed = sized + le(static_cast<std::size_t>(sized));
+      if (fixed < sized) return std::nullopt;  // overflow
+    }
+    if (!fits(fixed)) return std::nullopt;
+    pos += static_cast<std::size_t>(fixed);
+    if (got) {
+      // Python numbers memo entries densely: an index past the stream's length is not one.
+      if (*got >= data.size()) return std::nullopt;
+      if (*got >= last.size()) last.resize(static_cast<std::size_t>(*got) + 1, 0);
+      last[static_cast<std::size_t>(*got)] = static_cast<std::uint32_t>(at + 1);
+    }
+  }
+  return std::nullopt;  // no STOP
+}
+
 class Machine {
  public:
-  Machine(std::span<const std::byte> data, std::size_t offset, std::shared_ptr<BlockPool> pool)
-      : data_(data), pos_(offset), arena_(std::make_shared<Arena>(std::move(pool))), a_(*arena_) {
+  Machine(std::span<const std::byte> data, std::size_t offset, std::shared_ptr<BlockPool> pool,
+          RootItemSink* sink)
+      : data_(data),
+        pos_(offset),
+        arena_(std::make_shared<Arena>(std::move(pool))),
+        a_(*arena_),
+        sink_(sink) {
     none_ = shared(Kind::kNone);
     true_ = shared(Kind::kBool);
     true_->boolean = true;
@@ -321,7 +481,17 @@ class Machine {
     const std::size_t start = pos_;
     // Python memoizes nearly every object: about one memo entry per 16 bytes of a torch.save
     // pickle. Reserving that avoids copying a large memo as it grows.
-    memo_.reserve(std::min<std::size_t>((data_.size() - pos_) / 16, std::size_t{1} << 22));
+    std::size_t memo_size = (data_.size() - pos_) / 16;
+    if (sink_) {
+      if (auto scan = scan_memo(data_, pos_)) {
+        last_get_ = std::move(scan->last_get);
+        memo_size = scan->puts;
+      } else {
+        sink_ = nullptr;  // a stream the scan does not follow: built whole
+      }
+      region_mark_ = a_.mark();
+    }
+    memo_.reserve(std::min<std::size_t>(memo_size, std::size_t{1} << 22));
     while (true) {
       op_offset_ = pos_;
       if (pos_ >= data_.size()) return fail("truncated stream (no STOP opcode)");
@@ -331,10 +501,16 @@ class Machine {
       auto op = static_cast<std::uint8_t>(data_[pos_++]);
       if (op == kStop) {
         CKPT_ASSIGN_OR_RETURN(ValuePtr top, pop());
+        if (root_ && top != root_)
+          return Error{
+              ErrorKind::kUnsupported,
+              fail("the dict whose items were streamed is not the pickled object").message};
         Unpickled out;
         out.value = std::shared_ptr<Value>(arena_, top);  // keeps the arena alive
         out.end = pos_;
         out.persistent_ids = std::move(persistent_ids_);
+        out.streamed_items = streamed_;
+        out.released_regions = released_;
         return out;
       }
       if (fast_step(op)) continue;
@@ -349,10 +525,17 @@ class Machine {
   Error fail(const std::string& what) const { return fail_at(op_offset_, what); }
 
   // ---- values --------------------------------------------------------------------------------
-  ValuePtr make(Kind kind) { return a_.make(kind); }
+  ValuePtr make(Kind kind) {
+    ValuePtr v = a_.make(kind);
+    v->region = region_;
+    return v;
+  }
+  // Shared nodes are reused by any later part of the stream: never rewound.
   ValuePtr shared(Kind kind) {
-    ValuePtr v = make(kind);
+    Arena::Permanent lane(a_);
+    ValuePtr v = a_.make(kind);
     v->shared = true;
+    v->region = kPermanentRegion;
     return v;
   }
   ValuePtr boolean(bool b) { return b ? true_ : false_; }
@@ -426,6 +609,7 @@ class Machine {
     auto [it, inserted] = tuples_.try_emplace(key, nullptr);
     if (inserted) {
       it->second = shared(Kind::kTuple);
+      Arena::Permanent lane(a_);
       a_.append(it->second->list, items);
     }
     return it->second;
@@ -507,6 +691,7 @@ class Machine {
 
   Status memo_put(std::uint64_t index) {
     CKPT_ASSIGN_OR_RETURN(ValuePtr v, top());
+    if (index != memo_.size()) region_pinned_ = true;  // safe_point() checks appended ones only
     if (index < memo_.size()) {
       if (!memo_[index]) ++memo_count_;
       memo_[index] = v;
@@ -633,6 +818,7 @@ class Machine {
     CKPT_ASSIGN_OR_RETURN(ValuePtr target, top());
     // Shared nodes stand for many values; Python cannot BUILD an int or a tuple either.
     if (target->shared) return fail(std::string("BUILD on a ") + kind_name(target->kind));
+    touch(*target);
     if (target->state && target->state->kind == Kind::kDict && state->kind == Kind::kDict &&
         target->state != state) {
       for (const auto& [k, x] : state->entries()) a_.set_item(*target->state, k, x);
@@ -649,6 +835,7 @@ class Machine {
       return fail(std::string(op) + " to a " + kind_name(target->kind));
     if (!target->use_list())
       return fail(std::string(op) + " to an object that was given dict items");
+    touch(*target);
     a_.append(target->list, values);
     return {};
   }
@@ -657,6 +844,7 @@ class Machine {
     if (values.size() % 2 != 0) return fail("SETITEMS with an odd number of items");
     if (dict->kind != Kind::kDict && dict->kind != Kind::kObject)
       return fail(std::string("SETITEM on a ") + kind_name(dict->kind));
+    touch(*dict);
     for (std::size_t i = 0; i < values.size(); i += 2)
       if (!a_.set_item(*dict, values[i], values[i + 1]))
         return fail("SETITEM on an object that was appended to");
@@ -671,6 +859,53 @@ class Machine {
     Status status = add(stack_[base - 1], above(base));
     truncate(base);
     return status;
+  }
+
+  // ---- streaming the saved dict's items (RootItemSink) ----------------------------------------
+  // A container made before the current region was changed in it: the region may be referenced
+  // from outside, so it is kept.
+  void touch(const Value& target) {
+    if (target.region != region_) region_pinned_ = true;
+  }
+
+  // SETITEM(S) into the dict at the bottom of the stack, with no mark left below: the items go
+  // to the sink instead of the dict (which stays empty: anything else adding to it is an error).
+  bool streams_into(std::size_t target, std::size_t marks_left) const {
+    if (!sink_ || target != 0 || marks_left != 0 || stack_.empty()) return false;
+    const Value& dict = *stack_[0];
+    if (root_) return &dict == root_;
+    return dict.kind == Kind::kDict && !dict.shared && dict.entries().empty();
+  }
+
+  Status stream(std::span<const ValuePtr> keys_and_values) {
+    if (keys_and_values.size() % 2 != 0) return fail("SETITEMS with an odd number of items");
+    root_ = stack_[0];
+    handed_.swap(persistent_ids_);
+    persistent_ids_.clear();
+    Status status = sink_->items(keys_and_values, handed_);
+    if (!status.ok()) return status.error().with_context("at offset " + std::to_string(op_offset_));
+    streamed_ += keys_and_values.size() / 2;
+    return {};
+  }
+
+  // After a streamed SETITEM(S): what the current region made is unreachable, and rewound, when
+  // nothing older was changed in it, the saved dict is older, and no later GET fetches a value
+  // it memoized (the stream was scanned for GETs up front).
+  void safe_point() {
+    bool dead = !region_pinned_ && root_->region != region_;
+    for (std::size_t i = region_memo_; dead && i < memo_.size(); ++i)
+      dead = i >= last_get_.size() || last_get_[i] <= pos_;
+    if (dead) {
+      std::fill(memo_.begin() + static_cast<std::ptrdiff_t>(region_memo_), memo_.end(), nullptr);
+      a_.rewind(region_mark_);
+      sink_->released(handed_);
+      ++released_;
+    }
+    handed_.clear();
+    if (region_ + 1 < kPermanentRegion) ++region_;
+    region_mark_ = a_.mark();
+    region_memo_ = memo_.size();
+    region_pinned_ = false;
   }
 
   Status push_tuple_of(std::size_t n) {
@@ -949,12 +1184,26 @@ class Machine {
         CKPT_ASSIGN_OR_RETURN(ValuePtr key, pop());
         CKPT_ASSIGN_OR_RETURN(ValuePtr dict, top());
         ValuePtr pair[2] = {key, value};
+        if (streams_into(stack_.size() - 1, marks_.size())) {
+          CKPT_TRY(stream(pair));
+          safe_point();
+          return {};
+        }
         return set_items(dict, pair);
       }
-      case kSetItems:
+      case kSetItems: {
+        if (marks_.size() == 1 && marks_.back() == 1 && streams_into(0, 0)) {
+          std::size_t base = marks_.back();
+          marks_.pop_back();
+          Status status = stream(above(base));
+          truncate(base);
+          if (status.ok()) safe_point();
+          return status;
+        }
         return add_marked([this](ValuePtr dict, std::span<const ValuePtr> values) {
           return set_items(dict, values);
         });
+      }
       case kEmptySet:
         push(make(Kind::kSet));
         return {};
@@ -1106,13 +1355,28 @@ class Machine {
   std::unordered_map<std::uint64_t, ValuePtr> sparse_memo_;
   std::uint64_t memo_count_ = 0;
   std::vector<const Value*> persistent_ids_;
+  // Streaming (sink_ set): see safe_point().
+  RootItemSink* sink_ = nullptr;
+  std::vector<std::uint32_t> last_get_;  // per memo index: 1 + offset of its last GET, or 0
+  std::uint32_t region_ = 0;
+  Arena::Mark region_mark_;
+  std::size_t region_memo_ = 0;  // memo size when the region began
+  bool region_pinned_ = false;
+  const Value* root_ = nullptr;       // the dict streamed from
+  std::vector<const Value*> handed_;  // persistent ids handed over with the last items
+  std::size_t streamed_ = 0, released_ = 0;
 };
 
 }  // namespace
 
 Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset,
                            std::shared_ptr<BlockPool> pool) {
-  return Machine(data, offset, std::move(pool)).run();
+  return Machine(data, offset, std::move(pool), nullptr).run();
+}
+
+Result<Unpickled> unpickle_streaming(std::span<const std::byte> data, RootItemSink& sink,
+                                     std::shared_ptr<BlockPool> pool) {
+  return Machine(data, 0, std::move(pool), &sink).run();
 }
 
 }  // namespace ckptstream::pickle

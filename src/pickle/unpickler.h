@@ -43,6 +43,23 @@ struct Unpickled {
   // Every persistent-id node, in the order the stream made them (what torch's persistent_load
   // would have been called with), so that callers need not walk the graph to find storages.
   std::vector<const Value*> persistent_ids;
+  std::size_t streamed_items = 0;    // unpickle_streaming: items handed to the sink
+  std::size_t released_regions = 0;  // ... and how many times the values made since were freed
+};
+
+// Receives the items of the pickled dict as SETITEMS adds them, instead of the dict: a torch.save
+// of a state dict is one dict of (name, tensor) items, and the graph behind the items handed over
+// can then be freed, so that memory holds a batch of items instead of the whole graph.
+class RootItemSink {
+ public:
+  virtual ~RootItemSink() = default;
+  // keys_and_values: k0, v0, k1, v1, ... in stream order; persistent_ids: the persistent-id nodes
+  // made since the previous call (they are not repeated in Unpickled::persistent_ids).
+  virtual Status items(std::span<const ValuePtr> keys_and_values,
+                       std::span<const Value* const> persistent_ids) = 0;
+  // The nodes reachable only through the last items() call are freed, those persistent ids
+  // included: forget any pointer to them.
+  virtual void released(std::span<const Value* const> persistent_ids) = 0;
 };
 
 // Runs the pickle that starts at `offset` of `data` up to its STOP. Errors read
@@ -50,5 +67,14 @@ struct Unpickled {
 // `pool`, when given, lends and takes back the arena's large blocks.
 Result<Unpickled> unpickle(std::span<const std::byte> data, std::size_t offset = 0,
                            std::shared_ptr<BlockPool> pool = nullptr);
+
+// unpickle(data), streaming the items that SETITEM(S) adds to the dict at the bottom of the stack
+// (with no mark below) to `sink`. That dict must be what the pickle returns, and stays empty (an
+// error otherwise: parse again with unpickle()). Values made while a batch of items was unpickled
+// are freed after the batch when provably unreachable: nothing older was changed meanwhile and no
+// later GET (the stream is scanned for them first) fetches one. A stream the scan cannot follow
+// is unpickled whole, its items left in the dict.
+Result<Unpickled> unpickle_streaming(std::span<const std::byte> data, RootItemSink& sink,
+                                     std::shared_ptr<BlockPool> pool = nullptr);
 
 }  // namespace ckptstream::pickle

@@ -191,42 +191,67 @@ constexpr std::size_t kMappedBlock = 256u << 10;
 
 Arena::~Arena() {
   for (DictIndex* index : indexes_) delete index;
-  for (const Block& block : blocks_) {
-    if (block.size < kMappedBlock)
-      std::free(block.data);
-    else if (pool_)
-      pool_->give(block.data, block.size);
-    else
-      ::munmap(block.data, block.size);
-  }
+  for (const Lane* lane : {&main_, &permanent_})
+    for (const Block& block : lane->blocks) release(block);
+}
+
+void Arena::release(const Block& block) {
+  if (block.size < kMappedBlock)
+    std::free(block.data);
+  else if (pool_)
+    pool_->give(block.data, block.size);
+  else
+    ::munmap(block.data, block.size);
 }
 
 void* Arena::allocate(std::size_t size, std::size_t align) {
-  std::size_t pad = (align - reinterpret_cast<std::uintptr_t>(cursor_) % align) % align;
-  if (left_ < pad + size) {
-    // Blocks double up to kMaxBlock: a tiny pickle (a DCP item) costs a few KiB, a large one
-    // needs few blocks.
-    std::size_t block = std::max(size + align, next_block_ ? next_block_ : kFirstBlock);
-    next_block_ = std::min(kMaxBlock, block * 2);
-    void* memory = nullptr;
-    if (block >= kMappedBlock) {
-      memory = pool_ ? pool_->take(block) : nullptr;
-      if (!memory)
-        memory = ::mmap(nullptr, block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (memory == MAP_FAILED) throw std::bad_alloc();
-    } else {
-      memory = std::malloc(block);
-      if (!memory) throw std::bad_alloc();
+  Lane& lane = *lane_;
+  std::size_t pad = (align - reinterpret_cast<std::uintptr_t>(lane.cursor) % align) % align;
+  if (lane.left < pad + size) {
+    // After a rewind the lane's later blocks are free: the next one large enough is reused.
+    std::size_t next = lane.cursor ? lane.current + 1 : 0;
+    while (next < lane.blocks.size() && lane.blocks[next].size < size + align) ++next;
+    if (next >= lane.blocks.size()) {
+      // Blocks double up to kMaxBlock: a tiny pickle (a DCP item) costs a few KiB, a large one
+      // needs few blocks.
+      std::size_t block = std::max(size + align, lane.next_block ? lane.next_block : kFirstBlock);
+      lane.next_block = std::min(kMaxBlock, block * 2);
+      void* memory = nullptr;
+      if (block >= kMappedBlock) {
+        memory = pool_ ? pool_->take(block) : nullptr;
+        if (!memory)
+          memory =
+              ::mmap(nullptr, block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (memory == MAP_FAILED) throw std::bad_alloc();
+      } else {
+        memory = std::malloc(block);
+        if (!memory) throw std::bad_alloc();
+      }
+      next = std::min(next, lane.cursor ? lane.current + 1 : 0);
+      lane.blocks.insert(lane.blocks.begin() + static_cast<std::ptrdiff_t>(next),
+                         Block{static_cast<std::byte*>(memory), block});
     }
-    blocks_.push_back(Block{static_cast<std::byte*>(memory), block});
-    cursor_ = blocks_.back().data;
-    left_ = block;
-    pad = (align - reinterpret_cast<std::uintptr_t>(cursor_) % align) % align;
+    lane.current = next;
+    lane.cursor = lane.blocks[next].data;
+    lane.left = lane.blocks[next].size;
+    pad = (align - reinterpret_cast<std::uintptr_t>(lane.cursor) % align) % align;
   }
-  std::byte* out = cursor_ + pad;
-  cursor_ = out + size;
-  left_ -= pad + size;
+  std::byte* out = lane.cursor + pad;
+  lane.cursor = out + size;
+  lane.left -= pad + size;
   return out;
+}
+
+Arena::Mark Arena::mark() const {
+  return Mark{main_.current, main_.cursor, main_.left, indexes_.size()};
+}
+
+void Arena::rewind(const Mark& mark) {
+  for (std::size_t i = mark.indexes; i < indexes_.size(); ++i) delete indexes_[i];
+  indexes_.resize(std::min(mark.indexes, indexes_.size()));
+  main_.current = mark.block;
+  main_.cursor = mark.cursor;
+  main_.left = mark.left;
 }
 
 Value* Arena::make(Kind kind) {

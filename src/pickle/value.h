@@ -93,6 +93,9 @@ struct Value {
   bool boolean = false;
   bool shared = false;  // one node for all equal values (None, bools, ints, tuples of those)
   Payload payload = Payload::kNone;
+  // The unpickler's streaming region this node was made in (kPermanentRegion: shared nodes);
+  // fills what would be padding.
+  std::uint32_t region = 0;
   // One of these, so that a node is 64 bytes (a rank file of a large model unpickles into over
   // a million nodes). The kind fixes which, except for an Object: APPENDS or SETITEMS on it (a
   // list or dict subclass) give it a list or a map. Read them through the accessors below, which
@@ -204,8 +207,17 @@ class BlockPool {
   std::vector<std::pair<std::byte*, std::size_t>> blocks_;
 };
 
+constexpr std::uint32_t kPermanentRegion = UINT32_MAX;
+
 // Owns every value of one unpickled object graph and the bytes of their strings.
+//
+// Two lanes: values that must outlive any rewind (shared nodes, which every later part of the
+// stream may reuse) go to the permanent lane while a Permanent scope is open; everything else to
+// the main lane, which can be rewound to a mark, making what was allocated since free for reuse
+// (the streaming unpickler does so once the items it handed over are provably unreachable).
 class Arena {
+  struct Lane;
+
  public:
   explicit Arena(std::shared_ptr<BlockPool> pool = nullptr);
   ~Arena();
@@ -214,6 +226,32 @@ class Arena {
 
   Value* make(Kind kind);
   std::string_view copy(std::string_view bytes);
+
+  // While alive, allocations go to the permanent lane.
+  class Permanent {
+   public:
+    explicit Permanent(Arena& arena) : arena_(arena), previous_(arena.lane_) {
+      arena_.lane_ = &arena_.permanent_;
+    }
+    ~Permanent() { arena_.lane_ = previous_; }
+    Permanent(const Permanent&) = delete;
+    Permanent& operator=(const Permanent&) = delete;
+
+   private:
+    Arena& arena_;
+    Lane* previous_;
+  };
+
+  struct Mark {
+    std::size_t block = 0;  // index in the main lane's blocks
+    std::byte* cursor = nullptr;
+    std::size_t left = 0;
+    std::size_t indexes = 0;
+  };
+  Mark mark() const;
+  // Everything the main lane allocated since `mark` is dead: its blocks are reused, its dict
+  // indexes deleted. Nothing allocated since may be referenced any more.
+  void rewind(const Mark& mark);
 
   template <class T>
   void append(ArenaList<T>& list, T item) {
@@ -251,10 +289,17 @@ class Arena {
     std::byte* data;
     std::size_t size;
   };
-  std::vector<Block> blocks_;
-  std::byte* cursor_ = nullptr;
-  std::size_t left_ = 0;
-  std::size_t next_block_ = 0;
+  struct Lane {
+    std::vector<Block> blocks;
+    std::size_t current = 0;  // the block being filled (blocks after it: free, after a rewind)
+    std::byte* cursor = nullptr;
+    std::size_t left = 0;
+    std::size_t next_block = 0;
+  };
+  void release(const Block& block);
+  Lane main_;
+  Lane permanent_;
+  Lane* lane_ = &main_;
   std::vector<DictIndex*> indexes_;
   std::shared_ptr<BlockPool> pool_;
 };

@@ -68,10 +68,14 @@ Result<DType> torch_dtype(const ValuePtr& v) {
 
 using MaybeTensor = std::optional<TorchTensor>;
 
+}  // namespace
+
 class Interpreter {
  public:
   Interpreter(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt)
       : uses_(uses), read_(read), ckpt_(ckpt) {}
+
+  void forget_nodes() { meshes_.clear(); }
 
   Status walk(const Value& node, const std::string& name, int depth) {
     if (depth > kMaxDepth)
@@ -104,14 +108,8 @@ class Interpreter {
       }
       case Kind::kDict:
         for (const auto& [key, value] : node.entries()) {
-          std::string k;
-          if (key->is(Kind::kString) || key->is(Kind::kBytes))
-            k = key->text();
-          else if (key->is(Kind::kInt) || key->is(Kind::kBigInt))
-            k = key->int_decimal();
-          else
-            continue;
-          CKPT_TRY(walk(*value, join(name, k), depth + 1));
+          auto k = entry_name(*key);
+          if (k) CKPT_TRY(walk(*value, join(name, *k), depth + 1));
         }
         return {};
       case Kind::kList:
@@ -479,11 +477,32 @@ class Interpreter {
   std::size_t visits_ = 0;
 };
 
-}  // namespace
+std::optional<std::string> entry_name(const Value& key) {
+  if (key.is(Kind::kString) || key.is(Kind::kBytes)) return std::string(key.text());
+  if (key.is(Kind::kInt) || key.is(Kind::kBigInt)) return key.int_decimal();
+  return std::nullopt;
+}
+
+TensorCollector::TensorCollector(const StorageUses& uses, const zip::ReadAt& read,
+                                 TorchCheckpoint& ckpt)
+    : interpreter_(std::make_unique<Interpreter>(uses, read, ckpt)) {}
+TensorCollector::~TensorCollector() = default;
+
+Status TensorCollector::walk(const Value& root) {
+  return interpreter_->walk(root, "", 0);
+}
+
+Status TensorCollector::walk(const Value& value, const std::string& name) {
+  return interpreter_->walk(value, name, 1);
+}
+
+void TensorCollector::forget_nodes() {
+  interpreter_->forget_nodes();
+}
 
 Status collect_tensors(const pickle::Value& root, const StorageUses& uses, const zip::ReadAt& read,
                        TorchCheckpoint& ckpt) {
-  return Interpreter(uses, read, ckpt).walk(root, "", 0);
+  return TensorCollector(uses, read, ckpt).walk(root);
 }
 
 }  // namespace ckptstream::torch_internal

@@ -15,6 +15,8 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -32,6 +34,31 @@ struct StorageUse {
 };
 
 using StorageUses = std::unordered_map<const pickle::Value*, StorageUse>;
+
+// The flattened name of a dict entry's key (a string, or an int in decimal); none for keys of
+// other types, whose entries are skipped.
+std::optional<std::string> entry_name(const pickle::Value& key);
+
+class Interpreter;
+
+// collect_tensors in parts: the entries of the saved dict one by one, as a streaming unpickler
+// hands them over (pickle::RootItemSink).
+class TensorCollector {
+ public:
+  TensorCollector(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt);
+  ~TensorCollector();
+  TensorCollector(const TensorCollector&) = delete;
+  TensorCollector& operator=(const TensorCollector&) = delete;
+
+  Status walk(const pickle::Value& root);  // everything reachable from the saved object
+  // The entry `name` (entry_name of its key) of the saved dict.
+  Status walk(const pickle::Value& value, const std::string& name);
+  // The nodes walked so far may be freed (and their addresses reused): drop what is keyed by them.
+  void forget_nodes();
+
+ private:
+  std::unique_ptr<Interpreter> interpreter_;
+};
 
 // Appends to ckpt.tensors every tensor reachable from `root` (ckpt.storages must be located, so
 // that views can be validated and mesh tensors read). `read` reads the file (storage offsets are

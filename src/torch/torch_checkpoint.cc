@@ -2,7 +2,11 @@
 // (§2). The unpickled object is interpreted into tensors by tensor_interpreter.cc.
 #include "torch/torch_checkpoint.h"
 
+#include <algorithm>
 #include <cstring>
+#include <functional>
+#include <span>
+#include <string>
 
 #include "io/input_file.h"
 #include "pickle/unpickler.h"
@@ -189,6 +193,12 @@ class PendingTorchFile::Reader {
   }
 
   Status finish_zip(std::shared_ptr<pickle::BlockPool> pool) {
+    if (options_.stream_items) {
+      if (finish_streaming(pool).ok()) return {};
+      // Whatever went wrong, the whole-graph reading below says it best (or, for a pickle that
+      // is valid but not streamable, succeeds).
+      reset_collected();
+    }
     auto pickled = pickle::unpickle(pickle_, 0, std::move(pool));
     if (!pickled.ok()) return pickled.error().with_context("data.pkl");
     std::vector<std::byte>().swap(pickle_);  // the graph holds copies of what it needs
@@ -197,6 +207,101 @@ class PendingTorchFile::Reader {
     Status status = torch_internal::collect_tensors(*pickled->value, uses_, read_, ckpt_);
     archive_.reset();
     return status;
+  }
+
+  // Each batch of the saved dict's items: its storages resolved, its tensors collected; then the
+  // unpickler may free the batch's graph, and every pointer into it is forgotten.
+  class ItemCollector final : public pickle::RootItemSink {
+   public:
+    explicit ItemCollector(Reader& reader)
+        : reader_(reader), collector_(reader.uses_, reader.read_, reader.ckpt_) {}
+
+    Status items(std::span<const ValuePtr> keys_and_values,
+                 std::span<const Value* const> persistent_ids) override {
+      CKPT_TRY(reader_.resolve_storages(persistent_ids));
+      for (std::size_t i = 0; i < keys_and_values.size(); i += 2) {
+        auto name = torch_internal::entry_name(*keys_and_values[i]);
+        if (!name) continue;
+        // A dict keeps a key's first position and last value: not something to stream. (Equal
+        // hashes of different keys, as unlikely, only send the file to the whole-graph reading.)
+        if (!seen_.insert(std::hash<std::string>()(*name)))
+          return unsupported("the saved dict sets '" + *name + "' twice");
+        CKPT_TRY(collector_.walk(*keys_and_values[i + 1], *name));
+      }
+      return {};
+    }
+
+    void released(std::span<const Value* const> persistent_ids) override {
+      for (const Value* pid : persistent_ids) reader_.uses_.erase(pid);
+      reader_.storage_classes_.clear();
+      collector_.forget_nodes();
+    }
+
+    // What was not streamed: all of the saved object if nothing was (it is no dict of items).
+    Status rest(const Value& root, bool streamed) {
+      if (streamed && !root.entries().empty())
+        return unsupported("the saved dict has items that were not streamed");
+      return collector_.walk(root);
+    }
+
+   private:
+    // 64-bit hashes in an open-addressing table: a set of the names themselves cost a tenth of
+    // the reading of a large rank file (an allocation per name, and as many to free).
+    class HashSet {
+     public:
+      bool insert(std::uint64_t hash) {
+        hash += hash == 0;  // 0 marks a free slot
+        if (2 * (count_ + 1) > slots_.size()) grow();
+        std::size_t mask = slots_.size() - 1;
+        for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+          if (slots_[i] == hash) return false;
+          if (slots_[i] == 0) {
+            slots_[i] = hash;
+            ++count_;
+            return true;
+          }
+        }
+      }
+
+     private:
+      void grow() {
+        std::vector<std::uint64_t> old(std::max<std::size_t>(64, 2 * slots_.size()), 0);
+        old.swap(slots_);
+        count_ = 0;
+        for (std::uint64_t h : old)
+          if (h) insert(h);
+      }
+      std::vector<std::uint64_t> slots_;
+      std::size_t count_ = 0;
+    };
+
+    Reader& reader_;
+    torch_internal::TensorCollector collector_;
+    HashSet seen_;  // names of the items handed over
+  };
+
+  Status finish_streaming(const std::shared_ptr<pickle::BlockPool>& pool) {
+    ItemCollector sink(*this);
+    // A state dict has about one tensor per storage record; growing the list by doubling would
+    // briefly hold one and a half of it.
+    ckpt_.tensors.reserve(archive_->entries().size());
+    CKPT_ASSIGN_OR_RETURN(auto pickled, pickle::unpickle_streaming(pickle_, sink, pool));
+    CKPT_TRY(resolve_storages(pickled.persistent_ids));
+    CKPT_TRY(sink.rest(*pickled.value, pickled.streamed_items > 0));
+    std::vector<std::byte>().swap(pickle_);
+    ckpt_.root = pickled.value;
+    archive_.reset();
+    return {};
+  }
+
+  // Back to before finish_streaming: no storages resolved, no tensors collected.
+  void reset_collected() {
+    ckpt_.tensors.clear();
+    ckpt_.storages.clear();
+    uses_.clear();
+    by_key_.clear();
+    storage_classes_.clear();
+    std::fill(numbered_storages_.begin(), numbered_storages_.end(), SIZE_MAX);
   }
 
   // ---- legacy format ---------------------------------------------------------------------------
@@ -284,7 +389,7 @@ class PendingTorchFile::Reader {
   }
 
   // ---- storages --------------------------------------------------------------------------------
-  Status resolve_storages(const std::vector<const Value*>& persistent_ids) {
+  Status resolve_storages(std::span<const Value* const> persistent_ids) {
     uses_.reserve(persistent_ids.size());
     for (const Value* pid : persistent_ids) {
       auto id = parse_storage_id(*pid->args, storage_classes_);

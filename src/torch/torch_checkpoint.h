@@ -101,6 +101,11 @@ struct TorchReadOptions {
   // offsets from torch's alignment rule, when the sample follows it (zip::LocalHeaders); 0: read
   // every header. For plans that read no tensor data.
   std::size_t sampled_headers = 0;
+  // Interpret the saved dict's items as they are unpickled and free their graph batch by batch
+  // (pickle::unpickle_streaming): memory holds a batch, not the file's whole graph. The tensors
+  // are the same; TorchCheckpoint::root is then the (emptied) saved dict. For callers that need
+  // only the tensors.
+  bool stream_items = false;
 };
 
 // read_torch_file in two steps, so that a caller reading many files can overlap the first step

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 #include <vector>
@@ -493,4 +494,161 @@ TEST_CASE("a list or dict subclass keeps what APPENDS or SETITEMS gave it, not b
   CHECK(g->text().empty());
   CHECK(g->module() == "foo.bar");
   CHECK(g->name() == "Baz");
+}
+
+// ---- streaming the saved dict's items (unpickle_streaming) -------------------------------------
+namespace {
+
+std::string le32(std::uint32_t n) {
+  std::string out(4, '\0');
+  for (int i = 0; i < 4; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>(n >> (8 * i));
+  return out;
+}
+std::string unicode(std::string_view s) {  // BINUNICODE
+  return "X" + le32(static_cast<std::uint32_t>(s.size())) + std::string(s);
+}
+std::string put(std::uint32_t index) {
+  return "r" + le32(index);
+}  // LONG_BINPUT
+std::string get(std::uint32_t index) {
+  return "j" + le32(index);
+}  // LONG_BINGET
+
+// Records what it is handed, as Python would print it at that moment.
+struct Recorder final : RootItemSink {
+  std::vector<std::string> items_seen;         // "key: value"
+  std::vector<const Value*> first_of_batch;    // the first value of each batch
+  std::vector<std::vector<ValuePtr>> batches;  // the values of each batch
+  std::size_t releases = 0;
+  std::size_t pids = 0;
+  Status items(std::span<const ValuePtr> kv,
+               std::span<const Value* const> persistent_ids) override {
+    first_of_batch.push_back(kv[1]);
+    batches.emplace_back();
+    for (std::size_t i = 0; i < kv.size(); i += 2) {
+      items_seen.push_back(canon(*kv[i]) + ": " + canon(*kv[i + 1]));
+      batches.back().push_back(kv[i + 1]);
+    }
+    pids += persistent_ids.size();
+    return {};
+  }
+  void released(std::span<const Value* const>) override { ++releases; }
+};
+
+// {'k<b>_<i>': ['v<b>_<i>', <extra>], ...}: `batches` SETITEMS of `per_batch` items each, every
+// value a fresh list memoized as Python numbers it (the dict is memo 0); `extra(b, i)` adds
+// opcodes inside the list's items.
+std::string state_dict_pickle(int batches, int per_batch,
+                              const std::function<std::string(int, int)>& extra = {}) {
+  std::string p = "\x80\x02}" + put(0);
+  std::uint32_t memo = 1;
+  for (int b = 0; b < batches; ++b) {
+    p += "(";
+    for (int i = 0; i < per_batch; ++i) {
+      std::string tag = std::to_string(b) + "_" + std::to_string(i);
+      const std::uint32_t key_memo = memo, value_memo = memo + 1;
+      memo += 2;
+      p += unicode("k" + tag) + put(key_memo) + "](" + unicode("v" + tag) + put(value_memo);
+      p += "e";
+      if (extra) p += extra(b, i);
+    }
+    p += "u";
+  }
+  return p + ".";
+}
+
+}  // namespace
+
+TEST_CASE("streaming hands over the saved dict's items batch by batch and frees each batch") {
+  std::string p = state_dict_pickle(4, 3);
+  auto data = bytes_of(p);
+  Recorder sink;
+  auto streamed = unpickle_streaming(data, sink);
+  REQUIRE_MESSAGE(streamed.ok(), streamed.error().message);
+  auto whole = unpickle(data);
+  REQUIRE(whole.ok());
+  // The same items, in order; the dict itself stays empty.
+  REQUIRE(whole->value->entries().size() == 12);
+  REQUIRE(sink.items_seen.size() == 12);
+  for (std::size_t i = 0; i < 12; ++i) {
+    const auto& [k, v] = whole->value->entries()[i];
+    CHECK(sink.items_seen[i] == canon(*k) + ": " + canon(*v));
+  }
+  CHECK(sink.items_seen[4] == "'k1_1': ['v1_1']");
+  CHECK(streamed->value->kind == Kind::kDict);
+  CHECK(streamed->value->entries().empty());
+  CHECK(streamed->streamed_items == 12);
+  // The first batch made the dict and is kept; each later one is freed, and the next batch is
+  // built in the same memory.
+  CHECK(streamed->released_regions == 3);
+  CHECK(sink.releases == 3);
+  CHECK(sink.first_of_batch[2] == sink.first_of_batch[1]);
+  CHECK(sink.first_of_batch[3] == sink.first_of_batch[1]);
+  CHECK(sink.first_of_batch[1] != sink.first_of_batch[0]);
+}
+
+TEST_CASE("streaming keeps a batch whose values are fetched or changed later") {
+  // Written out exactly: lists memoized right after EMPTY_LIST, as Python does.
+  auto build = [](const std::function<std::string(int)>& inside) {
+    // Batch b: key memo 3b + 1, list 3b + 2, string 3b + 3.
+    std::string p = "\x80\x02}" + put(0);
+    for (std::uint32_t b = 0; b < 4; ++b) {
+      std::string tag = std::to_string(b) + "_0";
+      p += "(" + unicode("k" + tag) + put(3 * b + 1) + "]" + put(3 * b + 2) + "(" +
+           unicode("v" + tag) + put(3 * b + 3) + inside(static_cast<int>(b)) + "eu";
+    }
+    return p + ".";
+  };
+  SUBCASE("a later GET of a batch's value") {
+    // Batch b's list is memo 3b + 2. Batch 3 holds batch 1's list (memo 5).
+    auto data = bytes_of(build([](int b) { return b == 3 ? get(5) : std::string(); }));
+    Recorder sink;
+    auto streamed = unpickle_streaming(data, sink);
+    REQUIRE_MESSAGE(streamed.ok(), streamed.error().message);
+    CHECK(sink.items_seen[3] == "'k3_0': ['v3_0', ['v1_0']]");
+    // Batch 0 (the dict) and batch 1 (fetched later) stay; batches 2 and 3 are freed.
+    CHECK(streamed->released_regions == 2);
+    CHECK(canon(*sink.batches[1][0]) == "['v1_0']");  // still readable after the parse
+  }
+  SUBCASE("a batch that changes an older value") {
+    // Batch 2 appends a string to batch 1's list (GET, APPEND, POP inside its own list's items);
+    // both batches stay.
+    auto data = bytes_of(
+        build([](int b) { return b == 2 ? get(5) + unicode("added") + "a0" : std::string(); }));
+    Recorder sink;
+    auto streamed = unpickle_streaming(data, sink);
+    REQUIRE_MESSAGE(streamed.ok(), streamed.error().message);
+    CHECK(streamed->released_regions == 1);  // batch 3 only
+    CHECK(canon(*sink.batches[1][0]) == "['v1_0', 'added']");
+    auto whole = unpickle(data);
+    REQUIRE(whole.ok());
+    CHECK(canon(*whole->value->entries()[1].second) == "['v1_0', 'added']");
+  }
+}
+
+TEST_CASE("streaming only takes items set on the saved dict itself") {
+  // A nested dict's SETITEMS stays in that dict.
+  std::string nested = "\x80\x02}(" + unicode("outer") + "}(" + unicode("x") + "K\x01uu.";
+  auto data = bytes_of(nested);
+  Recorder sink;
+  auto r = unpickle_streaming(data, sink);
+  REQUIRE_MESSAGE(r.ok(), r.error().message);
+  REQUIRE(sink.items_seen.size() == 1);
+  CHECK(sink.items_seen[0] == "'outer': {'x': 1}");
+  // Items streamed from a dict that the pickle then drops: an error (read it whole instead).
+  auto dropped = bytes_of("\x80\x02}(" + unicode("a") + "K\x01u0}.");
+  Recorder other;
+  auto e = unpickle_streaming(dropped, other);
+  REQUIRE(!e.ok());
+  CHECK(e.error().message.find("not the pickled object") != std::string::npos);
+  CHECK(unpickle(dropped).ok());
+  // A list at the bottom of the stack is not a dict: nothing is streamed.
+  auto list = bytes_of(
+      "\x80\x02](K\x01K\x02"
+      "e.");
+  Recorder none;
+  auto l = unpickle_streaming(list, none);
+  REQUIRE(l.ok());
+  CHECK(none.items_seen.empty());
+  CHECK(l->value->items().size() == 2);
 }
