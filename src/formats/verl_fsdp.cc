@@ -326,12 +326,15 @@ bool in_first_replica(const DTensorInfo& info, const std::vector<std::int64_t>& 
   return true;
 }
 
-// The ranks of that replica, in mesh order.
-std::vector<std::int64_t> first_replica_ranks(const DTensorInfo& info) {
-  std::vector<std::int64_t> out;
-  for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat)
-    if (in_first_replica(info, unravel(static_cast<std::int64_t>(flat), info.mesh->shape)))
-      out.push_back(info.mesh->ranks[flat]);
+// The ranks of that replica, in shard order (`position`: fsdp_shard_positions).
+std::vector<std::int64_t> first_replica_ranks(const DTensorInfo& info,
+                                              const std::vector<std::size_t>& position) {
+  std::vector<std::int64_t> out(position.size(), -1);
+  for (std::size_t rank = 0; rank < position.size(); ++rank)
+    if (in_first_replica(info,
+                         unravel(static_cast<std::int64_t>(position[rank]), info.mesh->shape)))
+      out[position[rank]] = static_cast<std::int64_t>(rank);
+  std::erase(out, -1);
   return out;
 }
 
@@ -503,9 +506,10 @@ class Merger {
   struct Pending {
     LogicalTensor tensor;
     std::vector<std::size_t> shard_dims;  // DTensor: per mesh dim, the sharded tensor dim
-    const std::vector<std::size_t>* rank_position = nullptr;  // DTensor: rank -> mesh index
-    std::vector<std::size_t> visit;                           // plain: dims in hashing order
-    std::optional<Digest> digest;                             // plain: rank 0's values
+    // DTensor: rank -> flat mesh index of its shards (fsdp_shard_positions)
+    const std::vector<std::size_t>* rank_position = nullptr;
+    std::vector<std::size_t> visit;  // plain: dims in hashing order
+    std::optional<Digest> digest;    // plain: rank 0's values
   };
 
   std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
@@ -518,7 +522,6 @@ class Merger {
 
   // Rank 0 fixes the tensors: names once each, DTensor layouts this merger can rebuild.
   Status start() {
-    const std::size_t world = checkpoint_.rank_files.size();
     pending_.resize(first_.tensors.size());
     index_.reserve(first_.tensors.size());
     for (std::size_t i = 0; i < first_.tensors.size(); ++i) {
@@ -534,9 +537,14 @@ class Merger {
         p.shard_dims = std::move(*dims);
         auto [positions, fresh] = mesh_positions_.try_emplace(info.mesh.get());
         if (fresh) {  // once per mesh: every DTensor of a file shares one
-          positions->second.assign(world, 0);
-          for (std::size_t flat = 0; flat < info.mesh->ranks.size(); ++flat)
-            positions->second[static_cast<std::size_t>(info.mesh->ranks[flat])] = flat;
+          auto position = fsdp_shard_positions(*info.mesh);
+          if (!position)
+            return in_tensor(unsupported("device mesh " + mesh_text(*info.mesh) + " " +
+                                         shape_text(info.mesh->ranks) +
+                                         " lists its ranks in an order that gives two ranks the "
+                                         "same shards"),
+                             t.name);
+          positions->second = std::move(*position);
         }
         p.rank_position = &positions->second;
         p.tensor.source_dtype = p.tensor.dtype = info.dtype;
@@ -601,7 +609,7 @@ class Merger {
         if (!tiled.ok()) return in_tensor(tiled.error(), t.name);
         layouts.insert(placements_text(*t.dtensor) + " over " + mesh_text(*t.dtensor->mesh));
         if (replica_note_.empty()) {
-          auto readers = first_replica_ranks(*t.dtensor);
+          auto readers = first_replica_ranks(*t.dtensor, *p.rank_position);
           if (readers.size() < checkpoint_.rank_files.size()) {
             std::string list;
             for (auto r : readers) list += (list.empty() ? "" : ", ") + std::to_string(r);
@@ -849,6 +857,37 @@ Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsig
   TorchReadOptions streaming = options;
   streaming.stream_items = true;
   return Merger(checkpoint, threads, streaming).run();
+}
+
+std::optional<std::vector<std::size_t>> fsdp_shard_positions(const DeviceMeshInfo& mesh) {
+  const std::size_t n = mesh.ranks.size(), dims = mesh.shape.size();
+  std::vector<std::size_t> coords(n * dims, 0);  // per flat index, the coordinate of its shards
+  std::size_t stride = 1;
+  for (std::size_t d = dims; d-- > 0;) {
+    const auto size = static_cast<std::size_t>(mesh.shape[d]);
+    std::vector<std::pair<std::int64_t, std::size_t>> group(size);  // (rank, flat)
+    for (std::size_t base = 0; base < n; ++base) {
+      if (base / stride % size != 0) continue;  // one group per base with coordinate 0 on d
+      for (std::size_t k = 0; k < size; ++k)
+        group[k] = {mesh.ranks[base + k * stride], base + k * stride};
+      std::sort(group.begin(), group.end());
+      for (std::size_t k = 0; k < size; ++k) coords[group[k].second * dims + d] = k;
+    }
+    stride *= size;
+  }
+  std::vector<std::size_t> position(n, SIZE_MAX);
+  for (std::size_t flat = 0; flat < n; ++flat) {
+    std::size_t at = 0;
+    for (std::size_t d = 0; d < dims; ++d)
+      at = at * static_cast<std::size_t>(mesh.shape[d]) + coords[flat * dims + d];
+    position[static_cast<std::size_t>(mesh.ranks[flat])] = at;
+  }
+  std::vector<bool> taken(n, false);
+  for (std::size_t at : position) {
+    if (taken[at]) return std::nullopt;
+    taken[at] = true;
+  }
+  return position;
 }
 
 }  // namespace ckptstream

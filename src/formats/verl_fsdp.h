@@ -50,4 +50,12 @@ struct MergedTensors {
 Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0,
                                          const TorchReadOptions& options = {});
 
+// Rank -> flat index (row-major) of the mesh coordinate whose shards the rank holds. FSDP2 shards
+// by the rank's index in the process group of each mesh dim, and torch sorts a group's ranks,
+// while a DTensor's coordinate is the rank's place in the mesh tensor: the two agree for meshes
+// made by init_device_mesh (ranks in order), not for DeviceMesh("cpu", [1, 0]), where real FSDP2
+// gives rank 0 the first rows (fixture mesh_reversed). nullopt where two ranks would hold the
+// same shards. `mesh.ranks` must hold 0 .. n-1 once each, n the product of `mesh.shape` (>= 1).
+std::optional<std::vector<std::size_t>> fsdp_shard_positions(const DeviceMeshInfo& mesh);
+
 }  // namespace ckptstream

@@ -6,7 +6,7 @@
 # does), in plain Python.
 source "$(dirname "$0")/lib.sh"
 FS="$FIXTURES/fsdp"
-CASES="w1_fsdp w1_plain w2 w3 w4 hsdp shard1 tied bf16 critic empty"
+CASES="w1_fsdp w1_plain w2 w3 w4 hsdp shard1 tied bf16 critic empty mesh_reversed"
 
 # plain-Python safetensors helpers (no numpy, no torch): tools/interop/st_pure.py
 st() { python3 "$REPO/tools/interop/st_pure.py" "$@"; }

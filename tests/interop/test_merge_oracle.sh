@@ -38,7 +38,7 @@ judge_sid() {
 }
 
 # --- dense fixtures: keep and bf16, every tensor torch.equal ---------------------------------
-for c in w1_fsdp w1_plain w2 w3 w4 hsdp shard1 tied bf16 critic empty; do
+for c in w1_fsdp w1_plain w2 w3 w4 hsdp shard1 tied bf16 critic empty mesh_reversed; do
   drop=()
   [ "$c" = tied ] && drop=(--drop lm_head.weight)
   if merge_ok "$c-keep" "$WORK/out/$c-keep" --local_dir "$FIX/fsdp/$c" --dtype keep; then

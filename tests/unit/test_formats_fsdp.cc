@@ -118,7 +118,7 @@ bool contains(const std::string& text, const std::string& part) {
 
 TEST_CASE("fsdp: every fixture case merges to the expected state dict, byte for byte") {
   for (const char* name : {"w1_fsdp", "w1_plain", "w2", "w3", "w4", "hsdp", "shard1", "tied",
-                           "bf16", "critic", "empty"}) {
+                           "bf16", "critic", "empty", "mesh_reversed"}) {
     check_case(name, kFixtures / name);
   }
 }
@@ -216,6 +216,17 @@ TEST_CASE("fsdp: fragments follow the placements") {
   // The value head [1, H]: one row on rank 0, nothing on ranks 1 and 2.
   auto critic = check_case("critic", kFixtures / "critic");
   CHECK(inputs_read(tensor_named(critic, "score.weight")) == std::set<std::size_t>{0});
+
+  // DeviceMesh("cpu", [1, 0]): the mesh puts rank 0 at coordinate 1, but FSDP2 shards by the
+  // rank's place in the (sorted) process group, so rank 0 holds the first 19 of 37 rows, as
+  // expected.safetensors (the unsharded model) confirms byte for byte in check_case.
+  auto reversed = check_case("mesh_reversed", kFixtures / "mesh_reversed");
+  const auto& head_rows = tensor_named(reversed, "lm_head.weight");
+  REQUIRE(head_rows.fragments.size() == 2);
+  CHECK(head_rows.fragments[0].source.input == 0);
+  CHECK(head_rows.fragments[0].source.shape == Shape{19, 14});
+  CHECK(head_rows.fragments[1].source.input == 1);
+  CHECK(head_rows.fragments[1].offsets == Shape{19, 0});
 }
 
 TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one directory") {
@@ -372,4 +383,24 @@ TEST_CASE("fsdp: a bad rank file is named whichever thread reads it") {
     REQUIRE(!merged.ok());
     CHECK(contains(merged.error().message, rank2.string()));
   }
+}
+
+TEST_CASE("fsdp: shard positions follow torch's sorted process groups, not the mesh order") {
+  auto positions = [](Shape shape, std::vector<std::int64_t> ranks) {
+    DeviceMeshInfo mesh;
+    mesh.shape = std::move(shape);
+    mesh.ranks = std::move(ranks);
+    return fsdp_shard_positions(mesh);
+  };
+  using Positions = std::optional<std::vector<std::size_t>>;
+  // init_device_mesh's meshes: the rank order.
+  CHECK(positions({4}, {0, 1, 2, 3}) == Positions({0, 1, 2, 3}));
+  CHECK(positions({2, 2}, {0, 1, 2, 3}) == Positions({0, 1, 2, 3}));
+  // One group of all ranks, sorted: the mesh order does not matter (fixture mesh_reversed).
+  CHECK(positions({2}, {1, 0}) == Positions({0, 1}));
+  CHECK(positions({3}, {2, 0, 1}) == Positions({0, 1, 2}));
+  // Strided groups: rows {0, 2} and {1, 3} along dim 1, columns {0, 1} and {2, 3} along dim 0.
+  CHECK(positions({2, 2}, {0, 2, 1, 3}) == Positions({0, 2, 1, 3}));
+  // Rows {0, 3}, {2, 1}; columns {0, 2}, {3, 1}: ranks 2 and 3 both at (1, 1).
+  CHECK(positions({2, 2}, {0, 3, 2, 1}) == std::nullopt);
 }
