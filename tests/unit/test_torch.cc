@@ -529,3 +529,49 @@ TEST_CASE("a streamed read falls back to the whole graph where streaming cannot 
   CHECK(whole->ref(a, 0).storage_begin == original->ref(b_orig, 0).storage_begin);
   CHECK(whole->tensors[a].storage_offset == original->tensors[b_orig].storage_offset);
 }
+
+TEST_CASE("mutated pickles: a streamed read ends as the whole-graph read does, never crashing") {
+  TempDir dir;
+  std::uint64_t seed = 777;
+  auto next = [&]() {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return seed >> 33;
+  };
+  TorchReadOptions streaming;
+  streaming.stream_items = true;
+  for (const char* name : {"views.pt", "dtensor_rank0.pt", "module_p2.pt", "module_p4.pt"}) {
+    INFO(name);
+    std::string good = read_text(kDir / name);
+    auto archive = zip::Archive::parse(
+        std::span(reinterpret_cast<const std::byte*>(good.data()), good.size()), name);
+    REQUIRE(archive.ok());
+    const zip::Entry* pkl = nullptr;
+    for (const auto& e : archive->entries())
+      if (e.name.ends_with("/data.pkl")) pkl = &e;
+    REQUIRE(pkl);
+    for (int round = 0; round < 200; ++round) {
+      std::string bad = good;
+      for (int k = 0; k < 2; ++k)
+        bad[pkl->data_offset + next() % pkl->size] = static_cast<char>(next() & 0xFF);
+      auto path = write_mutated(dir, "mutated.pt", bad);
+      auto whole = read_torch_file(path);
+      auto pending = PendingTorchFile::open(path, streaming);
+      REQUIRE(pending.ok());  // the zip is intact; only data.pkl changed
+      auto streamed = std::move(*pending).read();
+      CAPTURE(round);
+      REQUIRE(streamed.ok() == whole.ok());
+      if (!whole.ok()) {
+        CHECK(streamed.error().message == whole.error().message);
+        continue;
+      }
+      REQUIRE(streamed->tensors.size() == whole->tensors.size());
+      for (std::size_t i = 0; i < whole->tensors.size(); ++i) {
+        CHECK(streamed->tensors[i].name == whole->tensors[i].name);
+        CHECK(streamed->tensors[i].shape == whole->tensors[i].shape);
+        CHECK(streamed->tensors[i].strides == whole->tensors[i].strides);
+        CHECK(streamed->tensors[i].dtype == whole->tensors[i].dtype);
+        CHECK(streamed->ref(i, 0).storage_begin == whole->ref(i, 0).storage_begin);
+      }
+    }
+  }
+}
