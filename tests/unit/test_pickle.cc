@@ -535,11 +535,9 @@ struct Recorder final : RootItemSink {
   void released(std::span<const Value* const>) override { ++releases; }
 };
 
-// {'k<b>_<i>': ['v<b>_<i>', <extra>], ...}: `batches` SETITEMS of `per_batch` items each, every
-// value a fresh list memoized as Python numbers it (the dict is memo 0); `extra(b, i)` adds
-// opcodes inside the list's items.
-std::string state_dict_pickle(int batches, int per_batch,
-                              const std::function<std::string(int, int)>& extra = {}) {
+// {'k<b>_<i>': ['v<b>_<i>'], ...}: `batches` SETITEMS of `per_batch` items each; keys and
+// strings memoized in Python's dense numbering (the dict is memo 0).
+std::string state_dict_pickle(int batches, int per_batch) {
   std::string p = "\x80\x02}" + put(0);
   std::uint32_t memo = 1;
   for (int b = 0; b < batches; ++b) {
@@ -548,9 +546,7 @@ std::string state_dict_pickle(int batches, int per_batch,
       std::string tag = std::to_string(b) + "_" + std::to_string(i);
       const std::uint32_t key_memo = memo, value_memo = memo + 1;
       memo += 2;
-      p += unicode("k" + tag) + put(key_memo) + "](" + unicode("v" + tag) + put(value_memo);
-      p += "e";
-      if (extra) p += extra(b, i);
+      p += unicode("k" + tag) + put(key_memo) + "](" + unicode("v" + tag) + put(value_memo) + "e";
     }
     p += "u";
   }
