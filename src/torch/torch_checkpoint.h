@@ -110,8 +110,8 @@ struct TorchReadOptions {
 
 // read_torch_file in two steps, so that a caller reading many files can overlap the first step
 // of some (I/O: the zip directory, every local header, the data.pkl bytes) with the second of
-// another (CPU and memory: the pickle graph, its storages and tensors) and keep only one graph
-// in memory at a time.
+// another (CPU and memory: the pickle graph, its storages and tensors), and bound how many
+// graphs (or, streamed, batches of one) are in memory at a time.
 class PendingTorchFile {
  public:
   static Result<PendingTorchFile> open(const std::filesystem::path& path,
