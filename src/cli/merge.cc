@@ -112,8 +112,8 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                  "directory with the model's config.json and tokenizer (RLinf: the base model), "
                  "when the checkpoint has none beside it");
   cmd.add_option("--threads", args.threads,
-                 "output files written (or hashed) at once, one thread each, and rank files read "
-                 "ahead (at most 2) (0: one per core)")
+                 "output files written (or hashed) at once, one thread each (0: one per core); "
+                 "from 2 on, verl FSDP rank files are unpickled two at a time")
       ->capture_default_str();
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }

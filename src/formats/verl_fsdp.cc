@@ -343,9 +343,9 @@ bool same_mesh(const DeviceMeshInfo& a, const DeviceMeshInfo& b) {
 }
 
 // Runs tasks one after another on one thread that lives as long as it does. The rank files'
-// opens and graphs run on two such threads throughout: a short-lived thread per task (2W of
-// them) was often given a fresh malloc arena by glibc (it creates up to 8 per core), whose pages
-// were then faulted in again for every rank file.
+// opens and unpicklings run on such threads throughout (an opener, one or two builders): a
+// short-lived thread per task (2W of them) was often given a fresh malloc arena by glibc (it
+// creates up to 8 per core), whose pages were then faulted in again for every rank file.
 class SerialWorker {
  public:
   SerialWorker() : thread_([this] { run(); }) {}

@@ -227,7 +227,7 @@ void* Arena::allocate(std::size_t size, std::size_t align) {
         memory = std::malloc(block);
         if (!memory) throw std::bad_alloc();
       }
-      next = std::min(next, lane.cursor ? lane.current + 1 : 0);
+      next = lane.cursor ? lane.current + 1 : 0;  // in order after the block being filled
       lane.blocks.insert(lane.blocks.begin() + static_cast<std::ptrdiff_t>(next),
                          Block{static_cast<std::byte*>(memory), block});
     }

@@ -272,6 +272,15 @@ std::string read_error(const fs::path& path) {
   return r.error().message;
 }
 
+// A fixed-seed generator, so that a failing mutation is the same on every run.
+struct Lcg {
+  std::uint64_t seed;
+  std::uint64_t operator()() {
+    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+    return seed >> 33;
+  }
+};
+
 std::uint64_t data_offset(const std::string& bytes, const std::string& entry) {
   auto archive = zip::Archive::parse(
       std::span(reinterpret_cast<const std::byte*>(bytes.data()), bytes.size()), "x");
@@ -428,11 +437,7 @@ TEST_CASE("bad inputs give clear errors naming the file and the problem") {
 
 TEST_CASE("random byte mutations of fixtures never crash") {
   TempDir dir;
-  std::uint64_t seed = 12345;
-  auto next = [&]() {
-    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-    return seed >> 33;
-  };
+  Lcg next{12345};
   for (const char* name : {"views.pt", "legacy.pt", "dtensor_rank0.pt", "module_p4.pt"}) {
     std::string good = read_text(kDir / name);
     for (int round = 0; round < 150; ++round) {
@@ -532,11 +537,7 @@ TEST_CASE("a streamed read falls back to the whole graph where streaming cannot 
 
 TEST_CASE("mutated pickles: a streamed read ends as the whole-graph read does, never crashing") {
   TempDir dir;
-  std::uint64_t seed = 777;
-  auto next = [&]() {
-    seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
-    return seed >> 33;
-  };
+  Lcg next{777};
   TorchReadOptions streaming;
   streaming.stream_items = true;
   for (const char* name : {"views.pt", "dtensor_rank0.pt", "module_p2.pt", "module_p4.pt"}) {
