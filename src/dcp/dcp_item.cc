@@ -246,7 +246,7 @@ Result<std::shared_ptr<const InputFile>> ItemReader::open(const std::filesystem:
   auto it = files_.find(path);
   if (it != files_.end()) return it->second;
   // One file per item (single_file_per_rank=False) or per zstd item would otherwise keep
-  // thousands of descriptors and mappings open.
+  // thousands of descriptors open.
   if (files_.size() >= kMaxOpenFiles) files_.clear();
   CKPT_ASSIGN_OR_RETURN(InputFile file, InputFile::open(path));
   // Only each item's few headers are read here: kernel readahead would pull the tensor bytes

@@ -6,8 +6,9 @@
 //   [item: PK\3\4 ... archive/data.pkl ... archive/data/0 ... central directory ... EOCD]
 //
 // whose zip offsets (and 64-byte alignment) are relative to the item start, so the archive is
-// parsed in place over the item's byte range of the mapped file, and the chunk becomes a
-// TensorRef at the absolute file offset of its storage record. data.pkl is one
+// parsed with positional reads of the item's byte range (its headers and data.pkl only: the file
+// is never mapped, and read without readahead), and the chunk becomes a TensorRef at the absolute
+// file offset of its storage record. data.pkl is one
 // torch._utils._rebuild_tensor_v2/v3 call; its storage offset and strides are honoured.
 //
 // Stream transforms (transform_descriptors, "name[@domain][/version]"): the item's bytes are
