@@ -24,17 +24,12 @@ namespace {
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "dcp";
 
 using testing::TempDir;
+using testing::write_file;
 
 std::string read_file(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   REQUIRE(in.good());
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_file(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
 }
 
 Result<Metadata> parse_file(const fs::path& path) {

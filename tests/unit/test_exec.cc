@@ -1,7 +1,6 @@
 // The streaming executor on hand-made plans: exact output bytes against a naive per-element
 // reference, errors, staging cleanup, side files, index and manifest.
 #include <doctest/doctest.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -9,8 +8,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -20,56 +17,31 @@
 #include "exec/dtype_convert.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
+#include "plan_builders.h"
 #include "temp_dir.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
-using ckptstream::testing::file_bytes;
+using namespace ckptstream::testing;
 using Bytes = std::vector<std::byte>;
 
 namespace {
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "ckpt_test_exec_XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-    fs::create_directory(path_ / "in");
-    fs::create_directory(path_ / "out");
+// The plan's inputs go in in/ and its target is out/, so that listing(out()) sees outputs only.
+struct InOutDir : TempDir {
+  InOutDir() : TempDir("exec") {
+    sub("in");
+    sub("out");
   }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path in(const std::string& name) const { return path_ / "in" / name; }
-  fs::path out() const { return path_ / "out"; }
-
- private:
-  fs::path path_;
+  fs::path in(const std::string& name) const { return path / "in" / name; }
+  fs::path out() const { return path / "out"; }
 };
-
-void write_file(const fs::path& path, const Bytes& bytes) {
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(bytes.data()),
-             static_cast<std::streamsize>(bytes.size()));
-}
-
-template <class T>
-Bytes bytes_of(const std::vector<T>& values) {
-  Bytes bytes(values.size() * sizeof(T));
-  std::memcpy(bytes.data(), values.data(), bytes.size());
-  return bytes;
-}
 
 std::vector<std::string> listing(const fs::path& dir) {
   std::vector<std::string> names;
   for (const auto& entry : fs::directory_iterator(dir)) names.push_back(entry.path().filename());
   std::sort(names.begin(), names.end());
   return names;
-}
-
-Shape contiguous_strides(const Shape& shape) {
-  Shape strides(shape.size(), 1);
-  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
-  return strides;
 }
 
 TensorRef view(std::size_t input, std::uint64_t begin, std::uint64_t nbytes, DType dtype,
@@ -83,21 +55,6 @@ TensorRef view(std::size_t input, std::uint64_t begin, std::uint64_t nbytes, DTy
   ref.strides = std::move(strides);
   ref.offset = offset;
   return ref;
-}
-
-// Places the tensors back to back in one output file with an 8-byte stand-in header.
-OutputFile output_file(const std::string& name, std::vector<LogicalTensor> tensors) {
-  OutputFile file;
-  file.name = name;
-  file.header = "HEADER!!";
-  std::uint64_t position = 0;
-  for (auto& tensor : tensors) {
-    PlacedTensor placed{std::move(tensor), position, 0};
-    placed.data_end = position + nbytes(placed.tensor);
-    position = placed.data_end;
-    file.tensors.push_back(std::move(placed));
-  }
-  return file;
 }
 
 // The naive reference: element by element, find the fragment, read, swap, convert.
@@ -187,17 +144,6 @@ Bytes numbered_storage(std::size_t n, std::size_t begin, std::size_t after = 3) 
   return bytes;
 }
 
-LogicalTensor tensor(const std::string& name, Shape shape, std::vector<Fragment> fragments,
-                     DType source = DType::kF32, DType out = DType::kF32) {
-  LogicalTensor tensor;
-  tensor.name = name;
-  tensor.source_dtype = source;
-  tensor.dtype = out;
-  tensor.shape = std::move(shape);
-  tensor.fragments = std::move(fragments);
-  return tensor;
-}
-
 Plan single_file_plan(const fs::path& input, std::vector<LogicalTensor> tensors) {
   Plan plan;
   plan.inputs = {input};
@@ -208,7 +154,7 @@ Plan single_file_plan(const fs::path& input, std::vector<LogicalTensor> tensors)
 }  // namespace
 
 TEST_CASE("contiguous, transposed, offset and strided views are copied exactly") {
-  TempDir dir;
+  InOutDir dir;
   write_file(dir.in("a.bin"), numbered_storage(60, 13));
   std::uint64_t storage = 60 * 4;
   auto whole = view(0, 13, storage, DType::kF32, {5, 7}, {7, 1});
@@ -236,7 +182,7 @@ TEST_CASE("contiguous, transposed, offset and strided views are copied exactly")
 }
 
 TEST_CASE("fragments tiling dim 0, dim 1 and a 3-d tensor, uneven and empty") {
-  TempDir dir;
+  InOutDir dir;
   write_file(dir.in("a.bin"), numbered_storage(200, 5));
   auto at = [](std::uint64_t element, Shape shape) {
     return view(0, 5 + element * 4, numel(shape) * 4, DType::kF32, shape,
@@ -261,7 +207,7 @@ TEST_CASE("fragments tiling dim 0, dim 1 and a 3-d tensor, uneven and empty") {
 }
 
 TEST_CASE("dtype conversion and byte swapping in the executor") {
-  TempDir dir;
+  InOutDir dir;
   std::vector<float> values = {
       1.0f,   -2.5f, 3.14159f,       65520.0f,
       1e-40f, -0.0f, std::nanf("1"), std::numeric_limits<float>::infinity()};
@@ -300,7 +246,7 @@ TEST_CASE("dtype conversion and byte swapping in the executor") {
 }
 
 TEST_CASE("randomised layouts match the per-element reference") {
-  TempDir dir;
+  InOutDir dir;
   std::mt19937 rng(1234);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
   const std::pair<DType, DType> pairs[] = {{DType::kF32, DType::kF32},  {DType::kF32, DType::kBF16},
@@ -363,7 +309,7 @@ TEST_CASE("large files: direct and buffered writes, windows across write buffers
   // Write buffers of budget / 4 bytes: 16 KiB and 40000 give whole 4 KiB blocks (O_DIRECT where
   // the file system takes it; 40000 -> 8 KiB), 100 and 1000 tiny ones (buffered, thousands of
   // windows); 16 MiB one buffer for the whole file. Every combination writes the same bytes.
-  TempDir dir;
+  InOutDir dir;
   const std::size_t n = 150001;  // odd: windows end in the middle of the buffers' blocks
   write_file(dir.in("a.bin"), numbered_storage(n, 7));
   std::uint64_t storage = n * 4;
@@ -401,7 +347,7 @@ TEST_CASE("large files: direct and buffered writes, windows across write buffers
 }
 
 TEST_CASE("side files, index and manifest; existing files are replaced") {
-  TempDir dir;
+  InOutDir dir;
   write_file(dir.in("a.bin"), numbered_storage(12, 0));
   write_file(dir.in("config.json"), bytes_of(std::vector<char>{'{', '}', '\n'}));
   write_file(dir.out() / "model-00001-of-00002.safetensors",
@@ -458,7 +404,7 @@ TEST_CASE("manifest JSON is indented and stable; bad manifests are named") {
         "        \"w\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n      }\n    },\n"
         "    \"e.safetensors\": {\n      \"size\": 8,\n      \"tensors\": {}\n    }\n  }\n}\n");
   CHECK(manifest_to_json(Manifest{}).find("\"files\": {}") != std::string::npos);
-  TempDir dir;
+  InOutDir dir;
   write_file(dir.in("bad.json"), bytes_of(std::vector<char>{'{', '}'}));
   auto bad = read_manifest(dir.in("bad.json"));
   REQUIRE(!bad.ok());
@@ -473,7 +419,7 @@ TEST_CASE("manifest JSON is indented and stable; bad manifests are named") {
 }
 
 TEST_CASE("invalid plans fail before writing; failures leave the target untouched") {
-  TempDir dir;
+  InOutDir dir;
   write_file(dir.in("a.bin"), numbered_storage(20, 0, 0));
   write_file(dir.out() / "keep.txt", bytes_of(std::vector<char>{'k'}));
   auto rows = [](std::uint64_t begin, std::int64_t n) {

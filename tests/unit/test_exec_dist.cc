@@ -78,8 +78,8 @@ TEST_CASE("assign_files: largest first to the lightest rank; ties by index and l
 }
 
 TEST_CASE("files_of_rank: the ranks' files partition the plan") {
-  TempDir dir;
-  Plan plan = many_files_plan(fs::path(dir / ""), 13);
+  TempDir dir("dist");
+  Plan plan = many_files_plan(dir.path, 13);
   for (unsigned world : {1u, 2u, 4u, 5u, 20u}) {
     std::vector<std::size_t> all;
     for (unsigned rank = 0; rank < world; ++rank) {
@@ -205,9 +205,8 @@ TEST_CASE("environment_map reads the process environment") {
 // --- ranks, markers, finalize ----------------------------------------------------------------
 
 TEST_CASE("distributed: 4 ranks at once, rank 0 finalizing, equal one process byte for byte") {
-  TempDir dir;
-  fs::create_directories(dir / "in");
-  Plan plan = many_files_plan(dir / "in", 10);
+  TempDir dir("dist");
+  Plan plan = many_files_plan(dir.sub("in"), 10);
   fs::create_directories(dir / "single");
   auto single = execute_plan(plan, dir / "single", ExecOptions{});
   REQUIRE_MESSAGE(single.ok(), single.error().message);
@@ -246,9 +245,8 @@ TEST_CASE("distributed: 4 ranks at once, rank 0 finalizing, equal one process by
 }
 
 TEST_CASE("distributed: a crash, finalize refusing, and a resume that skips complete files") {
-  TempDir dir;
-  fs::create_directories(dir / "in");
-  Plan plan = many_files_plan(dir / "in", 9);
+  TempDir dir("dist");
+  Plan plan = many_files_plan(dir.sub("in"), 9);
   fs::create_directories(dir / "single");
   REQUIRE(execute_plan(plan, dir / "single", ExecOptions{}).ok());
   fs::path out = dir / "dist";
@@ -308,9 +306,8 @@ TEST_CASE("distributed: a crash, finalize refusing, and a resume that skips comp
 }
 
 TEST_CASE("distributed: more ranks than files; finalize waits, then times out") {
-  TempDir dir;
-  fs::create_directories(dir / "in");
-  Plan plan = many_files_plan(dir / "in", 2);
+  TempDir dir("dist");
+  Plan plan = many_files_plan(dir.sub("in"), 2);
   fs::path out = dir / "dist";
   fs::create_directories(out);
   for (unsigned rank = 2; rank < 5; ++rank) {

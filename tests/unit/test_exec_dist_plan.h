@@ -4,7 +4,6 @@
 #pragma once
 
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
@@ -15,33 +14,18 @@
 #include <vector>
 
 #include "plan/plan.h"
+#include "temp_dir.h"
 
 namespace dist_test {
 
 namespace fs = std::filesystem;
 using namespace ckptstream;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "ckpt_test_dist_XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using ckptstream::testing::TempDir;
+using ckptstream::testing::write_file;
 
 inline std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-inline void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
 }
 
 // Every regular file under `dir` (relative names, sorted), directories included as "name/".
@@ -73,8 +57,8 @@ inline Plan many_files_plan(const fs::path& dir, std::size_t files) {
   std::mt19937 random(1234);
   std::string bytes(static_cast<std::size_t>(kFloats) * 4, '\0');
   for (auto& c : bytes) c = static_cast<char>(random() & 0x7f);  // finite floats
-  write_text(dir / "input.bin", bytes);
-  write_text(dir / "config.json", "{\"model_type\": \"test\"}\n");
+  write_file(dir / "input.bin", bytes);
+  write_file(dir / "config.json", "{\"model_type\": \"test\"}\n");
   Plan plan;
   plan.inputs = {dir / "input.bin"};
   std::int64_t next = 0;

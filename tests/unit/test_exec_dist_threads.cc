@@ -55,9 +55,8 @@ TEST_CASE("run_on_workers runs every job once and returns the first failure") {
 }
 
 TEST_CASE("threads: 1, 2 and 4 workers write identical bytes and manifests") {
-  TempDir dir;
-  fs::create_directories(dir / "in");
-  Plan plan = many_files_plan(dir / "in", 11);
+  TempDir dir("dist");
+  Plan plan = many_files_plan(dir.sub("in"), 11);
   std::vector<std::string> manifests;
   for (unsigned threads : {1u, 2u, 4u, 0u}) {
     CAPTURE(threads);
@@ -110,9 +109,8 @@ TEST_CASE("worker_options: the buffers are shared out, with a floor per worker")
 }
 
 TEST_CASE("threads: a plan failing its checks writes nothing, with 1 or 4 workers") {
-  TempDir dir;
-  fs::create_directories(dir / "in");
-  Plan plan = many_files_plan(dir / "in", 6);
+  TempDir dir("dist");
+  Plan plan = many_files_plan(dir.sub("in"), 6);
   plan.files[4].tensors[0].tensor.fragments[0].source.storage_begin = 1ull << 40;  // past the end
   for (unsigned threads : {1u, 4u}) {
     fs::path out = dir / ("out" + std::to_string(threads));

@@ -3,15 +3,12 @@
 // (tests/fixtures/lora, made by tools/fixtures/make_lora_fixtures.py).
 #include <doctest/doctest.h>
 #include <simdjson.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -21,56 +18,23 @@
 #include "exec/dtype_convert.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
+#include "plan_builders.h"
 #include "temp_dir.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
-using ckptstream::testing::file_bytes;
+using namespace ckptstream::testing;
 using Bytes = std::vector<std::byte>;
 
 namespace {
 
 const fs::path kLoraFixtures = fs::path(CKPT_FIXTURES) / "lora";
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "ckpt_test_stream_XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-void write_file(const fs::path& path, const Bytes& bytes) {
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(bytes.data()),
-             static_cast<std::streamsize>(bytes.size()));
-}
-
-template <class T>
-Bytes bytes_of(const std::vector<T>& values) {
-  Bytes bytes(values.size() * sizeof(T));
-  std::memcpy(bytes.data(), values.data(), bytes.size());
-  return bytes;
-}
-
 template <class T>
 std::vector<T> values_of(const Bytes& bytes, std::size_t begin, std::size_t count) {
   std::vector<T> values(count);
   std::memcpy(values.data(), bytes.data() + begin, count * sizeof(T));
   return values;
-}
-
-Shape contiguous_strides(const Shape& shape) {
-  Shape strides(shape.size(), 1);
-  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
-  return strides;
 }
 
 // A view of `shape` elements of `dtype`, contiguous unless `strides` is given, whose storage
@@ -86,32 +50,6 @@ TensorRef view(std::size_t input, std::uint64_t begin, std::int64_t storage_elem
   ref.shape = std::move(shape);
   ref.offset = offset;
   return ref;
-}
-
-LogicalTensor tensor(const std::string& name, Shape shape, std::vector<Fragment> fragments,
-                     DType source = DType::kF32, DType out = DType::kF32) {
-  LogicalTensor t;
-  t.name = name;
-  t.source_dtype = source;
-  t.dtype = out;
-  t.shape = std::move(shape);
-  t.fragments = std::move(fragments);
-  return t;
-}
-
-// Places the tensors back to back in one output file with an 8-byte stand-in header.
-OutputFile output_file(const std::string& name, std::vector<LogicalTensor> tensors) {
-  OutputFile file;
-  file.name = name;
-  file.header = "HEADER!!";
-  std::uint64_t position = 0;
-  for (auto& t : tensors) {
-    PlacedTensor placed{std::move(t), position, 0};
-    placed.data_end = position + nbytes(placed.tensor);
-    position = placed.data_end;
-    file.tensors.push_back(std::move(placed));
-  }
-  return file;
 }
 
 std::vector<std::string> listing(const fs::path& dir) {
@@ -140,7 +78,7 @@ void check_agreement(const Plan& plan, const TempDir& dir, std::uint64_t buffer_
   auto written = execute_plan(plan, out, options);
   REQUIRE_MESSAGE(written.ok(), written.error().message);
 
-  auto before = listing(dir.path());
+  auto before = listing(dir.path);
   auto hashed = hash_plan(plan, options);
   REQUIRE_MESSAGE(hashed.ok(), hashed.error().message);
   CHECK(manifest_to_json(*hashed) == manifest_to_json(*written));
@@ -155,7 +93,7 @@ void check_agreement(const Plan& plan, const TempDir& dir, std::uint64_t buffer_
                               return {};
                             });
   REQUIRE_MESSAGE(status.ok(), status.error().message);
-  CHECK(listing(dir.path()) == before);  // neither hash_plan nor stream_plan wrote anything
+  CHECK(listing(dir.path) == before);  // neither hash_plan nor stream_plan wrote anything
 
   for (const OutputFile& file : plan.files) {
     Bytes bytes = file_bytes(out / file.name);
@@ -339,16 +277,14 @@ std::vector<LoraCase> lora_cases() {
 }  // namespace
 
 TEST_CASE("hash_plan and stream_plan agree with execute_plan") {
-  TempDir dir;
-  fs::create_directory(dir / "in");
+  TempDir dir("stream");
   write_file(dir / "in/a.bin", numbered_storage(240, 12));
   Plan plan = mixed_plan(dir / "in/a.bin");
   for (std::uint64_t buffer : {16ull << 20, 64ull, 36ull, 4ull}) check_agreement(plan, dir, buffer);
 }
 
 TEST_CASE("stream_plan: windows follow the buffer; a visitor error stops the run") {
-  TempDir dir;
-  fs::create_directory(dir / "in");
+  TempDir dir("stream");
   write_file(dir / "in/a.bin", numbered_storage(240, 12));
   Plan plan = mixed_plan(dir / "in/a.bin");
   int calls = 0;
@@ -394,8 +330,7 @@ TEST_CASE("stream_plan: windows follow the buffer; a visitor error stops the run
 }
 
 TEST_CASE("a LoRA delta is fused while streaming, whatever the windows and fragments") {
-  TempDir dir;
-  fs::create_directory(dir / "in");
+  TempDir dir("stream");
   // W [5, 7] in rows 0-1 and 2-4, A [3, 7] stored transposed ([7, 3] in storage), B [5, 3].
   const std::int64_t rows = 5, cols = 7, rank = 3;
   std::vector<float> w(rows * cols), a(rank * cols), a_t(rank * cols), b(rows * rank);
@@ -455,8 +390,7 @@ TEST_CASE("a LoRA delta is fused while streaming, whatever the windows and fragm
 }
 
 TEST_CASE("LoRA deltas that cannot be fused are refused before writing") {
-  TempDir dir;
-  fs::create_directory(dir / "in");
+  TempDir dir("stream");
   write_file(dir / "in/a.bin", numbered_storage(64, 0));
   auto make = [&](Shape w_shape, Shape a_shape, Shape b_shape, DType a_dtype = DType::kF32) {
     LogicalTensor w = tensor("w", w_shape, {{view(0, 0, 64, DType::kF32, w_shape), {0, 0}}});
@@ -536,7 +470,7 @@ TEST_CASE("LoRA fusion matches torch: (W.float() + scale * (B.float() @ A.float(
   Plan plan;
   plan.inputs = {kLoraFixtures / "exec_inputs.safetensors"};
   plan.files.push_back(output_file("model.safetensors", tensors));
-  TempDir dir;
+  TempDir dir("stream");
   for (std::uint64_t buffer : {16ull << 20, 1000ull}) {
     CAPTURE(buffer);
     check_agreement(plan, dir, buffer);

@@ -27,10 +27,7 @@ namespace {
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "fsdp";
 
 using testing::TempDir;
-
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary) << text;
-}
+using testing::write_file;
 
 struct StoredTensor {
   DType dtype;
@@ -154,8 +151,8 @@ TEST_CASE("fsdp: older model_rank_R.pt names, no fsdp_config.json; optim and ext
     fs::rename(dir / ("model_world_size_3_rank_" + std::to_string(r) + ".pt"),
                dir / ("model_rank_" + std::to_string(r) + ".pt"));
     // Garbage trainer state beside the model: opening it would fail the merge.
-    write_text(dir / ("optim_rank_" + std::to_string(r) + ".pt"), "not a torch file");
-    write_text(dir / ("extra_state_rank_" + std::to_string(r) + ".pt"), "not a torch file");
+    write_file(dir / ("optim_rank_" + std::to_string(r) + ".pt"), "not a torch file");
+    write_file(dir / ("extra_state_rank_" + std::to_string(r) + ".pt"), "not a torch file");
   }
   auto checkpoint = find_fsdp_checkpoint(dir);
   REQUIRE(checkpoint.ok());
@@ -243,14 +240,14 @@ TEST_CASE("fsdp: a missing rank, a world size that disagrees, two layouts in one
   CHECK(contains(error_of(no_config), "model_world_size_4_rank_2.pt is missing"));
 
   fs::path disagree = tmp.copy_of(kFixtures / "w2", "w23");
-  write_text(disagree / "fsdp_config.json", R"({"FSDP_version": 2, "world_size": 4})");
+  write_file(disagree / "fsdp_config.json", R"({"FSDP_version": 2, "world_size": 4})");
   error = error_of(disagree);
   CHECK(contains(error, "fsdp_config.json says world_size 4"));
   CHECK(contains(error, "model_world_size_2_rank_*.pt"));
 
   fs::path bad_config = tmp.path / "bad_config";
   fs::copy(disagree, bad_config, fs::copy_options::recursive);
-  write_text(bad_config / "fsdp_config.json", R"({"FSDP_version": 2})");
+  write_file(bad_config / "fsdp_config.json", R"({"FSDP_version": 2})");
   CHECK(contains(error_of(bad_config), "world_size is not a positive integer"));
 
   fs::path two = tmp.copy_of(kFixtures / "w3", "w34");

@@ -2,7 +2,6 @@
 // the adapter export, and fusion end to end (safetensors plan + executor) against torch
 // (tests/fixtures/lora, made by tools/fixtures/make_lora_fixtures.py).
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,33 +17,16 @@
 #include "io/input_file.h"
 #include "mapping/lora.h"
 #include "safetensors/safetensors.h"
+#include "temp_dir.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::TempDir;
+using ckptstream::testing::write_file;
 
 namespace {
 
 const fs::path kLoraFixtures = fs::path(CKPT_FIXTURES) / "lora";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "ckpt_test_lora_XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
-
-void write_text(const fs::path& path, const std::string& text) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path) << text;
-}
 
 std::string read_text(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -232,8 +214,8 @@ TEST_CASE("fuse_lora refuses what it cannot fuse correctly") {
 }
 
 TEST_CASE("find_lora_params: flags, then lora_train_meta.json, then adapter_config.json") {
-  TempDir dir;
-  auto found = [&](LoraFlags flags) { return find_lora_params(dir.path(), flags); };
+  TempDir dir("lora");
+  auto found = [&](LoraFlags flags) { return find_lora_params(dir.path, flags); };
 
   // Nothing anywhere: a usage error that explains the flags, whatever the rank says.
   auto none = found({std::nullopt, 8, std::nullopt});
@@ -251,7 +233,7 @@ TEST_CASE("find_lora_params: flags, then lora_train_meta.json, then adapter_conf
   CHECK(flags->scale(16) == 8.0);
   CHECK(flags->alpha_source == "--lora-alpha");
 
-  write_text(dir / "lora_adapter/adapter_config.json",
+  write_file(dir / "lora_adapter/adapter_config.json",
              R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": true,
                  "task_type": "CAUSAL_LM", "rank_pattern": {}, "alpha_pattern": {},
                  "target_modules": ["q_proj", "v_proj"], "use_dora": false})");
@@ -264,7 +246,7 @@ TEST_CASE("find_lora_params: flags, then lora_train_meta.json, then adapter_conf
   CHECK(config->alpha_source.find("adapter_config.json") != std::string::npos);
 
   // The meta file comes first; what it lacks (use_rslora) comes from the adapter config.
-  write_text(dir / "lora_train_meta.json",
+  write_file(dir / "lora_train_meta.json",
              R"({"r": 4, "lora_alpha": 8.0, "task_type": "SEQ_CLS"})");
   auto meta = found({});
   REQUIRE(meta.ok());
@@ -282,7 +264,7 @@ TEST_CASE("find_lora_params: flags, then lora_train_meta.json, then adapter_conf
   CHECK(!mixed->use_rslora);
 
   // alpha 0 (verl's merger writes it on purpose) and malformed values are errors.
-  write_text(dir / "lora_train_meta.json", R"({"r": 4, "lora_alpha": 0})");
+  write_file(dir / "lora_train_meta.json", R"({"r": 4, "lora_alpha": 0})");
   auto zero = found({});
   REQUIRE(!zero.ok());
   CHECK(zero.error().message.find("lora_train_meta.json") != std::string::npos);
@@ -291,9 +273,9 @@ TEST_CASE("find_lora_params: flags, then lora_train_meta.json, then adapter_conf
   auto flagged = found({8.0, std::nullopt, std::nullopt});
   REQUIRE(flagged.ok());
   CHECK(*flagged->rank == 4);
-  write_text(dir / "lora_train_meta.json", R"({"r": "four", "lora_alpha": 8})");
+  write_file(dir / "lora_train_meta.json", R"({"r": "four", "lora_alpha": 8})");
   CHECK(!found({}).ok());
-  write_text(dir / "lora_train_meta.json", "not json");
+  write_file(dir / "lora_train_meta.json", "not json");
   CHECK(!found({}).ok());
   CHECK(found({8.0, 4, false}).ok());  // complete flags never read the files
   CHECK(found({-1.0, 4, false}).error().kind == ErrorKind::kUsage);
@@ -306,7 +288,7 @@ TEST_CASE("find_lora_params: flags, then lora_train_meta.json, then adapter_conf
                           R"({"r": 8, "lora_alpha": 16, "fan_in_fan_out": true})",
                           R"({"peft_type": "IA3", "r": 8, "lora_alpha": 16})"}) {
     CAPTURE(bad);
-    write_text(dir / "lora_adapter/adapter_config.json", bad);
+    write_file(dir / "lora_adapter/adapter_config.json", bad);
     auto result = found({});
     REQUIRE(!result.ok());
     CHECK(result.error().kind == ErrorKind::kUnsupported);
@@ -364,18 +346,18 @@ TEST_CASE("export_lora_adapter: base model plus PEFT's adapter names and config"
   CHECK(other->adapter_config_json.find("\"use_rslora\": true") != std::string::npos);
   CHECK(!export_lora_adapter({named("model.norm.weight", {4})}, odd, std::nullopt).ok());
 
-  TempDir dir;
-  write_text(dir / "config.json", R"({"_name_or_path": "org/base", "model_type": "qwen2"})");
+  TempDir dir("lora");
+  write_file(dir / "config.json", R"({"_name_or_path": "org/base", "model_type": "qwen2"})");
   auto name = config_name_or_path(dir / "config.json");
   REQUIRE(name.ok());
   CHECK(*name == std::optional<std::string>("org/base"));
-  write_text(dir / "config.json", R"({"model_type": "qwen2"})");
+  write_file(dir / "config.json", R"({"model_type": "qwen2"})");
   CHECK(*config_name_or_path(dir / "config.json") == std::nullopt);
 }
 
 TEST_CASE("fused PEFT checkpoint through the planner and executor matches torch") {
-  TempDir dir;
-  write_text(dir / "ckpt/lora_train_meta.json",
+  TempDir dir("lora");
+  write_file(dir / "ckpt/lora_train_meta.json",
              R"({"r": 4, "lora_alpha": 8, "task_type": "CAUSAL_LM"})");
   auto found = find_lora_params(dir / "ckpt", {});
   REQUIRE_MESSAGE(found.ok(), found.error().message);

@@ -37,7 +37,7 @@ void check_rejected(const TempDir& dir, const std::string& name, const std::stri
   const std::string& message = header.error().message;
   CAPTURE(message);
   CHECK(header.error().kind == kind);
-  CHECK(message.find((dir.path() / name).string() + ": ") == 0);
+  CHECK(message.find((dir.path / name).string() + ": ") == 0);
   for (const auto& needle : needles) CHECK(message.find(needle) != std::string::npos);
 }
 
@@ -282,7 +282,7 @@ TEST_CASE("read_index returns total_size and the weight map in file order") {
     CHECK(result.error().message.find(bad_path.string() + ": ") == 0);
     CHECK(result.error().message.find(bad.needle) != std::string::npos);
   }
-  auto missing = read_index(dir.path() / "absent.json");
+  auto missing = read_index(dir.path / "absent.json");
   REQUIRE(!missing.ok());
   CHECK(missing.error().kind == ErrorKind::kIo);
 }

@@ -1,6 +1,5 @@
 #include <doctest/doctest.h>
 
-#include <unistd.h>
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -14,11 +13,13 @@
 #include <vector>
 
 #include "pickle/value.h"
+#include "temp_dir.h"
 #include "torch/torch_checkpoint.h"
 #include "zip/zip_archive.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::TempDir;
 
 namespace {
 
@@ -242,21 +243,6 @@ void check_read(const std::string& name, const Result<TorchCheckpoint>& ckpt) {
 }
 
 // ---- bad inputs, made by mutating good fixtures in a temp dir --------------------------------
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("ckpt_test_torch_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-fs::path write_mutated(const TempDir& dir, const std::string& name, const std::string& bytes) {
-  fs::path p = dir.path / name;
-  std::ofstream(p, std::ios::binary) << bytes;
-  return p;
-}
-
 void replace_all(std::string& s, const std::string& from, const std::string& to) {
   REQUIRE(from.size() == to.size());
   std::size_t n = 0;
@@ -346,11 +332,11 @@ TEST_CASE("details of the flattened names and the root object") {
 }
 
 TEST_CASE("bad inputs give clear errors naming the file and the problem") {
-  TempDir dir;
+  TempDir dir("torch");
   std::string views = read_text(kDir / "views.pt");
 
   SUBCASE("truncated zip") {
-    auto p = write_mutated(dir, "truncated.pt", views.substr(0, views.size() / 2));
+    auto p = dir.write("truncated.pt", views.substr(0, views.size() / 2));
     CHECK(read_error(p).find("zip: no end-of-central-directory record") != std::string::npos);
   }
   SUBCASE("corrupt central directory") {
@@ -358,33 +344,32 @@ TEST_CASE("bad inputs give clear errors naming the file and the problem") {
     auto cd = bad.find("PK\x01\x02");
     REQUIRE(cd != std::string::npos);
     bad[cd + 3] = 'X';
-    CHECK(read_error(write_mutated(dir, "corrupt.pt", bad)).find("corrupt") != std::string::npos);
+    CHECK(read_error(dir.write("corrupt.pt", bad)).find("corrupt") != std::string::npos);
   }
   SUBCASE("compressed entry") {
     std::string bad = views;
     auto cd = bad.find("PK\x01\x02");
     REQUIRE(bad.compare(cd + 46, 14, "views/data.pkl") == 0);
     bad[cd + 10] = 8;  // method DEFLATE
-    std::string e = read_error(write_mutated(dir, "compressed.pt", bad));
+    std::string e = read_error(dir.write("compressed.pt", bad));
     CHECK(e.find("entry 'views/data.pkl' is compressed (method 8)") != std::string::npos);
   }
   SUBCASE("TorchScript-like archive") {
     std::string bad = views;
     replace_all(bad, "views/byteorder", "views/code/abcd");
-    CHECK(read_error(write_mutated(dir, "script.pt", bad)).find("TorchScript archive") !=
-          std::string::npos);
+    CHECK(read_error(dir.write("script.pt", bad)).find("TorchScript archive") != std::string::npos);
   }
   SUBCASE("unknown pickle opcode") {
     std::string bad = views;
     auto at = data_offset(bad, "views/data.pkl");
     bad[at + 2] = '\xff';
-    CHECK(read_error(write_mutated(dir, "opcode.pt", bad))
+    CHECK(read_error(dir.write("opcode.pt", bad))
               .find("data.pkl: pickle: unknown opcode 0xff at offset 2") != std::string::npos);
   }
   SUBCASE("missing storage record") {
     std::string bad = views;
     replace_all(bad, "views/data/0", "views/data/X");
-    CHECK(read_error(write_mutated(dir, "missing.pt", bad))
+    CHECK(read_error(dir.write("missing.pt", bad))
               .find("storage '0': record views/data/0 is missing") != std::string::npos);
   }
   SUBCASE("shape reaching past the storage") {
@@ -392,7 +377,7 @@ TEST_CASE("bad inputs give clear errors naming the file and the problem") {
     auto at = bad.find(std::string("K\x08K\x06\x86", 5));  // w's size (8, 6)
     REQUIRE(at != std::string::npos);
     bad[at + 1] = '\x09';
-    std::string e = read_error(write_mutated(dir, "view.pt", bad));
+    std::string e = read_error(dir.write("view.pt", bad));
     CHECK(e.find("tensor 'w': view (offset 0, size [9, 6], stride [6, 1]) reaches past storage "
                  "'0' of 48 float32 elements") != std::string::npos);
   }
@@ -401,49 +386,46 @@ TEST_CASE("bad inputs give clear errors naming the file and the problem") {
     auto at = bad.find(std::string("K\x30t", 3));  // numel 48 of storage '0'
     REQUIRE(at != std::string::npos);
     bad[at + 1] = '\x31';
-    CHECK(read_error(write_mutated(dir, "numel.pt", bad)).find("holds 192 bytes") !=
-          std::string::npos);
+    CHECK(read_error(dir.write("numel.pt", bad)).find("holds 192 bytes") != std::string::npos);
   }
   SUBCASE("legacy file truncated in the storages") {
     std::string legacy = read_text(kDir / "legacy.pt");
-    auto p = write_mutated(dir, "legacy_cut.pt", legacy.substr(0, legacy.size() - 2));
+    auto p = dir.write("legacy_cut.pt", legacy.substr(0, legacy.size() - 2));
     std::string e = read_error(p);
     CHECK(e.find("runs past the end of the file") != std::string::npos);
     CHECK(e.find("truncated") != std::string::npos);
     // Cut inside a storage's element count.
-    p = write_mutated(dir, "legacy_cut2.pt", legacy.substr(0, legacy.size() - 10));
+    p = dir.write("legacy_cut2.pt", legacy.substr(0, legacy.size() - 10));
     CHECK(read_error(p).find("element count at offset") != std::string::npos);
   }
   SUBCASE("not a checkpoint, old formats") {
-    CHECK(read_error(write_mutated(dir, "text.pt", "hello world")).find("not a torch.save") !=
+    CHECK(read_error(dir.write("text.pt", "hello world")).find("not a torch.save") !=
           std::string::npos);
-    CHECK(read_error(write_mutated(dir, "p1.pt", "PYTORCH1....")).find("PYTORCH1") !=
-          std::string::npos);
+    CHECK(read_error(dir.write("p1.pt", "PYTORCH1....")).find("PYTORCH1") != std::string::npos);
     std::string tar(512, '\0');
     tar.replace(257, 5, "ustar");
-    CHECK(read_error(write_mutated(dir, "tar.pt", tar)).find("tar-based") != std::string::npos);
-    CHECK(read_error(write_mutated(dir, "pickle.pt", "\x80\x02K\x01.")).find("magic") !=
-          std::string::npos);
+    CHECK(read_error(dir.write("tar.pt", tar)).find("tar-based") != std::string::npos);
+    CHECK(read_error(dir.write("pickle.pt", "\x80\x02K\x01.")).find("magic") != std::string::npos);
   }
   SUBCASE("every truncation of a zip and of a legacy file fails cleanly") {
     std::string legacy = read_text(kDir / "legacy.pt");
     for (const std::string* src : {&views, &legacy})
       for (std::size_t n = 0; n < src->size(); n += 97) {
-        auto p = write_mutated(dir, "cut.pt", src->substr(0, n));
+        auto p = dir.write("cut.pt", src->substr(0, n));
         CHECK(!read_torch_file(p).ok());
       }
   }
 }
 
 TEST_CASE("random byte mutations of fixtures never crash") {
-  TempDir dir;
+  TempDir dir("torch");
   Lcg next{12345};
   for (const char* name : {"views.pt", "legacy.pt", "dtensor_rank0.pt", "module_p4.pt"}) {
     std::string good = read_text(kDir / name);
     for (int round = 0; round < 150; ++round) {
       std::string bad = good;
       for (int k = 0; k < 4; ++k) bad[next() % bad.size()] = static_cast<char>(next() & 0xFF);
-      auto p = write_mutated(dir, "mutated.pt", bad);
+      auto p = dir.write("mutated.pt", bad);
       auto r = read_torch_file(p);  // either outcome is fine; crashing is not
       if (!r.ok()) CHECK(!r.error().message.empty());
     }
@@ -470,17 +452,17 @@ TEST_CASE("read in two steps: the same checkpoint, errors naming the file at eit
       CHECK(whole->ref(i, 0).storage_begin == stepped->ref(i, 0).storage_begin);
     }
   }
-  TempDir dir;
+  TempDir dir("torch");
   std::string views = read_text(kDir / "views.pt");
   // Step 1 fails on a broken zip; step 2 on a broken pickle.
-  auto truncated = write_mutated(dir, "t.pt", views.substr(0, views.size() / 2));
+  auto truncated = dir.write("t.pt", views.substr(0, views.size() / 2));
   auto opened = PendingTorchFile::open(truncated);
   REQUIRE(!opened.ok());
   CHECK(opened.error().message.rfind(truncated.string() + ": ", 0) == 0);
   std::string bad = views;
   auto pkl = data_offset(views, "views/data.pkl");
   bad[pkl + 2] = '\xff';  // an unknown opcode right after PROTO
-  auto broken = write_mutated(dir, "b.pt", bad);
+  auto broken = dir.write("b.pt", bad);
   auto pending = PendingTorchFile::open(broken);
   REQUIRE(pending.ok());
   auto read = std::move(*pending).read();
@@ -492,7 +474,7 @@ TEST_CASE("read in two steps: the same checkpoint, errors naming the file at eit
 TEST_CASE("a streamed read falls back to the whole graph where streaming cannot follow Python") {
   // views.pt with its key 'b' renamed 'a': the dict keeps the first position of 'a' and the last
   // value, which a streamed read, having handed the first 'a' over, cannot undo.
-  TempDir dir;
+  TempDir dir("torch");
   std::string bytes = read_text(kDir / "views.pt");
   replace_all(bytes,
               std::string("X\x01\x00\x00\x00"
@@ -501,7 +483,7 @@ TEST_CASE("a streamed read falls back to the whole graph where streaming cannot 
               std::string("X\x01\x00\x00\x00"
                           "a",
                           6));
-  auto path = write_mutated(dir, "dup.pt", bytes);
+  auto path = dir.write("dup.pt", bytes);
   auto whole = read_torch_file(path);
   REQUIRE_MESSAGE(whole.ok(), whole.error().message);
   TorchReadOptions streaming;
@@ -536,7 +518,7 @@ TEST_CASE("a streamed read falls back to the whole graph where streaming cannot 
 }
 
 TEST_CASE("mutated pickles: a streamed read ends as the whole-graph read does, never crashing") {
-  TempDir dir;
+  TempDir dir("torch");
   Lcg next{777};
   TorchReadOptions streaming;
   streaming.stream_items = true;
@@ -554,7 +536,7 @@ TEST_CASE("mutated pickles: a streamed read ends as the whole-graph read does, n
       std::string bad = good;
       for (int k = 0; k < 2; ++k)
         bad[pkl->data_offset + next() % pkl->size] = static_cast<char>(next() & 0xFF);
-      auto path = write_mutated(dir, "mutated.pt", bad);
+      auto path = dir.write("mutated.pt", bad);
       auto whole = read_torch_file(path);
       auto pending = PendingTorchFile::open(path, streaming);
       REQUIRE(pending.ok());  // the zip is intact; only data.pkl changed

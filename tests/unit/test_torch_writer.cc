@@ -14,12 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "temp_dir.h"
 #include "torch/torch_checkpoint.h"
 #include "torch/torch_writer.h"
 #include "zip/zip_archive.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::TempDir;
 
 namespace {
 
@@ -158,23 +160,11 @@ std::uint16_t le16(const std::string& s, std::size_t at) {
                                     static_cast<unsigned char>(s[at + 1]) << 8);
 }
 
-// A fresh directory under the temp dir, removed at scope exit.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "ckpt-torch-writer-XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::size_t entries() const {
-    return static_cast<std::size_t>(
-        std::distance(fs::directory_iterator(path), fs::directory_iterator()));
-  }
-};
+// What a failed or finished write leaves in `dir`: no temporary may stay behind.
+std::size_t entry_count(const fs::path& dir) {
+  return static_cast<std::size_t>(
+      std::distance(fs::directory_iterator(dir), fs::directory_iterator()));
+}
 
 // Deterministic tensor bytes, shared with tools/interop/check_torch_writer.py: byte k of tensor i
 // is (131 k + 17 i + 7) mod 256, masked to 0/1 for bool.
@@ -279,7 +269,7 @@ TEST_CASE("torch_archive_name follows torch's basename rule") {
 
 TEST_CASE("the file is byte-identical to torch 2.6's torch.save") {
   std::string expected = unhex(kTorchRefHex, std::size(kTorchRefHex));
-  TempDir dir;
+  TempDir dir("torch_writer");
   fs::path target = dir.path / "ref.pt";
   std::vector<TorchWriteTensor> tensors = {
       tensor("a", DType::kF32, {3, 4}), tensor("b", DType::kI64, {}),
@@ -318,16 +308,16 @@ TEST_CASE("the file is byte-identical to torch 2.6's torch.save") {
   // The name half of .data/serialization_id follows the standard library's std::hash.
   CHECK(actual.substr(0, 1300) == expected.substr(0, 1300));
 #endif
-  CHECK(dir.entries() == 1);  // no temporary left
+  CHECK(entry_count(dir.path) == 1);  // no temporary left
 }
 
 TEST_CASE("our zip and torch readers read what we write") {
-  TempDir dir;
+  TempDir dir("torch_writer");
   fs::path target = dir.path / "all.pt";
   auto tensors = all_dtype_tensors();
   auto written = write_pattern_file(target, tensors, false, 13);
   REQUIRE_MESSAGE(written.ok(), written.error().message);
-  CHECK(dir.entries() == 1);
+  CHECK(entry_count(dir.path) == 1);
 
   std::string bytes = read_file(target);
   auto archive = zip::Archive::parse(as_bytes(bytes), target.string());
@@ -376,7 +366,7 @@ TEST_CASE("our zip and torch readers read what we write") {
 }
 
 TEST_CASE("more than 1000 tensors: SETITEMS batches and LONG_BINPUT memo") {
-  TempDir dir;
+  TempDir dir("torch_writer");
   fs::path target = dir.path / "many.pt";
   std::vector<TorchWriteTensor> tensors;
   for (int i = 0; i < 2001; ++i)
@@ -408,7 +398,7 @@ TEST_CASE("nested dicts are built in first-use order and numbered depth first") 
   auto layout = plan_torch_zip(tensors, {});
   REQUIRE(layout.ok());
   CHECK(layout->tensor_key == std::vector<std::string>{"0", "2", "1", "3"});
-  TempDir dir;
+  TempDir dir("torch_writer");
   REQUIRE(write_pattern_file(dir.path / "nested.pt", tensors, false).ok());
   auto checkpoint = read_torch_file(dir.path / "nested.pt");
   REQUIRE_MESSAGE(checkpoint.ok(), checkpoint.error().message);
@@ -496,7 +486,7 @@ TEST_CASE("zip64 fields on planned huge sizes") {
 }
 
 TEST_CASE("streaming rules: in order per tensor, complete before finish") {
-  TempDir dir;
+  TempDir dir("torch_writer");
   fs::path target = dir.path / "s.pt";
   std::vector<TorchWriteTensor> tensors = {tensor("a", DType::kF32, {4})};
   TorchWriteOptions options;
@@ -513,19 +503,19 @@ TEST_CASE("streaming rules: in order per tensor, complete before finish") {
   CHECK(incomplete.error().message.find("only 8 of 16") != std::string::npos);
   CHECK(fs::exists(writer->temp_path()));
   writer->abort();
-  CHECK(dir.entries() == 0);
+  CHECK(entry_count(dir.path) == 0);
 
   // Destroying an unfinished writer removes its temporary too.
   {
     auto w2 = TorchZipWriter::create(target, plan_torch_zip(tensors, options).value());
     REQUIRE(w2.ok());
-    CHECK(dir.entries() == 1);
+    CHECK(entry_count(dir.path) == 1);
   }
-  CHECK(dir.entries() == 0);
+  CHECK(entry_count(dir.path) == 0);
 }
 
 TEST_CASE("bad targets and bad tensors give clear errors") {
-  TempDir dir;
+  TempDir dir("torch_writer");
   std::vector<TorchWriteTensor> tensors = {tensor("a", DType::kF32, {4})};
   auto layout = plan_torch_zip(tensors, {}).value();
   auto missing = TorchZipWriter::create(dir.path / "no" / "such" / "dir.pt", layout);
@@ -535,7 +525,7 @@ TEST_CASE("bad targets and bad tensors give clear errors") {
   std::ofstream(dir.path / "file") << "x";
   auto not_dir = TorchZipWriter::create(dir.path / "file" / "x.pt", layout);
   REQUIRE(!not_dir.ok());
-  CHECK(dir.entries() == 1);
+  CHECK(entry_count(dir.path) == 1);
   if (::geteuid() != 0) {  // root writes anywhere
     fs::create_directory(dir.path / "ro");
     fs::permissions(dir.path / "ro", fs::perms::owner_read | fs::perms::owner_exec);

@@ -3,50 +3,29 @@
 // rules, NaN and infinity, name sets, shapes and dtypes, sharded references, plans streamed with
 // stream_plan, and the stream core fed by a fake window source.
 #include <doctest/doctest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "exec/dtype_convert.h"
 #include "exec/executor.h"
+#include "plan_builders.h"
 #include "safetensors/safetensors.h"
+#include "temp_dir.h"
 #include "verify/compare.h"
 
 using namespace ckptstream;
 namespace fs = std::filesystem;
+using ckptstream::testing::bytes_of;
+using ckptstream::testing::TempDir;
+using ckptstream::testing::write_file;
 using Bytes = std::vector<std::byte>;
 
 namespace {
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "ckpt_test_compare_XXXXXX").string();
-    REQUIRE(::mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  fs::path sub(const std::string& name) const {
-    fs::create_directories(path_ / name);
-    return path_ / name;
-  }
-
- private:
-  fs::path path_;
-};
-
-template <class T>
-Bytes bytes_of(const std::vector<T>& values) {
-  Bytes bytes(values.size() * sizeof(T));
-  std::memcpy(bytes.data(), values.data(), bytes.size());
-  return bytes;
-}
 
 struct Tensor {
   std::string name;
@@ -57,11 +36,6 @@ struct Tensor {
 
 Tensor f32(std::string name, Shape shape, std::vector<float> values) {
   return {std::move(name), DType::kF32, std::move(shape), bytes_of(values)};
-}
-
-void write_bytes(const fs::path& path, const std::string& text) {
-  std::ofstream(path, std::ios::binary)
-      .write(text.data(), static_cast<std::streamsize>(text.size()));
 }
 
 // A safetensors file holding `tensors` back to back in this order.
@@ -76,7 +50,7 @@ void write_safetensors(const fs::path& path, const std::vector<Tensor>& tensors)
     placed.push_back({logical, data.size(), data.size() + t.bytes.size()});
     data.append(reinterpret_cast<const char*>(t.bytes.data()), t.bytes.size());
   }
-  write_bytes(path, safetensors::build_header(placed) + data);
+  write_file(path, safetensors::build_header(placed) + data);
 }
 
 std::vector<Tensor> base_model() {
@@ -111,7 +85,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 }  // namespace
 
 TEST_CASE("identical models compare equal; the report counts what was compared") {
-  TempDir dir;
+  TempDir dir("compare");
   write_safetensors(dir.sub("out") / "model.safetensors", base_model());
   write_safetensors(dir.sub("ref") / "model.safetensors", base_model());
   std::uint64_t last_done = 0, last_total = 0;
@@ -133,7 +107,7 @@ TEST_CASE("identical models compare equal; the report counts what was compared")
 }
 
 TEST_CASE("one flipped value: an exact mismatch names the tensor and the element") {
-  TempDir dir;
+  TempDir dir("compare");
   auto changed = base_model();
   changed[0] = f32("model.embed.weight", {2, 3}, {1, 2, 3, 4, 5.5f, 6});
   write_safetensors(dir.sub("out") / "model.safetensors", changed);
@@ -169,7 +143,7 @@ TEST_CASE("one flipped value: an exact mismatch names the tensor and the element
 }
 
 TEST_CASE("the worst tensor: mismatches first, then the largest absolute difference") {
-  TempDir dir;
+  TempDir dir("compare");
   write_safetensors(dir.sub("ref") / "model.safetensors",
                     {f32("a", {2}, {1, 2}), f32("b", {2}, {1, 2}), f32("c", {2}, {1, 2})});
   write_safetensors(dir.sub("out") / "model.safetensors",
@@ -190,7 +164,7 @@ TEST_CASE("the worst tensor: mismatches first, then the largest absolute differe
 }
 
 TEST_CASE("NaN matches only NaN, infinity only the same infinity") {
-  TempDir dir;
+  TempDir dir("compare");
   float other_nan;
   std::uint32_t bits = 0x7FC00001;
   std::memcpy(&other_nan, &bits, 4);
@@ -228,7 +202,7 @@ TEST_CASE("NaN matches only NaN, infinity only the same infinity") {
 }
 
 TEST_CASE("integer tensors compare exactly even with a tolerance") {
-  TempDir dir;
+  TempDir dir("compare");
   write_safetensors(dir.sub("ref") / "model.safetensors",
                     {{"ids", DType::kI32, {3}, bytes_of(std::vector<std::int32_t>{1, -2, 3})},
                      {"mask", DType::kBool, {2}, bytes_of(std::vector<std::uint8_t>{1, 0})}});
@@ -244,7 +218,7 @@ TEST_CASE("integer tensors compare exactly even with a tolerance") {
 }
 
 TEST_CASE("missing and extra names are each listed; skip patterns leave names out") {
-  TempDir dir;
+  TempDir dir("compare");
   auto out = base_model();
   out.pop_back();                                         // no lm_head.weight
   out.push_back(f32("score.weight", {1, 3}, {1, 2, 3}));  // a value head
@@ -269,7 +243,7 @@ TEST_CASE("missing and extra names are each listed; skip patterns leave names ou
 }
 
 TEST_CASE("shape and dtype differences are problems; cast_reference compares as verl's test") {
-  TempDir dir;
+  TempDir dir("compare");
   std::vector<float> values = {1.0f, 1.00390625f, 3.14159f, -2.5f, 1e-3f, 65504.0f};
   Bytes bf16(values.size() * 2);
   convert_elements(DType::kF32, DType::kBF16, bytes_of(values).data(), bf16.data(), values.size());
@@ -298,14 +272,12 @@ TEST_CASE("shape and dtype differences are problems; cast_reference compares as 
 }
 
 TEST_CASE("sharded reference (written by execute_plan) against a single-file candidate") {
-  TempDir dir;
+  TempDir dir("compare");
   // Inputs: 3 tensors of 8 floats each, in one raw file.
   std::vector<float> raw(24);
   for (std::size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<float>(i) * 0.5f;
   auto input = dir.sub("in") / "raw.bin";
-  Bytes raw_bytes = bytes_of(raw);
-  write_bytes(input,
-              std::string(reinterpret_cast<const char*>(raw_bytes.data()), raw_bytes.size()));
+  write_file(input, bytes_of(raw));
   std::vector<LogicalTensor> tensors;
   for (int t = 0; t < 3; ++t) {
     LogicalTensor tensor;
@@ -378,15 +350,15 @@ TEST_CASE("sharded reference (written by execute_plan) against a single-file can
 }
 
 TEST_CASE("a reference index that disagrees with its files, or a name twice, is a problem") {
-  TempDir dir;
+  TempDir dir("compare");
   auto ref = dir.sub("ref");
   write_safetensors(ref / "model-00001-of-00002.safetensors", {f32("a", {1}, {1})});
   write_safetensors(ref / "model-00002-of-00002.safetensors",
                     {f32("b", {1}, {2}), f32("a", {1}, {1}), f32("c", {1}, {3})});
-  write_bytes(ref / "model.safetensors.index.json",
-              R"({"metadata":{"total_size":16},"weight_map":{)"
-              R"("a":"model-00001-of-00002.safetensors","b":"model-00001-of-00002.safetensors",)"
-              R"("x":"model-00002-of-00002.safetensors"}})");
+  write_file(ref / "model.safetensors.index.json",
+             R"({"metadata":{"total_size":16},"weight_map":{)"
+             R"("a":"model-00001-of-00002.safetensors","b":"model-00001-of-00002.safetensors",)"
+             R"("x":"model-00002-of-00002.safetensors"}})");
   write_safetensors(dir.sub("out") / "model.safetensors",
                     {f32("a", {1}, {1}), f32("b", {1}, {2}), f32("c", {1}, {3})});
   auto report = compare(dir.sub("out"), ref);
@@ -402,7 +374,7 @@ TEST_CASE("a reference index that disagrees with its files, or a name twice, is 
 }
 
 TEST_CASE("errors: what cannot be read at all") {
-  TempDir dir;
+  TempDir dir("compare");
   auto empty = dir.sub("empty");
   auto missing = compare_dirs(empty, empty, {});
   REQUIRE(!missing.ok());
@@ -410,7 +382,7 @@ TEST_CASE("errors: what cannot be read at all") {
   auto nowhere = compare_dirs(dir.sub("empty") / "nope", empty, {});
   REQUIRE(!nowhere.ok());
   CHECK(nowhere.error().kind == ErrorKind::kUsage);
-  write_bytes(dir.sub("bad") / "model.safetensors", "not a safetensors file");
+  write_file(dir.sub("bad") / "model.safetensors", "not a safetensors file");
   write_safetensors(dir.sub("good") / "model.safetensors", base_model());
   auto bad = compare_dirs(dir.sub("good"), dir.sub("bad"), {});
   REQUIRE(!bad.ok());
@@ -418,7 +390,7 @@ TEST_CASE("errors: what cannot be read at all") {
 }
 
 TEST_CASE("the stream core: windows split anywhere, errors and short streams") {
-  TempDir dir;
+  TempDir dir("compare");
   write_safetensors(dir.sub("ref") / "model.safetensors", base_model());
   auto model = base_model();
   std::vector<CandidateTensor> declared;
