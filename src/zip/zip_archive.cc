@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 namespace ckptstream::zip {
 namespace {
@@ -101,22 +102,35 @@ class Parser {
       return fail("file too short (" + std::to_string(size_) +
                   " bytes) to hold an end-of-central-directory record (truncated?)");
     // The EOCD ends the file unless a comment (at most 65535 bytes) follows it; the zip64
-    // locator sits right before it.
-    std::uint64_t tail = std::min<std::uint64_t>(size_, kEocdSize + 0xFFFF + kZip64LocatorSize);
+    // locator sits right before it. torch.save writes no comment, so the last bytes are tried
+    // first: the 64 KiB search window read for every item of a DCP checkpoint was mostly tensor
+    // bytes (about 15% of a model's bytes read twice, once to plan).
+    CKPT_ASSIGN_OR_RETURN(auto eocd, find_eocd_in_last(kEocdSize + kZip64LocatorSize, 0));
+    if (eocd) return *eocd;
+    CKPT_ASSIGN_OR_RETURN(eocd, find_eocd_in_last(kEocdSize + 0xFFFF + kZip64LocatorSize, 0xFFFF));
+    if (eocd) return *eocd;
+    return fail("no end-of-central-directory record (truncated or not a zip file)");
+  }
+
+  // Searches the last `window` bytes for an EOCD followed by a comment of at most `max_comment`
+  // bytes that ends the file; keeps the window (tail_) for the zip64 locator before it.
+  Result<std::optional<std::uint64_t>> find_eocd_in_last(std::uint64_t window,
+                                                         std::size_t max_comment) {
+    std::uint64_t tail = std::min<std::uint64_t>(size_, window);
     std::uint64_t base = size_ - tail;
     CKPT_ASSIGN_OR_RETURN(auto bytes, view(base, static_cast<std::size_t>(tail)));
     std::size_t last = bytes.size() - kEocdSize;
-    std::size_t first = last > 0xFFFF ? last - 0xFFFF : 0;
+    std::size_t first = last > max_comment ? last - max_comment : 0;
     for (std::size_t at = last + 1; at-- > first;) {
       if (u32(bytes, at) != kEocdSig) continue;
       std::size_t comment = u16(bytes, at + 20);
       if (comment <= bytes.size() - at - kEocdSize) {
         tail_ = std::vector<std::byte>(bytes.begin(), bytes.end());
         tail_base_ = base;
-        return base + at;
+        return std::optional<std::uint64_t>(base + at);
       }
     }
-    return fail("no end-of-central-directory record (truncated or not a zip file)");
+    return std::optional<std::uint64_t>();
   }
 
   Result<Directory> read_directory_location(std::uint64_t eocd) {

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -97,7 +98,7 @@ struct ZipBuilder {
     ++count;
   }
 
-  std::vector<std::byte> finish(bool zip64 = true) {
+  std::vector<std::byte> finish(bool zip64 = true, const std::string& comment = "") {
     std::uint64_t cd_offset = out.size();
     out.insert(out.end(), central.begin(), central.end());
     std::uint64_t eocd64 = out.size();
@@ -124,7 +125,8 @@ struct ZipBuilder {
     put(out, zip64 ? 0xFFFF : count, 2);
     put(out, zip64 ? 0xFFFFFFFF : central.size(), 4);
     put(out, zip64 ? 0xFFFFFFFF : cd_offset, 4);
-    put(out, 0, 2);
+    put(out, comment.size(), 2);
+    put(out, comment);
     return out;
   }
 };
@@ -175,6 +177,54 @@ TEST_CASE("hand-built archives: classic EOCD, zip64 EOCD, zip64 extra fields") {
     CHECK(archive->find("a/four")->size == 0);
     CHECK(archive->find("a/one")->crc32 == 0x12345678);
   }
+}
+
+TEST_CASE("an archive comment after the end record: found by the wider search, any length") {
+  // torch.save writes no comment, so the parser reads the end records alone first; other zips
+  // may end with up to 65535 bytes of comment (which may even hold a fake end-record signature).
+  const std::string fake_eocd("PK\x05\x06", 4);
+  for (const std::string& comment :
+       {std::string("made by hand"), std::string(1000, 'c') + fake_eocd + std::string(30, 'd'),
+        std::string(0xFFFF, 'x')}) {
+    for (bool zip64 : {false, true}) {
+      ZipBuilder b;
+      b.add("a/one", "hello", {});
+      b.add("a/two", "world!", {0, true, true, 0});
+      auto bytes = b.finish(zip64, comment);
+      std::size_t reads = 0, largest = 0;
+      ReadAt read = [&](std::uint64_t offset, std::span<std::byte> out) -> Status {
+        ++reads;
+        largest = std::max(largest, out.size());
+        REQUIRE(offset + out.size() <= bytes.size());
+        std::memcpy(out.data(), bytes.data() + offset, out.size());
+        return {};
+      };
+      auto archive = Archive::parse(bytes.size(), read, "comment.zip");
+      REQUIRE_MESSAGE(archive.ok(), (archive.ok() ? "" : archive.error().message));
+      REQUIRE(archive->entries().size() == 2);
+      CHECK(text_at(bytes, *archive->find("a/one")) == "hello");
+      CHECK(text_at(bytes, *archive->find("a/two")) == "world!");
+      CHECK(largest >= std::min<std::size_t>(bytes.size(), comment.size() + 22));
+    }
+  }
+  // Without a comment, the end records are all that is read of the file's tail.
+  ZipBuilder b;
+  b.add("a/data", std::string(100000, 'z'), {});
+  auto bytes = b.finish(true);
+  std::size_t largest = 0;
+  ReadAt read = [&](std::uint64_t offset, std::span<std::byte> out) -> Status {
+    largest = std::max(largest, out.size());
+    std::memcpy(out.data(), bytes.data() + offset, out.size());
+    return {};
+  };
+  REQUIRE(Archive::parse(bytes.size(), read, "plain.zip").ok());
+  CHECK(largest < 1000);
+  // A comment longer than what follows the record is no end record.
+  auto bad = ZipBuilder{}.finish(false, "abc");
+  bad.pop_back();
+  auto cut = Archive::parse(bad, "cut.zip");
+  REQUIRE(!cut.ok());
+  CHECK(cut.error().message.find("no end-of-central-directory") != std::string::npos);
 }
 
 TEST_CASE("a compressed entry is an error naming it, when asked for its bytes") {
