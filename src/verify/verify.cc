@@ -67,11 +67,13 @@ void check_index(const safetensors::Index& index,
                                   it->second);
     }
   }
-  for (const auto& [tensor, file] : index.weight_map) {
+  for (const auto& entry : index.weight_map) {
+    const auto& [tensor, file] = entry;
     auto header = headers.find(file);
     if (header == headers.end()) continue;  // unreadable file, reported already
     const auto& tensors = header->second.tensors;
-    if (std::none_of(tensors.begin(), tensors.end(), [&](auto& e) { return e.name == tensor; }))
+    if (std::none_of(tensors.begin(), tensors.end(),
+                     [&](auto& e) { return e.name == entry.first; }))
       report.problems.push_back(std::string(safetensors::kIndexFileName) + ": " + tensor +
                                 " is indexed in " + file + " but that file does not hold it");
   }
