@@ -113,7 +113,8 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                  "when the checkpoint has none beside it");
   cmd.add_option("--threads", args.threads,
                  "output files written (or hashed) at once, one thread each (0: one per core); "
-                 "from 2 on, verl FSDP rank files are unpickled two at a time")
+                 "also DCP items located at once; from 2 on, verl FSDP rank files are "
+                 "unpickled two at a time")
       ->capture_default_str();
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }

@@ -2,11 +2,15 @@
 // assembly of chunk items (dcp/dcp_item.h) into logical tensors.
 #include "formats/dcp_checkpoint.h"
 
+#include <algorithm>
+#include <atomic>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "dcp/dcp_item.h"
 #include "dcp/dcp_metadata.h"
+#include "exec/worker_pool.h"
 #include "torch/torch_checkpoint.h"
 
 namespace ckptstream {
@@ -164,6 +168,62 @@ class InputTable {
   std::vector<fs::path> paths_;
 };
 
+// A chunk item to locate: fragment of tensors[tensor].
+struct ChunkJob {
+  std::size_t tensor;
+  const StateDictEntry* entry;
+  const ChunkMeta* chunk;
+  const dcp::StorageInfo* info;
+};
+
+// Locates every chunk's bytes in its item and appends the fragments to their tensors, in job
+// order; returns the input files in order of first use. The items are read by
+// options.threads workers (each item is a few small reads at scattered offsets: on many cores,
+// or a cold cache, reading them one at a time leaves the machine idle), a batch of jobs at a
+// time so that memory holds one batch of results; the plan and the first error (in job order)
+// are those of a reading in order.
+Result<std::vector<fs::path>> locate_chunks(const fs::path& dir, const DcpOptions& options,
+                                            const std::vector<ChunkJob>& jobs,
+                                            std::vector<LogicalTensor>& tensors) {
+  constexpr std::size_t kBatch = 8192;
+  const unsigned workers = worker_count(options.threads, jobs.size());
+  std::vector<dcp::ItemReader> readers;  // one per worker: each caches its open files
+  readers.reserve(workers);
+  for (unsigned w = 0; w < workers; ++w) readers.emplace_back(dir, options.scratch_dir);
+  InputTable inputs;
+  std::vector<std::optional<Result<dcp::ChunkLocation>>> found;
+  for (std::size_t begin = 0; begin < jobs.size(); begin += kBatch) {
+    const std::size_t end = std::min(jobs.size(), begin + kBatch);
+    found.assign(end - begin, std::nullopt);
+    // Each worker takes a run of consecutive items: the items of a file lie in offset order.
+    const std::size_t runs = std::min<std::size_t>(workers, end - begin);
+    std::atomic<bool> stop{false};
+    Status ran = run_on_workers(runs, workers, stop, [&](std::size_t run, unsigned worker) {
+      const std::size_t first = begin + (end - begin) * run / runs;
+      const std::size_t last = begin + (end - begin) * (run + 1) / runs;
+      for (std::size_t j = first; j < last && !stop.load(); ++j) {
+        const ChunkJob& job = jobs[j];
+        auto& slot = found[j - begin];
+        slot = readers[worker].tensor_chunk(*job.entry, *job.chunk, *job.info);
+        if (!slot->ok()) return Status(slot->error());  // stops the other workers
+      }
+      return Status();
+    });
+    for (std::size_t j = begin; j < end; ++j) {
+      auto& slot = found[j - begin];
+      if (!slot)  // skipped when another worker's item failed: the first error is the earliest
+        slot = readers[0].tensor_chunk(*jobs[j].entry, *jobs[j].chunk, *jobs[j].info);
+      if (!slot->ok()) return slot->error();
+      dcp::ChunkLocation& location = **slot;
+      location.ref.input = inputs.index(location.file);
+      tensors[jobs[j].tensor].fragments.push_back(
+          Fragment{std::move(location.ref), jobs[j].chunk->offsets});
+    }
+    CKPT_TRY(ran);
+  }
+  return inputs.take();
+}
+
 Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& options) {
   CKPT_ASSIGN_OR_RETURN(Metadata md, dcp::read_metadata(dir));
   std::string label = (dir / ".metadata").string();
@@ -177,8 +237,7 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
                       " byte items, not read)");
   std::string prefix = choose_prefix(md, options, out.notes);
 
-  dcp::ItemReader reader(dir, options.scratch_dir);
-  InputTable inputs;
+  std::vector<ChunkJob> jobs;  // every chunk item to locate, in state-dict order
   std::set<std::string> names;
   std::size_t training = 0;
   std::map<std::string, std::size_t> outside;  // first key component -> tensors skipped
@@ -207,12 +266,12 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
       if (!info)
         return invalid_input(label + ": '" + e.fqn + "': no storage_data entry for the chunk at " +
                              shape_text(c->offsets));
-      CKPT_ASSIGN_OR_RETURN(auto location, reader.tensor_chunk(e, *c, *info));
-      location.ref.input = inputs.index(location.file);
-      t.fragments.push_back(Fragment{std::move(location.ref), c->offsets});
+      jobs.push_back(ChunkJob{out.tensors.size(), &e, c, info});
     }
+    t.fragments.reserve(boxes->size());
     out.tensors.push_back(std::move(t));
   }
+  CKPT_ASSIGN_OR_RETURN(out.inputs, locate_chunks(dir, options, jobs, out.tensors));
   if (out.tensors.empty())
     return invalid_input(label + ": no model tensor under the prefix '" + prefix + "'");
   if (training > 0)
@@ -221,7 +280,6 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
   for (const auto& [root, count] : outside)
     out.notes.push_back("skipped " + std::to_string(count) + " tensors under '" + root +
                         "' (outside the prefix)");
-  out.inputs = inputs.take();
   return out;
 }
 

@@ -41,6 +41,7 @@ namespace ckptstream {
 struct DcpOptions {
   std::optional<std::string> prefix;  // the app-state prefix of the model keys; nullopt: detect
   std::filesystem::path scratch_dir;  // where compressed (zstd) items are decoded to
+  unsigned threads = 0;               // items read at once (0: one per core)
 };
 
 // Where the checkpoint of a directory is: `dir` itself, `dir/dcp_checkpoint` or

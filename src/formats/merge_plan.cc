@@ -51,8 +51,9 @@ std::optional<fs::path> find_hf_dir_near(const fs::path& dir) {
 Result<SourceModel> read_dcp(const fs::path& dir, const MergeOptions& options,
                              const ScratchDir& scratch) {
   CKPT_ASSIGN_OR_RETURN(auto layout, find_dcp_checkpoint(dir));
-  CKPT_ASSIGN_OR_RETURN(auto merged,
-                        read_dcp_tensors(dir, DcpOptions{options.prefix, scratch.path()}));
+  CKPT_ASSIGN_OR_RETURN(
+      auto merged,
+      read_dcp_tensors(dir, DcpOptions{options.prefix, scratch.path(), options.threads}));
   SourceModel model;
   model.layout = layout.dcp_dir
                      ? "torch.distributed.checkpoint (DCP) in " + layout.dcp_dir->string()

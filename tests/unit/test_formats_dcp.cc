@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "dcp/dcp_metadata.h"
 #include "exec/executor.h"
 #include "formats/dcp_checkpoint.h"
 #include "io/input_file.h"
@@ -238,5 +239,75 @@ TEST_CASE("errors: overlapping, missing and out-of-bounds chunks, unknown transf
     fs::path target = tmp.path / ("out_" + c.metadata);
     CHECK(!convert(dir, target, DcpOptions{std::nullopt, tmp.path / "scratch"}, nullptr).ok());
     CHECK(fs::is_empty(target));
+  }
+}
+
+TEST_CASE("items read by several threads: the same fragments, and the first bad item's error") {
+  TempDir tmp("threads");
+  auto one = read_dcp_tensors(kFixtures / "nested_w2", DcpOptions{std::nullopt, tmp.path / "s", 1});
+  REQUIRE_MESSAGE(one.ok(), one.error().message);
+  std::size_t fragments = 0;
+  for (const auto& t : one->tensors) fragments += t.fragments.size();
+  REQUIRE(fragments > 20);
+  for (unsigned threads : {2u, 3u, 8u, 0u}) {
+    CAPTURE(threads);
+    auto many = read_dcp_tensors(kFixtures / "nested_w2",
+                                 DcpOptions{std::nullopt, tmp.path / "s", threads});
+    REQUIRE_MESSAGE(many.ok(), many.error().message);
+    CHECK(many->inputs == one->inputs);
+    REQUIRE(many->tensors.size() == one->tensors.size());
+    for (std::size_t i = 0; i < one->tensors.size(); ++i) {
+      const auto& a = one->tensors[i].fragments;
+      const auto& b = many->tensors[i].fragments;
+      REQUIRE(a.size() == b.size());
+      for (std::size_t f = 0; f < a.size(); ++f) {
+        CHECK(a[f].source.input == b[f].source.input);
+        CHECK(a[f].source.storage_begin == b[f].source.storage_begin);
+        CHECK(a[f].source.shape == b[f].source.shape);
+        CHECK(a[f].offsets == b[f].offsets);
+      }
+    }
+  }
+
+  // Two neighbouring items damaged (their zip magic overwritten): the last of the first half of
+  // the items and the first of the second. With two threads, the worker given the second half
+  // fails at once, long before the other reaches its last item; every thread count must still
+  // report the earlier item, as a reading in order does.
+  fs::path dir = tmp.copy_of(kFixtures / "nested_w2", "damaged");
+  auto md = dcp::read_metadata(dir);
+  REQUIRE(md.ok());
+  std::vector<std::pair<const dcp::StateDictEntry*, const dcp::ChunkMeta*>> items;  // job order
+  for (const auto& e : md->entries)
+    if (e.kind == dcp::StateDictEntry::Kind::kTensor && e.fqn.rfind("model.", 0) == 0)
+      for (const auto& chunk : e.chunks) items.emplace_back(&e, &chunk);
+  REQUIRE(items.size() == fragments);
+  auto damage = [&](const dcp::StateDictEntry& e, const dcp::ChunkMeta& chunk) {
+    const dcp::StorageInfo* info = md->find(e.fqn, chunk.offsets);
+    REQUIRE(info);
+    const fs::path file = dir / info->relative_path;
+    auto bytes = testing::file_bytes(file);
+    REQUIRE(bytes.size() > info->offset);
+    REQUIRE(bytes[info->offset] == std::byte{'P'});
+    bytes[info->offset] = std::byte{'X'};
+    testing::write_file(file, bytes);
+  };
+  const auto& early = items[items.size() / 2 - 1];
+  const auto& late = items[items.size() / 2];
+  damage(*early.first, *early.second);
+  damage(*late.first, *late.second);
+  auto at = [](const Shape& offsets) {
+    std::string text = "(";
+    for (std::size_t d = 0; d < offsets.size(); ++d)
+      text += (d ? ", " : "") + std::to_string(offsets[d]);
+    return text + ")";
+  };
+  const std::string in_order = error_of(dir, DcpOptions{std::nullopt, tmp.path / "s", 1});
+  CHECK_MESSAGE(
+      contains(in_order, "'" + early.first->fqn + "' chunk at " + at(early.second->offsets)),
+      in_order);
+  CHECK(contains(in_order, "not a torch.save zip archive"));
+  for (unsigned threads : {2u, 3u, 8u}) {
+    CAPTURE(threads);
+    CHECK(error_of(dir, DcpOptions{std::nullopt, tmp.path / "s", threads}) == in_order);
   }
 }
