@@ -262,7 +262,7 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
     auto boxes = check_tiling(e);
     if (!boxes.ok()) return boxes.error().with_context(label);
     for (const ChunkMeta* c : *boxes) {
-      const dcp::StorageInfo* info = md.find(e.fqn, c->offsets);
+      const dcp::StorageInfo* info = c->storage ? &*c->storage : nullptr;
       if (!info)
         return invalid_input(label + ": '" + e.fqn + "': no storage_data entry for the chunk at " +
                              shape_text(c->offsets));

@@ -874,7 +874,106 @@ class Machine {
     if (!sink_ || target != 0 || marks_left != 0 || stack_.empty()) return false;
     const Value& dict = *stack_[0];
     if (root_) return &dict == root_;
-    return dict.kind == Kind::kDict && !dict.shared && dict.entries().empty();
+    return !nested_ && dict.kind == Kind::kDict && !dict.shared && dict.entries().empty();
+  }
+
+  // SETITEM(S) into the dict at stack index `target`: the value of a key the sink names, among
+  // the key-value items above the only other mark (`outer`, the first item's stack index).
+  bool streams_nested(std::size_t target, std::size_t outer) {
+    if (!sink_ || root_ || target <= outer || (target - outer) % 2 == 0) return false;
+    const Value& key = *stack_[target - 1];
+    const Value& dict = *stack_[target];
+    if (&dict == nested_) return true;
+    if (&dict == refused_ || key.kind != Kind::kString || dict.kind != Kind::kDict || dict.shared ||
+        !dict.entries().empty() || !sink_->streams_nested(key.text()))
+      return false;
+    // A later GET of the dict itself would find it empty.
+    for (std::size_t i = 0; i < memo_.size(); ++i)
+      if (memo_[i] == &dict && i < last_get_.size() && last_get_[i] > pos_) {
+        refused_ = &dict;
+        return false;
+      }
+    for (const auto& [index, value] : sparse_memo_)
+      if (value == &dict) {
+        refused_ = &dict;
+        return false;
+      }
+    nested_ = &dict;
+    nested_key_ = std::string(key.text());
+    return true;
+  }
+
+  Status stream_nested(std::span<const ValuePtr> keys_and_values) {
+    if (keys_and_values.size() % 2 != 0) return fail("SETITEMS with an odd number of items");
+    Status status = sink_->nested_items(nested_key_, nested_, keys_and_values);
+    if (!status.ok()) return status.error().with_context("at offset " + std::to_string(op_offset_));
+    streamed_ += keys_and_values.size() / 2;
+    return {};
+  }
+
+  static bool is_leaf(const Value& v) {
+    switch (v.kind) {
+      case Kind::kNone:
+      case Kind::kBool:
+      case Kind::kInt:
+      case Kind::kBigInt:
+      case Kind::kFloat:
+      case Kind::kString:
+      case Kind::kBytes:
+      case Kind::kGlobal:
+        return true;
+      default:
+        return false;
+    }
+  }
+
+  // A copy of a leaf value in the permanent lane, for a later GET once its region is rewound.
+  ValuePtr permanent_copy(const Value& v) {
+    Arena::Permanent lane(a_);
+    ValuePtr c = a_.make(v.kind);
+    c->region = kPermanentRegion;
+    c->boolean = v.boolean;
+    if (v.kind == Kind::kFloat)
+      c->real = v.real;
+    else if (v.payload == Payload::kScalar)
+      c->integer = v.integer;
+    else if (v.payload == Payload::kChars)
+      c->chars = a_.copy(v.chars);
+    return c;
+  }
+
+  // After a nested streamed SETITEM(S): the region is rewound when nothing older was changed in
+  // it, the dict streamed into is older, it made no persistent id, and each value it memoized
+  // that a later GET fetches is a leaf (copied out first).
+  void nested_safe_point() {
+    bool dead = !region_pinned_ && nested_->region != region_ &&
+                persistent_ids_.size() == region_persistent_ids_;
+    for (const Value* v : stack_) dead = dead && v->region != region_;  // (a stream gone odd)
+    std::vector<std::size_t> copy;
+    for (std::size_t i = region_memo_; dead && i < memo_.size(); ++i) {
+      const Value* v = memo_[i];
+      if (!v || v->region != region_ || i >= last_get_.size() || last_get_[i] <= pos_) continue;
+      if (is_leaf(*v))
+        copy.push_back(i);
+      else
+        dead = false;
+    }
+    if (dead) {
+      for (std::size_t i : copy) memo_[i] = permanent_copy(*memo_[i]);
+      for (std::size_t i = region_memo_; i < memo_.size(); ++i)
+        if (memo_[i] && memo_[i]->region == region_) memo_[i] = nullptr;
+      a_.rewind(region_mark_);
+      ++released_;
+    }
+    next_region();
+  }
+
+  void next_region() {
+    if (region_ + 1 < kPermanentRegion) ++region_;
+    region_mark_ = a_.mark();
+    region_memo_ = memo_.size();
+    region_pinned_ = false;
+    region_persistent_ids_ = persistent_ids_.size();
   }
 
   Status stream(std::span<const ValuePtr> keys_and_values) {
@@ -902,10 +1001,7 @@ class Machine {
       ++released_;
     }
     handed_.clear();
-    if (region_ + 1 < kPermanentRegion) ++region_;
-    region_mark_ = a_.mark();
-    region_memo_ = memo_.size();
-    region_pinned_ = false;
+    next_region();
   }
 
   Status push_tuple_of(std::size_t n) {
@@ -1189,6 +1285,11 @@ class Machine {
           safe_point();
           return {};
         }
+        if (marks_.size() == 1 && streams_nested(stack_.size() - 1, marks_[0])) {
+          CKPT_TRY(stream_nested(pair));
+          nested_safe_point();
+          return {};
+        }
         return set_items(dict, pair);
       }
       case kSetItems: {
@@ -1198,6 +1299,14 @@ class Machine {
           Status status = stream(above(base));
           truncate(base);
           if (status.ok()) safe_point();
+          return status;
+        }
+        if (marks_.size() == 2 && marks_[1] >= 1 && streams_nested(marks_[1] - 1, marks_[0])) {
+          std::size_t base = marks_.back();
+          marks_.pop_back();
+          Status status = stream_nested(above(base));
+          truncate(base);
+          if (status.ok()) nested_safe_point();
           return status;
         }
         return add_marked([this](ValuePtr dict, std::span<const ValuePtr> values) {
@@ -1362,8 +1471,12 @@ class Machine {
   Arena::Mark region_mark_;
   std::size_t region_memo_ = 0;  // memo size when the region began
   bool region_pinned_ = false;
-  const Value* root_ = nullptr;       // the dict streamed from
-  std::vector<const Value*> handed_;  // persistent ids handed over with the last items
+  std::size_t region_persistent_ids_ = 0;  // persistent ids made before the region
+  const Value* root_ = nullptr;            // the dict streamed from
+  const Value* nested_ = nullptr;          // the nested dict streamed from last
+  std::string nested_key_;                 // ... the key it is the value of
+  const Value* refused_ = nullptr;         // a nested dict not to stream (a later GET)
+  std::vector<const Value*> handed_;       // persistent ids handed over with the last items
   std::size_t streamed_ = 0, released_ = 0;
 };
 

@@ -60,6 +60,25 @@ class RootItemSink {
   // The nodes reachable only through the last items() call are freed, those persistent ids
   // included: forget any pointer to them.
   virtual void released(std::span<const Value* const> persistent_ids) = 0;
+
+  // Nested dicts: should the items of a dict that is the value of `key`, among the key-value
+  // items being added to an outer container (above that container's mark), be streamed to
+  // nested_items() instead? (A DCP .metadata holds its 700 000 chunk records in two such dicts
+  // of the Metadata object's state.) Such a dict stays empty. Values made for a batch are freed
+  // after it when unreachable, as for items(); strings, numbers and globals that a later GET
+  // fetches are copied out of the batch first. No persistent ids may be made meanwhile.
+  virtual bool streams_nested(std::string_view key) {
+    (void)key;
+    return false;
+  }
+  // `dict`: the (empty) dict the items would have gone to, for the caller to recognise it.
+  virtual Status nested_items(std::string_view key, const Value* dict,
+                              std::span<const ValuePtr> keys_and_values) {
+    (void)key;
+    (void)dict;
+    (void)keys_and_values;
+    return {};
+  }
 };
 
 // Runs the pickle that starts at `offset` of `data` up to its STOP. Errors read
