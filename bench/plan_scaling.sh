@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # `plan --dry-run` of the DeepSeek-V3-shaped checkpoint (gen_ckpt.py deepseek: 45 395 tensors,
-# 1.34 TB declared as sparse holes) at each --threads, warm and (as root) cold page cache, with
+# 1.34 TB declared as sparse holes; verl FSDP rank files, or with --layout dcp a
+# torch.distributed.checkpoint of 725 451 chunk items) at each --threads, warm and (as root) cold page cache, with
 # wall, user, sys and peak RSS from measure.py; medians of --runs. Issue 5's target: < 5 s and
 # < 512 MiB. Needs only python3 (for the generator and measure.py). --baseline BIN adds the same
 # runs of another build, interleaved, for a before/after comparison on one machine.
 #
 #   bench/plan_scaling.sh --bin PATH [--baseline PATH] [--dir DIR] [--world-size 16] [--runs 3]
 #                         [--threads "1 2 16"] [--caches "warm cold"] [--csv FILE]
+#                         [--layout fsdp|dcp]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin="" baseline="" dir=/var/tmp/ckptstream-bench world=16 runs=3 threads="1 2 16"
-caches="warm cold" csv=""
+caches="warm cold" csv="" layout=fsdp
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
@@ -21,16 +23,22 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --caches) caches=$2; shift 2 ;;
     --csv) csv=$2; shift 2 ;;
-    *) sed -n '2,9p' "$0" >&2; exit 2 ;;
+    --layout) layout=$2; shift 2 ;;
+    *) sed -n '2,11p' "$0" >&2; exit 2 ;;
   esac
 done
 [ -n "$bin" ] || { echo "--bin is required" >&2; exit 2; }
-ds="$dir/deepseek-v3-w$world"
+case "$layout" in
+  fsdp) ds="$dir/deepseek-v3-w$world" made="$ds/fsdp_config.json" ;;
+  dcp) ds="$dir/deepseek-v3-dcp-w$world" made="$ds/.metadata" ;;
+  *) echo "--layout: fsdp or dcp" >&2; exit 2 ;;
+esac
 mkdir -p "$dir"
 csv=${csv:-$dir/plan-scaling-$(date +%Y%m%d-%H%M%S).csv}
-if [ ! -e "$ds/fsdp_config.json" ]; then
+if [ ! -e "$made" ]; then
   rm -rf "$ds"
-  python3 "$repo/bench/gen_ckpt.py" deepseek "$ds" --world-size "$world" | tail -n 1
+  python3 "$repo/bench/gen_ckpt.py" deepseek "$ds" --world-size "$world" \
+    --layout-of-deepseek "$layout" | tail -n 1
 fi
 sync  # the generator's writeback is not the plan's
 echo "cache,build,threads,run,wall_s,user_s,sys_s,maxrss_kib,rc" >"$csv"

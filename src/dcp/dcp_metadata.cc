@@ -28,6 +28,7 @@ bool is_instance(const ValuePtr& v, std::string_view class_name) {
 Result<Shape> int_tuple(const ValuePtr& v, const std::string& what) {
   if (!v || !v->is_sequence()) return invalid_input(what + " is " + describe(v) + ", not a tuple");
   Shape out;
+  out.reserve(v->items().size());
   for (const auto& x : v->items()) {
     auto i = x->as_int();
     if (!i || *i < 0) return invalid_input(what + " holds " + describe(x) + ", not a size");

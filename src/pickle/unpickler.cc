@@ -481,17 +481,20 @@ class Machine {
     const std::size_t start = pos_;
     // Python memoizes nearly every object: about one memo entry per 16 bytes of a torch.save
     // pickle. Reserving that avoids copying a large memo as it grows.
-    std::size_t memo_size = (data_.size() - pos_) / 16;
+    std::size_t memo_size = std::min<std::size_t>((data_.size() - pos_) / 16, std::size_t{1} << 22);
     if (sink_) {
       if (auto scan = scan_memo(data_, pos_)) {
         last_get_ = std::move(scan->last_get);
+        last_get_.shrink_to_fit();  // grown by doubling
+        // The count is exact (each PUT takes a byte of the stream): no doubling of a memo of
+        // millions of entries (a DeepSeek-V3-sized DCP .metadata memoizes 7 million values).
         memo_size = scan->puts;
       } else {
         sink_ = nullptr;  // a stream the scan does not follow: built whole
       }
       region_mark_ = a_.mark();
     }
-    memo_.reserve(std::min<std::size_t>(memo_size, std::size_t{1} << 22));
+    memo_.reserve(memo_size);
     while (true) {
       op_offset_ = pos_;
       if (pos_ >= data_.size()) return fail("truncated stream (no STOP opcode)");
