@@ -888,8 +888,10 @@ class Machine {
     const Value& dict = *stack_[target];
     if (&dict == nested_) return true;
     if (&dict == refused_ || key.kind != Kind::kString || dict.kind != Kind::kDict || dict.shared ||
-        !dict.entries().empty() || !sink_->streams_nested(key.text()))
+        !dict.entries().empty() || nested_dicts_ >= kMaxNestedDicts ||
+        !sink_->streams_nested(key.text()))
       return false;
+    ++nested_dicts_;  // each costs a pass over the memo below
     // A later GET of the dict itself would find it empty.
     for (std::size_t i = 0; i < memo_.size(); ++i)
       if (memo_[i] == &dict && i < last_get_.size() && last_get_[i] > pos_) {
@@ -951,7 +953,7 @@ class Machine {
   void nested_safe_point() {
     bool dead = !region_pinned_ && nested_->region != region_ &&
                 persistent_ids_.size() == region_persistent_ids_;
-    for (const Value* v : stack_) dead = dead && v->region != region_;  // (a stream gone odd)
+    for (const Value* v : stack_) dead = dead && v && v->region != region_;  // a stream gone odd
     std::vector<std::size_t> copy;
     for (std::size_t i = region_memo_; dead && i < memo_.size(); ++i) {
       const Value* v = memo_[i];
@@ -1479,7 +1481,10 @@ class Machine {
   const Value* nested_ = nullptr;          // the nested dict streamed from last
   std::string nested_key_;                 // ... the key it is the value of
   const Value* refused_ = nullptr;         // a nested dict not to stream (a later GET)
-  std::vector<const Value*> handed_;       // persistent ids handed over with the last items
+  std::size_t nested_dicts_ = 0;           // nested dicts considered so far
+  // A sink streams a few named dicts; a stream offering ever more is not read that way.
+  static constexpr std::size_t kMaxNestedDicts = 64;
+  std::vector<const Value*> handed_;  // persistent ids handed over with the last items
   std::size_t streamed_ = 0, released_ = 0;
 };
 
