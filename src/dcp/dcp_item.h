@@ -22,6 +22,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "ckptstream/result.h"
@@ -48,7 +49,8 @@ class ItemReader {
   ItemReader(std::filesystem::path dir, std::filesystem::path scratch_dir);
 
   // Locates the chunk of tensor `entry` saved at `chunk.offsets`, stored as `info`: its zip is
-  // parsed, and its dtype and shape must equal the metadata's.
+  // parsed, and its dtype and shape must equal the metadata's. Threads may call it at once (they
+  // share the open files: one cache per thread would hold threads x 64 descriptors).
   Result<ChunkLocation> tensor_chunk(const StateDictEntry& entry, const ChunkMeta& chunk,
                                      const StorageInfo& info);
 
@@ -60,6 +62,7 @@ class ItemReader {
 
   std::filesystem::path dir_;
   std::filesystem::path scratch_dir_;
+  std::mutex mutex_;  // guards files_
   std::map<std::filesystem::path, std::shared_ptr<const InputFile>> files_;
 };
 

@@ -187,9 +187,7 @@ Result<std::vector<fs::path>> locate_chunks(const fs::path& dir, const DcpOption
                                             std::vector<LogicalTensor>& tensors) {
   constexpr std::size_t kBatch = 8192;
   const unsigned workers = worker_count(options.threads, jobs.size());
-  std::vector<dcp::ItemReader> readers;  // one per worker: each caches its open files
-  readers.reserve(workers);
-  for (unsigned w = 0; w < workers; ++w) readers.emplace_back(dir, options.scratch_dir);
+  dcp::ItemReader reader(dir, options.scratch_dir);  // shared by the workers
   InputTable inputs;
   std::vector<std::optional<Result<dcp::ChunkLocation>>> found;
   for (std::size_t begin = 0; begin < jobs.size(); begin += kBatch) {
@@ -198,13 +196,13 @@ Result<std::vector<fs::path>> locate_chunks(const fs::path& dir, const DcpOption
     // Each worker takes a run of consecutive items: the items of a file lie in offset order.
     const std::size_t runs = std::min<std::size_t>(workers, end - begin);
     std::atomic<bool> stop{false};
-    Status ran = run_on_workers(runs, workers, stop, [&](std::size_t run, unsigned worker) {
+    Status ran = run_on_workers(runs, workers, stop, [&](std::size_t run, unsigned) {
       const std::size_t first = begin + (end - begin) * run / runs;
       const std::size_t last = begin + (end - begin) * (run + 1) / runs;
       for (std::size_t j = first; j < last && !stop.load(); ++j) {
         const ChunkJob& job = jobs[j];
         auto& slot = found[j - begin];
-        slot = readers[worker].tensor_chunk(*job.entry, *job.chunk, *job.info);
+        slot = reader.tensor_chunk(*job.entry, *job.chunk, *job.info);
         if (!slot->ok()) return Status(slot->error());  // stops the other workers
       }
       return Status();
@@ -212,7 +210,7 @@ Result<std::vector<fs::path>> locate_chunks(const fs::path& dir, const DcpOption
     for (std::size_t j = begin; j < end; ++j) {
       auto& slot = found[j - begin];
       if (!slot)  // skipped when another worker's item failed: the first error is the earliest
-        slot = readers[0].tensor_chunk(*jobs[j].entry, *jobs[j].chunk, *jobs[j].info);
+        slot = reader.tensor_chunk(*jobs[j].entry, *jobs[j].chunk, *jobs[j].info);
       if (!slot->ok()) return slot->error();
       dcp::ChunkLocation& location = **slot;
       location.ref.input = inputs.index(location.file);
