@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <mutex>
+#include <shared_mutex>
 #include <vector>
 
 #include "pickle/unpickler.h"
@@ -298,7 +300,12 @@ ItemReader::ItemReader(std::filesystem::path dir, std::filesystem::path scratch_
     : dir_(std::move(dir)), scratch_dir_(std::move(scratch_dir)) {}
 
 Result<std::shared_ptr<const InputFile>> ItemReader::open(const std::filesystem::path& path) {
-  std::lock_guard lock(mutex_);
+  {
+    std::shared_lock lock(mutex_);  // nearly every call: the files are few and open already
+    auto it = files_.find(path);
+    if (it != files_.end()) return it->second;
+  }
+  std::unique_lock lock(mutex_);
   auto it = files_.find(path);
   if (it != files_.end()) return it->second;
   // One file per item (single_file_per_rank=False) or per zstd item would otherwise keep

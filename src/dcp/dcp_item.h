@@ -22,7 +22,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
-#include <mutex>
+#include <shared_mutex>
 #include <string>
 
 #include "ckptstream/result.h"
@@ -62,7 +62,7 @@ class ItemReader {
 
   std::filesystem::path dir_;
   std::filesystem::path scratch_dir_;
-  std::mutex mutex_;  // guards files_
+  std::shared_mutex mutex_;  // guards files_
   std::map<std::filesystem::path, std::shared_ptr<const InputFile>> files_;
 };
 
