@@ -129,11 +129,11 @@ class StorageTable {
   explicit StorageTable(Metadata& out) : out_(out) {}
 
   Status add(ItemKey key, StorageInfo info, const std::string& what) {
-    if (index_.size() != out_.entries.size()) {
-      index_.clear();
+    if (!indexed_) {  // every entry is read by now (the streamed reader checks the order)
       for (std::size_t i = 0; i < out_.entries.size(); ++i)
         index_.emplace(out_.entries[i].fqn, i);  // fqns are distinct (dict keys)
       hints_.assign(out_.entries.size(), 0);
+      indexed_ = true;
     }
     if (std::optional<StorageInfo>* at = slot(key)) {
       if (*at) return invalid_input(what + " appears twice");
@@ -166,6 +166,7 @@ class StorageTable {
   Metadata& out_;
   std::unordered_map<std::string, std::size_t> index_;  // fqn -> entry
   std::vector<std::size_t> hints_;                      // per entry: where to look first
+  bool indexed_ = false;
 };
 
 // One item of storage_data: MetadataIndex -> _StorageInfo.

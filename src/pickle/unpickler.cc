@@ -916,6 +916,17 @@ class Machine {
     return {};
   }
 
+  // SETITEMS whose items go to the sink (the root dict's, or a nested one's): pops the mark,
+  // hands the items over, and frees what the batch made when it can.
+  Status stream_marked(bool nested) {
+    std::size_t base = marks_.back();
+    marks_.pop_back();
+    Status status = nested ? stream_nested(above(base)) : stream(above(base));
+    truncate(base);
+    if (status.ok()) nested ? nested_safe_point() : safe_point();
+    return status;
+  }
+
   static bool is_leaf(const Value& v) {
     switch (v.kind) {
       case Kind::kNone:
@@ -1298,22 +1309,10 @@ class Machine {
         return set_items(dict, pair);
       }
       case kSetItems: {
-        if (marks_.size() == 1 && marks_.back() == 1 && streams_into(0, 0)) {
-          std::size_t base = marks_.back();
-          marks_.pop_back();
-          Status status = stream(above(base));
-          truncate(base);
-          if (status.ok()) safe_point();
-          return status;
-        }
-        if (marks_.size() == 2 && marks_[1] >= 1 && streams_nested(marks_[1] - 1, marks_[0])) {
-          std::size_t base = marks_.back();
-          marks_.pop_back();
-          Status status = stream_nested(above(base));
-          truncate(base);
-          if (status.ok()) nested_safe_point();
-          return status;
-        }
+        if (marks_.size() == 1 && marks_.back() == 1 && streams_into(0, 0))
+          return stream_marked(false);
+        if (marks_.size() == 2 && marks_[1] >= 1 && streams_nested(marks_[1] - 1, marks_[0]))
+          return stream_marked(true);
         return add_marked([this](ValuePtr dict, std::span<const ValuePtr> values) {
           return set_items(dict, values);
         });
