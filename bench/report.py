@@ -40,7 +40,8 @@ def main():
         cp = med(methods.get("cp", []), "wall_s")
         ck = med(methods.get("ckptstream", []), "wall_s")
         torch = med(methods.get("torch", []), "wall_s")
-        for m in ("limit", "read", "write", "cp", "ckptstream", "torch"):
+        base = med(methods.get("baseline", []), "wall_s")
+        for m in ("limit", "read", "write", "cp", "ckptstream", "baseline", "torch"):
             if m not in methods:
                 continue
             rs = methods[m]
@@ -72,6 +73,9 @@ def main():
         if torch:
             verdicts.append((f"{size} GB {cache}: >= 10x faster than torch merge", torch / ck,
                              torch >= 10 * ck))
+        if base:
+            verdicts.append((f"{size} GB {cache}: ckptstream time / baseline's (no slower: <= 1.05)",
+                             ck / base, ck <= 1.05 * base))
         verdicts.append((f"{size} GB {cache}: peak RSS <= 64 MiB (max of runs)", rss, rss <= 64))
         verdicts.append((f"{size} GB {cache}: cache growth <= 1024 MiB (max of runs)", cg, cg <= 1024))
     for (size, cache), methods in groups.items():

@@ -15,6 +15,9 @@
 #                [--world-size 8] [--dtype bf16|fp32] [--layout fsdp|dcp] [--torch-max-gb 5]
 #                [--no-torch] [--deepseek-world 16] [--no-deepseek] [--no-merge]
 #                [--caches "cold warm"] [--csv FILE] [--threads N] [--plan-timeout 120]
+#                [--baseline OLD_BINARY]
+# --baseline: another build's merge is measured right after this one's in each run, in the same
+# cache state (method "baseline"), so that a change is judged on figures of one run.
 # The DeepSeek checkpoint (2.2 GB on disk at W=16) is kept in --dir for reuse; delete it after.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +36,7 @@ caches="cold warm"
 csv=""
 threads=""
 plan_timeout=120
+baseline=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
@@ -51,6 +55,7 @@ while [ $# -gt 0 ]; do
     --csv) csv=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --plan-timeout) plan_timeout=$2; shift 2 ;;
+    --baseline) baseline=$2; shift 2 ;;
     *) sed -n '2,20p' "$0" >&2; exit 2 ;;
   esac
 done
@@ -148,6 +153,12 @@ if [ "$do_merge" = 1 ]; then
         measure "$size" "$cache" ckptstream "$run" "$bytes_in" "$bytes_out" -- \
           "$bin" merge --local_dir "$ck" -o "$work/out-ck" --quiet "${thr[@]}"
         rm -rf "$work/out-ck"
+        if [ -n "$baseline" ]; then
+          prepare "$cache" "${inputs[@]}"
+          measure "$size" "$cache" baseline "$run" "$bytes_in" "$bytes_out" -- \
+            "$baseline" merge --local_dir "$ck" -o "$work/out-base" --quiet "${thr[@]}"
+          rm -rf "$work/out-base"
+        fi
         if [ "$layout" = fsdp ] && python3 -c "import sys; sys.exit(0 if $size <= $torch_max else 1)"; then
           prepare "$cache" "${inputs[@]}"
           measure "$size" "$cache" torch "$run" "$bytes_in" "$bytes_out" -- \

@@ -9,11 +9,20 @@ errors/*.metadata); safetensors: every .safetensors under 1 MiB. Python standard
 """
 import hashlib
 import os
+import struct
 import sys
 import zipfile
 
 LIMIT = 1 << 20
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures")
+
+
+def stored_bytes(archive, info):
+    """A STORED record's bytes, read from its local header on: zipfile.read() would refuse the
+    records torch writes with compute_crc32=False (CRC 0)."""
+    name_len, extra_len = struct.unpack("<HH", archive[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    return archive[start:start + info.file_size]
 
 
 def put(out, target, data):
@@ -36,9 +45,9 @@ def main(out):
                 targets.append(("torch_file", data))
                 if zipfile.is_zipfile(path):
                     with zipfile.ZipFile(path) as z:
-                        for entry in z.namelist():
-                            if entry.endswith("/data.pkl"):
-                                targets.append(("pickle", z.read(entry)))
+                        for info in z.infolist():
+                            if info.filename.endswith("/data.pkl"):
+                                targets.append(("pickle", stored_bytes(data, info)))
             elif name.endswith(".pkl") and data:
                 targets.append(("pickle", data))
             elif name.endswith(".metadata") and data:

@@ -14,7 +14,7 @@ echo "== installing Debian packages"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -q </dev/null
 $sudo apt-get install -y -q --no-install-recommends </dev/null \
-  build-essential cmake libboost-iostreams-dev libsimdjson-dev libzstd-dev libxxhash-dev \
+  build-essential cmake libboost-iostreams-dev libsimdjson-dev libzstd-dev libxxhash-dev libdeflate-dev \
   libcli11-dev doctest-dev
 
 echo "== building in $build"

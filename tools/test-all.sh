@@ -16,7 +16,7 @@ echo "== installing Debian packages"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q </dev/null
 apt-get install -y -q --no-install-recommends </dev/null \
-  build-essential cmake libboost-iostreams-dev libsimdjson-dev libzstd-dev libxxhash-dev \
+  build-essential cmake libboost-iostreams-dev libsimdjson-dev libzstd-dev libxxhash-dev libdeflate-dev \
   libcli11-dev doctest-dev debootstrap python3 time xxhash openmpi-bin
 
 echo "== real-torch oracles (first run: debootstrap, a few minutes each)"

@@ -16,6 +16,7 @@ enum class ErrorKind {
   kIo,            // the operating system refused (open, read, write, rename)
   kMismatch,      // verification found a difference
   kUsage,         // bad arguments or options
+  kInterrupted,   // stopped on request (SIGINT, SIGTERM, SIGHUP) before finishing
 };
 
 struct Error {
@@ -42,6 +43,9 @@ inline Error mismatch(std::string message) {
 }
 inline Error usage_error(std::string message) {
   return Error{ErrorKind::kUsage, std::move(message)};
+}
+inline Error interrupted_error(std::string message) {
+  return Error{ErrorKind::kInterrupted, std::move(message)};
 }
 
 template <class T>

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "core/interrupt.h"
 #include "exec/executor.h"
 #include "formats/merge_plan.h"
 #include "verify/compare.h"
@@ -22,6 +23,9 @@ inline constexpr int kExitMismatch = 1;
 inline constexpr int kExitUsage = 2;
 inline constexpr int kExitBadInput = 3;
 inline constexpr int kExitIo = 4;
+// 128 + the signal's number when stopped by SIGINT (130), SIGTERM (143) or SIGHUP (129); this is
+// SIGINT's, for an interrupted error reported without a signal.
+inline constexpr int kExitInterrupted = 130;
 
 int exit_code_for(const Error& error);
 int report_error(const Error& error);  // prints "ckptstream: error: ..." and returns the code
@@ -29,6 +33,7 @@ int report_error(const Error& error);  // prints "ckptstream: error: ..." and re
 struct InspectArgs {
   std::vector<std::filesystem::path> paths;
   bool json = false;
+  const InterruptFlag* interrupt = nullptr;  // set by main (signals.h)
 };
 void add_inspect(CLI::App& app, InspectArgs& args);
 int run_inspect(const InspectArgs& args);
@@ -55,6 +60,7 @@ struct ConvertArgs {
   unsigned threads = 0;
   DistArgs dist;
   bool quiet = false;
+  const InterruptFlag* interrupt = nullptr;  // set by main (signals.h)
 };
 void add_convert(CLI::App& app, ConvertArgs& args);
 int run_convert(const ConvertArgs& args);
@@ -79,7 +85,9 @@ struct CheckpointArgs {
   std::string prefix;
   std::filesystem::path hf_config;
   unsigned threads = 0;
+  bool accept_renamed_rank_files = false;
   bool quiet = false;
+  const InterruptFlag* interrupt = nullptr;  // set by main (signals.h)
 };
 void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required);
 // Detects the layout and plans the model the checkpoint becomes (merge_plan.h).
@@ -120,8 +128,9 @@ struct ModelTarget {
   bool quiet = false;
   std::string label;  // "merge", "convert": the progress bar's
 };
+// `adapter`, when given, is written into `<dir>/lora_adapter` once the model is complete.
 Result<bool> write_model(const Plan& plan, const ModelTarget& target, const DistArgs& dist,
-                         ExecOptions options);
+                         ExecOptions options, const std::optional<Plan>& adapter = std::nullopt);
 
 struct PlanArgs {
   CheckpointArgs checkpoint;

@@ -3,7 +3,6 @@
 #include <cstdio>
 
 #include "cli/commands.h"
-#include "cli/output_dir.h"
 #include "cli/progress.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
@@ -19,7 +18,7 @@ Result<Plan> plan_convert(const ConvertArgs& args, TorchConversion& conversion,
   CKPT_ASSIGN_OR_RETURN(sources, find_torch_sources(args.sources));
   CKPT_ASSIGN_OR_RETURN(auto choice, parse_dtype_choice(args.dtype));
   CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, sources.config_json));
-  CKPT_ASSIGN_OR_RETURN(auto max_shard, safetensors::parse_size(args.max_shard_size));
+  CKPT_ASSIGN_OR_RETURN(auto max_shard, safetensors::parse_max_shard_size(args.max_shard_size));
   CKPT_ASSIGN_OR_RETURN(conversion, plan_torch_conversion(sources, float_dtype));
   if (conversion.tensors.empty())
     return invalid_input("no tensor found in " + sources.files.front().string());
@@ -75,6 +74,7 @@ int run_convert(const ConvertArgs& args) {
 
   ExecOptions options;
   options.threads = args.threads;
+  options.interrupt = args.interrupt;
   ModelTarget target{args.target_dir, args.overwrite, args.quiet, "convert"};
   auto complete = write_model(*plan, target, args.dist, options);
   if (!complete.ok()) return report_error(complete.error());

@@ -19,7 +19,8 @@ namespace fs = std::filesystem;
 namespace {
 
 bool is_checkpoint_dir(const fs::path& path) {
-  return fs::is_directory(path) &&
+  std::error_code ec;
+  return fs::is_directory(path, ec) &&
          (looks_like_dcp_checkpoint(path) || looks_like_fsdp_checkpoint(path));
 }
 
@@ -38,6 +39,8 @@ Result<MergePlan> plan_state_dict(const ConvertArgs& args) {
   CKPT_ASSIGN_OR_RETURN(auto sources, find_torch_sources(args.sources));
   CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, std::nullopt));
   CKPT_ASSIGN_OR_RETURN(auto conversion, plan_torch_conversion(sources, float_dtype));
+  if (conversion.tensors.empty())  // as `convert` to safetensors: an empty file helps nobody
+    return invalid_input("no tensor found in " + sources.files.front().string());
   MergePlan merge;
   merge.layout = std::to_string(sources.files.size()) + " torch.save file(s)";
   merge.notes = sources.notes;
@@ -47,7 +50,8 @@ Result<MergePlan> plan_state_dict(const ConvertArgs& args) {
   return merge;
 }
 
-Status write_torch_file(const MergePlan& merge, const fs::path& target, ProgressBar& bar) {
+Status write_torch_file(const MergePlan& merge, const fs::path& target, ProgressBar& bar,
+                        const InterruptFlag* interrupt) {
   std::unordered_map<std::string_view, const PlacedTensor*> placed;
   for (const auto& file : merge.model.files)
     for (const auto& tensor : file.tensors) placed[tensor.tensor.name] = &tensor;
@@ -63,6 +67,7 @@ Status write_torch_file(const MergePlan& merge, const fs::path& target, Progress
   CKPT_ASSIGN_OR_RETURN(auto layout, plan_torch_zip(tensors, options));
   CKPT_ASSIGN_OR_RETURN(auto writer, TorchZipWriter::create(target, std::move(layout)));
   ExecOptions exec;
+  exec.interrupt = interrupt;
   exec.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
   CKPT_TRY(stream_plan(merge.model, exec,
                        [&](const OutputFile&, const PlacedTensor& tensor, std::uint64_t offset,
@@ -82,19 +87,32 @@ int run_convert_to_torch(const ConvertArgs& args) {
       return report_error(usage_error("--to torch needs --target-file FILE or --target_dir DIR"));
     target = args.target_dir / "model.pt";
   }
-  if (fs::exists(target) && !args.overwrite)
-    return report_error(usage_error(target.string() + " exists; pass --overwrite to replace it"));
+  std::error_code ec;
+  auto status = fs::symlink_status(target, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    return report_error(io_error(target.string() + ": " + ec.message()));
+  if (fs::exists(status)) {
+    if (fs::is_directory(fs::status(target, ec)))
+      return report_error(usage_error(target.string() + " is a directory; name a file"));
+    if (!args.overwrite)
+      return report_error(usage_error(target.string() + " exists; pass --overwrite to replace it"));
+  }
   auto merge = plan_state_dict(args);
   if (!merge.ok()) return report_error(merge.error());
   if (!args.quiet) {
     std::fprintf(stderr, "found: %s\n", merge->layout.c_str());
     for (const auto& note : merge->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
   }
-  std::error_code ec;
   if (!target.parent_path().empty()) fs::create_directories(target.parent_path(), ec);
+  for (const auto& stale : remove_stale_temp_files(target))
+    if (!args.quiet)
+      std::fprintf(stderr, "note: removed %s, left by an interrupted run\n", stale.c_str());
   ProgressBar bar("convert", args.quiet);
-  auto written = write_torch_file(*merge, target, bar);
+  auto written = write_torch_file(*merge, target, bar, args.interrupt);
   bar.finish();
+  if (!written.ok() && written.error().kind == ErrorKind::kInterrupted)
+    return report_error(
+        interrupted_error(target.string() + " was not written (its temporary file was removed)"));
   if (!written.ok()) return report_error(written.error());
   if (!args.quiet)
     std::printf("wrote %zu tensors (%s) to %s\n", merge->tensor_order.size(),

@@ -4,10 +4,10 @@
 #include <cstdio>
 
 #include "cli/commands.h"
-#include "cli/output_dir.h"
 #include "cli/progress.h"
 #include "exec/distributed.h"
 #include "exec/launch_env.h"
+#include "exec/output_dir.h"
 
 namespace ckptstream::cli {
 namespace fs = std::filesystem;
@@ -39,10 +39,11 @@ std::string joined(const std::vector<std::string>& names, std::size_t most) {
 }
 
 // Rank 0's (or finalize's) last step, with a note while it waits.
-Result<Manifest> finalize_run(OutputDir& target, const Plan& plan, double wait_seconds,
-                              bool quiet) {
+Result<Manifest> finalize_run(OutputDir& target, const Plan& plan, double wait_seconds, bool quiet,
+                              const InterruptFlag* interrupt) {
   FinalizeOptions options;
   options.wait_timeout = to_millis(wait_seconds);
+  options.interrupt = interrupt;
   bool noted = false;
   options.on_wait = [&](std::size_t done, std::size_t total) {
     if (quiet || noted || done == total) return;
@@ -51,6 +52,12 @@ Result<Manifest> finalize_run(OutputDir& target, const Plan& plan, double wait_s
                  total);
   };
   return target.finalize(plan, options);
+}
+
+void print_notes(const OutputDir& dir, bool quiet) {
+  if (quiet) return;
+  for (const auto& note : dir.notes())
+    std::fprintf(stderr, "note: %s: %s\n", dir.path().c_str(), note.c_str());
 }
 
 }  // namespace
@@ -70,16 +77,24 @@ void add_dist_options(CLI::App& cmd, DistArgs& args) {
       ->capture_default_str();
 }
 
-Result<bool> write_model(const Plan& plan, const ModelTarget& target, const DistArgs& dist,
-                         ExecOptions options) {
+namespace {
+
+Result<bool> write_model_once(const Plan& plan, const ModelTarget& target, const DistArgs& dist,
+                              ExecOptions options, const std::optional<Plan>& adapter) {
   CKPT_ASSIGN_OR_RETURN(RankInfo rank, resolve_rank(dist, target.quiet));
+  // A signal that came while the plan was made: stop before anything is created.
+  CKPT_TRY(check_interrupt(options.interrupt));
   ProgressBar bar(target.label, target.quiet);
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
+  PrepareOptions prepare{target.overwrite, target.label};
   if (rank.world_size == 1) {
-    CKPT_ASSIGN_OR_RETURN(OutputDir dir, OutputDir::prepare(target.dir, target.overwrite));
+    CKPT_ASSIGN_OR_RETURN(OutputDir dir, OutputDir::prepare(target.dir, plan, prepare));
+    print_notes(dir, target.quiet);
+    if (dir.already_complete()) return true;
     auto manifest = dir.write(plan, options);
     bar.finish();
     if (!manifest.ok()) return manifest.error();
+    if (adapter) CKPT_TRY(dir.write_subdir("lora_adapter", *adapter, options));
     return true;
   }
   std::size_t mine = files_of_rank(plan, rank.rank, rank.world_size).size();
@@ -89,7 +104,9 @@ Result<bool> write_model(const Plan& plan, const ModelTarget& target, const Dist
                    rank.rank, plan.files.size(), rank.world_size);
     return false;
   }
-  CKPT_ASSIGN_OR_RETURN(OutputDir dir, OutputDir::prepare_shared(target.dir, target.overwrite));
+  CKPT_ASSIGN_OR_RETURN(OutputDir dir, OutputDir::prepare_shared(target.dir, plan, prepare));
+  print_notes(dir, target.quiet);
+  if (dir.already_complete()) return rank.rank == 0;
   auto report = dir.write_rank(plan, options, rank.rank, rank.world_size);
   bar.finish();
   if (!report.ok()) return report.error();
@@ -101,8 +118,20 @@ Result<bool> write_model(const Plan& plan, const ModelTarget& target, const Dist
                    rank.rank, report->skipped.size(), joined(report->skipped, 4).c_str());
   }
   if (rank.rank != 0) return false;
-  CKPT_TRY(finalize_run(dir, plan, dist.wait_timeout, target.quiet));
+  CKPT_TRY(finalize_run(dir, plan, dist.wait_timeout, target.quiet, options.interrupt));
+  if (adapter) CKPT_TRY(dir.write_subdir("lora_adapter", *adapter, options));
   return true;
+}
+
+}  // namespace
+
+Result<bool> write_model(const Plan& plan, const ModelTarget& target, const DistArgs& dist,
+                         ExecOptions options, const std::optional<Plan>& adapter) {
+  auto written = write_model_once(plan, target, dist, std::move(options), adapter);
+  if (written.ok() || written.error().kind != ErrorKind::kInterrupted) return written;
+  // Everything this run staged was removed as it unwound; what was committed before stays.
+  return interrupted_error("nothing of this run was left in " + target.dir.string() +
+                           " (its partial files were removed)");
 }
 
 void add_finalize(CLI::App& app, FinalizeArgs& args) {
@@ -120,16 +149,16 @@ void add_finalize(CLI::App& app, FinalizeArgs& args) {
 int run_finalize(const FinalizeArgs& args) {
   auto merge = plan_from_args(args.checkpoint);
   if (!merge.ok()) return report_error(merge.error());
-  auto target = OutputDir::open_run(args.target_dir);
+  auto target = OutputDir::open_run(args.target_dir, "finalize");
   if (!target.ok()) return report_error(target.error());
-  auto manifest = finalize_run(*target, merge->model, args.wait_timeout, args.checkpoint.quiet);
+  auto manifest = finalize_run(*target, merge->model, args.wait_timeout, args.checkpoint.quiet,
+                               args.checkpoint.interrupt);
   if (!manifest.ok()) return report_error(manifest.error());
   if (merge->adapter) {
-    auto adapter_dir = OutputDir::prepare(args.target_dir / "lora_adapter", true);
-    if (!adapter_dir.ok()) return report_error(adapter_dir.error());
     ExecOptions options;
     options.threads = args.checkpoint.threads;
-    auto written = adapter_dir->write(*merge->adapter, options);
+    options.interrupt = args.checkpoint.interrupt;
+    auto written = target->write_subdir("lora_adapter", *merge->adapter, options);
     if (!written.ok()) return report_error(written.error());
   }
   if (!args.checkpoint.quiet)

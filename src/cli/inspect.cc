@@ -101,27 +101,78 @@ Result<Listing> list_file(const fs::path& path) {
   return invalid_input(path.string() + ": neither a torch.save file nor safetensors");
 }
 
-Result<std::vector<Listing>> list_paths(const std::vector<fs::path>& paths) {
+bool has_checkpoint_suffix(const std::string& name) {
+  for (std::string_view suffix : {".pt", ".pth", ".bin", ".safetensors", ".distcp", ".ckpt"})
+    if (name.size() >= suffix.size() &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  return false;
+}
+
+// What `inspect` found: the files it could list, and every file it could not (each reported,
+// and the exit code then says so).
+struct Inspection {
   std::vector<Listing> listings;
-  for (const auto& path : paths) {
-    if (!fs::exists(path)) return invalid_input(path.string() + ": no such file or directory");
-    if (!fs::is_directory(path)) {
-      CKPT_ASSIGN_OR_RETURN(auto listing, list_file(path));
-      listings.push_back(std::move(listing));
+  std::vector<Error> problems;
+};
+
+// A directory's files, in name order: every torch or safetensors file is listed; a file that is
+// named like one or cannot even be read (permission denied, a FIFO, a device) is a problem; other
+// files (config.json, notes) are not checkpoints and are passed over.
+void list_directory(const fs::path& dir, Inspection& out, const InterruptFlag* interrupt) {
+  std::error_code ec;
+  std::vector<fs::path> entries;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    entries.push_back(it->path());
+  if (ec) {
+    out.problems.push_back(io_error(dir.string() + ": cannot list: " + ec.message()));
+    return;
+  }
+  std::sort(entries.begin(), entries.end());
+  for (const auto& path : entries) {
+    if (interrupt_requested(interrupt)) return;
+    std::error_code type_ec;
+    auto status = fs::status(path, type_ec);
+    if (!type_ec && fs::is_directory(status)) continue;
+    bool named_like_checkpoint = has_checkpoint_suffix(path.filename().string());
+    auto kind = detect_file_kind(path);
+    if (!kind.ok()) {
+      out.problems.push_back(kind.error());
       continue;
     }
-    std::vector<fs::path> files;
-    for (const auto& entry : fs::directory_iterator(path))
-      if (entry.is_regular_file()) files.push_back(entry.path());
-    std::sort(files.begin(), files.end());
-    for (const auto& file : files) {
-      auto kind = detect_file_kind(file);
-      if (!kind.ok() || *kind == FileKind::kOther) continue;
-      CKPT_ASSIGN_OR_RETURN(auto listing, list_file(file));
-      listings.push_back(std::move(listing));
+    if (*kind == FileKind::kOther) {
+      if (named_like_checkpoint)
+        out.problems.push_back(
+            invalid_input(path.string() + ": neither a torch.save file nor safetensors (" +
+                          std::to_string(fs::file_size(path, type_ec)) + " bytes)"));
+      continue;
+    }
+    auto listing = list_file(path);
+    if (listing.ok())
+      out.listings.push_back(std::move(listing).value());
+    else
+      out.problems.push_back(listing.error());
+  }
+}
+
+Inspection list_paths(const std::vector<fs::path>& paths, const InterruptFlag* interrupt) {
+  Inspection out;
+  for (const auto& path : paths) {
+    std::error_code ec;
+    auto status = fs::status(path, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      out.problems.push_back(io_error(path.string() + ": " + ec.message()));
+    } else if (!fs::exists(status)) {
+      out.problems.push_back(invalid_input(path.string() + ": no such file or directory"));
+    } else if (fs::is_directory(status)) {
+      list_directory(path, out, interrupt);
+    } else if (auto listing = list_file(path); listing.ok()) {
+      out.listings.push_back(std::move(listing).value());
+    } else {
+      out.problems.push_back(listing.error());
     }
   }
-  return listings;
+  return out;
 }
 
 void print_json(const std::vector<Listing>& listings) {
@@ -169,13 +220,17 @@ void add_inspect(CLI::App& app, InspectArgs& args) {
 }
 
 int run_inspect(const InspectArgs& args) {
-  auto listings = list_paths(args.paths);
-  if (!listings.ok()) return report_error(listings.error());
+  Inspection found = list_paths(args.paths, args.interrupt);
+  if (auto stopped = check_interrupt(args.interrupt); !stopped.ok())
+    return report_error(stopped.error());
   if (args.json)
-    print_json(*listings);
+    print_json(found.listings);
   else
-    print_text(*listings);
-  return kExitOk;
+    print_text(found.listings);
+  // Every file that could not be listed, then the worst exit code among them.
+  int code = kExitOk;
+  for (const auto& problem : found.problems) code = std::max(code, report_error(problem));
+  return code;
 }
 
 }  // namespace ckptstream::cli

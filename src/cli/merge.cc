@@ -1,5 +1,6 @@
 // `ckptstream merge` (verl's `python -m verl.model_merger merge`), `plan --dry-run`, and the
 // options they share with `test` and `verify --source`.
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -8,7 +9,6 @@
 #include <cstdlib>
 
 #include "cli/commands.h"
-#include "cli/output_dir.h"
 #include "cli/progress.h"
 #include "exec/executor.h"
 #include "formats/merge_plan.h"
@@ -48,9 +48,17 @@ Status run_upload(const std::string& client, const std::string& repo, const fs::
   std::vector<char*> argv;
   for (auto& word : words) argv.push_back(word.data());
   argv.push_back(nullptr);
+  // Our signals are blocked in every thread (signals.h); the client must get them as usual.
+  posix_spawnattr_t attributes;
+  posix_spawnattr_init(&attributes);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attributes, &none);
+  posix_spawnattr_setflags(&attributes, POSIX_SPAWN_SETSIGMASK);
   pid_t pid = 0;
-  if (posix_spawn(&pid, client.c_str(), nullptr, nullptr, argv.data(), environ) != 0)
-    return io_error("cannot start " + client);
+  int spawned = posix_spawn(&pid, client.c_str(), nullptr, &attributes, argv.data(), environ);
+  posix_spawnattr_destroy(&attributes);
+  if (spawned != 0) return io_error("cannot start " + client);
   int status = 0;
   if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
     return io_error(client + " upload " + repo + " failed (the model is in " + dir.string() + ")");
@@ -116,6 +124,10 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                  "also DCP items located at once; from 2 on, verl FSDP rank files are "
                  "unpickled two at a time")
       ->capture_default_str();
+  cmd.add_flag("--accept-renamed-rank-files,--accept_renamed_rank_files",
+               args.accept_renamed_rank_files,
+               "verl FSDP: read rank files whose recorded name (torch.save keeps the name a file "
+               "was saved as) is another rank's, for files renamed on purpose");
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }
 
@@ -123,7 +135,8 @@ Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   MergeOptions options;
   CKPT_ASSIGN_OR_RETURN(options.backend, parse_backend(args.backend));
   CKPT_ASSIGN_OR_RETURN(options.dtype, parse_dtype_choice(args.dtype));
-  CKPT_ASSIGN_OR_RETURN(options.max_shard_size, safetensors::parse_size(args.max_shard_size));
+  CKPT_ASSIGN_OR_RETURN(options.max_shard_size,
+                        safetensors::parse_max_shard_size(args.max_shard_size));
   options.tie_word_embedding = args.tie_word_embedding;
   options.keep_packed_experts = args.keep_packed_experts;
   options.lora = args.lora == "adapter" ? LoraMode::kAdapter : LoraMode::kFuse;
@@ -133,6 +146,8 @@ Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   if (!args.prefix.empty()) options.prefix = args.prefix;
   if (!args.hf_config.empty()) options.hf_config = args.hf_config;
   options.threads = args.threads;
+  options.accept_renamed_rank_files = args.accept_renamed_rank_files;
+  options.interrupt = args.interrupt;
   return options;
 }
 
@@ -175,16 +190,11 @@ int run_merge(const MergeArgs& args) {
 
   ExecOptions options;
   options.threads = args.checkpoint.threads;
+  options.interrupt = args.checkpoint.interrupt;
   ModelTarget target{args.target_dir, args.overwrite, args.checkpoint.quiet, "merge"};
-  auto complete = write_model(merge->model, target, args.dist, options);
+  auto complete = write_model(merge->model, target, args.dist, options, merge->adapter);
   if (!complete.ok()) return report_error(complete.error());
   if (!*complete) return kExitOk;  // another rank of a distributed run: rank 0 finishes
-  if (merge->adapter) {
-    auto adapter_dir = OutputDir::prepare(args.target_dir / "lora_adapter", true);
-    if (!adapter_dir.ok()) return report_error(adapter_dir.error());
-    auto written = adapter_dir->write(*merge->adapter, options);
-    if (!written.ok()) return report_error(written.error());
-  }
   if (!args.checkpoint.quiet)
     std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", tensor_count(merge->model),
                 human_bytes(merge->model.total_size).c_str(), merge->model.files.size(),

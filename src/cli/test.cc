@@ -54,7 +54,9 @@ int run_test(const TestArgs& args) {
   options.rtol = args.rtol;
   options.skip = skipped_names(args.checkpoint);
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
-  auto report = compare_plan(merge->model, args.test_hf_dir, options, ExecOptions{});
+  ExecOptions exec;
+  exec.interrupt = args.checkpoint.interrupt;
+  auto report = compare_plan(merge->model, args.test_hf_dir, options, exec);
   bar.finish();
   if (!report.ok()) return report_error(report.error());
   return print_comparison(*report, args.test_hf_dir, args.checkpoint.quiet);

@@ -33,6 +33,10 @@ std::vector<std::string> compare_manifests(const Manifest& expected, const Manif
     if (have.size != want.size)
       problems.push_back(want.name + ": " + std::to_string(have.size) +
                          " bytes, the source gives " + std::to_string(want.size));
+    else if (!have.header_xxh3_128.empty() && have.header_xxh3_128 != want.header_xxh3_128)
+      problems.push_back(want.name +
+                         ": header differs from the one the source gives (dtypes, shapes or "
+                         "offsets)");
     std::map<std::string, std::string> hashes;
     for (const auto& t : have.tensors) hashes[t.name] = t.xxh3_128;
     for (const auto& t : want.tensors) {
@@ -48,6 +52,20 @@ std::vector<std::string> compare_manifests(const Manifest& expected, const Manif
       problems.push_back(want.name + ": tensor " + name + " is not in the source");
   }
   for (const auto& [name, file] : files) problems.push_back(name + ": not produced by the source");
+  if (actual.version < kManifestVersion) return problems;  // no other files recorded
+  std::map<std::string, const OtherFileDigest*> others;
+  for (const auto& file : actual.other_files) others[file.name] = &file;
+  for (const auto& want : expected.other_files) {
+    auto it = others.find(want.name);
+    if (it == others.end()) {
+      problems.push_back(want.name + ": the source gives this file; the output lacks it");
+      continue;
+    }
+    if (it->second->size != want.size || it->second->xxh3_128 != want.xxh3_128)
+      problems.push_back(want.name + ": differs from the source's");
+    others.erase(it);
+  }
+  for (const auto& [name, file] : others) problems.push_back(name + ": not produced by the source");
   return problems;
 }
 
@@ -74,6 +92,7 @@ int run_verify(const VerifyArgs& args) {
     return report_error(usage_error("--source needs --local_dir (the checkpoint it came from)"));
   ProgressBar bar("verify", quiet);
   VerifyOptions options;
+  options.interrupt = args.checkpoint.interrupt;
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
   auto report = verify_output(args.dir, options);
   bar.finish();
@@ -86,6 +105,7 @@ int run_verify(const VerifyArgs& args) {
     ProgressBar source_bar("source", quiet);
     ExecOptions exec;
     exec.threads = args.checkpoint.threads;
+    exec.interrupt = args.checkpoint.interrupt;
     exec.on_progress = [&](std::uint64_t done, std::uint64_t total) {
       source_bar.update(done, total);
     };
@@ -97,6 +117,8 @@ int run_verify(const VerifyArgs& args) {
     auto found = compare_manifests(*expected, *actual);
     problems.insert(problems.end(), found.begin(), found.end());
   }
+  if (!quiet)
+    for (const auto& note : report->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
   for (const auto& problem : problems)
     std::fprintf(stderr, "ckptstream: verify: %s\n", problem.c_str());
   if (!problems.empty()) {
@@ -105,9 +127,12 @@ int run_verify(const VerifyArgs& args) {
     return kExitMismatch;
   }
   if (!quiet)
-    std::printf("verified %zu tensors (%s) in %zu file%s: all checksums match%s\n", report->tensors,
-                human_bytes(report->bytes).c_str(), report->files, report->files == 1 ? "" : "s",
-                args.source ? " the source" : "");
+    std::printf(
+        "verified %zu tensors (%s) in %zu file%s and %zu other file%s: all checksums "
+        "match%s\n",
+        report->tensors, human_bytes(report->bytes).c_str(), report->files,
+        report->files == 1 ? "" : "s", report->other_files, report->other_files == 1 ? "" : "s",
+        args.source ? " the source" : "");
   if (!args.reference.empty()) {
     CompareOptions compare;
     compare.atol = args.atol;

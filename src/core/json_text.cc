@@ -129,9 +129,29 @@ void append_python_json_string(std::string& out, std::string_view text) {
   out += '"';
 }
 
+void append_json_text(std::string& out, std::string_view text) {
+  if (is_valid_utf8(text)) {
+    append_serde_json_string(out, text);
+    return;
+  }
+  out += '"';
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c >= 0x7F) {
+      append_u_escape(out, c);
+    } else {
+      out += ch;
+    }
+  }
+  out += '"';
+}
+
 std::string json_quote(std::string_view text) {
   std::string out;
-  append_serde_json_string(out, text);
+  append_json_text(out, text);
   return out;
 }
 

@@ -23,7 +23,12 @@ void append_serde_json_string(std::string& out, std::string_view text);
 // ensure_ascii=True.
 void append_python_json_string(std::string& out, std::string_view text);
 
-// `text` as a JSON string literal, quotes included, escaped as serde_json does (valid UTF-8 in).
+// Appends any bytes as a quoted JSON string: valid UTF-8 escaped as serde_json does; anything
+// else (a name or path that is not UTF-8) with every byte outside printable ASCII as \u00XX, so
+// that the output is always valid JSON. The one writer of every JSON text ckptstream prints.
+void append_json_text(std::string& out, std::string_view text);
+
+// `text` as a JSON string literal, quotes included (append_json_text).
 std::string json_quote(std::string_view text);
 
 }  // namespace ckptstream

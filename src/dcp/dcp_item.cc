@@ -201,11 +201,12 @@ Result<TorchTensor> read_item_tensor(std::uint64_t size, const zip::ReadAt& read
         return invalid_input("record " + name + " holds " + std::to_string(e->size) +
                              " bytes, but its storage id says " + std::to_string(s.nbytes));
       s.file_offset = e->data_offset;
+      if (e->crc32 != 0 && e->size > 0) s.crc32 = e->crc32;
       ckpt.storages.push_back(std::move(s));
     }
     uses[pid] = torch_internal::StorageUse{it->second, id.dtype};
   }
-  CKPT_TRY(torch_internal::collect_tensors(*pickled->value, uses, read, ckpt));
+  CKPT_TRY(torch_internal::collect_tensors(*pickled->value, uses, read, ckpt, pkl_bytes.size()));
   if (ckpt.tensors.size() != 1 || !ckpt.tensors[0].name.empty())
     return invalid_input("data.pkl holds " + std::to_string(ckpt.tensors.size()) +
                          " tensors, expected the chunk alone");
@@ -419,6 +420,8 @@ Result<ChunkLocation> ItemReader::tensor_chunk(const StateDictEntry& entry, cons
   ref.strides = t.strides;
   ref.offset = t.storage_offset;
   ref.byteswap = ckpt.big_endian;
+  ref.has_crc32 = s.crc32.has_value();
+  ref.crc32 = s.crc32.value_or(0);
   return location;
 }
 

@@ -1,7 +1,5 @@
 #include "exec/distributed.h"
 
-#include <simdjson.h>
-
 #include <algorithm>
 #include <numeric>
 #include <thread>
@@ -9,38 +7,21 @@
 #include "exec/file_jobs.h"
 #include "exec/manifest.h"
 #include "exec/staging.h"
+#include "io/file_lock.h"
 
 namespace ckptstream {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr std::string_view kHeaderHashKey = "header_xxh3_128";
-
 std::string marker_name(const OutputFile& file) {
   return std::string(kMarkerDirName) + "/" + file.name + ".done";
 }
 
-std::string header_hash(const OutputFile& file) {
-  TensorHasher hasher;
-  hasher.update(file.header.data(), file.header.size());
-  return hasher.hex_digest();
-}
-
-// A one-file manifest with the header hash after the opening brace.
-std::string marker_json(const OutputFile& file, const FileDigest& digest) {
+// A one-file manifest: the file's entry pins its header too.
+std::string marker_json(const FileDigest& digest) {
   Manifest manifest;
   manifest.files.push_back(digest);
-  std::string json = manifest_to_json(manifest);
-  json.insert(2, "  \"" + std::string(kHeaderHashKey) + "\": \"" + header_hash(file) + "\",\n");
-  return json;
-}
-
-std::optional<std::string> marker_header_hash(const fs::path& path) {
-  simdjson::dom::parser parser;
-  simdjson::dom::element root;
-  std::string_view hash;
-  if (parser.load(path.string()).get(root) || root[kHeaderHashKey].get(hash)) return std::nullopt;
-  return std::string(hash);
+  return manifest_to_json(manifest);
 }
 
 bool same_tensor_names(const OutputFile& file, const FileDigest& digest) {
@@ -54,7 +35,7 @@ Status write_marker(const OutputStaging& staging, const OutputFile& file,
                     const FileDigest& digest) {
   std::string name = marker_name(file);
   CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(name));
-  CKPT_TRY(write_small_file(path, marker_json(file, digest)));
+  CKPT_TRY(write_small_file(path, marker_json(digest)));
   return staging.commit_one(name);
 }
 
@@ -110,11 +91,12 @@ std::optional<FileDigest> completed_file(const OutputFile& file, const fs::path&
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) return std::nullopt;
   auto marker = read_manifest(path);
-  if (!marker.ok() || marker->files.size() != 1) return std::nullopt;
+  if (!marker.ok() || marker->version != kManifestVersion || marker->files.size() != 1)
+    return std::nullopt;
   FileDigest& digest = marker->files.front();
   if (digest.name != file.name || digest.size != file.size() || !same_tensor_names(file, digest))
     return std::nullopt;
-  if (marker_header_hash(path) != header_hash(file)) return std::nullopt;
+  if (digest.header_xxh3_128 != xxh3_128_of(file.header)) return std::nullopt;
   auto size = fs::file_size(target_dir / file.name, ec);
   if (ec || size != file.size()) return std::nullopt;
   return std::move(digest);
@@ -144,6 +126,11 @@ Result<RankReport> execute_rank(const Plan& plan, const fs::path& target_dir,
   CKPT_ASSIGN_OR_RETURN(OutputStaging staging,
                         OutputStaging::create(target_dir, "rank" + std::to_string(rank)));
   auto write_and_mark = [&](const OutputFile& file, ExecContext& context) -> Result<FileDigest> {
+    // Two runs into one target must not write the same file at once (file_lock.h).
+    CKPT_ASSIGN_OR_RETURN(
+        FileLock lock,
+        FileLock::acquire(target_dir / (marker_name(file) + ".lock"), FileLock::Mode::kExclusive,
+                          "rank " + std::to_string(rank), (target_dir / file.name).string()));
     CKPT_ASSIGN_OR_RETURN(FileDigest digest, write_output_file(file, staging, context));
     CKPT_TRY(staging.commit_one(file.name));
     CKPT_TRY(write_marker(staging, file, digest));
@@ -174,15 +161,23 @@ Result<Manifest> finalize_plan(const Plan& plan, const fs::path& target_dir,
     }
     if (options.on_wait) options.on_wait(done, plan.files.size());
     if (done == plan.files.size()) break;
+    CKPT_TRY(check_interrupt(options.interrupt));
     if (Clock::now() >= deadline) return io_error(missing_files_message(plan, complete));
-    std::this_thread::sleep_for(
-        std::min<Clock::duration>(pause, std::max<Clock::duration>(deadline - Clock::now(), {})));
+    auto wake = Clock::now() + std::min<Clock::duration>(
+                                   pause, std::max<Clock::duration>(deadline - Clock::now(), {}));
+    while (Clock::now() < wake && !interrupt_requested(options.interrupt))  // naps of 1/4 s
+      std::this_thread::sleep_for(
+          std::min<Clock::duration>(std::chrono::milliseconds(250), wake - Clock::now()));
     pause = std::min(pause * 2, std::chrono::milliseconds(2000));
   }
+  CKPT_ASSIGN_OR_RETURN(
+      FileLock lock,
+      FileLock::acquire(target_dir / kMarkerDirName / "finalize.lock", FileLock::Mode::kExclusive,
+                        "finalize", "the finalization of " + target_dir.string()));
   CKPT_ASSIGN_OR_RETURN(OutputStaging staging, OutputStaging::create(target_dir, "finalize"));
-  std::vector<std::string> commit_order;
-  CKPT_TRY(stage_finishing_files(plan, manifest, staging, commit_order));
-  CKPT_TRY(staging.commit(commit_order));
+  CommitList commit;
+  CKPT_TRY(stage_finishing_files(plan, manifest, staging, commit.rename));
+  CKPT_TRY(staging.commit(commit));
   std::error_code ec;
   fs::remove_all(target_dir / kMarkerDirName, ec);
   if (ec)

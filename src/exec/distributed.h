@@ -17,10 +17,10 @@
 //      writes.
 //
 // A completion marker is `<target>/.ckptstream/<file>.done`: the file's manifest entry as a
-// one-file manifest (manifest.h format: name, size, per-tensor XXH3-128) plus
-// "header_xxh3_128", the XXH3-128 of the file's planned header bytes. A marker matches the plan
-// when the name, size, header hash and tensor names agree and the file in the target has that
-// size; a stale marker (another plan: dtype, shard size, ...) is removed and the file rewritten.
+// one-file manifest (manifest.h format: name, size, header hash, each tensor's dtype, shape,
+// offsets and XXH3-128). A marker matches the plan when the name, size, header hash and tensor
+// names agree and the file in the target has that size; a stale marker (another plan: dtype,
+// shard size, ...) is removed and the file rewritten.
 // The tensor bytes are not re-read: a changed training checkpoint with the same plan is not
 // noticed (delete `.ckptstream/` to start over; `verify OUT --source` checks everything).
 #pragma once
@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "core/interrupt.h"
 #include "exec/executor.h"
 #include "plan/plan.h"
 
@@ -71,6 +72,7 @@ struct FinalizeOptions {
   std::chrono::milliseconds wait_timeout{0};
   // Called at each look with (files complete, files in the plan); may be empty.
   std::function<void(std::size_t, std::size_t)> on_wait;
+  const InterruptFlag* interrupt = nullptr;  // stops the wait; may be null
 };
 
 // Step 3 above. Fails (I/O error, naming the missing files) when the markers are still

@@ -97,6 +97,7 @@ class CountingSink final : public TensorSink {
   CountingSink(TensorSink& sink, ExecContext& context) : sink_(sink), context_(context) {}
   std::span<std::byte> room() override { return sink_.room(); }
   Status take(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    CKPT_TRY(check_interrupt(context_.options.interrupt));
     if (context_.stop && context_.stop->load(std::memory_order_relaxed))
       return io_error("stopped: another file failed");
     CKPT_TRY(sink_.take(offset, bytes));
@@ -109,12 +110,12 @@ class CountingSink final : public TensorSink {
   ExecContext& context_;
 };
 
-Result<TensorDigest> stream_tensor(const PlacedTensor& placed, ExecContext& context,
-                                   TensorSink& sink) {
+Result<std::string> stream_tensor(const PlacedTensor& placed, ExecContext& context,
+                                  TensorSink& sink) {
   CountingSink counting(sink, context);
   auto hash = TensorStream(placed.tensor, context).run(counting);
   if (!hash.ok()) return hash.error().with_context(tensor_context(placed.tensor.name));
-  return TensorDigest{placed.tensor.name, std::move(hash).value()};
+  return std::move(hash).value();
 }
 
 class VisitorSink final : public TensorSink {
@@ -158,11 +159,11 @@ class FileSink final : public TensorSink {
 
 Result<FileDigest> stream_file(const OutputFile& file, ExecContext& context,
                                const WindowVisitor& visit) {
-  FileDigest digest{file.name, file.size(), {}};
-  for (const PlacedTensor& placed : file.tensors) {
+  FileDigest digest = planned_digest(file);
+  for (std::size_t t = 0; t < file.tensors.size(); ++t) {
+    const PlacedTensor& placed = file.tensors[t];
     VisitorSink sink(visit, file, placed);
-    CKPT_ASSIGN_OR_RETURN(TensorDigest tensor, stream_tensor(placed, context, sink));
-    digest.tensors.push_back(std::move(tensor));
+    CKPT_ASSIGN_OR_RETURN(digest.tensors[t].xxh3_128, stream_tensor(placed, context, sink));
   }
   return digest;
 }
@@ -173,18 +174,18 @@ Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging
   CKPT_ASSIGN_OR_RETURN(StagedFile out,
                         StagedFile::create(path, file.size(), context.options.writeback_bytes,
                                            context.options.direct_writes));
-  FileDigest digest{file.name, file.size(), {}};
+  FileDigest digest = planned_digest(file);
   InputPrefetch prefetch(file, context.inputs, kPrefetchBytes);
   prefetch.advance(0);
   {
     FileWriter writer(out, context.write_buffers);
     CKPT_TRY(writer.append(std::as_bytes(std::span(file.header))));
     FileSink sink(writer, prefetch, file.header.size());
-    for (const PlacedTensor& placed : file.tensors) {
+    for (std::size_t t = 0; t < file.tensors.size(); ++t) {
+      const PlacedTensor& placed = file.tensors[t];
       CKPT_TRY_CTX(writer.zero_fill_to(file.header.size() + placed.data_begin),
                    tensor_context(placed.tensor.name));
-      CKPT_ASSIGN_OR_RETURN(TensorDigest tensor, stream_tensor(placed, context, sink));
-      digest.tensors.push_back(std::move(tensor));
+      CKPT_ASSIGN_OR_RETURN(digest.tensors[t].xxh3_128, stream_tensor(placed, context, sink));
     }
     CKPT_TRY(writer.finish());
   }
@@ -201,39 +202,45 @@ Result<std::vector<FileDigest>> run_file_jobs(const Plan& plan, std::span<const 
   ExecOptions share = worker_options(options, workers);
   ProgressCounter progress(options, total);
   std::atomic<bool> stop{false};
+  RecordChecker records(inputs);
   // A worker's buffers are allocated when it takes its first file.
   std::vector<std::unique_ptr<ExecContext>> contexts(workers);
   std::vector<FileDigest> digests(files.size());
   CKPT_TRY(
       run_on_workers(files.size(), workers, stop, [&](std::size_t i, unsigned worker) -> Status {
         auto& context = contexts[worker];
-        if (!context) context = std::make_unique<ExecContext>(inputs, share, &progress, &stop);
+        if (!context)
+          context = std::make_unique<ExecContext>(inputs, share, &progress, &stop, &records);
         const OutputFile& file = plan.files[files[i]];
         auto digest = job(file, *context);
         if (!digest.ok()) return digest.error().with_context(file.name);
         digests[i] = std::move(digest).value();
         return {};
       }));
+  CKPT_TRY(records.finish());
   return digests;
 }
 
-Status stage_finishing_files(const Plan& plan, const Manifest& manifest,
-                             const OutputStaging& staging, std::vector<std::string>& commit_order) {
+Status stage_finishing_files(const Plan& plan, Manifest& manifest, const OutputStaging& staging,
+                             std::vector<std::string>& commit_order) {
+  manifest.other_files.clear();
   for (const SideFile& side : plan.side_files) {
     CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(side.name));
     CKPT_TRY_CTX(copy_into_staging(side.source, path), side.name);
+    // What was written, read back: the manifest pins the copy, not what the source holds now.
+    CKPT_ASSIGN_OR_RETURN(auto digest, digest_file(path, side.name));
+    manifest.other_files.push_back(std::move(digest));
     commit_order.push_back(side.name);
   }
-  for (const TextFile& text : plan.text_files) {
-    CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(text.name));
-    CKPT_TRY_CTX(write_small_file(path, text.contents), text.name);
-    commit_order.push_back(text.name);
-  }
-  if (!plan.index_json.empty()) {
-    CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(std::string(kIndexFileName)));
-    CKPT_TRY(write_small_file(path, plan.index_json));
-    commit_order.emplace_back(kIndexFileName);
-  }
+  auto write_text = [&](const std::string& name, const std::string& contents) -> Status {
+    CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(name));
+    CKPT_TRY_CTX(write_small_file(path, contents), name);
+    manifest.other_files.push_back(OtherFileDigest{name, contents.size(), xxh3_128_of(contents)});
+    commit_order.push_back(name);
+    return {};
+  };
+  for (const TextFile& text : plan.text_files) CKPT_TRY(write_text(text.name, text.contents));
+  if (!plan.index_json.empty()) CKPT_TRY(write_text(std::string(kIndexFileName), plan.index_json));
   std::string manifest_name(kManifestFileName);
   CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(manifest_name));
   CKPT_TRY(write_small_file(path, manifest_to_json(manifest)));
@@ -241,8 +248,52 @@ Status stage_finishing_files(const Plan& plan, const Manifest& manifest,
   return {};
 }
 
+namespace {
+
+// The plan's tensor files (names and headers) and the other files it writes (names and digests).
+std::string fingerprint_of(const Plan& plan, const std::vector<OtherFileDigest>& others) {
+  TensorHasher hasher;
+  auto add = [&](std::string_view bytes) {
+    std::uint64_t size = bytes.size();
+    hasher.update(&size, sizeof size);
+    hasher.update(bytes.data(), bytes.size());
+  };
+  for (const OutputFile& file : plan.files) {
+    add(file.name);
+    add(file.header);
+  }
+  for (const OtherFileDigest& other : others) {
+    add(other.name);
+    add(other.xxh3_128);
+  }
+  return hasher.hex_digest();
+}
+
+// The digests of the files stage_finishing_files writes, in its order, from their sources.
+Result<std::vector<OtherFileDigest>> planned_other_files(const Plan& plan) {
+  std::vector<OtherFileDigest> others;
+  for (const SideFile& side : plan.side_files) {
+    auto digest = digest_file(side.source, side.name);
+    if (!digest.ok()) return digest.error().with_context(side.name);
+    others.push_back(std::move(digest).value());
+  }
+  for (const TextFile& text : plan.text_files)
+    others.push_back(OtherFileDigest{text.name, text.contents.size(), xxh3_128_of(text.contents)});
+  if (!plan.index_json.empty())
+    others.push_back(OtherFileDigest{std::string(kIndexFileName), plan.index_json.size(),
+                                     xxh3_128_of(plan.index_json)});
+  return others;
+}
+
+}  // namespace
+
+Result<std::string> plan_fingerprint(const Plan& plan) {
+  CKPT_ASSIGN_OR_RETURN(auto others, planned_other_files(plan));
+  return fingerprint_of(plan, others);
+}
+
 Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,
-                              const ExecOptions& options) {
+                              const ExecOptions& options, const std::vector<std::string>& replace) {
   CKPT_ASSIGN_OR_RETURN(std::vector<InputFile> inputs, open_inputs(plan));
   CKPT_TRY(check_plan(plan, inputs));
   // From here on the staging directory exists; every early return removes it.
@@ -253,10 +304,20 @@ Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& tar
                                         return write_output_file(file, staging, context);
                                       }));
   Manifest manifest = manifest_of(std::move(digests));
-  std::vector<std::string> commit_order;
-  for (const OutputFile& file : plan.files) commit_order.push_back(file.name);
-  CKPT_TRY(stage_finishing_files(plan, manifest, staging, commit_order));
-  CKPT_TRY(staging.commit(commit_order));
+  // A lone model.safetensors is what says "complete" when there is no index: it goes in after
+  // the side files, as the index does.
+  bool lone_file = plan.index_json.empty() && plan.files.size() == 1;
+  CommitList commit{replace, {}, "", options.after_commit_step};
+  for (const OutputFile& file : plan.files)
+    if (!lone_file) commit.rename.push_back(file.name);
+  std::vector<std::string> finishing;
+  CKPT_TRY(stage_finishing_files(plan, manifest, staging, finishing));
+  commit.fingerprint = fingerprint_of(plan, manifest.other_files);
+  for (const auto& name : finishing) {
+    if (lone_file && name == kManifestFileName) commit.rename.push_back(plan.files.front().name);
+    commit.rename.push_back(name);
+  }
+  CKPT_TRY(staging.commit(commit));
   return manifest;
 }
 
@@ -266,12 +327,13 @@ Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVis
   std::uint64_t total = 0;
   for (const OutputFile& file : plan.files) total += tensor_bytes(file);
   ProgressCounter progress(options, total);
-  ExecContext context(inputs, worker_options(options, 1), &progress);
+  RecordChecker records(inputs);
+  ExecContext context(inputs, worker_options(options, 1), &progress, nullptr, &records);
   for (const OutputFile& file : plan.files) {
     auto digest = stream_file(file, context, visit);
     if (!digest.ok()) return digest.error().with_context(file.name);
   }
-  return {};
+  return records.finish();
 }
 
 Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options) {
@@ -284,7 +346,9 @@ Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options) {
                                       [&](const OutputFile& file, ExecContext& context) {
                                         return stream_file(file, context, nothing);
                                       }));
-  return manifest_of(std::move(digests));
+  Manifest manifest = manifest_of(std::move(digests));
+  CKPT_ASSIGN_OR_RETURN(manifest.other_files, planned_other_files(plan));
+  return manifest;
 }
 
 }  // namespace ckptstream

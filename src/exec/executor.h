@@ -27,23 +27,11 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "core/interrupt.h"
+#include "exec/manifest.h"
 #include "plan/plan.h"
 
 namespace ckptstream {
-
-// Per-tensor checksums of what was written (the manifest, see manifest.h).
-struct TensorDigest {
-  std::string name;
-  std::string xxh3_128;  // 32 lowercase hex digits of the tensor's bytes as written
-};
-struct FileDigest {
-  std::string name;
-  std::uint64_t size = 0;
-  std::vector<TensorDigest> tensors;  // in file order
-};
-struct Manifest {
-  std::vector<FileDigest> files;
-};
 
 struct ExecOptions {
   std::uint64_t buffer_bytes = 16ull << 20;      // staging buffer (resident memory bound)
@@ -57,10 +45,23 @@ struct ExecOptions {
   // bytes stay out of the page cache); false: every byte through the page cache. The bytes
   // written are the same either way.
   bool direct_writes = true;
+  // Checked at every window: once set, the run stops with an interrupted error (and removes
+  // what it staged). May be null.
+  const InterruptFlag* interrupt = nullptr;
+  // Called after each step of execute_plan's commit (staging.h); tests end the process there.
+  std::function<void()> after_commit_step;
 };
 
+// Writes the plan's files into staging and commits them into the target (staging.h); `replace`
+// names files of an earlier model there, removed before the first rename (output_dir.h).
 Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& target_dir,
-                              const ExecOptions& options);
+                              const ExecOptions& options,
+                              const std::vector<std::string>& replace = {});
+
+// Identifies a plan by everything written except tensor bytes: output file names and headers,
+// the index, generated files, and the side files' names and bytes. An interrupted commit of the
+// same fingerprint wrote what this plan would write (from the same inputs, unless they changed).
+Result<std::string> plan_fingerprint(const Plan& plan);
 
 // Runs the plan without writing anything: `visit` receives every tensor's bytes, window by
 // window and in order, exactly as execute_plan would write them (offset = bytes of this tensor
@@ -71,7 +72,8 @@ using WindowVisitor = std::function<Status(const OutputFile& file, const PlacedT
 Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVisitor& visit);
 
 // The manifest execute_plan would write, computed from the sources without writing (verify
-// --source), by ExecOptions::threads workers.
+// --source), by ExecOptions::threads workers; other_files from the side files' sources, the
+// generated files and the index.
 Result<Manifest> hash_plan(const Plan& plan, const ExecOptions& options);
 
 }  // namespace ckptstream

@@ -47,8 +47,9 @@ Result<std::vector<FileDigest>> run_file_jobs(const Plan& plan, std::span<const 
                                               const ExecOptions& options, const FileJob& job);
 
 // Stages side files, text files, the index and the manifest, appending their names to
-// `commit_order` in that order (so that a reader who sees the manifest sees a complete model).
-Status stage_finishing_files(const Plan& plan, const Manifest& manifest,
-                             const OutputStaging& staging, std::vector<std::string>& commit_order);
+// `commit_order` in that order (so that a reader who sees the manifest sees a complete model);
+// the manifest's other_files are set to the digests of what was staged.
+Status stage_finishing_files(const Plan& plan, Manifest& manifest, const OutputStaging& staging,
+                             std::vector<std::string>& commit_order);
 
 }  // namespace ckptstream

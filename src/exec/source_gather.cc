@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "core/crc32.h"
 #include "exec/dtype_convert.h"
 
 namespace ckptstream {
@@ -97,12 +98,13 @@ std::byte* GatherBuffers::scratch() {
 }
 
 SourceGather::SourceGather(const InputFile& file, const TensorRef& view, GatherBuffers& buffers,
-                           std::byte* window, std::int64_t window_begin)
+                           std::byte* window, std::int64_t window_begin, RecordChecker* records)
     : file_(file),
       view_(view),
       buffers_(buffers),
       window_(window),
       window_begin_(window_begin),
+      records_(view.has_crc32 ? records : nullptr),
       element_size_(element_size(view.dtype)) {
   buffers_.lines().clear();
 }
@@ -179,12 +181,34 @@ Status SourceGather::read_direct() {
     iov.push_back({destination(line.dst), bytes});
     position = begin + bytes;
   }
-  return read_scatter(file_, group_begin_, iov);
+  CKPT_TRY(read_scatter(file_, group_begin_, iov));
+  if (!records_) return {};
+  // Each line's bytes, where they landed (before any byte swap); the gaps went to the junk
+  // buffer, one over the other: they are covered by other reads, or by the checker's finish().
+  auto& pieces = buffers_.pieces();
+  pieces.clear();
+  for (const Line& line : buffers_.lines()) {
+    std::uint64_t begin = source_byte(line.src) - view_.storage_begin;
+    std::size_t bytes = static_cast<std::size_t>(line.count) * element_size_;
+    std::uint32_t crc = crc32_update(0, std::span(destination(line.dst), bytes));
+    if (!pieces.empty() && pieces.back().end == begin) {
+      pieces.back().crc32 = crc32_combine(pieces.back().crc32, crc, bytes);
+      pieces.back().end += bytes;
+    } else {
+      pieces.push_back({begin, begin + bytes, crc});
+    }
+  }
+  return records_->add(view_, pieces);
 }
 
 Status SourceGather::read_through_scratch() {
   std::byte* scratch = buffers_.scratch();
   CKPT_TRY(file_.read_at(group_begin_, {scratch, group_end_ - group_begin_}));
+  if (records_) {
+    RecordPiece piece{group_begin_ - view_.storage_begin, group_end_ - view_.storage_begin,
+                      crc32_update(0, std::span(scratch, group_end_ - group_begin_))};
+    CKPT_TRY(records_->add(view_, std::span(&piece, 1)));
+  }
   auto size = static_cast<std::int64_t>(element_size_);
   const std::vector<Line>& lines = buffers_.lines();
   for (std::size_t i = 0; i < lines.size();) {

@@ -1,5 +1,6 @@
 // Reads one fragment's lines (fragment_geometry.h) from its input file into a window buffer laid
-// out like the logical tensor. Lines that follow each other in the file with small gaps are
+// out like the logical tensor, and reports the CRC-32 of the bytes it read to the record checker
+// (record_check.h). Lines that follow each other in the file with small gaps are
 // read with one syscall: lines contiguous in source and destination by one preadv straight into
 // the window (gaps land in a junk buffer); strided lines (transposed or sliced views) by one
 // pread of their covering span into a bounded scratch buffer, then gathered in memory.
@@ -13,6 +14,7 @@
 
 #include "ckptstream/result.h"
 #include "exec/fragment_geometry.h"
+#include "exec/record_check.h"
 #include "io/input_file.h"
 
 namespace ckptstream {
@@ -31,6 +33,7 @@ class GatherBuffers {
   std::byte* junk() { return junk_.get(); }
   std::vector<Line>& lines() { return lines_; }
   std::vector<iovec>& iovecs() { return iovecs_; }
+  std::vector<RecordPiece>& pieces() { return pieces_; }
 
  private:
   std::size_t scratch_capacity_;
@@ -38,13 +41,15 @@ class GatherBuffers {
   std::unique_ptr<std::byte[]> junk_;
   std::vector<Line> lines_;
   std::vector<iovec> iovecs_;
+  std::vector<RecordPiece> pieces_;
 };
 
 class SourceGather {
  public:
-  // Lines land at window + (line.dst - window_begin) * element size.
+  // Lines land at window + (line.dst - window_begin) * element size. The CRC of what is read
+  // goes to `records` (when not null and the view's record has one).
   SourceGather(const InputFile& file, const TensorRef& view, GatherBuffers& buffers,
-               std::byte* window, std::int64_t window_begin);
+               std::byte* window, std::int64_t window_begin, RecordChecker* records = nullptr);
   Status add(const Line& line);
   Status finish() { return flush(); }
 
@@ -63,6 +68,7 @@ class SourceGather {
   GatherBuffers& buffers_;
   std::byte* window_;
   std::int64_t window_begin_;
+  RecordChecker* records_;  // null: nothing to check
   std::size_t element_size_;
   bool group_direct_ = false;
   std::uint64_t group_begin_ = 0;  // file bytes covered by the pending lines

@@ -4,10 +4,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <simdjson.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
 #include <set>
+
+#include "core/json_text.h"
+#include "io/input_file.h"
 
 namespace ckptstream {
 namespace {
@@ -96,16 +102,180 @@ Status copy_fds(int in, int out, std::uint64_t size, const std::filesystem::path
 
 // --- OutputStaging -------------------------------------------------------------------------
 
-OutputStaging::OutputStaging(std::filesystem::path target, std::filesystem::path dir)
-    : target_(std::move(target)), dir_(std::move(dir)) {}
+namespace {
+
+// A staging directory's lock file lies beside it (`<name>.lock`) and is taken before the
+// directory is made: whoever sees the directory finds it locked while its run lives.
+constexpr std::string_view kLockSuffix = ".lock";
+
+std::filesystem::path lock_of(const std::filesystem::path& staging_dir) {
+  return staging_dir.string() + std::string(kLockSuffix);
+}
+constexpr std::string_view kJournalFormat = "ckptstream-commit";
+
+// A relative path below the target that cannot leave it: no empty, "." or ".." component.
+bool is_safe_name(std::string_view name) {
+  if (name.empty() || name.front() == '/') return false;
+  std::size_t start = 0;
+  while (start <= name.size()) {
+    std::size_t end = name.find('/', start);
+    if (end == std::string_view::npos) end = name.size();
+    std::string_view part = name.substr(start, end - start);
+    if (part.empty() || part == "." || part == "..") return false;
+    start = end + 1;
+  }
+  return true;
+}
+
+std::string journal_json(const std::string& staging, const CommitList& list) {
+  auto names = [](const std::vector<std::string>& values) {
+    std::string out = "[";
+    for (std::size_t i = 0; i < values.size(); ++i)
+      out += (i ? ",\n    " : "\n    ") + json_quote(values[i]);
+    return out + (values.empty() ? "]" : "\n  ]");
+  };
+  return "{\n  \"format\": \"" + std::string(kJournalFormat) + "\",\n  \"version\": 1,\n" +
+         "  \"staging\": " + json_quote(staging) +
+         ",\n  \"fingerprint\": " + json_quote(list.fingerprint) +
+         ",\n  \"remove\": " + names(list.remove) + ",\n  \"rename\": " + names(list.rename) +
+         "\n}\n";
+}
+
+struct Journal {
+  std::string staging;
+  CommitList list;
+};
+
+Result<Journal> read_journal(const std::filesystem::path& path) {
+  CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(path));
+  auto bad = [&](const std::string& what) {
+    return invalid_input(path.string() + ": " + what +
+                         "; it records an interrupted commit: delete it and the model files "
+                         "beside it, then run again");
+  };
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  std::string_view format, staging, fingerprint;
+  if (parser.parse(text).get(root) || root["format"].get(format) || format != kJournalFormat ||
+      root["staging"].get(staging) || root["fingerprint"].get(fingerprint))
+    return bad("not a ckptstream commit journal");
+  Journal journal;
+  journal.staging = std::string(staging);
+  journal.list.fingerprint = std::string(fingerprint);
+  if (!staging.starts_with(kStagingPrefix) || staging.find('/') != std::string_view::npos)
+    return bad("names a staging directory that is not one: " + journal.staging);
+  for (auto [key, out] :
+       {std::pair{"remove", &journal.list.remove}, std::pair{"rename", &journal.list.rename}}) {
+    simdjson::dom::array array;
+    if (root[key].get(array)) return bad(std::string("no \"") + key + "\" list");
+    for (auto item : array) {
+      std::string_view name;
+      if (item.get(name) || !is_safe_name(name))
+        return bad(std::string("\"") + key + "\" names a path outside the target");
+      out->emplace_back(name);
+    }
+  }
+  return journal;
+}
+
+Status remove_file(const std::filesystem::path& path) {
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+    return errno_error(path, "cannot remove", errno);
+  return {};
+}
+
+// Steps 2-4 of the commit (staging.h), from the journal at `journal_path`; renames that were
+// done already (the file is gone from staging and present in the target) are skipped.
+Result<std::size_t> apply_commit(const std::filesystem::path& target, const std::string& staging,
+                                 const CommitList& list) {
+  const std::filesystem::path staging_dir = target / staging;
+  std::set<std::filesystem::path> directories{target};
+  auto step = [&] {
+    if (list.after_step) list.after_step();
+  };
+  const std::set<std::string> renamed_names(list.rename.begin(), list.rename.end());
+  bool removed = false;
+  for (const auto& name : list.remove) {
+    // An earlier model's file of a name this commit writes (its index, its manifest): removed
+    // only while this commit's file is still staged, never once it is in place (a commit
+    // completed again after an interruption).
+    std::error_code ec;
+    if (renamed_names.count(name) && !std::filesystem::exists(staging_dir / name, ec)) continue;
+    CKPT_TRY(remove_file(target / name));
+    directories.insert((target / name).parent_path());
+    removed = true;
+    step();
+  }
+  // The removals (and the journal's rename) on disk before any new file is in place: after a
+  // power loss the target may lack both models' completion markers, never show a mix of them.
+  if (removed)
+    for (const auto& dir : directories) CKPT_TRY(fsync_directory(dir));
+  std::size_t renamed = 0;
+  for (const auto& name : list.rename) {
+    auto source = staging_dir / name, destination = target / name;
+    std::error_code ec;
+    if (!std::filesystem::exists(source, ec)) {
+      if (std::filesystem::exists(destination, ec)) continue;  // moved before the interruption
+      return io_error(destination.string() +
+                      ": cannot complete the commit: it is neither staged nor in place");
+    }
+    std::filesystem::create_directories(destination.parent_path(), ec);
+    directories.insert(destination.parent_path());
+    std::filesystem::rename(source, destination, ec);
+    if (ec) return io_error(destination.string() + ": cannot rename into place: " + ec.message());
+    ++renamed;
+    step();
+  }
+  for (const auto& dir : directories) CKPT_TRY(fsync_directory(dir));
+  // Not synced: a journal that comes back after a power loss is completed again, which changes
+  // nothing (every rename is done, and removals skip what is in place).
+  CKPT_TRY(remove_file(target / kJournalFileName));
+  std::error_code ec;
+  std::filesystem::remove_all(staging_dir, ec);
+  return renamed;
+}
+
+std::uint64_t bytes_under(const std::filesystem::path& dir) {
+  std::uint64_t total = 0;
+  std::error_code ec;
+  for (std::filesystem::recursive_directory_iterator it(dir, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code size_ec;
+    if (it->is_regular_file(size_ec)) total += it->file_size(size_ec);
+  }
+  return total;
+}
+
+// The staging directories of `target` (and the names of lock files left without one), by name
+// without the lock suffix.
+std::vector<std::string> staging_names(const std::filesystem::path& target) {
+  std::set<std::string> names;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(target, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (!name.starts_with(kStagingPrefix)) continue;
+    if (name.ends_with(kLockSuffix)) name.resize(name.size() - kLockSuffix.size());
+    names.insert(std::move(name));
+  }
+  return {names.begin(), names.end()};
+}
+
+}  // namespace
+
+OutputStaging::OutputStaging(std::filesystem::path target, std::filesystem::path dir, FileLock lock)
+    : target_(std::move(target)), dir_(std::move(dir)), lock_(std::move(lock)) {}
 
 OutputStaging::OutputStaging(OutputStaging&& other) noexcept
-    : target_(std::move(other.target_)), dir_(std::exchange(other.dir_, {})) {}
+    : target_(std::move(other.target_)),
+      dir_(std::exchange(other.dir_, {})),
+      lock_(std::move(other.lock_)) {}
 
 OutputStaging::~OutputStaging() {
   if (dir_.empty()) return;
   std::error_code ignored;
   std::filesystem::remove_all(dir_, ignored);
+  lock_.release();  // and its file, last
 }
 
 Result<OutputStaging> OutputStaging::create(const std::filesystem::path& target_dir,
@@ -113,11 +283,17 @@ Result<OutputStaging> OutputStaging::create(const std::filesystem::path& target_
   std::error_code ec;
   if (!std::filesystem::is_directory(target_dir, ec))
     return io_error(target_dir.string() + ": not a directory");
-  auto dir = target_dir /
-             (".ckptstream-staging-" + (tag.empty() ? "" : tag + "-") + std::to_string(::getpid()));
-  std::filesystem::remove_all(dir, ec);  // a leftover of a killed run that had our pid
+  std::string name =
+      std::string(kStagingPrefix) + (tag.empty() ? "" : tag + "-") + std::to_string(::getpid());
+  auto dir = target_dir / name;
+  // Another run may hold it for an instant, checking whether it is stale (remove_stale_staging).
+  CKPT_ASSIGN_OR_RETURN(FileLock lock,
+                        FileLock::acquire(lock_of(dir), FileLock::Mode::kExclusive, "staging",
+                                          dir.string(), std::chrono::seconds(10)));
+  // A leftover of a gone run that had our pid: its lock was free, since we hold it now.
+  std::filesystem::remove_all(dir, ec);
   if (::mkdir(dir.c_str(), 0755) != 0) return errno_error(dir, "cannot create", errno);
-  return OutputStaging(target_dir, dir);
+  return OutputStaging(target_dir, dir, std::move(lock));
 }
 
 Result<std::filesystem::path> OutputStaging::path_for(const std::string& name) const {
@@ -128,20 +304,20 @@ Result<std::filesystem::path> OutputStaging::path_for(const std::string& name) c
   return path;
 }
 
-Status OutputStaging::commit(const std::vector<std::string>& names) {
-  std::set<std::filesystem::path> directories{target_};
-  for (const auto& name : names) {
-    auto destination = target_ / name;
-    std::error_code ec;
-    std::filesystem::create_directories(destination.parent_path(), ec);
-    directories.insert(destination.parent_path());
-    std::filesystem::rename(dir_ / name, destination, ec);
-    if (ec) return io_error(destination.string() + ": cannot rename into place: " + ec.message());
-  }
-  for (const auto& dir : directories) CKPT_TRY(fsync_directory(dir));
+Status OutputStaging::commit(const CommitList& list) {
+  std::string staging = dir_.filename().string();
+  auto journal = dir_ / ".commit-journal.json";
+  CKPT_TRY(write_small_file(journal, journal_json(staging, list)));
   std::error_code ec;
-  std::filesystem::remove_all(dir_, ec);
+  std::filesystem::rename(journal, target_ / kJournalFileName, ec);
+  if (ec)
+    return io_error((target_ / kJournalFileName).string() + ": cannot write: " + ec.message());
+  // From here on a failure leaves the journal: the next run completes the commit. (Its rename
+  // reaches the disk with the removals'; a power loss before that leaves no complete-looking
+  // target, and the next run refuses it clearly instead of completing it.)
+  CKPT_TRY(apply_commit(target_, staging, list));
   dir_.clear();
+  lock_.release();
   return {};
 }
 
@@ -152,6 +328,45 @@ Status OutputStaging::commit_one(const std::string& name) const {
   std::filesystem::rename(dir_ / name, destination, ec);
   if (ec) return io_error(destination.string() + ": cannot rename into place: " + ec.message());
   return fsync_directory(destination.parent_path());
+}
+
+Result<std::optional<InterruptedCommit>> finish_interrupted_commit(
+    const std::filesystem::path& target) {
+  auto path = target / kJournalFileName;
+  CKPT_ASSIGN_OR_RETURN(bool present, regular_file_exists(path));
+  if (!present) return std::optional<InterruptedCommit>();
+  CKPT_ASSIGN_OR_RETURN(Journal journal, read_journal(path));
+  CKPT_ASSIGN_OR_RETURN(std::size_t renamed, apply_commit(target, journal.staging, journal.list));
+  return std::optional<InterruptedCommit>(
+      InterruptedCommit{journal.staging, journal.list.fingerprint, renamed});
+}
+
+std::vector<StaleStaging> remove_stale_staging(const std::filesystem::path& target) {
+  std::vector<StaleStaging> removed;
+  for (const auto& name : staging_names(target)) {
+    auto dir = target / name;
+    // Taken while it is checked: no run can start using this name meanwhile.
+    auto lock =
+        FileLock::acquire(lock_of(dir), FileLock::Mode::kExclusive, "cleanup", dir.string());
+    if (!lock.ok()) continue;  // a live run's
+    std::error_code ec;
+    bool had_dir = std::filesystem::exists(dir, ec);
+    std::uint64_t bytes = had_dir ? bytes_under(dir) : 0;
+    std::filesystem::remove_all(dir, ec);
+    if (!ec && had_dir) removed.push_back(StaleStaging{name, bytes});
+  }
+  return removed;
+}
+
+std::vector<std::pair<std::string, std::optional<std::string>>> list_staging(
+    const std::filesystem::path& target) {
+  std::vector<std::pair<std::string, std::optional<std::string>>> found;
+  for (const auto& name : staging_names(target)) {
+    std::error_code ec;
+    if (std::filesystem::exists(target / name, ec))
+      found.emplace_back(name, FileLock::holder(lock_of(target / name)));
+  }
+  return found;
 }
 
 // --- StagedFile ----------------------------------------------------------------------------

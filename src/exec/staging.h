@@ -1,24 +1,57 @@
 // Output files are born in a staging directory inside the target and renamed into place only
-// when every one of them is complete and on disk. OutputStaging owns that directory: unless
-// commit() succeeds, its destructor removes it with everything in it. A process killed midway
-// (SIGINT, SIGKILL, power loss) leaves at most `<target>/.ckptstream-staging-<pid>/`, never a
-// partial file under a final name; such leftovers can be deleted by hand. The processes of a
-// distributed run (distributed.h) each have their own, tagged with their rank (pids of
-// different machines may be equal), and move files into place one by one (commit_one).
+// when every one of them is complete and on disk. OutputStaging owns that directory, and holds
+// the lock of the file beside it, `<dir>.lock` (file_lock.h), taken before the directory is made
+// and released after it is gone; unless commit() succeeds, its destructor removes it with
+// everything in it. A process killed midway (SIGKILL, power loss) leaves
+// `<target>/.ckptstream-staging-[<tag>-]<pid>/` (and its lock file) whose lock is free: the next
+// run into the target removes it (remove_stale_staging). The processes of a distributed run
+// (distributed.h) each have their own, tagged with their rank (pids of different machines may be
+// equal), and move files into place one by one (commit_one).
+//
+// commit() is journaled, so that at no instant does the target hold a set of files that looks
+// like a complete model but is not one run's:
+//   1. `<target>/.ckptstream-commit.json` is written (its bytes synced, then renamed in): the
+//      staging directory, the files to remove (the earlier model's index, manifest and single
+//      model.safetensors, and its files this run does not write), the files to rename, in
+//      order, and a fingerprint of the plan;
+//   2. the files to remove are removed and the directory synced (the target no longer looks
+//      complete, on disk too);
+//   3. the staged files are renamed into place, the index or model.safetensors after the other
+//      files and the manifest last, and the directories fsynced;
+//   4. the journal is removed, then the staging directory.
+// A run interrupted during steps 2-4 leaves the journal; finish_interrupted_commit (run by the
+// next process that holds the target's lock) carries the steps out again from the journal, which
+// works whatever step was reached: every file to rename was complete and fsynced before step 1.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "io/file_lock.h"
 
 namespace ckptstream {
 
+inline constexpr std::string_view kStagingPrefix = ".ckptstream-staging-";
+inline constexpr std::string_view kJournalFileName = ".ckptstream-commit.json";
+
+// What commit() does to the target.
+struct CommitList {
+  std::vector<std::string> remove;  // earlier files, removed before the first rename
+  std::vector<std::string> rename;  // staged files, renamed in this order (the manifest last)
+  std::string fingerprint;          // identifies the plan (plan_fingerprint in executor.h)
+  // Called after each removal and each rename; may be empty. Tests end the process there to see
+  // what a crash at that instant leaves.
+  std::function<void()> after_step;
+};
+
 class OutputStaging {
  public:
-  // `<target>/.ckptstream-staging-[<tag>-]<pid>/`.
+  // `<target>/.ckptstream-staging-[<tag>-]<pid>/`, locked.
   static Result<OutputStaging> create(const std::filesystem::path& target_dir,
                                       const std::string& tag = "");
   OutputStaging(OutputStaging&& other) noexcept;
@@ -30,19 +63,46 @@ class OutputStaging {
   // Where the output named `name` (a relative path) is written; creates parent directories.
   Result<std::filesystem::path> path_for(const std::string& name) const;
 
-  // Renames the named files (in this order) into the target, fsyncs the target directory and
-  // removes the staging directory.
-  Status commit(const std::vector<std::string>& names);
+  // The journaled commit described above; the staging directory is gone afterwards.
+  Status commit(const CommitList& list);
 
   // Renames one complete file into the target and fsyncs its directory; the staging directory
   // stays (and is removed, with whatever is left in it, by the destructor).
   Status commit_one(const std::string& name) const;
 
  private:
-  OutputStaging(std::filesystem::path target, std::filesystem::path dir);
+  OutputStaging(std::filesystem::path target, std::filesystem::path dir, FileLock lock);
   std::filesystem::path target_;
   std::filesystem::path dir_;  // empty once committed or moved from
+  FileLock lock_;
 };
+
+// A journal found in a target: the commit of a run that was interrupted.
+struct InterruptedCommit {
+  std::string staging;      // the staging directory's name
+  std::string fingerprint;  // of the interrupted run's plan
+  std::size_t renamed = 0;  // files moved into place now
+};
+
+// If `target` holds a commit journal, completes that commit (steps 2-4) and says what it was;
+// nullopt when there is none. The caller must hold the target's lock exclusively. A journal that
+// cannot be read or names files outside the target is an error, and nothing is touched.
+Result<std::optional<InterruptedCommit>> finish_interrupted_commit(
+    const std::filesystem::path& target);
+
+// A staging directory left by a run that is gone.
+struct StaleStaging {
+  std::string name;
+  std::uint64_t bytes = 0;
+};
+
+// Removes the staging directories of `target` whose lock is free or missing (a run takes the
+// lock before it makes the directory), with their lock files; returns what was removed.
+std::vector<StaleStaging> remove_stale_staging(const std::filesystem::path& target);
+
+// Staging directories of `target` and, for each, the holder's line when a live process uses it.
+std::vector<std::pair<std::string, std::optional<std::string>>> list_staging(
+    const std::filesystem::path& target);
 
 // A file being written in staging: created exclusively, preallocated, written with pwrite.
 // Writes of whole 4 KiB blocks at aligned offsets (from aligned memory) go through a second

@@ -56,7 +56,8 @@ void ProgressCounter::add(std::uint64_t bytes) {
 }
 
 ExecContext::ExecContext(std::span<const InputFile> input_files, ExecOptions worker_options,
-                         ProgressCounter* progress_counter, const std::atomic<bool>* stop_flag)
+                         ProgressCounter* progress_counter, const std::atomic<bool>* stop_flag,
+                         RecordChecker* record_checker)
     : inputs(input_files),
       options(std::move(worker_options)),
       window_capacity(std::max<std::size_t>(options.buffer_bytes, 64)),
@@ -64,7 +65,8 @@ ExecContext::ExecContext(std::span<const InputFile> input_files, ExecOptions wor
       gather(options.buffer_bytes),
       write_buffers(options.buffer_bytes),
       progress(progress_counter),
-      stop(stop_flag) {}
+      stop(stop_flag),
+      records(record_checker) {}
 
 TensorStream::TensorStream(const LogicalTensor& tensor, ExecContext& context)
     : tensor_(tensor),
@@ -224,7 +226,8 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
     std::int64_t last = source.geometry.count_before(end);
     if (first >= last) continue;
     const TensorRef& view = source.fragment->source;
-    SourceGather gather(context_.inputs[view.input], view, context_.gather, window, begin);
+    SourceGather gather(context_.inputs[view.input], view, context_.gather, window, begin,
+                        context_.records);
     Status status;
     source.geometry.for_each_line(first, last, [&](const Line& line) {
       if (status.ok()) status = gather.add(line);

@@ -25,6 +25,7 @@
 #include "exec/executor.h"
 #include "exec/file_writer.h"
 #include "exec/fragment_geometry.h"
+#include "exec/record_check.h"
 #include "exec/source_gather.h"
 #include "io/input_file.h"
 
@@ -53,7 +54,8 @@ class ProgressCounter {
 struct ExecContext {
   ExecContext(std::span<const InputFile> input_files, ExecOptions worker_options,
               ProgressCounter* progress_counter = nullptr,
-              const std::atomic<bool>* stop_flag = nullptr);
+              const std::atomic<bool>* stop_flag = nullptr,
+              RecordChecker* record_checker = nullptr);
 
   std::span<const InputFile> inputs;
   ExecOptions options;
@@ -63,6 +65,7 @@ struct ExecContext {
   WriteBuffers write_buffers;     // for the output files this worker writes
   ProgressCounter* progress;      // may be null
   const std::atomic<bool>* stop;  // set when another worker failed; may be null
+  RecordChecker* records;         // the execution's zip CRC checks (record_check.h); may be null
 };
 
 // Receives a tensor's bytes in order: `offset` is the byte position of `bytes` in the tensor.

@@ -191,6 +191,7 @@ Result<std::vector<fs::path>> locate_chunks(const fs::path& dir, const DcpOption
   InputTable inputs;
   std::vector<std::optional<Result<dcp::ChunkLocation>>> found;
   for (std::size_t begin = 0; begin < jobs.size(); begin += kBatch) {
+    CKPT_TRY(check_interrupt(options.interrupt));
     const std::size_t end = std::min(jobs.size(), begin + kBatch);
     found.assign(end - begin, std::nullopt);
     // Each worker takes a run of consecutive items: the items of a file lie in offset order.

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "core/interrupt.h"
 #include "formats/verl_fsdp.h"
 
 namespace ckptstream {
@@ -42,6 +43,7 @@ struct DcpOptions {
   std::optional<std::string> prefix;  // the app-state prefix of the model keys; nullopt: detect
   std::filesystem::path scratch_dir;  // where compressed (zstd) items are decoded to
   unsigned threads = 0;               // items read at once (0: one per core)
+  const InterruptFlag* interrupt = nullptr;  // looked at between batches of items
 };
 
 // Where the checkpoint of a directory is: `dir` itself, `dir/dcp_checkpoint` or

@@ -1,14 +1,17 @@
 #include "formats/merge_plan.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 
 #include "formats/dcp_checkpoint.h"
 #include "formats/verl_fsdp.h"
+#include "io/input_file.h"
 #include "mapping/experts.h"
 #include "mapping/hf_config.h"
 #include "mapping/lora.h"
@@ -28,8 +31,10 @@ struct SourceModel {
 
 Result<SourceModel> read_fsdp(const fs::path& dir, const MergeOptions& options) {
   CKPT_ASSIGN_OR_RETURN(auto checkpoint, find_fsdp_checkpoint(dir));
+  checkpoint.accept_renamed_rank_files = options.accept_renamed_rank_files;
   CKPT_ASSIGN_OR_RETURN(auto merged, merge_fsdp_tensors(checkpoint, options.threads,
-                                                        TorchReadOptions{options.sampled_headers}));
+                                                        TorchReadOptions{options.sampled_headers},
+                                                        options.interrupt));
   SourceModel model;
   model.layout = "verl FSDP checkpoint, world size " + std::to_string(checkpoint.world_size);
   model.inputs = std::move(merged.inputs);
@@ -41,26 +46,40 @@ Result<SourceModel> read_fsdp(const fs::path& dir, const MergeOptions& options) 
 }
 
 // The Hugging Face side of a DCP checkpoint: config.json beside it, in huggingface/ beside it,
-// or next to its parent (RLinf keeps the base model elsewhere: --hf-config).
-std::optional<fs::path> find_hf_dir_near(const fs::path& dir) {
-  for (const fs::path& candidate : {dir, dir / "huggingface", dir.parent_path() / "huggingface"})
-    if (fs::is_regular_file(candidate / "config.json")) return candidate;
-  return std::nullopt;
+// or next to its parent (RLinf keeps the base model elsewhere: --hf-config). A config.json that
+// is there but is no regular file (a directory, a FIFO) is an error, not a missing config.
+Result<std::optional<fs::path>> find_hf_dir_near(const fs::path& dir) {
+  for (const fs::path& candidate : {dir, dir / "huggingface", dir.parent_path() / "huggingface"}) {
+    CKPT_ASSIGN_OR_RETURN(bool found, regular_file_exists(candidate / "config.json"));
+    if (found) return std::optional<fs::path>(candidate);
+  }
+  return std::optional<fs::path>();
+}
+
+// The directory can be listed (else detection would see an empty one and say nothing is there).
+Status check_listable(const fs::path& dir) {
+  std::error_code ec;
+  auto status = fs::status(dir, ec);
+  if (ec) return io_error(dir.string() + ": " + ec.message());
+  if (!fs::is_directory(status)) return invalid_input(dir.string() + ": not a directory");
+  fs::directory_iterator list(dir, ec);
+  if (ec) return io_error(dir.string() + ": cannot list: " + ec.message());
+  return {};
 }
 
 Result<SourceModel> read_dcp(const fs::path& dir, const MergeOptions& options,
                              const ScratchDir& scratch) {
   CKPT_ASSIGN_OR_RETURN(auto layout, find_dcp_checkpoint(dir));
   CKPT_ASSIGN_OR_RETURN(
-      auto merged,
-      read_dcp_tensors(dir, DcpOptions{options.prefix, scratch.path(), options.threads}));
+      auto merged, read_dcp_tensors(dir, DcpOptions{options.prefix, scratch.path(), options.threads,
+                                                    options.interrupt}));
   SourceModel model;
   model.layout = layout.dcp_dir
                      ? "torch.distributed.checkpoint (DCP) in " + layout.dcp_dir->string()
                      : "RLinf full weights " + layout.full_weights->string();
   model.inputs = std::move(merged.inputs);
   model.tensors = std::move(merged.tensors);
-  model.hf_dir = find_hf_dir_near(layout.dcp_dir ? *layout.dcp_dir : dir);
+  CKPT_ASSIGN_OR_RETURN(model.hf_dir, find_hf_dir_near(layout.dcp_dir ? *layout.dcp_dir : dir));
   model.notes = std::move(layout.notes);
   model.notes.insert(model.notes.end(), merged.notes.begin(), merged.notes.end());
   return model;
@@ -68,7 +87,7 @@ Result<SourceModel> read_dcp(const fs::path& dir, const MergeOptions& options,
 
 Result<SourceModel> read_source(const fs::path& dir, const MergeOptions& options,
                                 const ScratchDir& scratch) {
-  if (!fs::is_directory(dir)) return invalid_input(dir.string() + ": not a directory");
+  CKPT_TRY(check_listable(dir));
   Backend backend = options.backend;
   if (backend == Backend::kAuto) {
     if (looks_like_fsdp_checkpoint(dir))
@@ -141,14 +160,52 @@ void set_output_dtypes(std::vector<LogicalTensor>& tensors, std::optional<DType>
 
 }  // namespace
 
+namespace {
+
+constexpr std::string_view kScratchPrefix = "ckptstream-scratch-";
+
+// Scratch directories (and lock files) of gone runs in `tmp`.
+void remove_stale_scratch(const fs::path& tmp) {
+  std::error_code ec;
+  for (fs::directory_iterator it(tmp, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (!name.starts_with(kScratchPrefix) || name.ends_with(".lock")) continue;
+    auto lock = FileLock::acquire(it->path().string() + ".lock", FileLock::Mode::kExclusive,
+                                  "cleanup", name);
+    if (!lock.ok()) continue;  // a live run's
+    std::error_code removed;
+    fs::remove_all(it->path(), removed);
+  }
+}
+
+}  // namespace
+
 ScratchDir::ScratchDir() {
-  std::string name = (fs::temp_directory_path() / "ckptstream-scratch-XXXXXX").string();
-  if (::mkdtemp(name.data()) != nullptr) path_ = name;  // else the reader reports it on first use
+  std::error_code ec;
+  fs::path tmp = fs::temp_directory_path(ec);
+  if (ec) return;  // the reader reports it on first use
+  remove_stale_scratch(tmp);
+  // The lock first, then the directory: a cleaner never finds the directory unlocked.
+  std::random_device random;
+  for (int attempt = 0; attempt < 16 && path_.empty(); ++attempt) {
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, "%d-%08x", static_cast<int>(::getpid()),
+                  static_cast<unsigned>(random()));
+    fs::path dir = tmp / (std::string(kScratchPrefix) + suffix);
+    auto lock = FileLock::acquire(dir.string() + ".lock", FileLock::Mode::kExclusive, "scratch",
+                                  dir.string());
+    if (!lock.ok()) continue;
+    fs::remove_all(dir, ec);  // a gone run's of the same name: its lock was free
+    if (::mkdir(dir.c_str(), 0700) != 0) continue;
+    path_ = dir;
+    lock_ = std::move(lock).value();
+  }
 }
 
 ScratchDir::~ScratchDir() {
   std::error_code ec;
   if (!path_.empty()) fs::remove_all(path_, ec);
+  if (lock_) lock_->release();
 }
 
 Result<Backend> parse_backend(std::string_view text) {
@@ -165,7 +222,8 @@ Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& opti
   merge.scratch = std::make_shared<ScratchDir>();
   CKPT_ASSIGN_OR_RETURN(auto source, read_source(local_dir, options, *merge.scratch));
   if (options.hf_config) {
-    if (!fs::is_regular_file(*options.hf_config / "config.json"))
+    CKPT_ASSIGN_OR_RETURN(bool found, regular_file_exists(*options.hf_config / "config.json"));
+    if (!found)
       return usage_error("--hf-config " + options.hf_config->string() + ": no config.json there");
     source.hf_dir = options.hf_config;
   }
@@ -175,8 +233,9 @@ Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& opti
   std::vector<SideFile> side_files;
   std::optional<HfConfig> config;
   if (source.hf_dir) {
-    side_files = find_side_files(*source.hf_dir);
-    if (fs::is_regular_file(*source.hf_dir / "config.json")) {
+    CKPT_ASSIGN_OR_RETURN(side_files, find_side_files(*source.hf_dir));
+    CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(*source.hf_dir / "config.json"));
+    if (has_config) {
       merge.config_json = *source.hf_dir / "config.json";
       CKPT_ASSIGN_OR_RETURN(config, read_hf_config(*merge.config_json));
     }

@@ -11,7 +11,9 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "core/interrupt.h"
 #include "formats/torch_sources.h"
+#include "io/file_lock.h"
 #include "plan/plan.h"
 
 namespace ckptstream {
@@ -36,14 +38,19 @@ struct MergeOptions {
   // The state dict as saved, for torch.save output: no LoRA fusing, tied-weight dropping or
   // expert unpacking, and no config needed.
   bool raw_state_dict = false;
-  unsigned threads = 0;  // rank files parsed at once (0: one per core)
+  unsigned threads = 0;                    // rank files parsed at once (0: one per core)
+  bool accept_renamed_rank_files = false;  // verl FSDP (FsdpCheckpoint)
   // Local headers of torch zip files read per file, the others' data offsets computed
   // (TorchReadOptions); 0: all. Only for plans that are shown, not executed.
   std::size_t sampled_headers = 0;
+  // Checked between rank files and between batches of DCP items; may be null.
+  const InterruptFlag* interrupt = nullptr;
 };
 
 // A directory for items that must be decoded before they can be streamed (zstd-compressed DCP
-// items); created on first use by the reader, removed with the plan that reads from it.
+// items): `<tmp>/ckptstream-scratch-XXXXXX/`, locked (io/file_lock.h) by `<dir>.lock` beside it,
+// and removed with the plan that reads from it. Making one first removes those whose lock is
+// free: what runs killed before they could remove theirs left.
 class ScratchDir {
  public:
   ScratchDir();
@@ -54,6 +61,7 @@ class ScratchDir {
 
  private:
   std::filesystem::path path_;
+  std::optional<FileLock> lock_;
 };
 
 struct MergePlan {

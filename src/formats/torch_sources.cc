@@ -41,14 +41,6 @@ bool is_side_file_name(std::string_view name) {
          has_prefix(name, "vocab.") || has_suffix(name, ".tiktoken");
 }
 
-Result<std::string> read_small_file(const fs::path& path) {
-  CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(path));
-  if (file.size() > (64u << 20)) return invalid_input(path.string() + ": larger than 64 MiB");
-  std::string text(file.size(), '\0');
-  CKPT_TRY(file.read_at(0, std::as_writable_bytes(std::span(text.data(), text.size()))));
-  return text;
-}
-
 // Python modules named in config.json's auto_map ("modeling_x.XForCausalLM" -> modeling_x.py).
 std::vector<std::string> remote_code_modules(const fs::path& config) {
   std::vector<std::string> modules;
@@ -99,18 +91,27 @@ Result<std::vector<fs::path>> files_of_index(const fs::path& index) {
                            ": weight_map names a file outside its directory: " + std::string(file));
     if (seen.insert(std::string(file)).second) files.push_back(index.parent_path() / file);
   }
-  for (const auto& file : files)
-    if (!fs::exists(file))
+  for (const auto& file : files) {
+    std::error_code ec;
+    if (!fs::exists(file, ec))
       return invalid_input(index.string() + ": names " + file.filename().string() +
-                           ", which does not exist");
+                           (ec ? ": " + ec.message() : ", which does not exist"));
+  }
   return files;
 }
 
 Status add_directory(const fs::path& dir, TorchSourceSet& set) {
   std::vector<fs::path> indexes, torch_files;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (!entry.is_regular_file()) continue;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const auto& entry = *it;
+    std::error_code type_ec;
+    if (!entry.is_regular_file(type_ec)) {
+      // A checkpoint file that cannot be looked at (a symbolic link loop) is an error, not absent.
+      if (type_ec && is_torch_file_name(entry.path().filename().string()))
+        return io_error(entry.path().string() + ": " + type_ec.message());
+      continue;
+    }
     auto name = entry.path().filename().string();
     if (has_suffix(name, ".bin.index.json") || has_suffix(name, ".pt.index.json"))
       indexes.push_back(entry.path());
@@ -195,17 +196,29 @@ Status check_convertible(const TorchCheckpoint& ckpt, const TorchTensor& t) {
 
 }  // namespace
 
-std::vector<SideFile> find_side_files(const fs::path& dir) {
+Result<std::vector<SideFile>> find_side_files(const fs::path& dir) {
   std::vector<SideFile> side;
   std::set<std::string> wanted;
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    auto name = entry.path().filename().string();
-    if (entry.is_regular_file() && is_side_file_name(name)) wanted.insert(name);
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    auto name = it->path().filename().string();
+    if (!is_side_file_name(name)) continue;
+    std::error_code type_ec;
+    auto status = it->status(type_ec);  // symbolic links followed
+    if (type_ec) return io_error(it->path().string() + ": " + type_ec.message());
+    if (fs::is_regular_file(status)) {
+      wanted.insert(name);
+    } else if (name == "config.json" || !fs::is_directory(status)) {
+      // A FIFO would hang the copy; a config.json that is no file is no config.
+      CKPT_TRY(regular_file_exists(it->path()));
+    }
   }
+  if (ec) return io_error(dir.string() + ": cannot list: " + ec.message());
   if (wanted.count("config.json"))
-    for (auto& module : remote_code_modules(dir / "config.json"))
-      if (fs::is_regular_file(dir / module)) wanted.insert(module);
+    for (auto& module : remote_code_modules(dir / "config.json")) {
+      CKPT_ASSIGN_OR_RETURN(bool present, regular_file_exists(dir / module));
+      if (present) wanted.insert(module);
+    }
   for (const auto& name : wanted) side.push_back(SideFile{dir / name, name});
   return side;
 }
@@ -216,6 +229,8 @@ Result<TorchSourceSet> find_torch_sources(const std::vector<fs::path>& args) {
   for (const auto& arg : args) {
     std::error_code ec;
     auto status = fs::status(arg, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory)
+      return io_error(arg.string() + ": " + ec.message());
     if (!fs::exists(status)) return invalid_input(arg.string() + ": no such file or directory");
     if (fs::is_directory(status)) {
       CKPT_TRY(add_directory(arg, set));
@@ -227,13 +242,18 @@ Result<TorchSourceSet> find_torch_sources(const std::vector<fs::path>& args) {
     }
   }
   std::set<fs::path> unique;
-  for (const auto& file : set.files)
-    if (!unique.insert(fs::weakly_canonical(file)).second)
-      return usage_error(file.string() + ": given twice");
-  auto dir = fs::is_directory(args.front()) ? args.front() : args.front().parent_path();
+  for (const auto& file : set.files) {
+    std::error_code ec;
+    auto canonical = fs::weakly_canonical(file, ec);
+    if (ec) return io_error(file.string() + ": " + ec.message());
+    if (!unique.insert(canonical).second) return usage_error(file.string() + ": given twice");
+  }
+  std::error_code ec;
+  auto dir = fs::is_directory(args.front(), ec) ? args.front() : args.front().parent_path();
   if (dir.empty()) dir = ".";
-  set.side_files = find_side_files(dir);
-  if (fs::is_regular_file(dir / "config.json")) set.config_json = dir / "config.json";
+  CKPT_ASSIGN_OR_RETURN(set.side_files, find_side_files(dir));
+  CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(dir / "config.json"));
+  if (has_config) set.config_json = dir / "config.json";
   return set;
 }
 

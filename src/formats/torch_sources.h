@@ -30,8 +30,9 @@ struct TorchSourceSet {
 Result<TorchSourceSet> find_torch_sources(const std::vector<std::filesystem::path>& args);
 
 // Names of the side files of a Hugging Face model directory (config, tokenizer, remote code
-// named in config.json's auto_map), present in `dir`.
-std::vector<SideFile> find_side_files(const std::filesystem::path& dir);
+// named in config.json's auto_map), present in `dir`. One that is not a regular file (a FIFO, a
+// config.json that is a directory) is an error naming it.
+Result<std::vector<SideFile>> find_side_files(const std::filesystem::path& dir);
 
 enum class DTypeChoice { kAuto, kKeep, kBF16, kF16, kF32 };
 Result<DTypeChoice> parse_dtype_choice(std::string_view text);

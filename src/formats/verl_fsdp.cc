@@ -479,13 +479,16 @@ class RankReader {
 // and the files being parsed, not W parsed files.
 class Merger {
  public:
-  Merger(const FsdpCheckpoint& checkpoint, unsigned threads, const TorchReadOptions& options)
-      : checkpoint_(checkpoint), threads_(threads), options_(options) {}
+  Merger(const FsdpCheckpoint& checkpoint, unsigned threads, const TorchReadOptions& options,
+         const InterruptFlag* interrupt)
+      : checkpoint_(checkpoint), threads_(threads), options_(options), interrupt_(interrupt) {}
 
   Result<MergedTensors> run() {
     RankReader reader(checkpoint_.rank_files, threads_, options_);
     for (std::size_t r = 0; r < checkpoint_.rank_files.size(); ++r) {
+      CKPT_TRY(check_interrupt(interrupt_));
       CKPT_ASSIGN_OR_RETURN(TorchCheckpoint ckpt, reader.next());
+      CKPT_TRY(check_saved_name(r, ckpt));
       computed_offsets_ += ckpt.computed_offsets;
       if (r == 0) {
         first_ = std::move(ckpt);
@@ -513,6 +516,21 @@ class Merger {
   };
 
   std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
+
+  // The name rank r's file was saved as (its zip's top directory) must be a rank file name of
+  // the same rank and world size as the file's own name. Another name ("archive": saved to a
+  // stream) says nothing and is accepted.
+  Status check_saved_name(std::size_t r, const TorchCheckpoint& ckpt) const {
+    if (checkpoint_.accept_renamed_rank_files) return {};
+    auto saved = parse_rank_file_name(ckpt.archive_name + ".pt");
+    auto named = parse_rank_file_name(checkpoint_.rank_files[r].filename().string());
+    if (!saved || !named) return {};
+    bool same_world = !saved->world || !named->world || saved->world == named->world;
+    if (saved->rank == named->rank && same_world) return {};
+    return invalid_input(file_of(r) + " was saved as " + ckpt.archive_name +
+                         ".pt (torch.save records the name in the file): the rank files were "
+                         "renamed or swapped; if on purpose, pass --accept-renamed-rank-files");
+  }
   std::string rank_text(std::size_t r) const {
     return "rank " + std::to_string(r) + " (" + file_of(r) + ")";
   }
@@ -768,6 +786,7 @@ class Merger {
   const FsdpCheckpoint& checkpoint_;
   unsigned threads_;
   TorchReadOptions options_;
+  const InterruptFlag* interrupt_;
   std::size_t computed_offsets_ = 0;
   TorchCheckpoint first_;
   std::unordered_map<std::string_view, std::size_t> index_;  // views of first_'s names
@@ -814,7 +833,8 @@ Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
   FsdpCheckpoint ckpt;
   ckpt.dir = dir;
   std::string source;
-  if (fs::exists(dir / kConfigName)) {
+  CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(dir / kConfigName));
+  if (has_config) {
     CKPT_ASSIGN_OR_RETURN(auto config, read_fsdp_config(dir / kConfigName));
     if (name_world && *name_world != config.world_size)
       return invalid_input((dir / kConfigName).string() + " says world_size " +
@@ -853,7 +873,8 @@ Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
 }
 
 Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads,
-                                         const TorchReadOptions& options) {
+                                         const TorchReadOptions& options,
+                                         const InterruptFlag* interrupt) {
   if (checkpoint.rank_files.empty() ||
       checkpoint.rank_files.size() != static_cast<std::size_t>(checkpoint.world_size))
     return invalid_input(checkpoint.dir.string() + ": " +
@@ -863,7 +884,7 @@ Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsig
   // Only the tensors are needed: each rank file's graph is freed batch by batch as it is read.
   TorchReadOptions streaming = options;
   streaming.stream_items = true;
-  return Merger(checkpoint, threads, streaming).run();
+  return Merger(checkpoint, threads, streaming, interrupt).run();
 }
 
 std::optional<std::vector<std::size_t>> fsdp_shard_positions(const DeviceMeshInfo& mesh) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "core/interrupt.h"
 #include "plan/plan.h"
 #include "torch/torch_checkpoint.h"
 
@@ -24,6 +25,9 @@ struct FsdpCheckpoint {
   std::vector<std::filesystem::path> rank_files;  // index = rank
   std::optional<std::filesystem::path> hf_dir;    // <dir>/huggingface, when present
   std::vector<std::string> notes;                 // how the layout was found, for the user
+  // torch.save records the name each file was saved as; a rank file whose recorded name is
+  // another rank's (files renamed or swapped) is refused, unless this is set.
+  bool accept_renamed_rank_files = false;
 };
 
 // Does `dir` hold verl FSDP model shards? (for --backend auto)
@@ -47,8 +51,10 @@ struct MergedTensors {
 // (Partial, _StridedShard, a tp mesh dimension) are clear errors naming the tensor. Rank files
 // are parsed on up to `threads` threads (0: one per core), that many at a time; `options` say
 // how (a plan that reads no data may sample the local headers).
+// `interrupt` is looked at between rank files.
 Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0,
-                                         const TorchReadOptions& options = {});
+                                         const TorchReadOptions& options = {},
+                                         const InterruptFlag* interrupt = nullptr);
 
 // Rank -> flat index (row-major) of the mesh coordinate whose shards the rank holds. FSDP2 shards
 // by the rank's index in the process group of each mesh dim, and torch sorts a group's ranks,

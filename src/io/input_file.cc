@@ -50,8 +50,26 @@ InputFile::~InputFile() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+const char* file_type_name(unsigned mode) {
+  switch (mode & S_IFMT) {
+    case S_IFDIR:
+      return "a directory";
+    case S_IFIFO:
+      return "a FIFO";
+    case S_IFCHR:
+      return "a character device";
+    case S_IFBLK:
+      return "a block device";
+    case S_IFSOCK:
+      return "a socket";
+    default:
+      return "not a regular file";
+  }
+}
+
 Result<InputFile> InputFile::open(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return io_error(path.string() + ": cannot open: " + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
@@ -61,9 +79,34 @@ Result<InputFile> InputFile::open(const std::filesystem::path& path) {
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return invalid_input(path.string() + ": not a regular file");
+    return invalid_input(path.string() + ": not a regular file (" + file_type_name(st.st_mode) +
+                         ")");
   }
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
   return InputFile(path, fd, static_cast<std::uint64_t>(st.st_size));
+}
+
+Result<std::string> read_small_file(const std::filesystem::path& path, std::uint64_t max_bytes) {
+  CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(path));
+  if (file.size() > max_bytes)
+    return invalid_input(path.string() + ": " + std::to_string(file.size()) +
+                         " bytes, more than the " + std::to_string(max_bytes) +
+                         " such a file may have");
+  std::string text(file.size(), '\0');
+  CKPT_TRY(file.read_at(0, std::as_writable_bytes(std::span(text.data(), text.size()))));
+  return text;
+}
+
+Result<bool> regular_file_exists(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return false;
+    return io_error(path.string() + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode))
+    return invalid_input(path.string() + ": not a regular file (" + file_type_name(st.st_mode) +
+                         ")");
+  return true;
 }
 
 Status InputFile::read_at(std::uint64_t offset, std::span<std::byte> out) const {

@@ -17,6 +17,8 @@ namespace ckptstream {
 
 class InputFile {
  public:
+  // Only regular files open: a FIFO, device, socket or directory is refused (naming what it is)
+  // without ever waiting on it.
   static Result<InputFile> open(const std::filesystem::path& path);
 
   InputFile(InputFile&& other) noexcept;
@@ -67,6 +69,19 @@ class InputFile {
   struct Mapping;
   mutable std::unique_ptr<Mapping> mapping_;
 };
+
+// "a FIFO", "a directory", ... for the st_mode of a file that is not regular.
+const char* file_type_name(unsigned mode);
+
+// The whole of a small regular file (a JSON file: config, index, manifest), refused past
+// `max_bytes`; opened as InputFile::open does, so nothing can hang on it.
+Result<std::string> read_small_file(const std::filesystem::path& path,
+                                    std::uint64_t max_bytes = 64ull << 20);
+
+// Is there a regular file at `path` (symbolic links followed)? false when nothing is there;
+// an error naming the path when something else is (a directory, a FIFO, a symbolic link loop)
+// or it cannot be looked at (permission denied).
+Result<bool> regular_file_exists(const std::filesystem::path& path);
 
 // Bounds check with overflow-safe arithmetic: does [offset, offset+length) fit in `size`?
 inline bool range_fits(std::uint64_t offset, std::uint64_t length, std::uint64_t size) {

@@ -4,6 +4,8 @@
 
 #include <string_view>
 
+#include "io/input_file.h"
+
 namespace ckptstream {
 
 namespace {
@@ -89,9 +91,7 @@ std::int64_t HfConfig::zero_expert_num() const {
 }
 
 Result<HfConfig> read_hf_config(const std::filesystem::path& config_json) {
-  simdjson::padded_string text;
-  if (simdjson::padded_string::load(config_json.string()).get(text))
-    return io_error(config_json.string() + ": cannot read the file");
+  CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(config_json));
   simdjson::dom::parser parser;
   element doc;
   if (parser.parse(text).get(doc)) return invalid_input(config_json.string() + ": not valid JSON");

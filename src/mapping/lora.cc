@@ -9,6 +9,7 @@
 #include <set>
 
 #include "core/json_text.h"
+#include "io/input_file.h"
 
 namespace ckptstream {
 namespace {
@@ -39,9 +40,7 @@ struct ParamSource {
 
 Result<simdjson::dom::object> parse_object(simdjson::dom::parser& parser,
                                            const std::filesystem::path& path) {
-  auto loaded = simdjson::padded_string::load(path.string());
-  if (loaded.error()) return io_error(path.string() + ": cannot read");
-  simdjson::padded_string text = std::move(loaded).value_unsafe();
+  CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(path));
   simdjson::dom::object object;
   // The parser keeps the document; `text` may go once parsed.
   if (auto error = parser.parse(text).get_object().get(object); error)
@@ -387,14 +386,16 @@ Result<LoraParams> find_lora_params(const std::filesystem::path& dir, const Lora
 
   simdjson::dom::parser parser;
   std::filesystem::path meta = dir / kLoraTrainMetaName;
-  if (!complete && std::filesystem::exists(meta)) {
+  CKPT_ASSIGN_OR_RETURN(bool has_meta, regular_file_exists(meta));
+  if (!complete && has_meta) {
     CKPT_ASSIGN_OR_RETURN(auto object, parse_object(parser, meta));
     auto source = read_common_fields(object);
     if (!source.ok()) return source.error().with_context(meta.string());
     CKPT_ASSIGN_OR_RETURN(complete, fill_from(params, rslora_known, *source, meta.string()));
   }
   std::filesystem::path config = dir / kAdapterConfigPath;
-  if (!complete && std::filesystem::exists(config)) {
+  CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(config));
+  if (!complete && has_config) {
     CKPT_ASSIGN_OR_RETURN(auto object, parse_object(parser, config));
     auto source = read_adapter_config(object);
     if (!source.ok()) return source.error().with_context(config.string());

@@ -24,6 +24,12 @@ std::uint64_t nbytes(const LogicalTensor& tensor) {
   return static_cast<std::uint64_t>(numel(tensor.shape)) * element_size(tensor.dtype);
 }
 
+Shape header_shape(DType dtype, const Shape& shape) {
+  Shape out = shape;
+  if (dtype == DType::kF4E2M1FNx2 && !out.empty()) out.back() *= 2;
+  return out;
+}
+
 LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
                      std::int64_t length) {
   LogicalTensor out = tensor;

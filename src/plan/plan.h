@@ -27,6 +27,11 @@ struct TensorRef {
   Shape strides;
   std::int64_t offset = 0;  // storage offset, in elements
   bool byteswap = false;    // stored in big-endian order
+  // The CRC-32 the zip archive records for the storage's record, checked as its bytes are read
+  // (exec/record_check.h); false for storages that have none (the legacy format, records written
+  // with torch's compute_crc32=False, empty records).
+  bool has_crc32 = false;
+  std::uint32_t crc32 = 0;
 };
 
 // "This box of a source tensor lands at these offsets of a logical tensor": the source view's
@@ -72,6 +77,12 @@ std::int64_t numel(const Shape& shape);
 // Row-major contiguous (size-1 dimensions may have any stride), as torch's is_contiguous().
 bool is_contiguous(const Shape& shape, const Shape& strides);
 std::uint64_t nbytes(const LogicalTensor& tensor);  // in the written dtype
+// The shape a safetensors header gives a tensor of this dtype and (torch) shape: the same,
+// except F4, whose header counts fp4 values (two per byte of torch.float4_e2m1fn_x2).
+Shape header_shape(DType dtype, const Shape& shape);
+inline Shape header_shape(const LogicalTensor& tensor) {
+  return header_shape(tensor.dtype, tensor.shape);
+}
 
 // A tensor placed in an output file: [data_begin, data_end) relative to the byte buffer that
 // follows the header (safetensors data_offsets).

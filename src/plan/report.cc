@@ -78,29 +78,6 @@ void append_list(std::string& out, const Shape& values, std::string_view separat
   out += ']';
 }
 
-void append_json_string(std::string& out, std::string_view text) {
-  if (is_valid_utf8(text)) {
-    append_serde_json_string(out, text);
-    return;
-  }
-  // Not UTF-8 (a path can hold any bytes): every byte that is not printable ASCII as \u00XX.
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  for (unsigned char c : text) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20 || c >= 0x7F) {
-      out += "\\u00";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xF];
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  out += '"';
-}
-
 std::uint64_t side_file_size(const SideFile& side) {
   std::error_code error;
   auto size = std::filesystem::file_size(side.source, error);
@@ -238,7 +215,7 @@ void append_tensor_json(std::string& out, const OutputFile& file, const PlacedTe
                         Detail detail) {
   const auto& tensor = placed.tensor;
   out += "{\"name\":";
-  append_json_string(out, tensor.name);
+  append_json_text(out, tensor.name);
   out += ',';
   append_tensor_fields_json(out, tensor);
   out += ",\"begin\":";
@@ -369,13 +346,13 @@ void write_plan_json(const Plan& plan, const PlanSummaryOptions& options, const 
   out += "{\"schema\":\"ckptstream.plan/1\",\n\"inputs\":[";
   for (std::size_t i = 0; i < plan.inputs.size(); ++i) {
     if (i) out += ',';
-    append_json_string(out, plan.inputs[i].native());
+    append_json_text(out, plan.inputs[i].native());
   }
   out += "],\n\"files\":[";
   for (std::size_t f = 0; f < plan.files.size(); ++f) {
     const auto& file = plan.files[f];
     out += f ? ",\n{\"name\":" : "\n{\"name\":";
-    append_json_string(out, file.name);
+    append_json_text(out, file.name);
     out += ",\"size\":";
     append_number(out, file.size());
     out += ",\"header_bytes\":";
@@ -395,9 +372,9 @@ void write_plan_json(const Plan& plan, const PlanSummaryOptions& options, const 
   for (std::size_t i = 0; i < plan.side_files.size(); ++i) {
     const auto& side = plan.side_files[i];
     out += i ? ",{\"name\":" : "{\"name\":";
-    append_json_string(out, side.name);
+    append_json_text(out, side.name);
     out += ",\"source\":";
-    append_json_string(out, side.source.native());
+    append_json_text(out, side.source.native());
     out += ",\"size\":";
     append_number(out, side_file_size(side));
     out += '}';
@@ -407,7 +384,7 @@ void write_plan_json(const Plan& plan, const PlanSummaryOptions& options, const 
     out += "null";
   } else {
     out += "{\"name\":";
-    append_json_string(out, kIndexFileName);
+    append_json_text(out, kIndexFileName);
     out += ",\"size\":";
     append_number(out, static_cast<std::uint64_t>(plan.index_json.size()));
     out += '}';

@@ -56,6 +56,8 @@ Result<Index> read_index(const std::filesystem::path& path);
 
 // "5GB" (10^9 units), "5GiB" (2^30), "500MB", "100KB", "1000" (bytes).
 Result<std::uint64_t> parse_size(std::string_view text);
+// parse_size, refusing sizes below one byte (no file could hold anything).
+Result<std::uint64_t> parse_max_shard_size(std::string_view text);
 
 struct OutputOptions {
   std::uint64_t max_shard_size = kDefaultMaxShardSize;

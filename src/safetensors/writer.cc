@@ -51,19 +51,15 @@ constexpr std::array<SizeUnit, 9> kSizeUnits = {{
     {"TiB", 1ull << 40},
 }};
 
-// Dimensions of the header: the torch shape, except F4, whose header shape counts fp4 values.
-Shape header_shape(const LogicalTensor& tensor) {
-  Shape shape = tensor.shape;
-  if (tensor.dtype == DType::kF4E2M1FNx2 && !shape.empty()) shape.back() *= 2;
-  return shape;
-}
-
 // Checks what the header and the size arithmetic need of one tensor, and returns its size.
 Result<std::uint64_t> checked_size(const LogicalTensor& tensor) {
   auto fail = [&](std::string what) {
     return invalid_input("tensor '" + tensor.name + "': " + what);
   };
   if (!is_valid_utf8(tensor.name)) return fail("the name is not valid UTF-8");
+  // The header would hold two "__metadata__" keys, which every safetensors reader rejects.
+  if (tensor.name == "__metadata__")
+    return fail("safetensors reserves this name for the header's metadata; rename the tensor");
   const auto& info = dtype_info(tensor.dtype);
   if (info.safetensors_rank < 0) {
     return unsupported("tensor '" + tensor.name + "': dtype " + std::string(info.torch_name) +
@@ -214,6 +210,14 @@ Result<std::uint64_t> parse_size(std::string_view text) {
   double bytes = value * static_cast<double>(multiplier);
   if (!(bytes < 0x1p64)) return fail();
   return static_cast<std::uint64_t>(bytes);
+}
+
+Result<std::uint64_t> parse_max_shard_size(std::string_view text) {
+  CKPT_ASSIGN_OR_RETURN(std::uint64_t size, parse_size(text));
+  if (size == 0)
+    return usage_error("--max-shard-size must be at least 1 byte (got '" + std::string(text) +
+                       "')");
+  return size;
 }
 
 std::string build_header(const std::vector<PlacedTensor>& tensors) {

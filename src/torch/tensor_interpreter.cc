@@ -13,9 +13,21 @@ using pickle::Kind;
 using pickle::Value;
 using pickle::ValuePtr;
 
-constexpr int kMaxDepth = 200;                  // nesting of the saved object
-constexpr std::size_t kMaxVisits = 50'000'000;  // bounds DAGs that fan out exponentially
+constexpr int kMaxDepth = 200;  // nesting of the saved object
 constexpr std::size_t kMaxMeshRanks = 1 << 20;
+
+// A pickle can make a graph whose paths are exponentially many (dicts whose entries all point to
+// one child, N levels deep: 10^N paths from a few hundred bytes). Flattening walks each container
+// once, and its work is bounded by the pickle's size whatever the graph: nodes visited and bytes
+// of names built, each a constant plus a multiple of the pickle's bytes (a state dict needs one
+// visit and a key's worth of name per entry, each entry at least a few pickle bytes).
+struct FlattenBudget {
+  std::size_t visits;
+  std::size_t name_bytes;
+};
+FlattenBudget budget_for(std::size_t pickle_bytes) {
+  return {(1u << 20) + 4 * pickle_bytes, (16u << 20) + 16 * pickle_bytes};
+}
 
 std::string shape_text(const Shape& s) {
   std::string out = "[";
@@ -72,16 +84,24 @@ using MaybeTensor = std::optional<TorchTensor>;
 
 class Interpreter {
  public:
-  Interpreter(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt)
-      : uses_(uses), read_(read), ckpt_(ckpt) {}
+  Interpreter(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt,
+              std::size_t pickle_bytes)
+      : uses_(uses),
+        read_(read),
+        ckpt_(ckpt),
+        pickle_bytes_(pickle_bytes),
+        budget_(budget_for(pickle_bytes)) {}
 
-  void forget_nodes() { meshes_.clear(); }
+  void forget_nodes() {
+    meshes_.clear();
+    walked_.clear();
+  }
 
   Status walk(const Value& node, const std::string& name, int depth) {
     if (depth > kMaxDepth)
       return invalid_input("object nested deeper than " + std::to_string(kMaxDepth) +
                            " levels at '" + name + "'");
-    if (++visits_ > kMaxVisits) return invalid_input("object graph too large to flatten");
+    if (++visits_ > budget_.visits) return expands();
     if (!on_path_.insert(&node).second) return {};  // a cycle: already being walked
     Status status = walk_node(node, name, depth);
     on_path_.erase(&node);
@@ -89,8 +109,41 @@ class Interpreter {
   }
 
  private:
-  static std::string join(const std::string& prefix, const std::string& key) {
+  // A name for a message: built names can be megabytes long in a hostile file.
+  static std::string shortened(const std::string& name) {
+    constexpr std::size_t kMost = 200;
+    if (name.size() <= kMost) return name;
+    return name.substr(0, kMost / 2) + "..." + name.substr(name.size() - kMost / 2);
+  }
+
+  Error expands() const {
+    return invalid_input(
+        "the saved object's graph expands far beyond its " + std::to_string(pickle_bytes_) +
+        "-byte pickle (containers or names repeated over and over): not a state dict");
+  }
+
+  Result<std::string> join(const std::string& prefix, const std::string& key) {
+    name_bytes_ += prefix.size() + 1 + key.size();
+    if (name_bytes_ > budget_.name_bytes) return expands();
     return prefix.empty() ? key : prefix + "." + key;
+  }
+
+  // A container (a dict, list, tuple or object that is no tensor) is walked once. Reached again
+  // under another name, it adds nothing if it held no tensor; if it did, its tensors would have
+  // two names each: a state dict never shares containers so, and the file is refused.
+  template <class WalkChildren>
+  Status walk_container(const Value& node, const std::string& name, WalkChildren&& children) {
+    auto [it, fresh] = walked_.try_emplace(&node, WalkedContainer{name, false});
+    if (!fresh) {
+      if (!it->second.held_tensors) return {};
+      return invalid_input("'" + shortened(name) + "' and '" + shortened(it->second.name) +
+                           "' are one and the same container holding tensors: a state dict "
+                           "never shares containers");
+    }
+    std::size_t before = ckpt_.tensors.size();
+    CKPT_TRY(children());
+    walked_[&node].held_tensors = ckpt_.tensors.size() > before;
+    return {};
   }
 
   Status walk_node(const Value& node, const std::string& name, int depth) {
@@ -104,19 +157,27 @@ class Interpreter {
           ckpt_.tensors.push_back(std::move(t));
           return {};
         }
-        return walk_state(node.state, name, depth);
+        return walk_container(node, name, [&] { return walk_state(node.state, name, depth); });
       }
       case Kind::kDict:
-        for (const auto& [key, value] : node.entries()) {
-          auto k = entry_name(*key);
-          if (k) CKPT_TRY(walk(*value, join(name, *k), depth + 1));
-        }
-        return {};
+        return walk_container(node, name, [&]() -> Status {
+          for (const auto& [key, value] : node.entries()) {
+            auto k = entry_name(*key);
+            if (!k) continue;
+            CKPT_ASSIGN_OR_RETURN(std::string child, join(name, *k));
+            CKPT_TRY(walk(*value, child, depth + 1));
+          }
+          return {};
+        });
       case Kind::kList:
       case Kind::kTuple:
-        for (std::size_t i = 0; i < node.items().size(); ++i)
-          CKPT_TRY(walk(*node.items()[i], join(name, std::to_string(i)), depth + 1));
-        return {};
+        return walk_container(node, name, [&]() -> Status {
+          for (std::size_t i = 0; i < node.items().size(); ++i) {
+            CKPT_ASSIGN_OR_RETURN(std::string child, join(name, std::to_string(i)));
+            CKPT_TRY(walk(*node.items()[i], child, depth + 1));
+          }
+          return {};
+        });
       default:
         return {};
     }
@@ -472,9 +533,18 @@ class Interpreter {
   const StorageUses& uses_;
   const zip::ReadAt& read_;
   TorchCheckpoint& ckpt_;
+  struct WalkedContainer {
+    std::string name;   // where it was first reached
+    bool held_tensors;  // whether walking it found any
+  };
+
+  std::size_t pickle_bytes_;
+  FlattenBudget budget_;
   std::unordered_set<const Value*> on_path_;
+  std::unordered_map<const Value*, WalkedContainer> walked_;
   std::unordered_map<const Value*, std::shared_ptr<const DeviceMeshInfo>> meshes_;
   std::size_t visits_ = 0;
+  std::size_t name_bytes_ = 0;
 };
 
 std::optional<std::string> entry_name(const Value& key) {
@@ -484,8 +554,8 @@ std::optional<std::string> entry_name(const Value& key) {
 }
 
 TensorCollector::TensorCollector(const StorageUses& uses, const zip::ReadAt& read,
-                                 TorchCheckpoint& ckpt)
-    : interpreter_(std::make_unique<Interpreter>(uses, read, ckpt)) {}
+                                 TorchCheckpoint& ckpt, std::size_t pickle_bytes)
+    : interpreter_(std::make_unique<Interpreter>(uses, read, ckpt, pickle_bytes)) {}
 TensorCollector::~TensorCollector() = default;
 
 Status TensorCollector::walk(const Value& root) {
@@ -501,8 +571,8 @@ void TensorCollector::forget_nodes() {
 }
 
 Status collect_tensors(const pickle::Value& root, const StorageUses& uses, const zip::ReadAt& read,
-                       TorchCheckpoint& ckpt) {
-  return TensorCollector(uses, read, ckpt).walk(root);
+                       TorchCheckpoint& ckpt, std::size_t pickle_bytes) {
+  return TensorCollector(uses, read, ckpt, pickle_bytes).walk(root);
 }
 
 }  // namespace ckptstream::torch_internal

@@ -8,7 +8,9 @@
 // entries of its BUILD state (its __dict__, or both parts of a (dict, slots) state). Attributes
 // that BUILD sets on a dict (the `_metadata` of a state_dict) are not walked. A tensor saved at the
 // top level is named "". Names are joined with "." and the first component has no leading dot.
-// The same tensor object reached under two names is listed twice (sharing its storage).
+// The same tensor object reached under two names is listed twice (sharing its storage); the same
+// container (dict, list, tuple, object) reached twice is walked once: again, it adds nothing if
+// it held no tensor, and is an error if it did. Work is bounded by the pickle's size.
 // Everything else (numbers, strings, sets, unknown calls' arguments) is not a tensor and is
 // ignored. A DTensor is one leaf: its local shard plus DTensorInfo (the mesh tensor inside its spec
 // is not listed).
@@ -45,7 +47,10 @@ class Interpreter;
 // hands them over (pickle::RootItemSink).
 class TensorCollector {
  public:
-  TensorCollector(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt);
+  // `pickle_bytes`: the size of the pickle the graph was read from, which bounds the work
+  // (shared containers, tensor_interpreter.cc's FlattenBudget).
+  TensorCollector(const StorageUses& uses, const zip::ReadAt& read, TorchCheckpoint& ckpt,
+                  std::size_t pickle_bytes);
   ~TensorCollector();
   TensorCollector(const TensorCollector&) = delete;
   TensorCollector& operator=(const TensorCollector&) = delete;
@@ -64,6 +69,6 @@ class TensorCollector {
 // that views can be validated and mesh tensors read). `read` reads the file (storage offsets are
 // positions in it).
 Status collect_tensors(const pickle::Value& root, const StorageUses& uses, const zip::ReadAt& read,
-                       TorchCheckpoint& ckpt);
+                       TorchCheckpoint& ckpt, std::size_t pickle_bytes);
 
 }  // namespace ckptstream::torch_internal

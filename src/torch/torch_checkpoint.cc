@@ -165,6 +165,7 @@ class PendingTorchFile::Reader {
     if (slash == std::string::npos)
       return invalid_input("zip entry '" + first + "' is not under an archive directory");
     prefix_ = first.substr(0, slash + 1);
+    ckpt_.archive_name = first.substr(0, slash);
     number_records();
     const std::string constants = prefix_ + "constants.pkl", code = prefix_ + "code/";
     for (const auto& e : archive.entries())
@@ -201,10 +202,12 @@ class PendingTorchFile::Reader {
     }
     auto pickled = pickle::unpickle(pickle_, 0, std::move(pool));
     if (!pickled.ok()) return pickled.error().with_context("data.pkl");
+    const std::size_t pickle_bytes = pickle_.size();
     std::vector<std::byte>().swap(pickle_);  // the graph holds copies of what it needs
     ckpt_.root = pickled->value;
     CKPT_TRY(resolve_storages(pickled->persistent_ids));
-    Status status = torch_internal::collect_tensors(*pickled->value, uses_, read_, ckpt_);
+    Status status =
+        torch_internal::collect_tensors(*pickled->value, uses_, read_, ckpt_, pickle_bytes);
     archive_.reset();
     return status;
   }
@@ -214,7 +217,8 @@ class PendingTorchFile::Reader {
   class ItemCollector final : public pickle::RootItemSink {
    public:
     explicit ItemCollector(Reader& reader)
-        : reader_(reader), collector_(reader.uses_, reader.read_, reader.ckpt_) {}
+        : reader_(reader),
+          collector_(reader.uses_, reader.read_, reader.ckpt_, reader.pickle_.size()) {}
 
     Status items(std::span<const ValuePtr> keys_and_values,
                  std::span<const Value* const> persistent_ids) override {
@@ -326,13 +330,14 @@ class PendingTorchFile::Reader {
     const Value* sys_info = sys_info_pickle.value.get();
     if (auto little = sys_info->find("little_endian"))
       ckpt_.big_endian = !little->as_bool().value_or(true);
+    const std::size_t root_begin = at;
     CKPT_ASSIGN_OR_RETURN(auto root, next("object pickle"));
     ckpt_.root = root.value;
     CKPT_ASSIGN_OR_RETURN(auto keys, next("storage key list"));
     if (!keys.value->is_sequence()) return invalid_input("legacy storage key list is not a list");
     CKPT_TRY(resolve_storages(root.persistent_ids));
     CKPT_TRY(locate_legacy_storages(*keys.value, at));
-    return torch_internal::collect_tensors(*root.value, uses_, read_, ckpt_);
+    return torch_internal::collect_tensors(*root.value, uses_, read_, ckpt_, root.end - root_begin);
   }
 
   // Raw storages follow the key list: per key an 8-byte element count, then the elements.
@@ -427,6 +432,8 @@ class PendingTorchFile::Reader {
                              std::to_string(id.numel) + " " + std::string(torch_name(id.dtype)) +
                              " elements (" + std::to_string(s.nbytes) + " bytes)");
       s.file_offset = e->data_offset;
+      // torch.save(..., compute_crc32=False) writes 0: no checksum to check.
+      if (e->crc32 != 0 && e->size > 0) s.crc32 = e->crc32;
     }
     ckpt_.storages.push_back(std::move(s));
     if (numbered)
@@ -585,6 +592,8 @@ TensorRef TorchCheckpoint::ref(std::size_t i, std::size_t input) const {
   r.strides = t.strides;
   r.offset = t.storage_offset;
   r.byteswap = big_endian;
+  r.has_crc32 = s.crc32.has_value();
+  r.crc32 = s.crc32.value_or(0);
   return r;
 }
 

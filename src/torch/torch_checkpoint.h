@@ -28,6 +28,8 @@ struct StorageRecord {
   DType dtype = DType::kU8;       // dtype of the storage (uint8 for UntypedStorage)
   std::uint64_t file_offset = 0;  // absolute offset of the first byte in the file
   std::uint64_t nbytes = 0;
+  // The zip record's CRC-32 (its central directory entry), when the writer computed one.
+  std::optional<std::uint32_t> crc32;
 };
 
 // DTensor placement of one mesh dimension (torch.md §3.1).
@@ -79,6 +81,9 @@ struct TorchCheckpoint {
   enum class Format { kZip, kLegacy };
   std::filesystem::path path;
   Format format = Format::kZip;
+  // The zip's top directory: torch.save names it after the file it was saved as, without the
+  // extension ("model_world_size_4_rank_2"), or "archive" when saved to a stream. Empty: legacy.
+  std::string archive_name;
   bool big_endian = false;  // byteorder record says "big"
   std::vector<StorageRecord> storages;
   std::vector<TorchTensor> tensors;           // in the order the pickle yields them

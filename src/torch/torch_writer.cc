@@ -1,6 +1,7 @@
 #include "torch/torch_writer.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,9 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+
+#include "core/crc32.h"
+#include "io/file_lock.h"
 
 namespace ckptstream {
 namespace {
@@ -40,23 +44,6 @@ constexpr std::string_view kVersionRecord = "version";
 constexpr std::string_view kSerializationIdRecord = ".data/serialization_id";
 constexpr std::string_view kByteorder = "little";
 constexpr std::string_view kVersion = "3\n";
-
-// ---- CRC-32, slicing by 16 -------------------------------------------------------------------
-
-using CrcTables = std::array<std::array<std::uint32_t, 256>, 16>;
-
-constexpr CrcTables make_crc_tables() {
-  CrcTables t{};
-  for (std::uint32_t i = 0; i < 256; ++i) {
-    std::uint32_t c = i;
-    for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0xEDB88320u : c >> 1;
-    t[0][i] = c;
-  }
-  for (std::size_t s = 1; s < 16; ++s)
-    for (std::size_t i = 0; i < 256; ++i) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
-  return t;
-}
-constexpr CrcTables kCrcTables = make_crc_tables();
 
 inline std::uint32_t load_le32(const unsigned char* p) {
   return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 |
@@ -439,25 +426,6 @@ Status fsync_directory(const std::filesystem::path& dir) {
 
 }  // namespace
 
-std::uint32_t crc32_update(std::uint32_t crc, std::span<const std::byte> bytes) {
-  const auto* p = reinterpret_cast<const unsigned char*>(bytes.data());
-  std::size_t n = bytes.size();
-  const auto& t = kCrcTables;
-  crc = ~crc;
-  while (n >= 16) {
-    std::uint32_t a = load_le32(p) ^ crc, b = load_le32(p + 4), c = load_le32(p + 8),
-                  d = load_le32(p + 12);
-    crc = t[15][a & 0xFF] ^ t[14][(a >> 8) & 0xFF] ^ t[13][(a >> 16) & 0xFF] ^ t[12][a >> 24] ^
-          t[11][b & 0xFF] ^ t[10][(b >> 8) & 0xFF] ^ t[9][(b >> 16) & 0xFF] ^ t[8][b >> 24] ^
-          t[7][c & 0xFF] ^ t[6][(c >> 8) & 0xFF] ^ t[5][(c >> 16) & 0xFF] ^ t[4][c >> 24] ^
-          t[3][d & 0xFF] ^ t[2][(d >> 8) & 0xFF] ^ t[1][(d >> 16) & 0xFF] ^ t[0][d >> 24];
-    p += 16;
-    n -= 16;
-  }
-  while (n-- > 0) crc = t[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
-  return ~crc;
-}
-
 Result<std::string> torch_archive_name(const std::filesystem::path& target) {
   const std::string full = target.string();
   for (char c : full)
@@ -644,6 +612,8 @@ Result<TorchZipWriter> TorchZipWriter::create(const std::filesystem::path& targe
       return errno_status(target.string() + ": cannot create a temporary file in " + dir.string(),
                           errno);
   }
+  // Held while the file is written: a later run tells a live writer's file from a killed one's.
+  if (writer.fd_ >= 0) ::flock(writer.fd_, LOCK_EX | LOCK_NB);
   if (writer.fd_ < 0)
     return io_error(target.string() + ": cannot create a temporary file in " + dir.string());
 
@@ -835,6 +805,23 @@ std::string TorchZipWriter::trailer() const {
   put32(out, clamp32(cd_offset));
   put16(out, 0);  // comment length
   return out;
+}
+
+std::vector<std::string> remove_stale_temp_files(const std::filesystem::path& target) {
+  std::filesystem::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  const std::string prefix = "." + target.filename().string() + ".tmp.";
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    std::error_code type_ec;
+    if (!name.starts_with(prefix) || !it->is_regular_file(type_ec) || it->is_symlink(type_ec))
+      continue;
+    if (FileLock::holder(it->path())) continue;  // a live writer's
+    if (::unlink(it->path().c_str()) == 0) removed.push_back(name);
+  }
+  return removed;
 }
 
 }  // namespace ckptstream

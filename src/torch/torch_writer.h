@@ -113,10 +113,6 @@ std::string torch_zip_local_header(const TorchZipLayout& layout, const TorchZipR
 std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZipRecord& record,
                                     std::uint32_t crc);
 
-// CRC-32 (ISO-HDLC, as zip and zlib compute it), slice-by-8. Start with crc = 0 and feed the
-// previous result back in to continue a running checksum.
-std::uint32_t crc32_update(std::uint32_t crc, std::span<const std::byte> bytes);
-
 // Writes one planned archive. The file is born as a hidden temporary in the target's directory
 // (".<name>.tmp.<random>"), preallocated, with every header and the small records written at
 // once; tensor bytes arrive through write_tensor_bytes; finish() writes the data descriptors,
@@ -127,6 +123,8 @@ std::uint32_t crc32_update(std::uint32_t crc, std::span<const std::byte> bytes);
 // that tensor ended), because its CRC32 is computed while streaming; different tensors may
 // interleave freely. Memory use is independent of tensor sizes. Not for concurrent use: call it
 // from one thread at a time.
+// Writes the file as `.<name>.tmp.<random>` beside the target, locked (io/file_lock.h) while it is
+// written, and renames it into place when complete.
 class TorchZipWriter {
  public:
   static Result<TorchZipWriter> create(const std::filesystem::path& target, TorchZipLayout layout);
@@ -166,5 +164,9 @@ class TorchZipWriter {
   std::vector<std::uint64_t> record_written_;              // per record, bytes so far
   std::vector<std::array<unsigned char, 8>> record_head_;  // per record, its first bytes
 };
+
+// Removes the temporary files of `target` that no live writer holds (left by a writer that was
+// killed); returns their names.
+std::vector<std::string> remove_stale_temp_files(const std::filesystem::path& target);
 
 }  // namespace ckptstream

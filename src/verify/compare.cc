@@ -41,7 +41,8 @@ Result<std::vector<std::string>> model_file_names(const fs::path& dir, std::stri
                                                   std::vector<std::string>& index_problems,
                                                   std::optional<safetensors::Index>& index) {
   auto index_path = dir / safetensors::kIndexFileName;
-  if (fs::exists(index_path)) {
+  CKPT_ASSIGN_OR_RETURN(bool has_index, regular_file_exists(index_path));
+  if (has_index) {
     auto read = safetensors::read_index(index_path);
     if (!read.ok()) return read.error().with_context(std::string(role));
     std::vector<std::string> names;
@@ -58,7 +59,8 @@ Result<std::vector<std::string>> model_file_names(const fs::path& dir, std::stri
     index = std::move(*read);
     return names;
   }
-  if (fs::exists(dir / "model.safetensors")) return std::vector<std::string>{"model.safetensors"};
+  CKPT_ASSIGN_OR_RETURN(bool has_model, regular_file_exists(dir / "model.safetensors"));
+  if (has_model) return std::vector<std::string>{"model.safetensors"};
   return invalid_input(std::string(role) + ": " + dir.string() +
                        ": neither model.safetensors nor " +
                        std::string(safetensors::kIndexFileName) + " is there");
@@ -70,9 +72,13 @@ Result<ModelDir> open_model(const fs::path& path, std::string_view role,
                             std::vector<std::string>& problems) {
   std::vector<fs::path> paths;
   std::optional<safetensors::Index> index;
-  if (fs::is_regular_file(path)) {
+  std::error_code ec;
+  auto status = fs::status(path, ec);
+  if (ec && ec != std::errc::no_such_file_or_directory)
+    return io_error(std::string(role) + ": " + path.string() + ": " + ec.message());
+  if (fs::is_regular_file(status)) {
     paths.push_back(path);
-  } else if (fs::is_directory(path)) {
+  } else if (fs::is_directory(status)) {
     CKPT_ASSIGN_OR_RETURN(auto names, model_file_names(path, role, problems, index));
     for (const auto& name : names) paths.push_back(path / name);
   } else {

@@ -212,8 +212,20 @@ expect_rc 2 "finalize of a finished directory" finalize --local_dir "$SRC" --max
   --target_dir "$out"
 
 # --- a complete model is not replaced by a distributed run without --overwrite ---------------------
-run_ckpt "$WORK/again" "${MERGE[@]}" --target_dir "$WORK/explicit" --world-size 2 --rank 1
-[ "$RC" = 2 ] && pass "a complete model needs --overwrite (exit 2)" || fail "re-run on a model: exit $RC"
+# Another plan (here: another shard size) is refused; the same plan is complete already (a rank
+# that comes after the others finished the run): nothing to do, nothing rewritten.
+run_ckpt "$WORK/again" "${MERGE[@]}" --max-shard-size 3KB --target_dir "$WORK/explicit" \
+  --world-size 2 --rank 1
+[ "$RC" = 2 ] && pass "a complete model of another plan needs --overwrite (exit 2)" ||
+  fail "re-run of another plan on a model: exit $RC"
+before=$(mtimes "$WORK/explicit")
+run_ckpt "$WORK/late" "${MERGE[@]}" --target_dir "$WORK/explicit" --world-size 2 --rank 1
+if [ "$RC" = 0 ] && grep -q "complete already" "$WORK/late.err" &&
+   [ "$before" = "$(mtimes "$WORK/explicit")" ]; then
+  pass "a rank of the same plan after the run finished: exit 0, nothing rewritten"
+else
+  fail "late rank of the same plan: exit $RC: $(head -c 300 "$WORK/late.err")"
+fi
 
 # --- convert, distributed --------------------------------------------------------------------------
 CONV=(convert "$FIXTURES/sample" --max-shard-size 20KB)

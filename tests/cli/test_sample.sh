@@ -23,11 +23,13 @@ for mode in auto keep bf16; do
   if python3 - "$out/ckptstream.manifest.json" "$HERE/sample.expected.json" <<'PY'
 import json, re, sys
 m = json.load(open(sys.argv[1])); exp = json.load(open(sys.argv[2]))
-assert m["format"] == "ckptstream-manifest" and m["version"] == 1 and m["hash"] == "xxh3-128", m
+assert m["format"] == "ckptstream-manifest" and m["version"] == 2 and m["hash"] == "xxh3-128", m
 assert list(m["files"]) == ["model.safetensors"], list(m["files"])
 t = m["files"]["model.safetensors"]["tensors"]
 assert set(t) == set(exp["tensors"]), sorted(set(t) ^ set(exp["tensors"]))
-assert all(re.fullmatch("[0-9a-f]{32}", h) for h in t.values())
+assert all(re.fullmatch("[0-9a-f]{32}", h["xxh3_128"]) for h in t.values())
+assert sorted(m["other_files"]) == ["config.json", "generation_config.json",
+                                    "tokenizer_config.json"], m["other_files"]
 PY
   then pass "convert --dtype $mode: manifest lists every tensor"; else fail "convert --dtype $mode: bad manifest"; fi
 done
@@ -62,14 +64,25 @@ for fname, entry in m["files"].items():
     data = open(f"{out}/{fname}", "rb").read()
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n]); header.pop("__metadata__", None)
+    xxh = lambda b: subprocess.run(["xxhsum", "-H2", "-"], input=b, capture_output=True,
+                                   check=True).stdout.split()[0].decode()
+    if xxh(data[:8 + n]) != entry["header_xxh3_128"]:
+        sys.exit(f"{fname}: header_xxh3_128 is not xxhsum -H2 of the header bytes")
     for name, info in header.items():
         b, e = info["data_offsets"]
-        got = subprocess.run(["xxhsum", "-H2", "-"], input=data[8 + n + b:8 + n + e],
-                             capture_output=True, check=True).stdout.split()[0].decode()
-        if got != entry["tensors"][name]:
-            sys.exit(f"{fname}: {name}: xxhsum -H2 gives {got}, manifest {entry['tensors'][name]}")
+        got = xxh(data[8 + n + b:8 + n + e])
+        want = entry["tensors"][name]
+        if got != want["xxh3_128"] or [info["dtype"], info["shape"], info["data_offsets"]] != \
+                [want["dtype"], want["shape"], want["data_offsets"]]:
+            sys.exit(f"{fname}: {name}: header {info}, xxhsum -H2 {got}; manifest {want}")
+for other, entry in m["other_files"].items():
+    data = open(f"{out}/{other}", "rb").read()
+    got = subprocess.run(["xxhsum", "-H2", "-"], input=data, capture_output=True,
+                         check=True).stdout.split()[0].decode()
+    if got != entry["xxh3_128"] or len(data) != entry["size"]:
+        sys.exit(f"{other}: xxhsum -H2 {got}, {len(data)} bytes; manifest {entry}")
 PY
-  then pass "manifest hashes equal xxhsum -H2 (XXH3-128) of every tensor's bytes"
+  then pass "manifest hashes equal xxhsum -H2 (XXH3-128) of every tensor, header and side file"
   else fail "manifest hashes are not XXH3-128 of the tensor bytes"; fi
 else
   echo "note [$TEST_NAME]: xxhsum (Debian package xxhash) not installed: independent hash check skipped"

@@ -89,7 +89,7 @@ rm -rf "$WORK/t" && cp -r "$WORK/single" "$WORK/t"
 python3 - "$WORK/t/ckptstream.manifest.json" <<'PY'
 import json, sys
 p = sys.argv[1]; m = json.load(open(p)); t = m["files"]["model.safetensors"]["tensors"]
-h = t["i16"]; t["i16"] = ("0" if h[0] != "0" else "1") + h[1:]
+h = t["i16"]["xxh3_128"]; t["i16"]["xxh3_128"] = ("0" if h[0] != "0" else "1") + h[1:]
 json.dump(m, open(p, "w"), indent=2)
 PY
 expect_fail manifest-edited "$WORK/t" 1 "i16"

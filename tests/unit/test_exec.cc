@@ -393,16 +393,68 @@ TEST_CASE("side files, index and manifest; existing files are replaced") {
   Bytes file1 = file_bytes(dir.out() / "model-00001-of-00002.safetensors");
   CHECK(reread->files[0].tensors[0].xxh3_128 ==
         xxh3_128_hex(Bytes(file1.begin() + 8, file1.end())));
+  // Each file's header bytes, each tensor's dtype, shape and offsets, and the other files.
+  CHECK(reread->files[0].header_xxh3_128 == xxh3_128_hex(Bytes(file1.begin(), file1.begin() + 8)));
+  CHECK(reread->files[1].tensors[0].dtype == "BF16");
+  CHECK(reread->files[1].tensors[0].shape == Shape{2, 3});
+  CHECK(reread->files[1].tensors[0].data_end == 12);
+  std::vector<std::string> others;
+  for (const auto& other : reread->other_files) {
+    others.push_back(other.name);
+    CHECK(other.xxh3_128 == xxh3_128_hex(file_bytes(dir.out() / other.name)));
+  }
+  CHECK(others ==
+        std::vector<std::string>{"config.json", "sub/extra.json", "model.safetensors.index.json"});
 }
 
 TEST_CASE("manifest JSON is indented and stable; bad manifests are named") {
-  Manifest manifest{
-      {{"m.safetensors", 40, {{"w", std::string(32, 'a')}}}, {"e.safetensors", 8, {}}}};
+  Manifest manifest;
+  manifest.files = {{"m.safetensors",
+                     40,
+                     std::string(32, 'b'),
+                     {{"w", std::string(32, 'a'), "BF16", {2, 3}, 0, 12}}},
+                    {"e.safetensors", 8, std::string(32, 'c'), {}}};
+  manifest.other_files = {{"config.json", 3, std::string(32, 'd')}};
   CHECK(manifest_to_json(manifest) ==
-        "{\n  \"format\": \"ckptstream-manifest\",\n  \"version\": 1,\n  \"hash\": \"xxh3-128\",\n"
-        "  \"files\": {\n    \"m.safetensors\": {\n      \"size\": 40,\n      \"tensors\": {\n"
-        "        \"w\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n      }\n    },\n"
-        "    \"e.safetensors\": {\n      \"size\": 8,\n      \"tensors\": {}\n    }\n  }\n}\n");
+        "{\n  \"format\": \"ckptstream-manifest\",\n  \"version\": 2,\n  \"hash\": \"xxh3-128\",\n"
+        "  \"files\": {\n    \"m.safetensors\": {\n      \"size\": 40,\n"
+        "      \"header_xxh3_128\": \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\",\n      \"tensors\": {\n"
+        "        \"w\": {\"dtype\": \"BF16\", \"shape\": [2, 3], \"data_offsets\": [0, 12], "
+        "\"xxh3_128\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}\n      }\n    },\n"
+        "    \"e.safetensors\": {\n      \"size\": 8,\n"
+        "      \"header_xxh3_128\": \"cccccccccccccccccccccccccccccccc\",\n      \"tensors\": {}\n"
+        "    }\n  },\n  \"other_files\": {\n"
+        "    \"config.json\": {\"size\": 3, \"xxh3_128\": \"dddddddddddddddddddddddddddddddd\"}\n"
+        "  }\n}\n");
+  auto reparsed = parse_manifest(manifest_to_json(manifest), "m");
+  REQUIRE_MESSAGE(reparsed.ok(), reparsed.error().message);
+  CHECK(manifest_to_json(*reparsed) == manifest_to_json(manifest));
+  CHECK(reparsed->files[0].tensors[0].shape == Shape{2, 3});
+  CHECK(reparsed->files[0].tensors[0].data_end == 12);
+  // A version 1 manifest (ckptstream before version 2) is still read: bytes only.
+  auto v1 = parse_manifest(
+      "{\"format\": \"ckptstream-manifest\", \"version\": 1, \"hash\": \"xxh3-128\", "
+      "\"files\": {\"m.safetensors\": {\"size\": 40, \"tensors\": {\"w\": "
+      "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}}}",
+      "v1");
+  REQUIRE_MESSAGE(v1.ok(), v1.error().message);
+  CHECK(v1->version == 1);
+  CHECK(v1->files[0].header_xxh3_128.empty());
+  CHECK(v1->files[0].tensors[0].xxh3_128 == std::string(32, 'a'));
+  auto future = parse_manifest(
+      "{\"format\": \"ckptstream-manifest\", \"version\": 3, \"hash\": \"xxh3-128\", "
+      "\"files\": {}}",
+      "v3");
+  REQUIRE(!future.ok());
+  CHECK(future.error().message.find("version") != std::string::npos);
+  auto no_dtype = parse_manifest(
+      "{\"format\": \"ckptstream-manifest\", \"version\": 2, \"hash\": \"xxh3-128\", "
+      "\"files\": {\"m\": {\"size\": 1, \"header_xxh3_128\": \"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\", "
+      "\"tensors\": {\"w\": {\"xxh3_128\": \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}}}}, "
+      "\"other_files\": {}}",
+      "v2");
+  REQUIRE(!no_dtype.ok());
+  CHECK(no_dtype.error().message.find("\"dtype\"") != std::string::npos);
   CHECK(manifest_to_json(Manifest{}).find("\"files\": {}") != std::string::npos);
   InOutDir dir;
   write_file(dir.in("bad.json"), bytes_of(std::vector<char>{'{', '}'}));

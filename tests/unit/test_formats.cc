@@ -1,3 +1,5 @@
+#include <sys/stat.h>
+
 #include <doctest/doctest.h>
 
 #include "temp_dir.h"
@@ -29,11 +31,40 @@ TEST_CASE("side files: config, tokenizer, templates and remote code named in aut
   dir.write("generation_config.json", "{}");
   dir.write("notes.txt", "");
   std::vector<std::string> names;
-  for (const auto& side : find_side_files(dir.path)) names.push_back(side.name);
+  auto found = find_side_files(dir.path);
+  REQUIRE_MESSAGE(found.ok(), found.error().message);
+  for (const auto& side : *found) names.push_back(side.name);
   CHECK(names == std::vector<std::string>{"chat_template.jinja", "config.json",
                                           "configuration_x.py", "generation_config.json",
                                           "modeling_x.py", "tokenizer.json",
                                           "tokenizer_config.json"});
+}
+
+TEST_CASE("a side file that is no regular file is an error naming it, never a hang") {
+  SUBCASE("a FIFO tokenizer") {
+    TempDir dir("side-fifo");
+    dir.write("config.json", "{}");
+    REQUIRE(::mkfifo((dir.path / "tokenizer.json").c_str(), 0644) == 0);
+    auto found = find_side_files(dir.path);
+    REQUIRE(!found.ok());
+    CHECK(found.error().message.find("tokenizer.json: not a regular file (a FIFO)") !=
+          std::string::npos);
+  }
+  SUBCASE("a config.json that is a directory") {
+    TempDir dir("side-dir");
+    std::filesystem::create_directories(dir.path / "config.json");
+    auto found = find_side_files(dir.path);
+    REQUIRE(!found.ok());
+    CHECK(found.error().message.find("config.json: not a regular file (a directory)") !=
+          std::string::npos);
+  }
+  SUBCASE("other directories named like side files are not side files") {
+    TempDir dir("side-subdir");
+    std::filesystem::create_directories(dir.path / "tokenizer");
+    auto found = find_side_files(dir.path);
+    REQUIRE_MESSAGE(found.ok(), found.error().message);
+    CHECK(found->empty());
+  }
 }
 
 TEST_CASE("--dtype auto follows config.json's torch_dtype or dtype") {

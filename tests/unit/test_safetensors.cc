@@ -257,6 +257,12 @@ TEST_CASE("plan_output rejects what safetensors cannot hold") {
   REQUIRE(!bad_utf8.ok());
   CHECK(bad_utf8.error().message.find("not valid UTF-8") != std::string::npos);
 
+  // A state-dict key "__metadata__" would give the header that key twice.
+  auto metadata = plan_output({tensor("__metadata__", DType::kF32, {1})}, OutputOptions{}, plan);
+  REQUIRE(!metadata.ok());
+  CHECK(metadata.error().message.find("'__metadata__': safetensors reserves this name") !=
+        std::string::npos);
+
   // One name long enough to push the header over safetensors' 100 MB limit.
   auto huge = plan_output({tensor(std::string(kMaxHeaderSize, 'n'), DType::kU8, {1})},
                           OutputOptions{}, plan);
@@ -325,4 +331,13 @@ TEST_CASE("parse_size reads huggingface_hub sizes and binary units") {
     CHECK(size.error().message.find("invalid size '" + std::string(bad) + "'") !=
           std::string::npos);
   }
+  // A largest file of no bytes cannot hold anything: refused as a shard size.
+  for (const char* nothing : {"0", "0GB", "0.0001KB"}) {
+    CAPTURE(nothing);
+    auto size = parse_max_shard_size(nothing);
+    REQUIRE(!size.ok());
+    CHECK(size.error().kind == ErrorKind::kUsage);
+    CHECK(size.error().message.find("at least 1 byte") != std::string::npos);
+  }
+  CHECK(parse_max_shard_size("1").value() == 1);
 }

@@ -558,3 +558,47 @@ TEST_CASE("mutated pickles: a streamed read ends as the whole-graph read does, n
     }
   }
 }
+
+TEST_CASE("shared containers: walked once, refused when they hold tensors, bounded work") {
+  // tools/fixtures/make_hostile_fixtures.py: files real torch writes and reads.
+  const fs::path hostile = fs::path(CKPT_FIXTURES) / "hostile";
+  struct Case {
+    const char* file;
+    const char* error;  // empty: reads fine
+    std::size_t tensors;
+  };
+  for (const Case& c : {
+           // 10^20 paths to one tensor: the second path to the shared dict is refused.
+           Case{"shared_dicts_20.pt",
+                "are one and the same container holding tensors: a state dict never shares "
+                "containers",
+                0},
+           // The same shape without a tensor: every dict walked once, nothing found.
+           Case{"shared_dicts_empty.pt", "", 0},
+           Case{"shared_state_dict.pt",
+                "'ema' and 'model' are one and the same container holding tensors", 0},
+           // A 200 000-character key fetched from the memo at 150 levels: 2.2 GB of paths.
+           Case{"shared_long_key.pt", "-byte pickle (containers or names repeated over and over)",
+                0},
+           Case{"non_utf8_key.pt", "", 2},
+       }) {
+    CAPTURE(c.file);
+    for (bool streamed : {false, true}) {
+      CAPTURE(streamed);
+      TorchReadOptions options;
+      options.stream_items = streamed;
+      auto pending = PendingTorchFile::open(hostile / c.file, options);
+      REQUIRE_MESSAGE(pending.ok(), pending.error().message);
+      auto read = std::move(*pending).read();
+      if (*c.error == '\0') {
+        REQUIRE_MESSAGE(read.ok(), read.error().message);
+        CHECK(read->tensors.size() == c.tensors);
+        continue;
+      }
+      REQUIRE(!read.ok());
+      CHECK(read.error().kind == ErrorKind::kInvalidInput);
+      CHECK(read.error().message.find(c.error) != std::string::npos);
+      CHECK(read.error().message.size() < 2000);  // names in messages are shortened
+    }
+  }
+}

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/crc32.h"
 #include "temp_dir.h"
 #include "torch/torch_checkpoint.h"
 #include "torch/torch_writer.h"
@@ -238,25 +239,6 @@ std::vector<TorchWriteTensor> all_dtype_tensors() {
 }
 
 }  // namespace
-
-TEST_CASE("crc32 matches the standard check value and is incremental") {
-  std::string check = "123456789";
-  CHECK(crc32_update(0, as_bytes(check)) == 0xCBF43926u);
-  CHECK(crc32_update(0, {}) == 0u);
-  std::string data = pattern_bytes(3, 1000, DType::kU8);
-  std::uint32_t bytewise = 0xFFFFFFFFu;
-  for (char c : data) {
-    bytewise ^= static_cast<unsigned char>(c);
-    for (int k = 0; k < 8; ++k)
-      bytewise = (bytewise & 1) ? (bytewise >> 1) ^ 0xEDB88320u : bytewise >> 1;
-  }
-  bytewise = ~bytewise;
-  CHECK(crc32_update(0, as_bytes(data)) == bytewise);
-  for (std::size_t split : {0, 1, 15, 16, 17, 999}) {
-    std::uint32_t crc = crc32_update(0, as_bytes(data).first(split));
-    CHECK(crc32_update(crc, as_bytes(data).subspan(split)) == bytewise);
-  }
-}
 
 TEST_CASE("torch_archive_name follows torch's basename rule") {
   CHECK(torch_archive_name("/x/model.pt").value() == "model");

@@ -236,7 +236,7 @@ def check_manifest(out, files_to_names):
         return
     with open(path) as f:
         m = json.load(f)
-    if m.get("format") != "ckptstream-manifest" or m.get("version") != 1 \
+    if m.get("format") != "ckptstream-manifest" or m.get("version") != 2 \
             or m.get("hash") != "xxh3-128":
         fail(f"{path}: format/version/hash are {m.get('format')!r}/{m.get('version')!r}/"
              f"{m.get('hash')!r}")
@@ -254,9 +254,19 @@ def check_manifest(out, files_to_names):
         if set(tensors) != set(names):
             fail(f"{path}: tensors of {fname} differ from the file's: "
                  f"{sorted(set(tensors) ^ set(names))[:10]}")
-        bad = [n for n, h in tensors.items() if not re.fullmatch(r"[0-9a-f]{32}", str(h))]
-        if bad:
-            fail(f"{path}: hashes that are not 32 lowercase hex digits: {bad[:5]}")
+        if not re.fullmatch(r"[0-9a-f]{32}", str(entry.get("header_xxh3_128"))):
+            fail(f"{path}: {fname}: header_xxh3_128 is not 32 lowercase hex digits")
+        # Each tensor's dtype, shape and data_offsets as the file's own header (read here by
+        # plain json, not by ckptstream) says them.
+        with open(os.path.join(out, fname), "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for n, t in tensors.items():
+            h = header.get(n, {})
+            if not isinstance(t, dict) or not re.fullmatch(r"[0-9a-f]{32}", str(t.get("xxh3_128"))):
+                fail(f"{path}: {fname}: tensor {n}: no 32-hex-digit xxh3_128")
+            elif [t.get("dtype"), t.get("shape"), t.get("data_offsets")] != \
+                    [h.get("dtype"), h.get("shape"), h.get("data_offsets")]:
+                fail(f"{path}: {fname}: tensor {n}: manifest says {t}, header says {h}")
 
 
 def main():
