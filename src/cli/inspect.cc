@@ -32,12 +32,6 @@ struct Listing {
   std::vector<Row> rows;
 };
 
-std::string shape_text(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 Result<Listing> list_torch(const fs::path& path) {
   CKPT_ASSIGN_OR_RETURN(auto ckpt, read_torch_file(path));
   Listing listing{
@@ -103,9 +97,7 @@ Result<Listing> list_file(const fs::path& path) {
 
 bool has_checkpoint_suffix(const std::string& name) {
   for (std::string_view suffix : {".pt", ".pth", ".bin", ".safetensors", ".distcp", ".ckpt"})
-    if (name.size() >= suffix.size() &&
-        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
-      return true;
+    if (name.ends_with(suffix)) return true;
   return false;
 }
 

@@ -29,7 +29,8 @@ using pickle::ValuePtr;
 constexpr std::string_view kZstd = "stream.zstd";
 constexpr std::size_t kMaxOpenFiles = 64;
 
-std::string shape_text(const Shape& s) {
+// "(4, 2)", as torch.Size prints.
+std::string size_text(const Shape& s) {
   std::string out = "(";
   for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + ")";
@@ -356,7 +357,7 @@ Result<std::filesystem::path> ItemReader::decode_to_scratch(const StorageInfo& i
 
 Result<ChunkLocation> ItemReader::tensor_chunk(const StateDictEntry& entry, const ChunkMeta& chunk,
                                                const StorageInfo& info) {
-  std::string what = "'" + entry.fqn + "' chunk at " + shape_text(chunk.offsets);
+  std::string what = "'" + entry.fqn + "' chunk at " + size_text(chunk.offsets);
   CKPT_TRY_CTX(check_relative_path(info.relative_path), what);
   CKPT_TRY_CTX(check_transforms(info.transforms),
                (dir_ / info.relative_path).string() + ": " + what);
@@ -409,8 +410,8 @@ Result<ChunkLocation> ItemReader::tensor_chunk(const StateDictEntry& entry, cons
     return invalid_input(what + ": the chunk is " + std::string(torch_name(t.dtype)) +
                          ", but the metadata says " + std::string(torch_name(entry.dtype)));
   if (t.shape != chunk.sizes)
-    return invalid_input(what + ": the chunk has shape " + shape_text(t.shape) +
-                         ", but the metadata says " + shape_text(chunk.sizes));
+    return invalid_input(what + ": the chunk has shape " + size_text(t.shape) +
+                         ", but the metadata says " + size_text(chunk.sizes));
   const StorageRecord& s = ckpt.storages[t.storage];
   TensorRef& ref = location.ref;
   ref.storage_begin = item_begin + s.file_offset;

@@ -24,15 +24,6 @@ bool is_hex_digest(std::string_view text) {
   return true;
 }
 
-void append_list(std::string& out, const Shape& values) {
-  out += '[';
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    if (i) out += ", ";
-    out += std::to_string(values[i]);
-  }
-  out += ']';
-}
-
 Result<std::string> hex_field(simdjson::dom::element value, const std::string& what) {
   std::string_view digest;
   if (value.get(digest) || !is_hex_digest(digest))
@@ -137,10 +128,10 @@ std::string manifest_to_json(const Manifest& manifest) {
       const TensorDigest& tensor = file.tensors[t];
       out += t == 0 ? "\n        " : ",\n        ";
       out += json_quote(tensor.name);
-      out += ": {\"dtype\": " + json_quote(tensor.dtype) + ", \"shape\": ";
-      append_list(out, tensor.shape);
-      out += ", \"data_offsets\": [" + std::to_string(tensor.data_begin) + ", " +
-             std::to_string(tensor.data_end) + "], \"xxh3_128\": \"" + tensor.xxh3_128 + "\"}";
+      out += ": {\"dtype\": " + json_quote(tensor.dtype) +
+             ", \"shape\": " + shape_text(tensor.shape) + ", \"data_offsets\": [" +
+             std::to_string(tensor.data_begin) + ", " + std::to_string(tensor.data_end) +
+             "], \"xxh3_128\": \"" + tensor.xxh3_128 + "\"}";
     }
     out += file.tensors.empty() ? "}\n    }" : "\n      }\n    }";
   }

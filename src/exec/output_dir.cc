@@ -8,6 +8,7 @@
 
 #include "exec/manifest.h"
 #include "exec/staging.h"
+#include "plan/report.h"
 
 namespace ckptstream {
 namespace fs = std::filesystem;
@@ -16,8 +17,7 @@ namespace {
 constexpr std::string_view kLoneModelName = "model.safetensors";
 
 bool is_model_file_name(const std::string& name) {
-  return name.rfind("model", 0) == 0 && name.size() > 12 &&
-         name.compare(name.size() - 12, 12, ".safetensors") == 0;
+  return name.starts_with("model") && name.ends_with(".safetensors");
 }
 
 // Files whose presence says "a complete model is here": removed before anything of a new model
@@ -28,20 +28,7 @@ bool is_completion_marker(const std::string& name) {
 
 bool is_regular(const fs::path& path) {
   std::error_code ec;
-  return fs::is_regular_file(fs::symlink_status(path, ec));
-}
-
-std::string human_size(std::uint64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024 && unit < 4) {
-    value /= 1024;
-    ++unit;
-  }
-  char text[32];
-  std::snprintf(text, sizeof text, unit ? "%.1f %s" : "%.0f %s", value, units[unit]);
-  return text;
+  return fs::is_regular_file(path, ec);
 }
 
 // Recovers what interrupted runs left in `dir`: staging directories whose lock is free, and, when
@@ -56,8 +43,8 @@ Result<std::optional<InterruptedCommit>> recover(const fs::path& dir, bool exclu
       notes.push_back("completed the commit of an interrupted run (" + finished->staging + ": " +
                       std::to_string(finished->renamed) + " file(s) moved into place)");
   }
-  for (const StaleStaging& stale : remove_stale_staging(dir))
-    notes.push_back("removed " + stale.name + "/ (" + human_size(stale.bytes) +
+  for (const AbandonedDirectory& stale : remove_abandoned_directories(dir, kStagingPrefix))
+    notes.push_back("removed " + stale.name + "/ (" + human_bytes(stale.bytes) +
                     "), left by an interrupted run");
   return finished;
 }

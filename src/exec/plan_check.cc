@@ -127,25 +127,9 @@ Status check_tiling(const LogicalTensor& tensor, std::int64_t numel) {
   return {};
 }
 
-bool is_safe_relative_name(const std::string& name) {
-  std::filesystem::path path(name);
-  if (name.empty() || path.is_absolute()) return false;
-  for (const auto& part : path) {
-    if (part == "." || part == ".." || part.empty()) return false;
-    if (part.string().rfind(".ckptstream-staging", 0) == 0) return false;
-  }
-  return name.back() != '/';
-}
-
 bool is_float(DType dtype) {
   return dtype == DType::kF16 || dtype == DType::kBF16 || dtype == DType::kF32 ||
          dtype == DType::kF64;
-}
-
-std::string shape_text(const Shape& shape) {
-  std::string text = "[";
-  for (std::size_t d = 0; d < shape.size(); ++d) text += (d ? ", " : "") + std::to_string(shape[d]);
-  return text + "]";
 }
 
 // W [out, in] + scale * (B [out, r] @ A [r, in]): shapes agree, every dtype is a float the fused
@@ -188,6 +172,16 @@ Status check_lora(const LogicalTensor& tensor, std::span<const InputFile> inputs
 }
 
 }  // namespace
+
+bool is_safe_relative_name(const std::string& name) {
+  std::filesystem::path path(name);
+  if (name.empty() || path.is_absolute()) return false;
+  for (const auto& part : path) {
+    if (part == "." || part == ".." || part.empty()) return false;
+    if (part.string().rfind(".ckptstream-staging", 0) == 0) return false;
+  }
+  return name.back() != '/';
+}
 
 Status check_output_names(const Plan& plan) {
   std::vector<std::string> names;

@@ -190,13 +190,8 @@ Status SourceGather::read_direct() {
   for (const Line& line : buffers_.lines()) {
     std::uint64_t begin = source_byte(line.src) - view_.storage_begin;
     std::size_t bytes = static_cast<std::size_t>(line.count) * element_size_;
-    std::uint32_t crc = crc32_update(0, std::span(destination(line.dst), bytes));
-    if (!pieces.empty() && pieces.back().end == begin) {
-      pieces.back().crc32 = crc32_combine(pieces.back().crc32, crc, bytes);
-      pieces.back().end += bytes;
-    } else {
-      pieces.push_back({begin, begin + bytes, crc});
-    }
+    pieces.push_back(
+        {begin, begin + bytes, crc32_update(0, std::span(destination(line.dst), bytes))});
   }
   return records_->add(view_, pieces);
 }

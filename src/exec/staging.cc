@@ -13,6 +13,7 @@
 #include <set>
 
 #include "core/json_text.h"
+#include "exec/plan_check.h"
 #include "io/input_file.h"
 
 namespace ckptstream {
@@ -104,28 +105,7 @@ Status copy_fds(int in, int out, std::uint64_t size, const std::filesystem::path
 
 namespace {
 
-// A staging directory's lock file lies beside it (`<name>.lock`) and is taken before the
-// directory is made: whoever sees the directory finds it locked while its run lives.
-constexpr std::string_view kLockSuffix = ".lock";
-
-std::filesystem::path lock_of(const std::filesystem::path& staging_dir) {
-  return staging_dir.string() + std::string(kLockSuffix);
-}
 constexpr std::string_view kJournalFormat = "ckptstream-commit";
-
-// A relative path below the target that cannot leave it: no empty, "." or ".." component.
-bool is_safe_name(std::string_view name) {
-  if (name.empty() || name.front() == '/') return false;
-  std::size_t start = 0;
-  while (start <= name.size()) {
-    std::size_t end = name.find('/', start);
-    if (end == std::string_view::npos) end = name.size();
-    std::string_view part = name.substr(start, end - start);
-    if (part.empty() || part == "." || part == "..") return false;
-    start = end + 1;
-  }
-  return true;
-}
 
 std::string journal_json(const std::string& staging, const CommitList& list) {
   auto names = [](const std::vector<std::string>& values) {
@@ -170,7 +150,7 @@ Result<Journal> read_journal(const std::filesystem::path& path) {
     if (root[key].get(array)) return bad(std::string("no \"") + key + "\" list");
     for (auto item : array) {
       std::string_view name;
-      if (item.get(name) || !is_safe_name(name))
+      if (item.get(name) || !is_safe_relative_name(std::string(name)))
         return bad(std::string("\"") + key + "\" names a path outside the target");
       out->emplace_back(name);
     }
@@ -235,32 +215,6 @@ Result<std::size_t> apply_commit(const std::filesystem::path& target, const std:
   return renamed;
 }
 
-std::uint64_t bytes_under(const std::filesystem::path& dir) {
-  std::uint64_t total = 0;
-  std::error_code ec;
-  for (std::filesystem::recursive_directory_iterator it(dir, ec), end; !ec && it != end;
-       it.increment(ec)) {
-    std::error_code size_ec;
-    if (it->is_regular_file(size_ec)) total += it->file_size(size_ec);
-  }
-  return total;
-}
-
-// The staging directories of `target` (and the names of lock files left without one), by name
-// without the lock suffix.
-std::vector<std::string> staging_names(const std::filesystem::path& target) {
-  std::set<std::string> names;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(target, ec), end; !ec && it != end;
-       it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    if (!name.starts_with(kStagingPrefix)) continue;
-    if (name.ends_with(kLockSuffix)) name.resize(name.size() - kLockSuffix.size());
-    names.insert(std::move(name));
-  }
-  return {names.begin(), names.end()};
-}
-
 }  // namespace
 
 OutputStaging::OutputStaging(std::filesystem::path target, std::filesystem::path dir, FileLock lock)
@@ -286,13 +240,8 @@ Result<OutputStaging> OutputStaging::create(const std::filesystem::path& target_
   std::string name =
       std::string(kStagingPrefix) + (tag.empty() ? "" : tag + "-") + std::to_string(::getpid());
   auto dir = target_dir / name;
-  // Another run may hold it for an instant, checking whether it is stale (remove_stale_staging).
   CKPT_ASSIGN_OR_RETURN(FileLock lock,
-                        FileLock::acquire(lock_of(dir), FileLock::Mode::kExclusive, "staging",
-                                          dir.string(), std::chrono::seconds(10)));
-  // A leftover of a gone run that had our pid: its lock was free, since we hold it now.
-  std::filesystem::remove_all(dir, ec);
-  if (::mkdir(dir.c_str(), 0755) != 0) return errno_error(dir, "cannot create", errno);
+                        make_locked_directory(dir, "staging", std::chrono::seconds(10)));
   return OutputStaging(target_dir, dir, std::move(lock));
 }
 
@@ -341,31 +290,18 @@ Result<std::optional<InterruptedCommit>> finish_interrupted_commit(
       InterruptedCommit{journal.staging, journal.list.fingerprint, renamed});
 }
 
-std::vector<StaleStaging> remove_stale_staging(const std::filesystem::path& target) {
-  std::vector<StaleStaging> removed;
-  for (const auto& name : staging_names(target)) {
-    auto dir = target / name;
-    // Taken while it is checked: no run can start using this name meanwhile.
-    auto lock =
-        FileLock::acquire(lock_of(dir), FileLock::Mode::kExclusive, "cleanup", dir.string());
-    if (!lock.ok()) continue;  // a live run's
-    std::error_code ec;
-    bool had_dir = std::filesystem::exists(dir, ec);
-    std::uint64_t bytes = had_dir ? bytes_under(dir) : 0;
-    std::filesystem::remove_all(dir, ec);
-    if (!ec && had_dir) removed.push_back(StaleStaging{name, bytes});
-  }
-  return removed;
-}
-
 std::vector<std::pair<std::string, std::optional<std::string>>> list_staging(
     const std::filesystem::path& target) {
   std::vector<std::pair<std::string, std::optional<std::string>>> found;
-  for (const auto& name : staging_names(target)) {
-    std::error_code ec;
-    if (std::filesystem::exists(target / name, ec))
-      found.emplace_back(name, FileLock::holder(lock_of(target / name)));
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(target, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    std::error_code type_ec;
+    if (name.starts_with(kStagingPrefix) && it->is_directory(type_ec))
+      found.emplace_back(name, FileLock::holder(lock_file_of(it->path())));
   }
+  std::sort(found.begin(), found.end());
   return found;
 }
 

@@ -1,12 +1,11 @@
 // Output files are born in a staging directory inside the target and renamed into place only
-// when every one of them is complete and on disk. OutputStaging owns that directory, and holds
-// the lock of the file beside it, `<dir>.lock` (file_lock.h), taken before the directory is made
-// and released after it is gone; unless commit() succeeds, its destructor removes it with
-// everything in it. A process killed midway (SIGKILL, power loss) leaves
-// `<target>/.ckptstream-staging-[<tag>-]<pid>/` (and its lock file) whose lock is free: the next
-// run into the target removes it (remove_stale_staging). The processes of a distributed run
-// (distributed.h) each have their own, tagged with their rank (pids of different machines may be
-// equal), and move files into place one by one (commit_one).
+// when every one of them is complete and on disk. OutputStaging owns that directory, locked by
+// the file beside it (make_locked_directory in io/file_lock.h); unless commit() succeeds, its
+// destructor removes it with everything in it. A process killed midway (SIGKILL, power loss)
+// leaves `<target>/.ckptstream-staging-[<tag>-]<pid>/` (and its lock file) whose lock is free:
+// the next run into the target removes it (remove_abandoned_directories, with kStagingPrefix). The
+// processes of a distributed run (distributed.h) each have their own, tagged with their rank (pids
+// of different machines may be equal), and move files into place one by one (commit_one).
 //
 // commit() is journaled, so that at no instant does the target hold a set of files that looks
 // like a complete model but is not one run's:
@@ -89,16 +88,6 @@ struct InterruptedCommit {
 // cannot be read or names files outside the target is an error, and nothing is touched.
 Result<std::optional<InterruptedCommit>> finish_interrupted_commit(
     const std::filesystem::path& target);
-
-// A staging directory left by a run that is gone.
-struct StaleStaging {
-  std::string name;
-  std::uint64_t bytes = 0;
-};
-
-// Removes the staging directories of `target` whose lock is free or missing (a run takes the
-// lock before it makes the directory), with their lock files; returns what was removed.
-std::vector<StaleStaging> remove_stale_staging(const std::filesystem::path& target);
 
 // Staging directories of `target` and, for each, the holder's line when a live process uses it.
 std::vector<std::pair<std::string, std::optional<std::string>>> list_staging(

@@ -26,7 +26,8 @@ bool is_file(const fs::path& p) {
   return fs::is_regular_file(p, ec);
 }
 
-std::string shape_text(const Shape& s) {
+// "(4, 2)", as torch.Size prints.
+std::string size_text(const Shape& s) {
   std::string out = "(";
   for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
   return out + ")";
@@ -121,7 +122,7 @@ Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
   std::vector<const ChunkMeta*> boxes;
   std::uint64_t covered = 0;
   for (const auto& c : e.chunks) {
-    std::string at = "the chunk at " + shape_text(c.offsets) + " of size " + shape_text(c.sizes);
+    std::string at = "the chunk at " + size_text(c.offsets) + " of size " + size_text(c.sizes);
     if (c.offsets.size() != e.size.size() || c.sizes.size() != e.size.size())
       return invalid_input("'" + e.fqn + "': " + at + " has " + std::to_string(c.sizes.size()) +
                            " dimensions, the tensor " + std::to_string(e.size.size()));
@@ -129,7 +130,7 @@ Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
     for (std::size_t d = 0; d < e.size.size(); ++d) {
       if (c.sizes[d] > e.size[d] || c.offsets[d] > e.size[d] - c.sizes[d])
         return invalid_input("'" + e.fqn + "': " + at + " lies outside the tensor's size " +
-                             shape_text(e.size));
+                             size_text(e.size));
       if (__builtin_mul_overflow(volume, static_cast<std::uint64_t>(c.sizes[d]), &volume))
         return invalid_input("'" + e.fqn + "': " + at + " is too large");
     }
@@ -141,7 +142,7 @@ Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
                   other->offsets[d] < c.offsets[d] + c.sizes[d];
       if (overlap)
         return invalid_input("'" + e.fqn + "': " + at + " overlaps the chunk at " +
-                             shape_text(other->offsets) + " of size " + shape_text(other->sizes));
+                             size_text(other->offsets) + " of size " + size_text(other->sizes));
     }
     covered += volume;  // disjoint boxes inside the tensor: no overflow
     boxes.push_back(&c);
@@ -149,7 +150,7 @@ Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
   auto total = numel(e.size);
   if (covered != static_cast<std::uint64_t>(total))
     return invalid_input("'" + e.fqn + "': the chunks cover " + std::to_string(covered) + " of " +
-                         std::to_string(total) + " elements of size " + shape_text(e.size) +
+                         std::to_string(total) + " elements of size " + size_text(e.size) +
                          " (a chunk is missing)");
   return boxes;
 }
@@ -264,7 +265,7 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
       const dcp::StorageInfo* info = c->storage ? &*c->storage : nullptr;
       if (!info)
         return invalid_input(label + ": '" + e.fqn + "': no storage_data entry for the chunk at " +
-                             shape_text(c->offsets));
+                             size_text(c->offsets));
       jobs.push_back(ChunkJob{out.tensors.size(), &e, c, info});
     }
     t.fragments.reserve(boxes->size());

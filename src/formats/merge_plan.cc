@@ -1,6 +1,5 @@
 #include "formats/merge_plan.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -164,39 +163,21 @@ namespace {
 
 constexpr std::string_view kScratchPrefix = "ckptstream-scratch-";
 
-// Scratch directories (and lock files) of gone runs in `tmp`.
-void remove_stale_scratch(const fs::path& tmp) {
-  std::error_code ec;
-  for (fs::directory_iterator it(tmp, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    if (!name.starts_with(kScratchPrefix) || name.ends_with(".lock")) continue;
-    auto lock = FileLock::acquire(it->path().string() + ".lock", FileLock::Mode::kExclusive,
-                                  "cleanup", name);
-    if (!lock.ok()) continue;  // a live run's
-    std::error_code removed;
-    fs::remove_all(it->path(), removed);
-  }
-}
-
 }  // namespace
 
 ScratchDir::ScratchDir() {
   std::error_code ec;
   fs::path tmp = fs::temp_directory_path(ec);
-  if (ec) return;  // the reader reports it on first use
-  remove_stale_scratch(tmp);
-  // The lock first, then the directory: a cleaner never finds the directory unlocked.
+  if (ec) return;                                     // the reader reports it on first use
+  remove_abandoned_directories(tmp, kScratchPrefix);  // what killed runs left
   std::random_device random;
   for (int attempt = 0; attempt < 16 && path_.empty(); ++attempt) {
     char suffix[32];
     std::snprintf(suffix, sizeof suffix, "%d-%08x", static_cast<int>(::getpid()),
                   static_cast<unsigned>(random()));
     fs::path dir = tmp / (std::string(kScratchPrefix) + suffix);
-    auto lock = FileLock::acquire(dir.string() + ".lock", FileLock::Mode::kExclusive, "scratch",
-                                  dir.string());
+    auto lock = make_locked_directory(dir, "scratch", {}, 0700);  // decoded tensors: private
     if (!lock.ok()) continue;
-    fs::remove_all(dir, ec);  // a gone run's of the same name: its lock was free
-    if (::mkdir(dir.c_str(), 0700) != 0) continue;
     path_ = dir;
     lock_ = std::move(lock).value();
   }

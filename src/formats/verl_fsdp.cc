@@ -99,10 +99,7 @@ struct FsdpConfig {
 };
 
 Result<FsdpConfig> read_fsdp_config(const fs::path& path) {
-  CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(path));
-  if (file.size() > (1u << 20)) return invalid_input(path.string() + ": larger than 1 MiB");
-  std::string text(file.size(), '\0');
-  CKPT_TRY(file.read_at(0, std::as_writable_bytes(std::span(text.data(), text.size()))));
+  CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(path, 1u << 20));
   simdjson::dom::parser parser;
   simdjson::dom::element doc;
   if (parser.parse(text).get(doc) || !doc.is_object())
@@ -119,12 +116,6 @@ Result<FsdpConfig> read_fsdp_config(const fs::path& path) {
 }
 
 // ---- shard geometry ---------------------------------------------------------------------------
-
-std::string shape_text(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
 std::string count(std::size_t n, const std::string& noun) {
   return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <set>
 #include <thread>
 
 namespace ckptstream {
@@ -30,8 +31,7 @@ bool same_file(int fd, const std::filesystem::path& path) {
          by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
 }
 
-}  // namespace
-
+// "pid 1234 on host-name: merge, since 2026-12-06 20:51:03 UTC".
 std::string lock_owner_line(std::string_view owner) {
   char host[256] = "?";
   ::gethostname(host, sizeof host - 1);
@@ -42,6 +42,21 @@ std::string lock_owner_line(std::string_view owner) {
   return "pid " + std::to_string(::getpid()) + " on " + host + ": " + std::string(owner) +
          ", since " + when;
 }
+
+constexpr std::string_view kLockSuffix = ".lock";
+
+std::uint64_t bytes_under(const std::filesystem::path& dir) {
+  std::uint64_t total = 0;
+  std::error_code ec;
+  for (std::filesystem::recursive_directory_iterator it(dir, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::error_code size_ec;
+    if (it->is_regular_file(size_ec)) total += it->file_size(size_ec);
+  }
+  return total;
+}
+
+}  // namespace
 
 Result<FileLock> FileLock::acquire(const std::filesystem::path& path, Mode mode,
                                    std::string_view owner, std::string_view what,
@@ -132,6 +147,49 @@ void FileLock::release() {
   // Removed only by its last holder: a shared holder that cannot take it exclusively leaves it.
   if (::flock(fd_, LOCK_EX | LOCK_NB) == 0 && same_file(fd_, path_)) ::unlink(path_.c_str());
   ::close(std::exchange(fd_, -1));
+}
+
+std::filesystem::path lock_file_of(const std::filesystem::path& dir) {
+  return dir.string() + std::string(kLockSuffix);
+}
+
+Result<FileLock> make_locked_directory(const std::filesystem::path& dir, std::string_view owner,
+                                       std::chrono::milliseconds wait, unsigned mode) {
+  CKPT_ASSIGN_OR_RETURN(
+      FileLock lock,
+      FileLock::acquire(lock_file_of(dir), FileLock::Mode::kExclusive, owner, dir.string(), wait));
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);  // a gone process's of the same name: its lock was free
+  if (::mkdir(dir.c_str(), static_cast<mode_t>(mode)) != 0)
+    return io_error(dir.string() + ": cannot create: " + std::strerror(errno));
+  return lock;
+}
+
+std::vector<AbandonedDirectory> remove_abandoned_directories(const std::filesystem::path& parent,
+                                                             std::string_view prefix) {
+  std::set<std::string> names;  // without the lock suffix
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(parent, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (!name.starts_with(prefix)) continue;
+    if (name.ends_with(kLockSuffix)) name.resize(name.size() - kLockSuffix.size());
+    names.insert(std::move(name));
+  }
+  std::vector<AbandonedDirectory> removed;
+  for (const auto& name : names) {
+    auto dir = parent / name;
+    // Held while it is looked at: no process can start using this name meanwhile.
+    auto lock =
+        FileLock::acquire(lock_file_of(dir), FileLock::Mode::kExclusive, "cleanup", dir.string());
+    if (!lock.ok()) continue;  // a live process's
+    std::error_code type_ec;
+    if (!std::filesystem::is_directory(std::filesystem::symlink_status(dir, type_ec))) continue;
+    std::uint64_t bytes = bytes_under(dir);
+    std::filesystem::remove_all(dir, type_ec);
+    if (!type_ec) removed.push_back(AbandonedDirectory{name, bytes});
+  }
+  return removed;
 }
 
 }  // namespace ckptstream

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ckptstream/result.h"
 
@@ -54,7 +55,28 @@ class FileLock {
   int fd_ = -1;
 };
 
-// "pid 1234 on host-name: merge, since 2026-12-06 20:51:03 UTC".
-std::string lock_owner_line(std::string_view owner);
+// Directories that live as long as a process uses them (staging directories, DCP scratch): each
+// is locked by the file beside it, `<dir>.lock`, taken before the directory is made and released
+// after it is removed, so that whoever sees the directory finds it locked while its owner lives.
+
+// `<dir>.lock`.
+std::filesystem::path lock_file_of(const std::filesystem::path& dir);
+
+// Takes `<dir>.lock` (waiting at most `wait`: another process may hold it for an instant, checking
+// whether it is abandoned), removes a directory of that name a gone process left, and makes
+// `dir` with `mode`. The directory is the caller's while it holds the returned lock.
+Result<FileLock> make_locked_directory(const std::filesystem::path& dir, std::string_view owner,
+                                       std::chrono::milliseconds wait, unsigned mode = 0755);
+
+// A directory whose lock was free, removed.
+struct AbandonedDirectory {
+  std::string name;
+  std::uint64_t bytes = 0;
+};
+
+// Removes the directories of `parent` whose names start with `prefix` and whose lock is free or
+// missing, with their lock files (and lock files left without a directory).
+std::vector<AbandonedDirectory> remove_abandoned_directories(const std::filesystem::path& parent,
+                                                             std::string_view prefix);
 
 }  // namespace ckptstream

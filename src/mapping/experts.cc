@@ -175,12 +175,6 @@ LogicalTensor squeeze(LogicalTensor tensor) {
   return tensor;
 }
 
-std::string shape_text(const Shape& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
-}
-
 Status check_packed_shape(const LogicalTensor& tensor, const ExpertSplit& split,
                           const HfConfig& config) {
   auto fail = [&](const std::string& why) {

@@ -211,12 +211,6 @@ Result<KeyInfo> classify(const std::string& full_name) {
   return info;
 }
 
-std::string shape_text(const Shape& shape) {
-  std::string text = "[";
-  for (std::size_t d = 0; d < shape.size(); ++d) text += (d ? ", " : "") + std::to_string(shape[d]);
-  return text + "]";
-}
-
 // One adapted module: indexes into the input tensors.
 struct Adapter {
   std::optional<std::size_t> a, b, base;

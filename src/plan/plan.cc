@@ -4,6 +4,12 @@
 
 namespace ckptstream {
 
+std::string shape_text(const Shape& shape) {
+  std::string text = "[";
+  for (std::size_t d = 0; d < shape.size(); ++d) text += (d ? ", " : "") + std::to_string(shape[d]);
+  return text + "]";
+}
+
 std::int64_t numel(const Shape& shape) {
   std::int64_t n = 1;
   for (auto d : shape) n *= d;

@@ -74,6 +74,8 @@ LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t 
 LogicalTensor select(const LogicalTensor& tensor, std::size_t dim, std::int64_t index);
 
 std::int64_t numel(const Shape& shape);
+// "[4, 2]": a shape (or strides) in messages.
+std::string shape_text(const Shape& shape);
 // Row-major contiguous (size-1 dimensions may have any stride), as torch's is_contiguous().
 bool is_contiguous(const Shape& shape, const Shape& strides);
 std::uint64_t nbytes(const LogicalTensor& tensor);  // in the written dtype

@@ -3,7 +3,6 @@
 #include <memory>
 #include <optional>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 namespace ckptstream::torch_internal {
@@ -27,12 +26,6 @@ struct FlattenBudget {
 };
 FlattenBudget budget_for(std::size_t pickle_bytes) {
   return {(1u << 20) + 4 * pickle_bytes, (16u << 20) + 16 * pickle_bytes};
-}
-
-std::string shape_text(const Shape& s) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
 }
 
 // The value stored under `key` in a BUILD state: a dict, or a (dict|None, slots_dict) tuple.
@@ -102,10 +95,7 @@ class Interpreter {
       return invalid_input("object nested deeper than " + std::to_string(kMaxDepth) +
                            " levels at '" + name + "'");
     if (++visits_ > budget_.visits) return expands();
-    if (!on_path_.insert(&node).second) return {};  // a cycle: already being walked
-    Status status = walk_node(node, name, depth);
-    on_path_.erase(&node);
-    return status;
+    return walk_node(node, name, depth);
   }
 
  private:
@@ -130,7 +120,9 @@ class Interpreter {
 
   // A container (a dict, list, tuple or object that is no tensor) is walked once. Reached again
   // under another name, it adds nothing if it held no tensor; if it did, its tensors would have
-  // two names each: a state dict never shares containers so, and the file is refused.
+  // two names each: a state dict never shares containers so, and the file is refused. A cycle
+  // (a list holding itself) reaches a container still being walked, whose tensors are not
+  // counted yet: it adds nothing, as Python's walkers would skip it.
   template <class WalkChildren>
   Status walk_container(const Value& node, const std::string& name, WalkChildren&& children) {
     auto [it, fresh] = walked_.try_emplace(&node, WalkedContainer{name, false});
@@ -540,7 +532,6 @@ class Interpreter {
 
   std::size_t pickle_bytes_;
   FlattenBudget budget_;
-  std::unordered_set<const Value*> on_path_;
   std::unordered_map<const Value*, WalkedContainer> walked_;
   std::unordered_map<const Value*, std::shared_ptr<const DeviceMeshInfo>> meshes_;
   std::size_t visits_ = 0;

@@ -128,12 +128,6 @@ bool skipped(const std::string& name, const CompareOptions& options) {
   return false;
 }
 
-std::string shape_text(const Shape& shape) {
-  std::string text = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
-}
-
 std::string dtype_text(DType dtype) {
   const auto& info = dtype_info(dtype);
   return std::string(info.safetensors_name.empty() ? info.torch_name : info.safetensors_name);

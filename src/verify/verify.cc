@@ -128,12 +128,6 @@ Result<VerifyReport> verify_output(const fs::path& dir, const VerifyOptions& opt
 
 namespace {
 
-std::string shape_text(const Shape& shape) {
-  std::string out = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
 // The file's header against the manifest's entry: its bytes (hash), and, to say what changed,
 // each tensor's dtype, shape and offsets.
 void check_header(const std::string& name, const InputFile& file,
@@ -190,10 +184,6 @@ void check_other_files(const fs::path& dir, const Manifest& manifest, VerifyRepo
   }
 }
 
-bool ends_with(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
 // What says that a run is writing into the directory now, or was interrupted there
 // (output_dir.h).
 std::vector<std::string> run_traces(const fs::path& dir) {
@@ -229,8 +219,8 @@ void check_directory(const fs::path& dir, const std::vector<std::string>& model_
   std::vector<std::string> extra;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::string name = it->path().filename().string();
-    if ((ends_with(name, ".safetensors") && !model.count(name)) ||
-        (ends_with(name, ".safetensors.index.json") && name != kIndexFileName))
+    if ((name.ends_with(".safetensors") && !model.count(name)) ||
+        (name.ends_with(".safetensors.index.json") && name != kIndexFileName))
       extra.push_back(name);
   }
   std::sort(extra.begin(), extra.end());

@@ -566,6 +566,7 @@ TEST_CASE("shared containers: walked once, refused when they hold tensors, bound
     const char* file;
     const char* error;  // empty: reads fine
     std::size_t tensors;
+    std::vector<std::string> names = {};
   };
   for (const Case& c : {
            // 10^20 paths to one tensor: the second path to the shared dict is refused.
@@ -581,6 +582,8 @@ TEST_CASE("shared containers: walked once, refused when they hold tensors, bound
            Case{"shared_long_key.pt", "-byte pickle (containers or names repeated over and over)",
                 0},
            Case{"non_utf8_key.pt", "", 2},
+           // A list holding a tensor and itself: the cycle is walked past, as Python would.
+           Case{"cyclic.pt", "", 2, {"l.0", "w"}},
        }) {
     CAPTURE(c.file);
     for (bool streamed : {false, true}) {
@@ -593,6 +596,11 @@ TEST_CASE("shared containers: walked once, refused when they hold tensors, bound
       if (*c.error == '\0') {
         REQUIRE_MESSAGE(read.ok(), read.error().message);
         CHECK(read->tensors.size() == c.tensors);
+        if (!c.names.empty()) {
+          std::vector<std::string> names;
+          for (const auto& t : read->tensors) names.push_back(t.name);
+          CHECK(names == c.names);
+        }
         continue;
       }
       REQUIRE(!read.ok());
