@@ -12,7 +12,7 @@
 #include "ckptstream/result.h"
 #include "core/interrupt.h"
 #include "exec/executor.h"
-#include "formats/merge_plan.h"
+#include "pipeline/merge_plan.h"
 #include "verify/compare.h"
 
 namespace ckptstream::cli {

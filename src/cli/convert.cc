@@ -6,31 +6,11 @@
 #include "cli/progress.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
-#include "formats/torch_sources.h"
+#include "pipeline/merge_plan.h"
 #include "safetensors/safetensors.h"
 
 namespace ckptstream::cli {
 namespace fs = std::filesystem;
-namespace {
-
-Result<Plan> plan_convert(const ConvertArgs& args, TorchConversion& conversion,
-                          TorchSourceSet& sources) {
-  CKPT_ASSIGN_OR_RETURN(sources, find_torch_sources(args.sources));
-  CKPT_ASSIGN_OR_RETURN(auto choice, parse_dtype_choice(args.dtype));
-  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, sources.config_json));
-  CKPT_ASSIGN_OR_RETURN(auto max_shard, safetensors::parse_max_shard_size(args.max_shard_size));
-  CKPT_ASSIGN_OR_RETURN(conversion, plan_torch_conversion(sources, float_dtype));
-  if (conversion.tensors.empty())
-    return invalid_input("no tensor found in " + sources.files.front().string());
-  Plan plan;
-  plan.inputs = conversion.inputs;
-  plan.side_files = sources.side_files;
-  CKPT_TRY(safetensors::plan_output(conversion.tensors, {max_shard}, plan));
-  return plan;
-}
-
-}  // namespace
-
 void add_convert(CLI::App& app, ConvertArgs& args) {
   auto* cmd = app.add_subcommand(
       "convert", "Convert torch.save files (.pt/.bin, HF sharded .bin) to safetensors");
@@ -67,10 +47,16 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
 int run_convert(const ConvertArgs& args) {
   if (args.to == "torch") return run_convert_to_torch(args);
   if (args.target_dir.empty()) return report_error(usage_error("--target_dir is required"));
-  TorchSourceSet sources;
-  TorchConversion conversion;
-  auto plan = plan_convert(args, conversion, sources);
-  if (!plan.ok()) return report_error(plan.error());
+  MergeOptions merge_options;
+  auto choice = parse_dtype_choice(args.dtype);
+  if (!choice.ok()) return report_error(choice.error());
+  merge_options.dtype = *choice;
+  auto max_shard = safetensors::parse_max_shard_size(args.max_shard_size);
+  if (!max_shard.ok()) return report_error(max_shard.error());
+  merge_options.max_shard_size = *max_shard;
+  auto merge = plan_convert(args.sources, merge_options);
+  if (!merge.ok()) return report_error(merge.error());
+  const Plan* plan = &merge->model;
 
   ExecOptions options;
   options.threads = args.threads;
@@ -81,9 +67,7 @@ int run_convert(const ConvertArgs& args) {
   if (!*complete) return kExitOk;  // another rank of a distributed run: rank 0 finishes
 
   if (!args.quiet) {
-    for (const auto& note : sources.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
-    for (const auto& alias : conversion.dropped_aliases)
-      std::fprintf(stderr, "note: not written: %s\n", alias.c_str());
+    for (const auto& note : merge->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
     std::size_t tensors = 0;
     for (const auto& file : plan->files) tensors += file.tensors.size();
     std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", tensors,

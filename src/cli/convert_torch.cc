@@ -7,47 +7,23 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "exec/executor.h"
-#include "formats/dcp_checkpoint.h"
-#include "formats/merge_plan.h"
-#include "formats/torch_sources.h"
-#include "formats/verl_fsdp.h"
-#include "safetensors/safetensors.h"
+#include "pipeline/merge_plan.h"
 #include "torch/torch_writer.h"
 
 namespace ckptstream::cli {
 namespace fs = std::filesystem;
 namespace {
 
-bool is_checkpoint_dir(const fs::path& path) {
-  std::error_code ec;
-  return fs::is_directory(path, ec) &&
-         (looks_like_dcp_checkpoint(path) || looks_like_fsdp_checkpoint(path));
-}
-
 Result<MergePlan> plan_state_dict(const ConvertArgs& args) {
-  CKPT_ASSIGN_OR_RETURN(auto choice, parse_dtype_choice(args.dtype));
+  MergeOptions options;
+  CKPT_ASSIGN_OR_RETURN(options.dtype, parse_dtype_choice(args.dtype));
   // `auto` keeps the saved dtypes here: the output is the state dict as saved.
-  if (choice == DTypeChoice::kAuto) choice = DTypeChoice::kKeep;
-  if (args.sources.size() == 1 && is_checkpoint_dir(args.sources.front())) {
-    MergeOptions options;
-    options.dtype = choice;
-    options.raw_state_dict = true;
-    options.max_shard_size = UINT64_MAX;
-    if (!args.prefix.empty()) options.prefix = args.prefix;
-    return plan_merge(args.sources.front(), options);
-  }
-  CKPT_ASSIGN_OR_RETURN(auto sources, find_torch_sources(args.sources));
-  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, std::nullopt));
-  CKPT_ASSIGN_OR_RETURN(auto conversion, plan_torch_conversion(sources, float_dtype));
-  if (conversion.tensors.empty())  // as `convert` to safetensors: an empty file helps nobody
-    return invalid_input("no tensor found in " + sources.files.front().string());
-  MergePlan merge;
-  merge.layout = std::to_string(sources.files.size()) + " torch.save file(s)";
-  merge.notes = sources.notes;
-  for (const auto& t : conversion.tensors) merge.tensor_order.push_back(t.name);
-  merge.model.inputs = conversion.inputs;
-  CKPT_TRY(safetensors::plan_output(std::move(conversion.tensors), {UINT64_MAX}, merge.model));
-  return merge;
+  if (options.dtype == DTypeChoice::kAuto) options.dtype = DTypeChoice::kKeep;
+  options.raw_state_dict = true;
+  if (!args.prefix.empty()) options.prefix = args.prefix;
+  options.threads = args.threads;
+  options.interrupt = args.interrupt;
+  return plan_convert(args.sources, options);
 }
 
 Status write_torch_file(const MergePlan& merge, const fs::path& target, ProgressBar& bar,

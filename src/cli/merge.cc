@@ -11,7 +11,7 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "exec/executor.h"
-#include "formats/merge_plan.h"
+#include "pipeline/merge_plan.h"
 #include "plan/report.h"
 #include "safetensors/safetensors.h"
 
@@ -133,7 +133,7 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
 
 Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   MergeOptions options;
-  CKPT_ASSIGN_OR_RETURN(options.backend, parse_backend(args.backend));
+  options.backend = args.backend;
   CKPT_ASSIGN_OR_RETURN(options.dtype, parse_dtype_choice(args.dtype));
   CKPT_ASSIGN_OR_RETURN(options.max_shard_size,
                         safetensors::parse_max_shard_size(args.max_shard_size));

@@ -4,7 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "formats/merge_plan.h"
+#include "pipeline/merge_plan.h"
 #include "verify/compare.h"
 
 namespace ckptstream::cli {

@@ -7,7 +7,7 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "exec/manifest.h"
-#include "formats/merge_plan.h"
+#include "pipeline/merge_plan.h"
 #include "verify/compare.h"
 #include "verify/verify.h"
 

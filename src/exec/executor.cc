@@ -14,7 +14,7 @@
 #include "exec/plan_check.h"
 #include "exec/staging.h"
 #include "exec/tensor_writer.h"
-#include "exec/worker_pool.h"
+#include "core/worker_pool.h"
 #include "io/input_file.h"
 
 namespace ckptstream {

@@ -40,6 +40,7 @@ void InputPrefetch::request(const PlacedTensor& placed, std::int64_t begin, std:
   const LogicalTensor& tensor = placed.tensor;
   std::uint64_t size = element_size(tensor.source_dtype);
   for (const Fragment& fragment : tensor.fragments) {
+    if (fragment.source.zeros) continue;  // nothing to read
     FragmentGeometry geometry(fragment, tensor.shape);
     if (geometry.numel() == 0) continue;
     std::int64_t first_source = 0, last_source = 0;  // storage elements [first, last)

@@ -10,16 +10,10 @@
 #include "exec/dtype_convert.h"
 #include "exec/manifest.h"
 #include "exec/tensor_writer.h"
+#include "plan/tiling.h"
 
 namespace ckptstream {
 namespace {
-
-std::optional<std::int64_t> checked_numel(const Shape& shape) {
-  std::int64_t n = 1;
-  for (auto d : shape)
-    if (d < 0 || __builtin_mul_overflow(n, d, &n)) return std::nullopt;
-  return n;
-}
 
 std::string quoted(const std::string& name) {
   return "'" + name + "'";
@@ -62,6 +56,7 @@ Status check_view_shape(const Fragment& fragment, const Shape& logical) {
 }
 
 Status check_view_bytes(const TensorRef& view, std::span<const InputFile> inputs) {
+  if (view.zeros) return {};  // reads no file
   if (view.input >= inputs.size())
     return invalid_input("input index " + std::to_string(view.input) + " out of range");
   const InputFile& file = inputs[view.input];
@@ -82,54 +77,18 @@ Status check_view_bytes(const TensorRef& view, std::span<const InputFile> inputs
   return {};
 }
 
-bool boxes_overlap(const Fragment& a, const Fragment& b) {
-  for (std::size_t d = 0; d < a.offsets.size(); ++d) {
-    if (a.offsets[d] >= b.offsets[d] + b.source.shape[d]) return false;
-    if (b.offsets[d] >= a.offsets[d] + a.source.shape[d]) return false;
-  }
-  return true;
-}
-
-// Fragments lie inside the tensor (checked before); they tile it exactly when no two overlap
-// and their sizes add up to the tensor's. Sorted by their start in dim 0, a fragment can only
-// overlap those that start before it ends there.
-Status check_tiling(const LogicalTensor& tensor, std::int64_t numel) {
-  std::vector<std::size_t> order;
-  std::int64_t covered = 0;
-  for (std::size_t i = 0; i < tensor.fragments.size(); ++i) {
-    std::int64_t n = *checked_numel(tensor.fragments[i].source.shape);
-    if (n == 0) continue;
-    order.push_back(i);
-    // Saturate: a sum past numel means an overlap, which the loop below reports.
-    if (__builtin_add_overflow(covered, n, &covered)) covered = INT64_MAX;
-  }
-  auto start = [&](std::size_t i) {
-    return tensor.fragments[i].offsets.empty() ? 0 : tensor.fragments[i].offsets[0];
-  };
-  auto end = [&](std::size_t i) {
-    const auto& f = tensor.fragments[i];
-    return f.offsets.empty() ? 1 : f.offsets[0] + f.source.shape[0];
-  };
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return start(a) < start(b); });
-  for (std::size_t i = 0; i < order.size(); ++i) {
-    for (std::size_t j = i + 1; j < order.size() && start(order[j]) < end(order[i]); ++j) {
-      if (boxes_overlap(tensor.fragments[order[i]], tensor.fragments[order[j]])) {
-        return invalid_input("fragments " + std::to_string(order[i]) + " and " +
-                             std::to_string(order[j]) + " overlap");
-      }
-    }
-  }
-  if (covered != numel) {
-    return invalid_input("fragments cover " + std::to_string(covered) + " of " +
-                         std::to_string(numel) + " elements (holes)");
-  }
-  return {};
-}
-
-bool is_float(DType dtype) {
-  return dtype == DType::kF16 || dtype == DType::kBF16 || dtype == DType::kF32 ||
-         dtype == DType::kF64;
+// The fragments lie inside the tensor (check_view_shape); the planner's one tiling check says
+// whether they cover it exactly.
+Status check_tiling(const LogicalTensor& tensor) {
+  auto fault = find_tiling_fault(tensor);
+  if (!fault) return {};
+  if (fault->kind == TilingFault::Kind::kOverlap)
+    return invalid_input("fragments " + std::to_string(fault->first) + " and " +
+                         std::to_string(fault->second) + " overlap");
+  if (fault->kind == TilingFault::Kind::kHoles)
+    return invalid_input("fragments cover " + std::to_string(fault->covered) + " of " +
+                         std::to_string(fault->total) + " elements (holes)");
+  return invalid_input("fragment " + std::to_string(fault->first) + " lies outside the tensor");
 }
 
 // W [out, in] + scale * (B [out, r] @ A [r, in]): shapes agree, every dtype is a float the fused
@@ -144,6 +103,7 @@ Status check_lora(const LogicalTensor& tensor, std::span<const InputFile> inputs
     return invalid_input("shapes do not fit W + B @ A: W " + shape_text(tensor.shape) + ", A " +
                          shape_text(a) + ", B " + shape_text(b));
   }
+  auto is_float = [](DType dtype) { return dtype_info(dtype).is_float; };
   if (!is_float(tensor.source_dtype) || !is_float(tensor.dtype) || !is_float(lora.a.source_dtype) ||
       !is_float(lora.b.source_dtype)) {
     return unsupported("a LoRA delta needs floating-point W, A and B (W " +
@@ -248,7 +208,7 @@ Status check_tensor(const LogicalTensor& tensor, std::span<const InputFile> inpu
       return fragment_fail(status.error());
   }
   if (*numel == 0) return {};
-  if (auto status = check_tiling(tensor, *numel); !status.ok())
+  if (auto status = check_tiling(tensor); !status.ok())
     return fail(status.error().with_context("fragments do not tile the tensor"));
   return {};
 }

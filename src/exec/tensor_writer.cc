@@ -226,6 +226,20 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
     std::int64_t last = source.geometry.count_before(end);
     if (first >= last) continue;
     const TensorRef& view = source.fragment->source;
+    if (view.zeros) {
+      source.geometry.for_each_line(first, last, [&](const Line& line) {
+        auto at = [&](std::int64_t k) {
+          return window + static_cast<std::size_t>(line.dst + k * line.dst_stride - begin) *
+                              source_size_;
+        };
+        if (line.dst_stride == 1) {
+          std::memset(at(0), 0, static_cast<std::size_t>(line.count) * source_size_);
+          return;
+        }
+        for (std::int64_t k = 0; k < line.count; ++k) std::memset(at(k), 0, source_size_);
+      });
+      continue;
+    }
     SourceGather gather(context_.inputs[view.input], view, context_.gather, window, begin,
                         context_.records);
     Status status;
@@ -248,6 +262,7 @@ void TensorStream::release_inputs(std::int64_t written_end, bool finished) {
   std::uint64_t share = std::max<std::uint64_t>(window / std::max<std::size_t>(sources_.size(), 1),
                                                 std::min<std::uint64_t>(window, 4ull << 20));
   for (Source& source : sources_) {
+    if (source.fragment->source.zeros) continue;  // no file
     std::uint64_t consumed = file_byte(source, source.geometry.source_end());
     if (!finished) {
       if (!source.geometry.reads_in_order()) continue;

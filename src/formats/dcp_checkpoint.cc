@@ -10,7 +10,9 @@
 
 #include "dcp/dcp_item.h"
 #include "dcp/dcp_metadata.h"
-#include "exec/worker_pool.h"
+#include "io/input_file.h"
+#include "core/worker_pool.h"
+#include "plan/tiling.h"
 #include "torch/torch_checkpoint.h"
 
 namespace ckptstream {
@@ -75,10 +77,10 @@ std::string strip_wrappers(std::string_view key) {
 }
 
 // The prefix of the model keys, by the rule of dcp_checkpoint.h; a note says why.
-std::string choose_prefix(const Metadata& md, const DcpOptions& options,
+std::string choose_prefix(const Metadata& md, const std::optional<std::string>& given,
                           std::vector<std::string>& notes) {
-  if (options.prefix) {
-    std::string p = *options.prefix;
+  if (given) {
+    std::string p = *given;
     if (!p.empty() && p.back() != '.') p += '.';
     notes.push_back("model keys: prefix '" + p + "' (given)");
     return p;
@@ -116,43 +118,54 @@ std::string choose_prefix(const Metadata& md, const DcpOptions& options,
   return "";
 }
 
-// Chunk boxes: inside the global size, pairwise disjoint, covering it. Returns the non-empty
-// chunks.
+// Chunk boxes: inside the global size, pairwise disjoint, covering it (plan/tiling.h). Returns
+// the non-empty chunks.
 Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
-  std::vector<const ChunkMeta*> boxes;
-  std::uint64_t covered = 0;
-  for (const auto& c : e.chunks) {
-    std::string at = "the chunk at " + size_text(c.offsets) + " of size " + size_text(c.sizes);
-    if (c.offsets.size() != e.size.size() || c.sizes.size() != e.size.size())
-      return invalid_input("'" + e.fqn + "': " + at + " has " + std::to_string(c.sizes.size()) +
-                           " dimensions, the tensor " + std::to_string(e.size.size()));
-    std::uint64_t volume = 1;
-    for (std::size_t d = 0; d < e.size.size(); ++d) {
-      if (c.sizes[d] > e.size[d] || c.offsets[d] > e.size[d] - c.sizes[d])
-        return invalid_input("'" + e.fqn + "': " + at + " lies outside the tensor's size " +
+  std::vector<BoxView> boxes;
+  boxes.reserve(e.chunks.size());
+  for (const auto& c : e.chunks)
+    boxes.push_back(BoxView{c.offsets.data(), c.sizes.data(),
+                            c.offsets.size() == c.sizes.size() ? c.sizes.size() : SIZE_MAX});
+  if (auto fault = find_tiling_fault(e.size, boxes)) {
+    auto at = [&](std::size_t i) {
+      return "the chunk at " + size_text(e.chunks[i].offsets) + " of size " +
+             size_text(e.chunks[i].sizes);
+    };
+    std::string what = "'" + e.fqn + "': ";
+    switch (fault->kind) {
+      case TilingFault::Kind::kBadShape:
+        return invalid_input(what + "bad size " + size_text(e.size));
+      case TilingFault::Kind::kRank:
+        return invalid_input(what + at(fault->first) + " has " +
+                             std::to_string(e.chunks[fault->first].sizes.size()) +
+                             " dimensions, the tensor " + std::to_string(e.size.size()));
+      case TilingFault::Kind::kOutside:
+        return invalid_input(what + at(fault->first) + " lies outside the tensor's size " +
                              size_text(e.size));
-      if (__builtin_mul_overflow(volume, static_cast<std::uint64_t>(c.sizes[d]), &volume))
-        return invalid_input("'" + e.fqn + "': " + at + " is too large");
+      case TilingFault::Kind::kOverlap:
+        return invalid_input(what + at(fault->second) + " overlaps " + at(fault->first));
+      case TilingFault::Kind::kHoles:
+        return invalid_input(what + "the chunks cover " + std::to_string(fault->covered) +
+                             " of " + std::to_string(fault->total) + " elements of size " +
+                             size_text(e.size) + " (a chunk is missing)");
     }
-    if (volume == 0) continue;
-    for (const ChunkMeta* other : boxes) {
-      bool overlap = true;
-      for (std::size_t d = 0; d < e.size.size() && overlap; ++d)
-        overlap = c.offsets[d] < other->offsets[d] + other->sizes[d] &&
-                  other->offsets[d] < c.offsets[d] + c.sizes[d];
-      if (overlap)
-        return invalid_input("'" + e.fqn + "': " + at + " overlaps the chunk at " +
-                             size_text(other->offsets) + " of size " + size_text(other->sizes));
-    }
-    covered += volume;  // disjoint boxes inside the tensor: no overflow
-    boxes.push_back(&c);
   }
-  auto total = numel(e.size);
-  if (covered != static_cast<std::uint64_t>(total))
-    return invalid_input("'" + e.fqn + "': the chunks cover " + std::to_string(covered) + " of " +
-                         std::to_string(total) + " elements of size " + size_text(e.size) +
-                         " (a chunk is missing)");
-  return boxes;
+  std::vector<const ChunkMeta*> nonempty;
+  nonempty.reserve(e.chunks.size());
+  for (const auto& c : e.chunks)
+    if (numel(c.sizes) != 0) nonempty.push_back(&c);
+  return nonempty;
+}
+
+// The Hugging Face side of a DCP checkpoint: config.json beside it, in huggingface/ beside it,
+// or next to its parent (RLinf keeps the base model elsewhere: --hf-config). A config.json that
+// is there but is no regular file (a directory, a FIFO) is an error, not a missing config.
+Result<std::optional<fs::path>> find_hf_dir_near(const fs::path& dir) {
+  for (const fs::path& candidate : {dir, dir / "huggingface", dir.parent_path() / "huggingface"}) {
+    CKPT_ASSIGN_OR_RETURN(bool found, regular_file_exists(candidate / "config.json"));
+    if (found) return std::optional<fs::path>(candidate);
+  }
+  return std::optional<fs::path>();
 }
 
 class InputTable {
@@ -224,10 +237,24 @@ Result<std::vector<fs::path>> locate_chunks(const fs::path& dir, const DcpOption
   return inputs.take();
 }
 
-Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& options) {
+}  // namespace
+
+DcpKeyPolicy model_state_dict_keys(std::optional<std::string> prefix) {
+  DcpKeyPolicy policy;
+  policy.prefix = [prefix = std::move(prefix)](const Metadata& md,
+                                               std::vector<std::string>& notes) {
+    return choose_prefix(md, prefix, notes);
+  };
+  policy.skip = is_training_state;
+  policy.rename = strip_wrappers;
+  return policy;
+}
+
+Result<SourceTensors> read_dcp_entries(const fs::path& dir, const DcpOptions& options,
+                                       const DcpKeyPolicy& keys) {
   CKPT_ASSIGN_OR_RETURN(Metadata md, dcp::read_metadata(dir));
   std::string label = (dir / ".metadata").string();
-  MergedTensors out;
+  SourceTensors out;
   std::size_t tensors = 0;
   std::size_t bytes = 0;
   for (const auto& e : md.entries) (e.kind == StateDictEntry::Kind::kTensor ? tensors : bytes)++;
@@ -235,7 +262,7 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
                       (md.version.empty() ? "" : " version " + md.version) + ", " +
                       std::to_string(tensors) + " tensors, " + std::to_string(bytes) +
                       " byte items, not read)");
-  std::string prefix = choose_prefix(md, options, out.notes);
+  std::string prefix = keys.prefix(md, out.notes);
 
   std::vector<ChunkJob> jobs;  // every chunk item to locate, in state-dict order
   std::set<std::string> names;
@@ -243,7 +270,7 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
   std::map<std::string, std::size_t> outside;  // first key component -> tensors skipped
   for (const auto& e : md.entries) {
     if (e.kind != StateDictEntry::Kind::kTensor) continue;
-    if (is_training_state(e.fqn)) {
+    if (keys.skip(e.fqn)) {
       ++training;
       continue;
     }
@@ -252,7 +279,7 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
       continue;
     }
     LogicalTensor t;
-    t.name = strip_wrappers(std::string_view(e.fqn).substr(prefix.size()));
+    t.name = keys.rename(std::string_view(e.fqn).substr(prefix.size()));
     if (t.name.empty()) return invalid_input(label + ": '" + e.fqn + "' is the prefix itself");
     if (!names.insert(t.name).second)
       return invalid_input(label + ": two keys become '" + t.name + "' (the second is '" + e.fqn +
@@ -283,10 +310,12 @@ Result<MergedTensors> read_dcp_dir(const fs::path& dir, const DcpOptions& option
   return out;
 }
 
+namespace {
+
 // RLinf's full_weights.pt: a plain torch.save of the gathered model state dict.
-Result<MergedTensors> read_full_weights(const fs::path& path, const DcpOptions& options) {
+Result<SourceTensors> read_full_weights(const fs::path& path, const DcpOptions& options) {
   CKPT_ASSIGN_OR_RETURN(TorchCheckpoint ckpt, read_torch_file(path));
-  MergedTensors out;
+  SourceTensors out;
   std::string prefix = options.prefix.value_or("");
   if (!prefix.empty() && prefix.back() != '.') prefix += '.';
   out.inputs.push_back(path);
@@ -349,18 +378,46 @@ Result<DcpLayout> find_dcp_checkpoint(const fs::path& dir) {
                        "dcp_checkpoint/ or in actor/dcp_checkpoint/, and no full_weights.pt");
 }
 
-bool looks_like_dcp_checkpoint(const fs::path& dir) {
+Result<FoundCheckpoint> find_dcp(const fs::path& dir, bool required) {
   auto layout = find_dcp_checkpoint(dir);
-  return layout.ok();
+  if (!layout.ok()) {
+    // Nothing of it here: for auto detection that is not an error (a rank-local .metadata is).
+    if (!required && layout.error().kind == ErrorKind::kInvalidInput)
+      return FoundCheckpoint();
+    return layout.error();
+  }
+  FoundCheckpoint found;
+  found.read = [dir, layout = std::move(layout).value()](const ReadOptions& options)
+      -> Result<SourceModel> {
+    SourceModel model;
+    DcpOptions dcp;
+    dcp.prefix = options.prefix;
+    dcp.scratch_dir = options.scratch_dir;
+    dcp.threads = options.threads;
+    dcp.interrupt = options.interrupt;
+    CKPT_ASSIGN_OR_RETURN(model.tensors, read_dcp_layout(layout, dcp));
+    model.layout = layout.dcp_dir
+                       ? "torch.distributed.checkpoint (DCP) in " + layout.dcp_dir->string()
+                       : "RLinf full weights " + layout.full_weights->string();
+    CKPT_ASSIGN_OR_RETURN(model.hf_dir, find_hf_dir_near(layout.dcp_dir ? *layout.dcp_dir : dir));
+    return model;
+  };
+  return found;
 }
 
-Result<MergedTensors> read_dcp_tensors(const fs::path& dir, const DcpOptions& options) {
-  CKPT_ASSIGN_OR_RETURN(DcpLayout layout, find_dcp_checkpoint(dir));
-  auto merged = layout.dcp_dir ? read_dcp_dir(*layout.dcp_dir, options)
-                               : read_full_weights(*layout.full_weights, options);
+Result<SourceTensors> read_dcp_layout(const DcpLayout& layout, const DcpOptions& options) {
+  auto merged = layout.dcp_dir
+                    ? read_dcp_entries(*layout.dcp_dir, options,
+                                       model_state_dict_keys(options.prefix))
+                    : read_full_weights(*layout.full_weights, options);
   if (!merged.ok()) return merged;
   merged->notes.insert(merged->notes.begin(), layout.notes.begin(), layout.notes.end());
   return merged;
+}
+
+Result<SourceTensors> read_dcp_tensors(const fs::path& dir, const DcpOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(DcpLayout layout, find_dcp_checkpoint(dir));
+  return read_dcp_layout(layout, options);
 }
 
 }  // namespace ckptstream

@@ -29,15 +29,35 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "ckptstream/result.h"
 #include "core/interrupt.h"
-#include "formats/verl_fsdp.h"
+#include "formats/source_model.h"
 
 namespace ckptstream {
+
+namespace dcp {
+struct Metadata;
+}
+
+// Which entries of a DCP state dict are the model's tensors, and what they are called: the rule
+// above for a model state dict (model_state_dict_keys); Megatron's dist_ckpt brings its own.
+struct DcpKeyPolicy {
+  // Chosen once per checkpoint from its metadata: only keys starting with it are the model's;
+  // a note says why.
+  std::function<std::string(const dcp::Metadata&, std::vector<std::string>& notes)> prefix;
+  // Entries never read, counted in a note (optimizer and scheduler state).
+  std::function<bool(std::string_view fqn)> skip;
+  // The tensor's name from what follows the prefix.
+  std::function<std::string(std::string_view key)> rename;
+};
+// The rule above; `prefix`: the app-state prefix given (--prefix), nullopt to detect it.
+DcpKeyPolicy model_state_dict_keys(std::optional<std::string> prefix);
 
 struct DcpOptions {
   std::optional<std::string> prefix;  // the app-state prefix of the model keys; nullopt: detect
@@ -55,16 +75,24 @@ struct DcpLayout {
   std::vector<std::string> notes;
 };
 
-// Does `dir` hold a DCP checkpoint (or RLinf's full_weights.pt)? (for --backend auto)
-bool looks_like_dcp_checkpoint(const std::filesystem::path& dir);
-
 Result<DcpLayout> find_dcp_checkpoint(const std::filesystem::path& dir);
+
+// The reader of the table (source_model.h): find_dcp_checkpoint, nullopt when nothing of it is
+// there (empty) unless `required`; reading takes read_dcp_layout with model_state_dict_keys.
+Result<FoundCheckpoint> find_dcp(const std::filesystem::path& dir, bool required);
 
 // The model tensors of the checkpoint in `dir`, in state-dict order (dtype == source_dtype). With
 // only full_weights.pt (no .metadata), its tensors, one fragment each. Decoded zstd items are
 // scratch files under options.scratch_dir, listed in `inputs`. Errors name the file and fqn:
 // a corrupt .metadata or item, a truncated .distcp, overlapping, missing or out-of-bounds
 // chunks, a chunk whose dtype or shape differs from the metadata, an unknown transform.
-Result<MergedTensors> read_dcp_tensors(const std::filesystem::path& dir, const DcpOptions& options);
+Result<SourceTensors> read_dcp_tensors(const std::filesystem::path& dir, const DcpOptions& options);
+// The same for a layout found already.
+Result<SourceTensors> read_dcp_layout(const DcpLayout& layout, const DcpOptions& options);
+
+// The entries of the DCP checkpoint in `dir` (holding .metadata) that `keys` selects, as logical
+// tensors: the DCP entry reader that readers of DCP-based formats (Megatron's torch_dist) share.
+Result<SourceTensors> read_dcp_entries(const std::filesystem::path& dir, const DcpOptions& options,
+                                       const DcpKeyPolicy& keys);
 
 }  // namespace ckptstream

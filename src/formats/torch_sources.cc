@@ -257,64 +257,6 @@ Result<TorchSourceSet> find_torch_sources(const std::vector<fs::path>& args) {
   return set;
 }
 
-Result<DTypeChoice> parse_dtype_choice(std::string_view text) {
-  if (text == "auto") return DTypeChoice::kAuto;
-  if (text == "keep") return DTypeChoice::kKeep;
-  if (text == "bf16" || text == "bfloat16") return DTypeChoice::kBF16;
-  if (text == "fp16" || text == "float16" || text == "half") return DTypeChoice::kF16;
-  if (text == "fp32" || text == "float32" || text == "float") return DTypeChoice::kF32;
-  return usage_error("--dtype must be one of auto, keep, bf16, fp16, fp32 (got '" +
-                     std::string(text) + "')");
-}
-
-namespace {
-Result<simdjson::dom::element> parse_config(simdjson::dom::parser& parser, const std::string& text,
-                                            const fs::path& config) {
-  simdjson::dom::element doc;
-  if (parser.parse(text).get(doc) || !doc.is_object())
-    return invalid_input(config.string() + ": not a JSON object");
-  return doc;
-}
-}  // namespace
-
-Result<std::optional<DType>> resolve_float_dtype(DTypeChoice choice,
-                                                 const std::optional<fs::path>& config) {
-  switch (choice) {
-    case DTypeChoice::kKeep:
-      return std::optional<DType>();
-    case DTypeChoice::kBF16:
-      return std::optional<DType>(DType::kBF16);
-    case DTypeChoice::kF16:
-      return std::optional<DType>(DType::kF16);
-    case DTypeChoice::kF32:
-      return std::optional<DType>(DType::kF32);
-    case DTypeChoice::kAuto:
-      break;
-  }
-  if (!config) return std::optional<DType>();
-  CKPT_ASSIGN_OR_RETURN(auto text, read_small_file(*config));
-  simdjson::dom::parser parser;
-  CKPT_ASSIGN_OR_RETURN(auto doc, parse_config(parser, text, *config));
-  std::string_view name;
-  if (doc["torch_dtype"].get(name) && doc["dtype"].get(name)) return std::optional<DType>();
-  if (name == "auto") return std::optional<DType>();
-  auto dtype = dtype_from_torch_name(name);
-  if (!dtype || !dtype_info(*dtype).is_float)
-    return invalid_input(config->string() + ": torch_dtype '" + std::string(name) +
-                         "' is not a floating-point dtype");
-  return std::optional<DType>(*dtype);
-}
-
-Result<bool> config_ties_word_embeddings(const std::optional<fs::path>& config) {
-  if (!config) return false;
-  CKPT_ASSIGN_OR_RETURN(auto text, read_small_file(*config));
-  simdjson::dom::parser parser;
-  CKPT_ASSIGN_OR_RETURN(auto doc, parse_config(parser, text, *config));
-  bool tied = false;
-  if (doc["tie_word_embeddings"].get(tied)) return false;
-  return tied;
-}
-
 Result<TorchConversion> plan_torch_conversion(const TorchSourceSet& sources,
                                               std::optional<DType> float_dtype) {
   TorchConversion conversion;

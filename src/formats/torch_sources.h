@@ -34,17 +34,6 @@ Result<TorchSourceSet> find_torch_sources(const std::vector<std::filesystem::pat
 // config.json that is a directory) is an error naming it.
 Result<std::vector<SideFile>> find_side_files(const std::filesystem::path& dir);
 
-enum class DTypeChoice { kAuto, kKeep, kBF16, kF16, kF32 };
-Result<DTypeChoice> parse_dtype_choice(std::string_view text);
-
-// The dtype floating-point tensors are written in (nullopt: keep each tensor's own). `auto`
-// takes `torch_dtype` (or transformers v5's `dtype`) from config.json when there is one.
-Result<std::optional<DType>> resolve_float_dtype(
-    DTypeChoice choice, const std::optional<std::filesystem::path>& config);
-
-// config.json's tie_word_embeddings (false when absent or no config).
-Result<bool> config_ties_word_embeddings(const std::optional<std::filesystem::path>& config);
-
 struct TorchConversion {
   std::vector<std::filesystem::path> inputs;  // Plan::inputs
   std::vector<LogicalTensor> tensors;         // state-dict order

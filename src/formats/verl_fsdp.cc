@@ -33,7 +33,11 @@
 #include <unordered_map>
 
 #include "io/input_file.h"
+#include "formats/rank_files.h"
+#include "formats/replica_hash.h"
 #include "pickle/value.h"
+#include "plan/tiling.h"
+#include "plan/views.h"
 #include "torch/torch_checkpoint.h"
 
 namespace ckptstream {
@@ -150,26 +154,17 @@ bool is_data_parallel_dim(std::string_view name) {
 
 // The box of the global tensor that the rank at mesh coordinate `coord` holds: Shard(d) cuts
 // the (already cut) dim d with torch.chunk semantics, mesh dims in order, as DTensor does.
-struct Box {
-  Shape offsets;
-  Shape shape;
-};
-
-Box local_box(const DTensorInfo& info, const std::vector<std::int64_t>& coord,
-              const std::vector<std::size_t>& shard_dims) {
-  Box box{Shape(info.global_shape.size(), 0), info.global_shape};
+ShardBox local_box(const DTensorInfo& info, const std::vector<std::int64_t>& coord,
+                   const std::vector<std::size_t>& shard_dims) {
+  std::vector<std::size_t> dims;
+  std::vector<std::int64_t> pieces, at;
   for (std::size_t m = 0; m < info.placements.size(); ++m) {
     if (info.placements[m].kind != Placement::Kind::kShard) continue;
-    std::size_t d = shard_dims[m];
-    std::int64_t pieces = info.mesh->shape[m];
-    std::int64_t size = box.shape[d];
-    std::int64_t chunk = size / pieces + (size % pieces != 0);
-    std::int64_t begin = std::min(size, chunk * coord[m]);  // chunk * coord <= size * pieces
-    std::int64_t end = std::min(size, begin + chunk);
-    box.offsets[d] += begin;
-    box.shape[d] = end - begin;
+    dims.push_back(shard_dims[m]);
+    pieces.push_back(info.mesh->shape[m]);
+    at.push_back(coord[m]);
   }
-  return box;
+  return shard_grid(info.global_shape, dims, pieces, at);
 }
 
 // Row-major coordinate of flat index `flat` in a mesh of shape `shape`.
@@ -182,129 +177,25 @@ std::vector<std::int64_t> unravel(std::int64_t flat, const Shape& shape) {
   return coord;
 }
 
-// Overflow-safe element count; nullopt on a negative size or overflow.
-std::optional<std::int64_t> checked_numel(const Shape& shape) {
-  std::int64_t n = 1;
-  for (auto s : shape)
-    if (s < 0 || __builtin_mul_overflow(n, s, &n)) return std::nullopt;
-  return n;
-}
-
-// The fragments of `tensor` tile it exactly: inside it, no two overlapping, sizes adding up.
-// Fragments are swept along the dim where their offsets vary. Each fragment's input is its rank.
+// The shards of `tensor` tile it exactly (plan/tiling.h). Each fragment's input is its rank.
 Status check_tiling(const LogicalTensor& tensor) {
+  auto fault = find_tiling_fault(tensor);
+  if (!fault) return {};
   auto owner = [&](std::size_t i) { return std::to_string(tensor.fragments[i].source.input); };
-  const auto& frags = tensor.fragments;
-  std::size_t ndim = tensor.shape.size();
-  std::int64_t covered = 0;
-  for (std::size_t i = 0; i < frags.size(); ++i) {
-    const auto& f = frags[i];
-    for (std::size_t d = 0; d < ndim; ++d)
-      if (f.offsets[d] < 0 || f.source.shape[d] < 0 ||
-          f.offsets[d] > tensor.shape[d] - f.source.shape[d])
-        return invalid_input("rank " + owner(i) + "'s shard " + shape_text(f.source.shape) +
-                             " at " + shape_text(f.offsets) + " reaches outside the global shape " +
-                             shape_text(tensor.shape));
-    if (__builtin_add_overflow(covered, *checked_numel(f.source.shape), &covered))
-      covered = INT64_MAX;
-  }
-  std::size_t sweep = 0;
-  for (std::size_t d = 0; d < ndim; ++d)
-    for (const auto& f : frags)
-      if (f.offsets[d] != frags.front().offsets[d]) sweep = d;
-  std::vector<std::size_t> order(frags.size());
-  std::iota(order.begin(), order.end(), 0);
-  auto start = [&](std::size_t i) { return ndim ? frags[i].offsets[sweep] : 0; };
-  auto end = [&](std::size_t i) {
-    return ndim ? frags[i].offsets[sweep] + frags[i].source.shape[sweep] : 1;
-  };
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return start(a) < start(b); });
-  for (std::size_t i = 0; i < order.size(); ++i) {
-    for (std::size_t j = i + 1; j < order.size() && start(order[j]) < end(order[i]); ++j) {
-      const auto& a = frags[order[i]];
-      const auto& b = frags[order[j]];
-      bool overlap = true;
-      for (std::size_t d = 0; d < ndim && overlap; ++d)
-        overlap = a.offsets[d] < b.offsets[d] + b.source.shape[d] &&
-                  b.offsets[d] < a.offsets[d] + a.source.shape[d];
-      if (overlap)
-        return invalid_input("the shards of rank " + owner(order[i]) + " and rank " +
-                             owner(order[j]) + " overlap");
+  switch (fault->kind) {
+    case TilingFault::Kind::kOverlap:
+      return invalid_input("the shards of rank " + owner(fault->first) + " and rank " +
+                           owner(fault->second) + " overlap");
+    case TilingFault::Kind::kHoles:
+      return invalid_input("the shards cover " + std::to_string(fault->covered) + " of " +
+                           std::to_string(fault->total) + " elements");
+    default: {
+      const Fragment& f = tensor.fragments[fault->first];
+      return invalid_input("rank " + owner(fault->first) + "'s shard " +
+                           shape_text(f.source.shape) + " at " + shape_text(f.offsets) +
+                           " reaches outside the global shape " + shape_text(tensor.shape));
     }
   }
-  if (covered != *checked_numel(tensor.shape))
-    return invalid_input("the shards cover " + std::to_string(covered) + " of " +
-                         std::to_string(*checked_numel(tensor.shape)) + " elements");
-  return {};
-}
-
-// ---- identical plain tensors ------------------------------------------------------------------
-
-using Digest = std::array<std::uint64_t, 2>;
-
-// XXH3-128 of a view's elements, visited with dims in `order` (outermost first; the same order
-// for every rank, so equal values give equal digests whatever the strides). Reads go through a
-// bounded buffer: a run of the innermost dim is read in windows of at most kWindow bytes.
-Result<Digest> hash_view(const InputFile& file, const TensorRef& ref,
-                         const std::vector<std::size_t>& order) {
-  constexpr std::uint64_t kWindow = 1u << 20;
-  std::unique_ptr<XXH3_state_t, decltype(&XXH3_freeState)> state(XXH3_createState(),
-                                                                 &XXH3_freeState);
-  XXH3_128bits_reset(state.get());
-  auto count = checked_numel(ref.shape);
-  if (!count) return invalid_input("bad shape " + shape_text(ref.shape));
-  const std::uint64_t es = element_size(ref.dtype);
-  for (auto stride : ref.strides)
-    if (stride < 0) return invalid_input("negative stride in " + shape_text(ref.strides));
-  if (*count > 0) {
-    std::size_t inner = order.empty() ? 0 : order.back();
-    std::int64_t run = order.empty() ? 1 : ref.shape[inner];
-    std::uint64_t step = order.empty() ? 0 : static_cast<std::uint64_t>(ref.strides[inner]) * es;
-    std::uint64_t per_window =
-        step == 0 ? static_cast<std::uint64_t>(run) : std::max<std::uint64_t>(1, kWindow / step);
-    std::vector<std::byte> window, packed;
-    std::vector<std::int64_t> index(order.size(), 0);  // over order[0..n-2]
-    for (std::int64_t done = 0; done < *count; done += run) {
-      std::int64_t element = ref.offset;
-      for (std::size_t k = 0; k + 1 < order.size(); ++k)
-        element += index[k] * ref.strides[order[k]];
-      for (std::int64_t i = 0; i < run;) {  // one run of the innermost dim
-        std::uint64_t m = std::min<std::uint64_t>(per_window, static_cast<std::uint64_t>(run - i));
-        std::uint64_t begin = static_cast<std::uint64_t>(element + i * (step / es)) * es;
-        std::uint64_t length = (m - 1) * step + es;
-        if (!range_fits(begin, length, ref.storage_nbytes))
-          return invalid_input("view reaches past its storage");
-        window.resize(length);
-        CKPT_TRY(file.read_at(ref.storage_begin + begin, window));
-        if (step == es) {
-          XXH3_128bits_update(state.get(), window.data(), length);
-        } else {
-          packed.resize(m * es);
-          for (std::uint64_t e = 0; e < m; ++e)
-            std::copy_n(window.data() + e * step, es, packed.data() + e * es);
-          XXH3_128bits_update(state.get(), packed.data(), packed.size());
-        }
-        i += static_cast<std::int64_t>(m);
-      }
-      for (std::size_t k = order.empty() ? 0 : order.size() - 1; k-- > 0;) {  // next run
-        if (++index[k] < ref.shape[order[k]]) break;
-        index[k] = 0;
-      }
-    }
-  }
-  XXH128_hash_t h = XXH3_128bits_digest(state.get());
-  return Digest{h.high64, h.low64};
-}
-
-// Dims by decreasing stride of `t` (ties: logical order): the innermost dim is the one whose
-// elements lie closest together, so reads move forward through the file.
-std::vector<std::size_t> visit_order(const TorchTensor& t) {
-  std::vector<std::size_t> order(t.shape.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return t.strides[a] > t.strides[b]; });
-  return order;
 }
 
 // ---- merging ----------------------------------------------------------------------------------
@@ -333,137 +224,6 @@ bool same_mesh(const DeviceMeshInfo& a, const DeviceMeshInfo& b) {
   return &a == &b || (a.shape == b.shape && a.ranks == b.ranks && a.dim_names == b.dim_names);
 }
 
-// Runs tasks one after another on one thread that lives as long as it does. The rank files'
-// opens and unpicklings run on such threads throughout (an opener, one or two builders): a
-// short-lived thread per task (2W of them) was often given a fresh malloc arena by glibc (it
-// creates up to 8 per core), whose pages were then faulted in again for every rank file.
-class SerialWorker {
- public:
-  SerialWorker() : thread_([this] { run(); }) {}
-  SerialWorker(const SerialWorker&) = delete;
-  SerialWorker& operator=(const SerialWorker&) = delete;
-  ~SerialWorker() {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    ready_.notify_one();
-    thread_.join();  // after the tasks queued so far
-  }
-
-  template <class F>
-  auto submit(F f) -> std::future<std::invoke_result_t<F&>> {
-    auto task = std::make_shared<std::packaged_task<std::invoke_result_t<F&>()>>(std::move(f));
-    auto result = task->get_future();
-    {
-      std::lock_guard lock(mutex_);
-      tasks_.emplace_back([task] { (*task)(); });
-    }
-    ready_.notify_one();
-    return result;
-  }
-
- private:
-  void run() {
-    for (;;) {
-      std::function<void()> task;
-      {
-        std::unique_lock lock(mutex_);
-        ready_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
-        if (tasks_.empty()) return;
-        task = std::move(tasks_.front());
-        tasks_.pop_front();
-      }
-      task();
-    }
-  }
-
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<std::function<void()>> tasks_;
-  bool stopping_ = false;
-  std::thread thread_;  // last: started once the members it uses exist
-};
-
-// Rank files are read ahead of the merge in two stages: the I/O-bound first step
-// (PendingTorchFile::open: zip directory, local headers, data.pkl bytes) of files ahead, one
-// after another, and the CPU-bound second step (unpickling, streamed: TorchReadOptions::
-// stream_items) of one file at a time per builder thread, ahead of the caller. Memory holds the
-// files opened ahead and, per builder, a data.pkl, its memo and the tensor list it yields; the
-// pickle graph is freed batch by batch, so it no longer bounds how many files are in flight.
-class RankReader {
-  // Each file opened ahead holds its zip directory and data.pkl (20 MB per DeepSeek-V3 rank file
-  // at W=16); more than two ahead only cost memory: on 16 cores the plan took as long with 15
-  // (609 MB peak) as with 3 (502 MB).
-  static constexpr unsigned kMaxOpenAhead = 2;
-  // Unpickling is three quarters of the work of a plan of many tensors, and the caller (merging
-  // each rank) and the opener need little CPU: two builders halve it from two threads on.
-  // DeepSeek-V3 shape, 16 cores: 5.5 s and 350 MB with one builder, 2.7 s and 450 MB with two
-  // (each file then opened one ahead only); 2 cores: 3.7-4.1 s with one, 2.4-2.5 s with two.
-  static constexpr unsigned kTwoBuildersFrom = 2;
-
- public:
-  RankReader(const std::vector<fs::path>& files, unsigned threads, const TorchReadOptions& options)
-      : files_(files),
-        builders_(threads >= kTwoBuildersFrom ? 2 : 1),
-        window_(builders_.size() > 1 ? 1 : std::clamp(threads, 2u, kMaxOpenAhead + 1) - 1),
-        options_(options) {}
-
-  Result<TorchCheckpoint> next() {
-    while (graphs_.size() < builders_.size() && start_graph()) {
-    }
-    if (graphs_.empty()) return invalid_input("no rank file left to read");
-    auto ckpt = graphs_.front().get();
-    graphs_.pop_front();
-    start_graph();  // the next file's graph is built while the caller merges this one
-    return ckpt;
-  }
-
-  ~RankReader() {
-    for (auto& g : graphs_) g.wait();
-    for (auto& p : opening_) p.wait();
-  }
-
- private:
-  using Opened = std::future<Result<PendingTorchFile>>;
-
-  void fill() {
-    while (opening_.size() < window_ && launched_ < files_.size()) {
-      const fs::path& path = files_[launched_++];
-      opening_.push_back(
-          opener_.submit([&path, this] { return PendingTorchFile::open(path, options_); }));
-    }
-  }
-
-  bool start_graph() {
-    fill();
-    if (opening_.empty()) return false;
-    Opened opened = std::move(opening_.front());
-    opening_.pop_front();
-    fill();
-    SerialWorker& builder = builders_[graphed_++ % builders_.size()];
-    graphs_.push_back(builder.submit(
-        [opened = std::move(opened), pool = pool_]() mutable -> Result<TorchCheckpoint> {
-          auto pending = opened.get();
-          if (!pending.ok()) return pending.error();
-          CKPT_ASSIGN_OR_RETURN(auto ckpt, std::move(*pending).read(pool));
-          ckpt.root.reset();  // the tensors are extracted; the graph would only hold memory
-          return ckpt;
-        }));
-    return true;
-  }
-
-  const std::vector<fs::path>& files_;
-  std::deque<SerialWorker> builders_;  // step 2, one file at a time each, in turn
-  std::size_t window_;
-  TorchReadOptions options_;
-  std::size_t launched_ = 0, graphed_ = 0;
-  std::deque<Opened> opening_;
-  std::deque<std::future<Result<TorchCheckpoint>>> graphs_;  // in file order
-  std::shared_ptr<pickle::BlockPool> pool_ = std::make_shared<pickle::BlockPool>();
-  SerialWorker opener_;  // step 1 of each file, in order
-};
-
 // Folds the rank files into logical tensors one rank at a time: rank 0's file fixes the names,
 // order and DTensor specs; every other rank's file is checked against it and contributes its
 // local shards as fragments, then is dropped. Memory holds rank 0's tensor list, the fragments
@@ -474,8 +234,8 @@ class Merger {
          const InterruptFlag* interrupt)
       : checkpoint_(checkpoint), threads_(threads), options_(options), interrupt_(interrupt) {}
 
-  Result<MergedTensors> run() {
-    RankReader reader(checkpoint_.rank_files, threads_, options_);
+  Result<SourceTensors> run() {
+    RankFileReader reader(checkpoint_.rank_files, threads_, options_);
     for (std::size_t r = 0; r < checkpoint_.rank_files.size(); ++r) {
       CKPT_TRY(check_interrupt(interrupt_));
       CKPT_ASSIGN_OR_RETURN(TorchCheckpoint ckpt, reader.next());
@@ -489,9 +249,7 @@ class Merger {
         CKPT_TRY(add_rank(r, ckpt));
       }
       ckpt = TorchCheckpoint();
-      // The rank's graph and tensor list were allocated on reader threads, whose malloc arenas
-      // keep freed memory; hand it back so that peak memory stays that of one rank file.
-      ::malloc_trim(0);
+      RankFileReader::release_freed_memory();  // peak memory stays that of one rank file
     }
     return finish();
   }
@@ -503,7 +261,7 @@ class Merger {
     // DTensor: rank -> flat mesh index of its shards (fsdp_shard_positions)
     const std::vector<std::size_t>* rank_position = nullptr;
     std::vector<std::size_t> visit;  // plain: dims in hashing order
-    std::optional<Digest> digest;    // plain: rank 0's values
+    std::optional<ValueDigest> digest;  // plain: rank 0's values
   };
 
   std::string file_of(std::size_t r) const { return checkpoint_.rank_files[r].string(); }
@@ -568,7 +326,7 @@ class Merger {
       } else {
         p.tensor.source_dtype = p.tensor.dtype = t.dtype;
         p.tensor.shape = t.shape;
-        p.visit = visit_order(t);
+        p.visit = visit_order(t.strides);
       }
     }
     return {};
@@ -603,8 +361,8 @@ class Merger {
     return {};
   }
 
-  Result<MergedTensors> finish() {
-    MergedTensors out;
+  Result<SourceTensors> finish() {
+    SourceTensors out;
     out.inputs = checkpoint_.rank_files;
     std::size_t dtensors = 0, plains = 0;
     std::set<std::string> layouts;
@@ -730,7 +488,7 @@ class Merger {
       return unsupported(rank_text(r) + " has a lazy conj/neg bit; resolve it before saving");
     std::size_t flat = (*p.rank_position)[r];
     auto coord = unravel(static_cast<std::int64_t>(flat), first.mesh->shape);
-    Box box = local_box(first, coord, p.shard_dims);
+    ShardBox box = local_box(first, coord, p.shard_dims);
     if (t.shape != box.shape)
       return invalid_input(rank_text(r) + " holds a local shard of shape " + shape_text(t.shape) +
                            ", but " + placements_text(first) + " of " +
@@ -762,7 +520,7 @@ class Merger {
       file.emplace(std::move(opened));
     }
     TensorRef ref = ckpt.ref(j, r);
-    auto digest = hash_view(*file, ref, p.visit);
+    auto digest = hash_view_values(*file, ref, p.visit);
     if (!digest.ok()) return digest.error().with_context(rank_text(r));
     if (!p.digest) {
       p.digest = *digest;
@@ -789,24 +547,25 @@ class Merger {
 
 }  // namespace
 
-bool looks_like_fsdp_checkpoint(const fs::path& dir) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return false;
-  for (const auto& entry : fs::directory_iterator(dir, ec))
-    if (parse_rank_file_name(entry.path().filename().string())) return true;
-  return false;
-}
+namespace {
 
-Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
+// world size from the name (-1: model_rank_R.pt) -> rank -> path
+using RankFileListing = std::map<int, std::map<int, fs::path>>;
+
+Result<RankFileListing> list_rank_files(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return invalid_input(dir.string() + ": not a directory");
-  // world size from the name (-1: model_rank_R.pt) -> rank -> path
-  std::map<int, std::map<int, fs::path>> found;
+  RankFileListing found;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
     auto name = parse_rank_file_name(entry.path().filename().string());
     if (name) found[name->world.value_or(-1)][name->rank] = entry.path();
   }
   if (ec) return io_error(dir.string() + ": cannot list: " + ec.message());
+  return found;
+}
+
+Result<FsdpCheckpoint> find_in_listing(const fs::path& dir, const RankFileListing& found) {
+  std::error_code ec;
   if (found.empty())
     return invalid_input(dir.string() +
                          ": no verl FSDP model shards (model_world_size_{W}_rank_{R}.pt or "
@@ -863,7 +622,39 @@ Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
   return ckpt;
 }
 
-Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads,
+Result<SourceModel> read_found(const FsdpCheckpoint& found, const ReadOptions& options) {
+  FsdpCheckpoint checkpoint = found;
+  checkpoint.accept_renamed_rank_files = options.accept_renamed_rank_files;
+  SourceModel model;
+  CKPT_ASSIGN_OR_RETURN(model.tensors,
+                        merge_fsdp_tensors(checkpoint, options.threads,
+                                           TorchReadOptions{options.sampled_headers},
+                                           options.interrupt));
+  model.layout = "verl FSDP checkpoint, world size " + std::to_string(checkpoint.world_size);
+  model.hf_dir = checkpoint.hf_dir;
+  model.notes = checkpoint.notes;
+  return model;
+}
+
+}  // namespace
+
+Result<FsdpCheckpoint> find_fsdp_checkpoint(const fs::path& dir) {
+  CKPT_ASSIGN_OR_RETURN(auto listing, list_rank_files(dir));
+  return find_in_listing(dir, listing);
+}
+
+Result<FoundCheckpoint> find_verl_fsdp(const fs::path& dir, bool required) {
+  CKPT_ASSIGN_OR_RETURN(auto listing, list_rank_files(dir));
+  if (listing.empty() && !required) return FoundCheckpoint();
+  CKPT_ASSIGN_OR_RETURN(auto checkpoint, find_in_listing(dir, listing));
+  FoundCheckpoint found;
+  found.read = [checkpoint = std::move(checkpoint)](const ReadOptions& options) {
+    return read_found(checkpoint, options);
+  };
+  return found;
+}
+
+Result<SourceTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads,
                                          const TorchReadOptions& options,
                                          const InterruptFlag* interrupt) {
   if (checkpoint.rank_files.empty() ||

@@ -13,6 +13,7 @@
 
 #include "ckptstream/result.h"
 #include "core/interrupt.h"
+#include "formats/source_model.h"
 #include "plan/plan.h"
 #include "torch/torch_checkpoint.h"
 
@@ -30,18 +31,13 @@ struct FsdpCheckpoint {
   bool accept_renamed_rank_files = false;
 };
 
-// Does `dir` hold verl FSDP model shards? (for --backend auto)
-bool looks_like_fsdp_checkpoint(const std::filesystem::path& dir);
-
 // Finds W (fsdp_config.json, else the file names) and every rank's model file; a missing or
 // mismatched rank is an error naming it.
 Result<FsdpCheckpoint> find_fsdp_checkpoint(const std::filesystem::path& dir);
 
-struct MergedTensors {
-  std::vector<std::filesystem::path> inputs;  // Plan::inputs, referenced by the fragments
-  std::vector<LogicalTensor> tensors;         // state-dict order; dtype == source_dtype
-  std::vector<std::string> notes;
-};
+// The reader of the table (source_model.h): find_fsdp_checkpoint, nullopt without any rank file
+// name in `dir` (empty) unless `required`; reading merges the ranks (merge_fsdp_tensors).
+Result<FoundCheckpoint> find_verl_fsdp(const std::filesystem::path& dir, bool required);
 
 // Reads every rank file's metadata and expresses each state-dict entry as one logical tensor
 // whose fragments are the ranks' local shards at their global offsets (DTensor placements:
@@ -52,7 +48,7 @@ struct MergedTensors {
 // are parsed on up to `threads` threads (0: one per core), that many at a time; `options` say
 // how (a plan that reads no data may sample the local headers).
 // `interrupt` is looked at between rank files.
-Result<MergedTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0,
+Result<SourceTensors> merge_fsdp_tensors(const FsdpCheckpoint& checkpoint, unsigned threads = 0,
                                          const TorchReadOptions& options = {},
                                          const InterruptFlag* interrupt = nullptr);
 

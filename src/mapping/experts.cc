@@ -1,5 +1,7 @@
 #include "mapping/experts.h"
 
+#include "plan/views.h"
+
 #include <algorithm>
 #include <array>
 #include <set>

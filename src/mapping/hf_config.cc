@@ -52,8 +52,13 @@ Result<HfConfig> parse_config(element doc) {
   HfConfig config;
   CKPT_ASSIGN_OR_RETURN(config.top, read_text_config(doc));
   CKPT_TRY(read_optional(doc, "tie_word_embeddings", config.tie_word_embeddings));
-  CKPT_TRY(read_string(doc, "dtype", config.dtype));
-  if (config.dtype.empty()) CKPT_TRY(read_string(doc, "torch_dtype", config.dtype));
+  for (std::string_view key : {"dtype", "torch_dtype"}) {
+    CKPT_TRY(read_string(doc, key, config.dtype));
+    if (!config.dtype.empty()) {
+      config.dtype_key = key;
+      break;
+    }
+  }
   element architectures;
   if (!doc["architectures"].get(architectures) && !architectures.is_null()) {
     simdjson::dom::array names;

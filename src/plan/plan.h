@@ -32,6 +32,10 @@ struct TensorRef {
   // with torch's compute_crc32=False, empty records).
   bool has_crc32 = false;
   std::uint32_t crc32 = 0;
+  // No bytes in any file: every element of the view is zero (Megatron's padded vocab rows,
+  // plan/views.h zeros()). `input`, the storage and `offset` are unused; the executor writes
+  // zeros and reads nothing.
+  bool zeros = false;
 };
 
 // "This box of a source tensor lands at these offsets of a logical tensor": the source view's
@@ -65,13 +69,6 @@ struct LoraDelta {
   LogicalTensor b;
   double scale = 1.0;
 };
-
-// The sub-tensor [start, start + length) of `dim` (torch.narrow): fragments are clipped to it and
-// re-offset, so no byte moves until the plan runs.
-LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
-                     std::int64_t length);
-// Index `index` of `dim`, with that dimension removed (torch.select).
-LogicalTensor select(const LogicalTensor& tensor, std::size_t dim, std::int64_t index);
 
 std::int64_t numel(const Shape& shape);
 // "[4, 2]": a shape (or strides) in messages.

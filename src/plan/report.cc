@@ -92,7 +92,8 @@ std::uint64_t count_fragments(const LogicalTensor& tensor) {
 
 std::uint64_t bytes_needed(const LogicalTensor& tensor) {
   std::uint64_t bytes = 0;
-  for (const auto& fragment : tensor.fragments) bytes += fragment_span(fragment.source).needed;
+  for (const auto& fragment : tensor.fragments)
+    if (!fragment.source.zeros) bytes += fragment_span(fragment.source).needed;
   if (tensor.lora) bytes += bytes_needed(tensor.lora->a) + bytes_needed(tensor.lora->b);
   return bytes;
 }
@@ -110,9 +111,17 @@ void append_fragments_text(std::string& out, const Plan& plan, const LogicalTens
                            std::string_view prefix) {
   for (const auto& fragment : tensor.fragments) {
     const auto& ref = fragment.source;
-    auto span = fragment_span(ref);
     out += prefix;
     out += "<- ";
+    if (ref.zeros) {
+      out += "zeros ";
+      append_list(out, ref.shape, ", ");
+      out += " at ";
+      append_list(out, fragment.offsets, ", ");
+      out += '\n';
+      continue;
+    }
+    auto span = fragment_span(ref);
     if (ref.input < plan.inputs.size())
       out += plan.inputs[ref.input].native();
     else
@@ -179,9 +188,18 @@ void append_fragments_json(std::string& out, const LogicalTensor& tensor) {
   bool first = true;
   for (const auto& fragment : tensor.fragments) {
     const auto& ref = fragment.source;
-    auto span = fragment_span(ref);
-    out += first ? "{\"input\":" : ",{\"input\":";
+    out += first ? "{" : ",{";
     first = false;
+    if (ref.zeros) {
+      out += "\"zeros\":true,\"shape\":";
+      append_list(out, ref.shape, ",");
+      out += ",\"at\":";
+      append_list(out, fragment.offsets, ",");
+      out += '}';
+      continue;
+    }
+    auto span = fragment_span(ref);
+    out += "\"input\":";
     append_number(out, static_cast<std::uint64_t>(ref.input));
     out += ",\"offset\":";
     append_number(out, span.offset);

@@ -31,7 +31,8 @@
 // (the total is one line.) A tensor line shows the dtype written, the shape, the absolute byte
 // range in the file and, when the sources hold another dtype, "from <dtype>"; a fragment line
 // the input, "@offset +length", the view's shape, its strides only when it is not contiguous,
-// "at" its offsets in the tensor, and "byteswap" for big-endian sources.
+// "at" its offsets in the tensor, and "byteswap" for big-endian sources. A region of zeros read
+// from no file (TensorRef::zeros: Megatron's padded vocab rows) is "<- zeros [2, 2] at [4, 0]".
 //
 // JSON (schema "ckptstream.plan/1"; keys always in this order, optional ones marked "?"):
 //
@@ -44,7 +45,8 @@
 //                  "fragments"?: [                             // only with Detail::kFragments
 //                    {"input": 0, "offset": 64, "length": 16, "shape": [2, 2],
 //                     "strides"?: [1, 4],                      // only when not contiguous
-//                     "at": [0, 0], "byteswap"?: true}],       // byteswap only when true
+//                     "at": [0, 0], "byteswap"?: true},        // byteswap only when true
+//                    {"zeros": true, "shape": [2, 2], "at": [4, 0]}],  // zeros: no input
 //                  "lora"?: {"scale": 0.5,                     // only when a delta is fused
 //                            "a": {"dtype": "F32", "source_dtype": "F32", "shape": [1, 3],
 //                                  "fragments"?: [...]},

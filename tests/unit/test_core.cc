@@ -12,6 +12,7 @@
 #include "ckptstream/dtype.h"
 #include "io/input_file.h"
 #include "plan/plan.h"
+#include "plan/views.h"
 
 using namespace ckptstream;
 

@@ -17,6 +17,7 @@
 #include "exec/dtype_convert.h"
 #include "exec/executor.h"
 #include "exec/manifest.h"
+#include "plan/views.h"
 #include "plan_builders.h"
 #include "temp_dir.h"
 
@@ -75,6 +76,10 @@ Bytes reference_bytes(const LogicalTensor& tensor, const std::vector<Bytes>& inp
       }
       if (!inside) continue;
       ++found;
+      if (f.source.zeros) {
+        std::memset(&out[static_cast<std::size_t>(flat) * out_size], 0, out_size);
+        continue;
+      }
       std::byte element[16];
       std::memcpy(element, &inputs[f.source.input][f.source.storage_begin + src * in_size],
                   in_size);
@@ -201,6 +206,86 @@ TEST_CASE("fragments tiling dim 0, dim 1 and a 3-d tensor, uneven and empty") {
                       {at(0, {3, 0, 5}), {0, 4, 0}}});
   Plan plan = single_file_plan(dir.in("a.bin"), {rows, cols, cube});
   for (std::uint64_t buffer : {16ull << 20, 64ull, 28ull, 4ull}) {
+    CAPTURE(buffer);
+    run_and_check(plan, dir.out(), buffer);
+  }
+}
+
+// The planner's view operations (plan/views.h) compose into plans the executor runs exactly:
+// each result is checked element by element against the tensor it was made from.
+TEST_CASE("planner views: unflatten, flatten, narrow, concat and zeros run to the right bytes") {
+  InOutDir dir;
+  write_file(dir.in("a.bin"), numbered_storage(48, 7));
+  auto at = [](std::uint64_t element, Shape shape, Shape strides) {
+    return view(0, 7 + element * 4, (48 - element) * 4, DType::kF32, shape, strides);
+  };
+  // [6, 4] as two shards of 3 rows (stored apart, in reverse order).
+  auto rows = tensor("rows", {6, 4}, {{at(12, {3, 4}, {4, 1}), {0, 0}}, {at(0, {3, 4}, {4, 1}), {3, 0}}});
+  // [4, 6], the transpose of storage elements 24..47 as [6, 4]: strides that do not merge.
+  auto transposed = tensor("transposed", {4, 6}, {{at(24, {4, 6}, {1, 4}), {0, 0}}});
+  const std::vector<Bytes> inputs = {file_bytes(dir.in("a.bin"))};
+  auto same_values = [&](const LogicalTensor& a, const LogicalTensor& b) {
+    return reference_bytes(a, inputs) == reference_bytes(b, inputs);
+  };
+
+  const std::int64_t groups[] = {3, 2};
+  auto unflat = unflatten(rows, 0, groups);  // groups of 2 rows: the shards cut group 1
+  REQUIRE_MESSAGE(unflat.ok(), unflat.error().message);
+  CHECK(unflat->shape == Shape{3, 2, 4});
+  CHECK(unflat->fragments.size() == 4);  // rows 0-1, row 2 | row 3, rows 4-5
+  CHECK(same_values(*unflat, rows));
+  auto back = flatten(*unflat, 0, 1);
+  REQUIRE(back.ok());
+  CHECK(back->shape == rows.shape);
+  CHECK(same_values(*back, rows));
+
+  auto flat = flatten(transposed, 0, 1);
+  REQUIRE(flat.ok());
+  CHECK(flat->shape == Shape{24});
+  CHECK(flat->fragments.size() == 4);  // one per row: a row's stride (4) is not 6 x the next's
+  CHECK(same_values(*flat, transposed));
+  const std::int64_t split[] = {2, 3, 4};
+  auto three = unflatten(*flat, 0, split);
+  REQUIRE(three.ok());
+  CHECK(three->shape == Shape{2, 3, 4});
+  auto two = flatten(*three, 1, 2);
+  REQUIRE(two.ok());
+  CHECK(two->shape == Shape{2, 12});
+  CHECK(same_values(*two, *flat));
+
+  // Megatron's QKV grouping in miniature: per group of 3 rows take row 1 (a "k" row).
+  auto grouped = unflatten(rows, 0, groups);
+  auto k_rows = narrow(select(*grouped, 1, 1), 0, 0, 3);
+  CHECK(k_rows.shape == Shape{3, 4});
+  std::vector<float> want;
+  for (int g = 0; g < 3; ++g) {  // logical row r is storage row r + 3 (r < 3) or r - 3
+    int row = g * 2 + 1, stored = row < 3 ? row + 3 : row - 3;
+    for (int c = 0; c < 4; ++c) want.push_back(static_cast<float>(stored * 4 + c + 1));
+  }
+  CHECK(reference_bytes(k_rows, inputs) == bytes_of(want));
+
+  // A padded vocabulary: the rows, then two rows of zeros.
+  const LogicalTensor padded_parts[] = {rows, zeros("pad", DType::kF32, {2, 4})};
+  auto padded = concat(padded_parts, 0, "padded");
+  REQUIRE(padded.ok());
+  CHECK(padded->shape == Shape{8, 4});
+  Bytes padded_want = reference_bytes(rows, inputs);
+  padded_want.resize(padded_want.size() + 8 * 4, std::byte{0});
+  CHECK(reference_bytes(*padded, inputs) == padded_want);
+
+  const LogicalTensor wrong[] = {rows, transposed};
+  auto mismatch = concat(wrong, 0, "bad");
+  REQUIRE(!mismatch.ok());
+  CHECK(mismatch.error().message.find("along dim 0") != std::string::npos);
+  const std::int64_t five[] = {5, 1};
+  CHECK(!unflatten(rows, 0, five).ok());
+  CHECK(!flatten(rows, 1, 0).ok());
+
+  LogicalTensor bf16_pad = *padded;
+  bf16_pad.name = "padded_bf16";
+  bf16_pad.dtype = DType::kBF16;
+  Plan plan = single_file_plan(dir.in("a.bin"), {*unflat, *flat, *two, k_rows, *padded, bf16_pad});
+  for (std::uint64_t buffer : {16ull << 20, 64ull, 12ull}) {
     CAPTURE(buffer);
     run_and_check(plan, dir.out(), buffer);
   }

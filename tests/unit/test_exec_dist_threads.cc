@@ -10,7 +10,7 @@
 #include "exec/executor.h"
 #include "exec/file_jobs.h"
 #include "exec/manifest.h"
-#include "exec/worker_pool.h"
+#include "core/worker_pool.h"
 #include "test_exec_dist_plan.h"
 
 using namespace ckptstream;

@@ -67,34 +67,6 @@ TEST_CASE("a side file that is no regular file is an error naming it, never a ha
   }
 }
 
-TEST_CASE("--dtype auto follows config.json's torch_dtype or dtype") {
-  TempDir dir("dtype");
-  auto v4 = dir.write("v4.json", R"({"torch_dtype": "bfloat16"})");
-  auto v5 = dir.write("v5.json", R"({"dtype": "float16"})");
-  auto none = dir.write("none.json", R"({"hidden_size": 8})");
-  auto bad = dir.write("bad.json", R"({"torch_dtype": "int8"})");
-  auto choice = parse_dtype_choice("auto");
-  REQUIRE(choice.ok());
-  CHECK(resolve_float_dtype(*choice, v4).value() == DType::kBF16);
-  CHECK(resolve_float_dtype(*choice, v5).value() == DType::kF16);
-  CHECK(!resolve_float_dtype(*choice, none).value().has_value());
-  CHECK(!resolve_float_dtype(*choice, std::nullopt).value().has_value());
-  CHECK(!resolve_float_dtype(*choice, bad).ok());
-  CHECK(resolve_float_dtype(parse_dtype_choice("fp32").value(), v4).value() == DType::kF32);
-  CHECK(!resolve_float_dtype(parse_dtype_choice("keep").value(), v4).value().has_value());
-  auto wrong = parse_dtype_choice("int4");
-  REQUIRE(!wrong.ok());
-  CHECK(wrong.error().kind == ErrorKind::kUsage);
-}
-
-TEST_CASE("tie_word_embeddings is read from config.json") {
-  TempDir dir("tie");
-  CHECK(
-      config_ties_word_embeddings(dir.write("a.json", R"({"tie_word_embeddings": true})")).value());
-  CHECK(!config_ties_word_embeddings(dir.write("b.json", R"({})")).value());
-  CHECK(!config_ties_word_embeddings(dir.write("c.json", "not json")).ok());
-}
-
 TEST_CASE(
     "sources: a directory with an HF index gives its shards in order; trainer state is skipped") {
   TempDir dir("sources");

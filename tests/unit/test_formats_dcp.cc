@@ -25,6 +25,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The reader of the table (formats/source_model.h) that recognises `dir`, "" for none.
+std::string detected(const fs::path& dir) {
+  auto found = detect_checkpoint(dir);
+  return found.ok() && found.value() ? std::string(found->reader->name) : std::string();
+}
+
+
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "dcp";
 
 using testing::TempDir;
@@ -59,7 +66,7 @@ SafetensorsFile read_safetensors(const fs::path& path) {
 
 // read -> plan -> execute, as `merge --backend dcp --dtype keep` does.
 Result<Manifest> convert(const fs::path& dir, const fs::path& target, const DcpOptions& options,
-                         MergedTensors* merged_out) {
+                         SourceTensors* merged_out) {
   fs::create_directories(target);
   CKPT_ASSIGN_OR_RETURN(auto merged, read_dcp_tensors(dir, options));
   Plan plan;
@@ -69,11 +76,11 @@ Result<Manifest> convert(const fs::path& dir, const fs::path& target, const DcpO
   return execute_plan(plan, target, {});
 }
 
-MergedTensors check_case(const std::string& name, const fs::path& dir, DcpOptions options = {}) {
+SourceTensors check_case(const std::string& name, const fs::path& dir, DcpOptions options = {}) {
   INFO("case " << name);
   TempDir tmp("out_" + name);
   if (options.scratch_dir.empty()) options.scratch_dir = tmp.path / "scratch";
-  MergedTensors merged;
+  SourceTensors merged;
   auto manifest = convert(dir, tmp.path / "out", options, &merged);
   REQUIRE_MESSAGE(manifest.ok(), manifest.error().message);
   REQUIRE(manifest->files.size() == 1);
@@ -95,13 +102,13 @@ bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
 }
 
-bool has_note(const MergedTensors& merged, const std::string& part) {
+bool has_note(const SourceTensors& merged, const std::string& part) {
   for (const auto& n : merged.notes)
     if (contains(n, part)) return true;
   return false;
 }
 
-std::vector<std::string> names_of(const MergedTensors& merged) {
+std::vector<std::string> names_of(const SourceTensors& merged) {
   std::vector<std::string> out;
   for (const auto& t : merged.tensors) out.push_back(t.name);
   return out;
@@ -135,7 +142,7 @@ TEST_CASE("RLinf layout: fsdp_checkpoint.model., optimizers skipped, empty shard
   fs::path step = kFixtures / "rlinf_w4" / "global_step_2";
   for (const fs::path& dir : {step / "actor", step / "actor" / "dcp_checkpoint", step}) {
     INFO(dir.string());
-    CHECK(looks_like_dcp_checkpoint(dir));
+    CHECK(detected(dir) == "dcp");
     auto merged = check_case("rlinf_w4", dir);
     CHECK(has_note(merged, "prefix 'fsdp_checkpoint.model.'"));
     CHECK(has_note(merged, "optimizer/scheduler tensors (never read)"));
@@ -151,7 +158,7 @@ TEST_CASE("RLinf layout: fsdp_checkpoint.model., optimizers skipped, empty shard
   fs::path actor = tmp.path / "actor";
   fs::create_directories(actor / "model_state_dict");
   fs::copy(step / "actor" / "model_state_dict" / "full_weights.pt", actor / "model_state_dict");
-  CHECK(looks_like_dcp_checkpoint(actor));
+  CHECK(detected(actor) == "dcp");
   auto merged = check_case("rlinf_w4", actor);
   CHECK(has_note(merged, "full_weights.pt"));
 }
@@ -199,7 +206,7 @@ TEST_CASE("errors: corrupt or missing metadata, truncated .distcp; nothing is wr
 
   fs::path empty = tmp.path / "empty";
   fs::create_directories(empty);
-  CHECK(!looks_like_dcp_checkpoint(empty));
+  CHECK(detected(empty) == "");
   CHECK(contains(error_of(empty), "no DCP checkpoint"));
 
   fs::path truncated = tmp.copy_of(kFixtures / "nested_w2", "truncated");

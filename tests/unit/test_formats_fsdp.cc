@@ -24,6 +24,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The reader of the table (formats/source_model.h) that recognises `dir`, "" for none.
+std::string detected(const fs::path& dir) {
+  auto found = detect_checkpoint(dir);
+  return found.ok() && found.value() ? std::string(found->reader->name) : std::string();
+}
+
+
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "fsdp";
 
 using testing::TempDir;
@@ -53,7 +60,7 @@ std::map<std::string, StoredTensor> read_safetensors(const fs::path& path) {
 }
 
 // find -> merge -> plan -> execute, as `merge --backend fsdp --dtype keep` will do.
-Result<Manifest> convert(const fs::path& dir, const fs::path& target, MergedTensors* merged_out) {
+Result<Manifest> convert(const fs::path& dir, const fs::path& target, SourceTensors* merged_out) {
   fs::create_directories(target);
   CKPT_ASSIGN_OR_RETURN(auto checkpoint, find_fsdp_checkpoint(dir));
   CKPT_ASSIGN_OR_RETURN(auto merged, merge_fsdp_tensors(checkpoint));
@@ -65,10 +72,10 @@ Result<Manifest> convert(const fs::path& dir, const fs::path& target, MergedTens
 }
 
 // The merged output of a fixture case equals its expected.safetensors, byte for byte.
-MergedTensors check_case(const std::string& name, const fs::path& dir) {
+SourceTensors check_case(const std::string& name, const fs::path& dir) {
   INFO("case " << name);
   TempDir tmp("out_" + name);
-  MergedTensors merged;
+  SourceTensors merged;
   auto manifest = convert(dir, tmp.path / "out", &merged);
   REQUIRE_MESSAGE(manifest.ok(), manifest.error().message);
   REQUIRE(manifest->files.size() == 1);
@@ -86,7 +93,7 @@ MergedTensors check_case(const std::string& name, const fs::path& dir) {
   return merged;
 }
 
-const LogicalTensor& tensor_named(const MergedTensors& merged, const std::string& name) {
+const LogicalTensor& tensor_named(const SourceTensors& merged, const std::string& name) {
   for (const auto& t : merged.tensors)
     if (t.name == name) return t;
   FAIL("no tensor " << name);
@@ -140,9 +147,9 @@ TEST_CASE("fsdp: the layout is found from fsdp_config.json or from the file name
   CHECK(plain->fsdp_version == 0);
   CHECK(plain->notes[0] == "world size 1 from the file names (no fsdp_config.json)");
 
-  CHECK(looks_like_fsdp_checkpoint(kFixtures / "w2"));
-  CHECK(!looks_like_fsdp_checkpoint(kFixtures / "w2" / "huggingface"));
-  CHECK(!looks_like_fsdp_checkpoint(kFixtures / "nonexistent"));
+  CHECK(detected(kFixtures / "w2") == "fsdp");
+  CHECK(detected(kFixtures / "w2" / "huggingface") == "");
+  CHECK(detected(kFixtures / "nonexistent") == "");
 }
 
 TEST_CASE("fsdp: older model_rank_R.pt names, no fsdp_config.json; optim and extra never read") {
@@ -346,7 +353,7 @@ TEST_CASE("fsdp: Partial, _StridedShard and a tp mesh dimension are unsupported,
 }
 
 TEST_CASE("fsdp: rank files read on 1, 2 or 8 threads give the same tensors and fragments") {
-  auto describe = [](const MergedTensors& merged) {
+  auto describe = [](const SourceTensors& merged) {
     std::string out;
     for (const auto& t : merged.tensors) {
       out += t.name + " " + std::to_string(t.fragments.size()) + ":";

@@ -22,6 +22,7 @@
 #include "io/input_file.h"
 #include "mapping/experts.h"
 #include "mapping/hf_config.h"
+#include "plan/views.h"
 #include "safetensors/safetensors.h"
 #include "torch/torch_checkpoint.h"
 

@@ -1,4 +1,4 @@
-#include "exec/worker_pool.h"
+#include "core/worker_pool.h"
 
 #include <algorithm>
 #include <exception>

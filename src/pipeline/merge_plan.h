@@ -1,7 +1,10 @@
-// From a training checkpoint directory to the plan of a Hugging Face model: detect the layout,
-// read the shards' metadata into logical tensors, apply the model semantics (LoRA, tied
-// embeddings, packed experts, output dtype), and lay out the safetensors files. Shared by
-// `merge`, `plan --dry-run`, `test` and `verify --source`, so they can never disagree.
+// The orchestration of a conversion, above the formats (which read checkpoints) and the mappings
+// (which know model families): from a training checkpoint directory, or from plain torch files,
+// to the plan of a Hugging Face model. It finds the checkpoint through the table of readers
+// (formats/source_model.h), reads the model's config.json once, applies the model semantics
+// (LoRA, tied embeddings, packed experts), chooses the output dtype and lays out the safetensors
+// files. Shared by `merge`, `plan --dry-run`, `test`, `verify --source` and `convert`, so that
+// they can never disagree.
 #pragma once
 
 #include <filesystem>
@@ -12,21 +15,21 @@
 
 #include "ckptstream/result.h"
 #include "core/interrupt.h"
-#include "formats/torch_sources.h"
-#include "io/file_lock.h"
+#include "formats/source_model.h"
+#include "io/scratch_dir.h"
+#include "mapping/hf_config.h"
+#include "pipeline/output_rules.h"
 #include "plan/plan.h"
+#include "safetensors/safetensors.h"
 
 namespace ckptstream {
-
-enum class Backend { kAuto, kFsdp, kDcp };
-Result<Backend> parse_backend(std::string_view text);
 
 enum class LoraMode { kFuse, kAdapter };
 
 struct MergeOptions {
-  Backend backend = Backend::kAuto;
+  std::string backend = "auto";  // a reader's name (formats/readers.cc), or auto: detect
   DTypeChoice dtype = DTypeChoice::kAuto;
-  std::uint64_t max_shard_size = 5'000'000'000;
+  std::uint64_t max_shard_size = safetensors::kDefaultMaxShardSize;
   bool tie_word_embedding = false;  // drop lm_head.weight even if config.json does not say so
   bool keep_packed_experts = false;
   LoraMode lora = LoraMode::kFuse;
@@ -36,7 +39,7 @@ struct MergeOptions {
   std::optional<std::string> prefix;               // DCP: the app-state prefix of the model keys
   std::optional<std::filesystem::path> hf_config;  // config and side files, when not beside
   // The state dict as saved, for torch.save output: no LoRA fusing, tied-weight dropping or
-  // expert unpacking, and no config needed.
+  // expert unpacking, no config needed, one output file.
   bool raw_state_dict = false;
   unsigned threads = 0;                    // rank files parsed at once (0: one per core)
   bool accept_renamed_rank_files = false;  // verl FSDP (FsdpCheckpoint)
@@ -45,23 +48,6 @@ struct MergeOptions {
   std::size_t sampled_headers = 0;
   // Checked between rank files and between batches of DCP items; may be null.
   const InterruptFlag* interrupt = nullptr;
-};
-
-// A directory for items that must be decoded before they can be streamed (zstd-compressed DCP
-// items): `<tmp>/ckptstream-scratch-XXXXXX/`, locked (io/file_lock.h) by `<dir>.lock` beside it,
-// and removed with the plan that reads from it. Making one first removes those whose lock is
-// free: what runs killed before they could remove theirs left.
-class ScratchDir {
- public:
-  ScratchDir();
-  ~ScratchDir();
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-  std::optional<FileLock> lock_;
 };
 
 struct MergePlan {
@@ -74,6 +60,15 @@ struct MergePlan {
   std::vector<std::string> tensor_order;  // the model's tensors in state-dict order
 };
 
+// A training checkpoint directory (verl FSDP, DCP, RLinf: any reader of the table).
 Result<MergePlan> plan_merge(const std::filesystem::path& local_dir, const MergeOptions& options);
+
+// Plain torch.save files (.pt/.bin/.pth, HF sharded *.bin + index, or directories of them:
+// formats/torch_sources.h). With options.raw_state_dict, a single checkpoint directory that a
+// reader recognises is read as a training checkpoint instead (`convert --to torch` of a DCP or
+// verl FSDP directory). Only dtype, max_shard_size, prefix, raw_state_dict, threads and
+// interrupt apply.
+Result<MergePlan> plan_convert(const std::vector<std::filesystem::path>& sources,
+                               const MergeOptions& options);
 
 }  // namespace ckptstream

@@ -1,0 +1,183 @@
+#include "pipeline/merge_plan.h"
+
+#include <cstdio>
+
+#include "formats/torch_sources.h"
+#include "io/input_file.h"
+#include "mapping/experts.h"
+#include "mapping/lora.h"
+
+namespace ckptstream {
+namespace fs = std::filesystem;
+namespace {
+
+bool is_lm_head(const std::string& name) {
+  return name == "lm_head.weight" ||
+         (name.size() > 15 && name.compare(name.size() - 15, 15, ".lm_head.weight") == 0);
+}
+
+// transformers' save_pretrained does not write the output projection of a tied model.
+void drop_tied_output(const MergeOptions& options, const std::optional<HfConfig>& config,
+                      std::vector<LogicalTensor>& tensors, std::vector<std::string>& notes) {
+  std::string why;
+  if (options.tie_word_embedding)
+    why = "--tie-word-embedding";
+  else if (config && config->tie_word_embeddings.value_or(false))
+    why = "config.json says tie_word_embeddings";
+  else
+    return;
+  auto before = tensors.size();
+  std::erase_if(tensors, [](const LogicalTensor& t) { return is_lm_head(t.name); });
+  if (tensors.size() != before) notes.push_back("lm_head.weight not written: " + why);
+}
+
+// LoRA checkpoints: fuses the adapters into the weights, or splits them off as a PEFT adapter
+// (returned; `tensors` becomes the base model).
+Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir, const MergeOptions& options,
+                                             MergePlan& merge,
+                                             std::vector<LogicalTensor>& tensors) {
+  if (!has_lora_keys(tensors)) return std::optional<LoraExport>();
+  LoraFlags flags{options.lora_alpha, options.lora_rank,
+                  options.use_rslora ? std::optional<bool>(true) : std::nullopt};
+  CKPT_ASSIGN_OR_RETURN(auto lora, find_lora_params(local_dir, flags));
+  char alpha[32];
+  std::snprintf(alpha, sizeof alpha, "%g", lora.alpha);
+  auto describe = std::string("alpha ") + alpha + " from " + lora.alpha_source +
+                  (lora.use_rslora ? ", rsLoRA" : "");
+  if (options.lora == LoraMode::kFuse) {
+    CKPT_ASSIGN_OR_RETURN(tensors, fuse_lora(tensors, lora));
+    merge.notes.push_back("LoRA fused into the weights (" + describe + ")");
+    return std::optional<LoraExport>();
+  }
+  std::optional<std::string> base_name;
+  if (merge.config_json) {
+    CKPT_ASSIGN_OR_RETURN(base_name, config_name_or_path(*merge.config_json));
+  }
+  CKPT_ASSIGN_OR_RETURN(auto adapter, export_lora_adapter(tensors, lora, base_name));
+  tensors = std::move(adapter.base);
+  merge.notes.push_back("LoRA written as a PEFT adapter in lora_adapter/ (" + describe + ")");
+  return std::optional<LoraExport>(std::move(adapter));
+}
+
+// The model's config.json and side files: from --hf-config, else beside the checkpoint.
+Result<std::optional<HfConfig>> find_model_files(const std::optional<fs::path>& hf_dir,
+                                                 MergePlan& merge) {
+  if (!hf_dir) return std::optional<HfConfig>();
+  CKPT_ASSIGN_OR_RETURN(merge.model.side_files, find_side_files(*hf_dir));
+  CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(*hf_dir / "config.json"));
+  if (!has_config) return std::optional<HfConfig>();
+  merge.config_json = *hf_dir / "config.json";
+  CKPT_ASSIGN_OR_RETURN(auto config, read_hf_config(*merge.config_json));
+  return std::optional<HfConfig>(std::move(config));
+}
+
+Result<std::optional<HfConfig>> read_config_if_any(const std::optional<fs::path>& config_json) {
+  if (!config_json) return std::optional<HfConfig>();
+  CKPT_ASSIGN_OR_RETURN(auto config, read_hf_config(*config_json));
+  return std::optional<HfConfig>(std::move(config));
+}
+
+// The plan of the checkpoint `found` in `local_dir`.
+Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local_dir,
+                             const MergeOptions& options) {
+  MergePlan merge;
+  merge.scratch = std::make_shared<ScratchDir>();
+  ReadOptions read;
+  read.threads = options.threads;
+  read.sampled_headers = options.sampled_headers;
+  read.prefix = options.prefix;
+  read.scratch_dir = merge.scratch->path();
+  read.accept_renamed_rank_files = options.accept_renamed_rank_files;
+  read.interrupt = options.interrupt;
+  CKPT_ASSIGN_OR_RETURN(SourceModel source, found.read(read));
+  if (options.hf_config) {
+    CKPT_ASSIGN_OR_RETURN(bool found_config,
+                          regular_file_exists(*options.hf_config / "config.json"));
+    if (!found_config)
+      return usage_error("--hf-config " + options.hf_config->string() + ": no config.json there");
+    source.hf_dir = options.hf_config;
+  }
+  merge.layout = source.layout;
+  merge.notes = std::move(source.notes);
+  merge.notes.insert(merge.notes.end(), source.tensors.notes.begin(), source.tensors.notes.end());
+
+  CKPT_ASSIGN_OR_RETURN(auto config, find_model_files(source.hf_dir, merge));
+  if (!merge.config_json && !options.raw_state_dict && found.reader->needs_hf_config)
+    return usage_error(local_dir.string() +
+                       ": no config.json found beside the checkpoint; name the model's "
+                       "Hugging Face directory (its config and tokenizer) with --hf-config DIR");
+  if (!merge.config_json && !options.raw_state_dict)
+    merge.notes.push_back("no huggingface/config.json: the output has no config");
+
+  auto tensors = std::move(source.tensors.tensors);
+  std::optional<LoraExport> adapter;
+  if (!options.raw_state_dict) {
+    CKPT_ASSIGN_OR_RETURN(adapter, apply_lora(local_dir, options, merge, tensors));
+    drop_tied_output(options, config, tensors, merge.notes);
+    if (!options.keep_packed_experts && config) {
+      CKPT_ASSIGN_OR_RETURN(tensors,
+                            unpack_packed_experts(std::move(tensors), *config, merge.notes));
+    }
+  }
+
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(options.dtype, config));
+  set_output_dtypes(tensors, float_dtype);
+  if (tensors.empty())
+    return invalid_input(local_dir.string() + ": the checkpoint holds no tensor");
+
+  for (const auto& t : tensors) merge.tensor_order.push_back(t.name);
+  merge.model.inputs = source.tensors.inputs;
+  CKPT_TRY(safetensors::plan_output(
+      std::move(tensors), {options.raw_state_dict ? safetensors::kOneFile : options.max_shard_size},
+      merge.model));
+  if (adapter) {
+    Plan plan;
+    plan.inputs = source.tensors.inputs;
+    set_output_dtypes(adapter->adapter, float_dtype);
+    // PEFT loads one adapter_model.safetensors, never shards.
+    CKPT_TRY(safetensors::plan_output(std::move(adapter->adapter), {safetensors::kOneFile}, plan));
+    plan.files.at(0).name = "adapter_model.safetensors";
+    plan.text_files.push_back(TextFile{"adapter_config.json", adapter->adapter_config_json});
+    merge.adapter = std::move(plan);
+  }
+  return merge;
+}
+
+}  // namespace
+
+Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(FoundCheckpoint found, find_checkpoint(local_dir, options.backend));
+  return plan_found(found, local_dir, options);
+}
+
+Result<MergePlan> plan_convert(const std::vector<fs::path>& sources, const MergeOptions& options) {
+  std::error_code ec;
+  if (options.raw_state_dict && sources.size() == 1 && fs::is_directory(sources.front(), ec)) {
+    CKPT_ASSIGN_OR_RETURN(auto found, detect_checkpoint(sources.front()));
+    if (found) return plan_found(found, sources.front(), options);
+  }
+  CKPT_ASSIGN_OR_RETURN(auto set, find_torch_sources(sources));
+  MergePlan merge;
+  // The state dict as saved keeps its dtypes unless one is asked for; a model takes its config's.
+  std::optional<HfConfig> config;
+  if (!options.raw_state_dict) {
+    CKPT_ASSIGN_OR_RETURN(config, read_config_if_any(set.config_json));
+  }
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(options.dtype, config));
+  CKPT_ASSIGN_OR_RETURN(auto conversion, plan_torch_conversion(set, float_dtype));
+  if (conversion.tensors.empty())  // an empty file helps nobody
+    return invalid_input("no tensor found in " + set.files.front().string());
+  merge.layout = std::to_string(set.files.size()) + " torch.save file(s)";
+  merge.notes = set.notes;
+  for (const auto& alias : conversion.dropped_aliases) merge.notes.push_back("not written: " + alias);
+  merge.config_json = set.config_json;
+  for (const auto& t : conversion.tensors) merge.tensor_order.push_back(t.name);
+  merge.model.inputs = conversion.inputs;
+  if (!options.raw_state_dict) merge.model.side_files = std::move(set.side_files);
+  CKPT_TRY(safetensors::plan_output(
+      std::move(conversion.tensors),
+      {options.raw_state_dict ? safetensors::kOneFile : options.max_shard_size}, merge.model));
+  return merge;
+}
+
+}  // namespace ckptstream
