@@ -133,16 +133,6 @@ Status check_lora(const LogicalTensor& tensor, std::span<const InputFile> inputs
 
 }  // namespace
 
-bool is_safe_relative_name(const std::string& name) {
-  std::filesystem::path path(name);
-  if (name.empty() || path.is_absolute()) return false;
-  for (const auto& part : path) {
-    if (part == "." || part == ".." || part.empty()) return false;
-    if (part.string().rfind(".ckptstream-staging", 0) == 0) return false;
-  }
-  return name.back() != '/';
-}
-
 Status check_output_names(const Plan& plan) {
   std::vector<std::string> names;
   for (const auto& file : plan.files) names.push_back(file.name);

@@ -15,10 +15,6 @@ namespace ckptstream {
 // side files, the index and the manifest.
 Status check_output_names(const Plan& plan);
 
-// A relative path that stays below its directory: not absolute, no empty, "." or ".." component,
-// nothing under a staging directory.
-bool is_safe_relative_name(const std::string& name);
-
 // An output file's tensors are sorted, do not overlap and have the byte size of shape x dtype.
 Status check_output_file(const OutputFile& file);
 

@@ -1,5 +1,7 @@
 #include "plan/plan.h"
 
+#include <filesystem>
+
 namespace ckptstream {
 
 std::string shape_text(const Shape& shape) {
@@ -32,6 +34,16 @@ Shape header_shape(DType dtype, const Shape& shape) {
   Shape out = shape;
   if (dtype == DType::kF4E2M1FNx2 && !out.empty()) out.back() *= 2;
   return out;
+}
+
+bool is_safe_relative_name(const std::string& name) {
+  std::filesystem::path path(name);
+  if (name.empty() || path.is_absolute()) return false;
+  for (const auto& part : path) {
+    if (part == "." || part == ".." || part.empty()) return false;
+    if (part.string().rfind(".ckptstream-staging", 0) == 0) return false;
+  }
+  return name.back() != '/';
 }
 
 std::uint64_t OutputFile::size() const {

@@ -106,6 +106,10 @@ struct SideFile {
   std::string name;  // relative name in the output directory
 };
 
+// A relative path that stays below its directory: not absolute, no empty, "." or ".." component,
+// nothing under a staging directory. Output names, and names read from an index or a manifest.
+bool is_safe_relative_name(const std::string& name);
+
 // The name Hugging Face gives the index of a sharded safetensors model.
 inline constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
 

@@ -19,6 +19,7 @@
 
 #include "core/crc32.h"
 #include "io/file_lock.h"
+#include "pickle/pickler.h"
 
 namespace ckptstream {
 namespace {
@@ -70,122 +71,6 @@ std::uint32_t clamp32(std::uint64_t v) {
 std::uint64_t hash_combine(std::uint64_t seed, std::uint64_t value) {
   return seed ^ (value + 0x9e3779b9u + (seed << 6) + (seed >> 2));
 }
-
-// ---- the pickle, as CPython's protocol-2 pickler writes it -----------------------------------
-//
-// The pickler memoizes every object it writes except ints, bools, None and the empty tuple
-// (BINPUT with the next memo index), and writes BINGET for an object it meets again. Objects met
-// again here: classes and functions (globals), dtypes, and the constant strings 'storage' and
-// 'cpu' of torch's persistent ids. Tuples, dicts and the per-tensor strings are new objects each
-// time; single-character key strings are CPython singletons, so they are shared too.
-class PickleEmitter {
- public:
-  std::string take() { return std::move(out_); }
-
-  void proto() { out_ += "\x80\x02"; }
-  void stop() { out_ += '.'; }
-  void mark() { out_ += '('; }
-  void op(char opcode) { out_ += opcode; }
-
-  void global(std::string_view module, std::string_view name) {
-    std::string id = "g:" + std::string(module) + "\n" + std::string(name);
-    if (get_shared(id)) return;
-    out_ += 'c';
-    out_ += module;
-    out_ += '\n';
-    out_ += name;
-    out_ += '\n';
-    remember(id);
-  }
-
-  // A string object written once per occurrence, unless `shared_id` names it as met before.
-  void string(std::string_view text, std::string_view shared_id = {}) {
-    std::string id = shared_id.empty() ? std::string() : "s:" + std::string(shared_id);
-    if (!id.empty() && get_shared(id)) return;
-    out_ += 'X';
-    put32(out_, text.size());
-    out_ += text;
-    if (id.empty()) {
-      put();
-    } else {
-      remember(id);
-    }
-  }
-
-  void integer(std::int64_t v) {
-    if (v >= 0 && v <= 0xFF) {
-      out_ += 'K';
-      out_ += static_cast<char>(v);
-    } else if (v >= 0 && v <= 0xFFFF) {
-      out_ += 'M';
-      put16(out_, static_cast<std::uint64_t>(v));
-    } else if (v >= -0x80000000LL && v <= 0x7FFFFFFFLL) {
-      out_ += 'J';
-      put32(out_, static_cast<std::uint32_t>(static_cast<std::int32_t>(v)));
-    } else {
-      // LONG1: minimal two's complement, little-endian (pickle.encode_long).
-      std::string bytes;
-      auto u = static_cast<std::uint64_t>(v);
-      for (int i = 0; i < 8; ++i) bytes.push_back(static_cast<char>((u >> (8 * i)) & 0xFF));
-      while (bytes.size() > 1) {
-        auto last = static_cast<unsigned char>(bytes.back());
-        auto prev = static_cast<unsigned char>(bytes[bytes.size() - 2]);
-        bool redundant = (last == 0x00 && !(prev & 0x80)) || (last == 0xFF && (prev & 0x80));
-        if (!redundant) break;
-        bytes.pop_back();
-      }
-      out_ += '\x8a';
-      out_ += static_cast<char>(bytes.size());
-      out_ += bytes;
-    }
-  }
-
-  void int_tuple(const Shape& values) {
-    if (values.empty()) {
-      out_ += ')';  // EMPTY_TUPLE, never memoized
-      return;
-    }
-    if (values.size() > 3) mark();
-    for (std::int64_t v : values) integer(v);
-    static constexpr char kTupleN[] = {'\0', '\x85', '\x86', '\x87'};
-    out_ += values.size() > 3 ? 't' : kTupleN[values.size()];
-    put();
-  }
-
-  // Memoizes the object just written.
-  void put() {
-    std::uint32_t index = next_memo_++;
-    if (index < 256) {
-      out_ += 'q';
-      out_ += static_cast<char>(index);
-    } else {
-      out_ += 'r';
-      put32(out_, index);
-    }
-  }
-
- private:
-  bool get_shared(const std::string& id) {
-    auto it = shared_.find(id);
-    if (it == shared_.end()) return false;
-    if (it->second < 256) {
-      out_ += 'h';
-      out_ += static_cast<char>(it->second);
-    } else {
-      out_ += 'j';
-      put32(out_, it->second);
-    }
-    return true;
-  }
-  void remember(const std::string& id) {
-    shared_[id] = next_memo_;
-    put();
-  }
-
-  std::string out_;
-  std::uint32_t next_memo_ = 0;
-  std::unordered_map<std::string, std::uint32_t> shared_;
-};
 
 // The saved object as a tree: dicts whose entries are tensors or dicts, in insertion order.
 struct DictNode {
@@ -313,12 +198,11 @@ class PickleBuilder {
     p_.proto();
     if (ordered_dict) {
       p_.global("collections", "OrderedDict");
-      p_.op(')');
-      p_.op('R');
+      p_.op(pickle::opcode::kEmptyTuple);
+      p_.op(pickle::opcode::kReduce);
       p_.put();
     } else {
-      p_.op('}');
-      p_.put();
+      p_.empty_dict();
     }
     items(root);
     p_.stop();
@@ -340,14 +224,13 @@ class PickleBuilder {
         const auto& entry = entries[i];
         p_.string(entry.key, entry.key.size() == 1 ? "key:" + entry.key : std::string());
         if (entry.child) {
-          p_.op('}');
-          p_.put();
+          p_.empty_dict();
           items(*entry.child);
         } else {
           tensor(entry.tensor);
         }
       }
-      p_.op(n > 1 ? 'u' : 's');
+      p_.op(n > 1 ? pickle::opcode::kSetItems : pickle::opcode::kSetItem);
     }
   }
 
@@ -372,21 +255,21 @@ class PickleBuilder {
     p_.string(key);
     p_.string("cpu", "cpu");
     p_.integer(typed ? facts.numel : static_cast<std::int64_t>(facts.nbytes));
-    p_.op('t');
+    p_.op(pickle::opcode::kTuple);
     p_.put();
-    p_.op('Q');     // BINPERSID
+    p_.op(pickle::opcode::kBinPersId);
     p_.integer(0);  // storage offset
     p_.int_tuple(tensor.shape);
     p_.int_tuple(facts.strides);
-    p_.op('\x89');                            // requires_grad = False
+    p_.boolean(false);                        // requires_grad = False
     p_.global("collections", "OrderedDict");  // backward_hooks = OrderedDict()
-    p_.op(')');
-    p_.op('R');
+    p_.op(pickle::opcode::kEmptyTuple);
+    p_.op(pickle::opcode::kReduce);
     p_.put();
     if (!typed) p_.global("torch", info.torch_name);
-    p_.op('t');
+    p_.op(pickle::opcode::kTuple);
     p_.put();
-    p_.op('R');
+    p_.op(pickle::opcode::kReduce);
     p_.put();
   }
 
@@ -394,7 +277,7 @@ class PickleBuilder {
   const std::vector<TensorFacts>& facts_;
   std::vector<std::string> keys_;
   std::size_t next_key_ = 0;
-  PickleEmitter p_;
+  pickle::Pickler p_;
 };
 
 // The name part of the serialization id: torch hashes the names it has written (without the

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "exec/dtype_convert.h"
+#include "formats/hf_safetensors.h"
 #include "io/input_file.h"
 #include "safetensors/safetensors.h"
 
@@ -37,88 +38,22 @@ struct ModelDir {
   std::unordered_map<std::string_view, std::size_t> by_name;  // first tensor of each name
 };
 
-Result<std::vector<std::string>> model_file_names(const fs::path& dir, std::string_view role,
-                                                  std::vector<std::string>& index_problems,
-                                                  std::optional<safetensors::Index>& index) {
-  auto index_path = dir / safetensors::kIndexFileName;
-  CKPT_ASSIGN_OR_RETURN(bool has_index, regular_file_exists(index_path));
-  if (has_index) {
-    auto read = safetensors::read_index(index_path);
-    if (!read.ok()) return read.error().with_context(std::string(role));
-    std::vector<std::string> names;
-    std::set<std::string> seen;
-    for (const auto& [tensor, file] : read->weight_map) {
-      if (!seen.insert(file).second) continue;
-      if (file.empty() || fs::path(file).is_absolute() || file.find("..") != std::string::npos) {
-        index_problems.push_back(std::string(role) + ": " + index_path.string() +
-                                 " names a file outside the directory: " + file);
-        continue;
-      }
-      names.push_back(file);
-    }
-    index = std::move(*read);
-    return names;
-  }
-  CKPT_ASSIGN_OR_RETURN(bool has_model, regular_file_exists(dir / "model.safetensors"));
-  if (has_model) return std::vector<std::string>{"model.safetensors"};
-  return invalid_input(std::string(role) + ": " + dir.string() +
-                       ": neither model.safetensors nor " +
-                       std::string(safetensors::kIndexFileName) + " is there");
-}
-
-// Opens every file of the model at `path`; differences within it (a name twice, an index that
-// disagrees with the headers) go to `problems` prefixed with `role`.
+// Opens every file of the model at `path` (formats/hf_safetensors.h); differences within it (a
+// name twice, an index that disagrees with the headers) go to `problems` prefixed with `role`.
 Result<ModelDir> open_model(const fs::path& path, std::string_view role,
                             std::vector<std::string>& problems) {
-  std::vector<fs::path> paths;
-  std::optional<safetensors::Index> index;
-  std::error_code ec;
-  auto status = fs::status(path, ec);
-  if (ec && ec != std::errc::no_such_file_or_directory)
-    return io_error(std::string(role) + ": " + path.string() + ": " + ec.message());
-  if (fs::is_regular_file(status)) {
-    paths.push_back(path);
-  } else if (fs::is_directory(status)) {
-    CKPT_ASSIGN_OR_RETURN(auto names, model_file_names(path, role, problems, index));
-    for (const auto& name : names) paths.push_back(path / name);
-  } else {
-    return usage_error(std::string(role) + ": " + path.string() +
-                       ": not a directory or a safetensors file");
-  }
-
+  auto read = read_hf_safetensors(path);
+  if (!read.ok()) return read.error().with_context(std::string(role));
+  for (const auto& problem : read->problems) problems.push_back(std::string(role) + ": " + problem);
   ModelDir model;
-  std::map<std::string, std::string> file_of;  // tensor -> file name, from the headers
-  for (const auto& file_path : paths) {
-    CKPT_ASSIGN_OR_RETURN(auto file, InputFile::open(file_path));
-    auto header = safetensors::read_header(file);
-    if (!header.ok()) return header.error().with_context(std::string(role));
+  for (auto& file : read->files) {
     std::size_t at = model.files.size();
-    for (auto& entry : header->tensors) {
-      file_of.emplace(entry.name, file_path.filename().string());
-      model.tensors.push_back({at, std::move(entry)});
-    }
-    model.data_start.push_back(header->data_start);
-    model.files.push_back(std::move(file));
+    for (auto& entry : file.header.tensors) model.tensors.push_back({at, std::move(entry)});
+    model.data_start.push_back(file.header.data_start);
+    model.files.push_back(std::move(file.file));
   }
-  for (std::size_t i = 0; i < model.tensors.size(); ++i) {
-    const auto& name = model.tensors[i].entry.name;
-    if (!model.by_name.emplace(name, i).second)
-      problems.push_back(std::string(role) + ": " + name + " is in more than one file");
-  }
-  if (index) {
-    for (const auto& [tensor, file] : index->weight_map) {
-      auto it = file_of.find(tensor);
-      if (it == file_of.end() || it->second != file)
-        problems.push_back(std::string(role) + ": the index puts " + tensor + " in " + file +
-                           ", which does not hold it");
-    }
-    std::set<std::string> indexed;
-    for (const auto& entry : index->weight_map) indexed.insert(entry.first);
-    for (const auto& [tensor, file] : file_of)
-      if (!indexed.count(tensor))
-        problems.push_back(std::string(role) + ": " + file + " holds " + tensor +
-                           ", which the index does not name");
-  }
+  for (std::size_t i = 0; i < model.tensors.size(); ++i)
+    model.by_name.emplace(model.tensors[i].entry.name, i);
   return model;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "exec/distributed.h"
+#include "formats/hf_safetensors.h"
 #include "exec/manifest.h"
 #include "exec/output_dir.h"
 #include "exec/staging.h"
@@ -16,77 +17,6 @@
 namespace ckptstream {
 namespace fs = std::filesystem;
 namespace {
-
-// The model files of `dir` and, when sharded, the index that names them.
-struct ModelFiles {
-  std::vector<std::string> files;
-  std::optional<safetensors::Index> index;
-};
-
-Result<ModelFiles> find_model_files(const fs::path& dir, const Manifest& manifest,
-                                    VerifyReport& report) {
-  ModelFiles model;
-  auto index_path = dir / safetensors::kIndexFileName;
-  std::error_code ec;
-  if (fs::exists(index_path, ec)) {
-    auto index = safetensors::read_index(index_path);
-    if (!index.ok()) {
-      report.problems.push_back(index.error().message);
-      return model;
-    }
-    std::set<std::string> seen;
-    for (const auto& [tensor, file] : index->weight_map)
-      if (seen.insert(file).second) model.files.push_back(file);
-    model.index = std::move(*index);
-    return model;
-  }
-  if (fs::exists(dir / "model.safetensors", ec)) {
-    model.files.push_back("model.safetensors");
-    return model;
-  }
-  // A single file of another name: a LoRA adapter's adapter_model.safetensors.
-  if (manifest.files.size() == 1) {
-    model.files.push_back(manifest.files.front().name);
-    return model;
-  }
-  return mismatch(dir.string() + ": neither model.safetensors nor " +
-                  std::string(safetensors::kIndexFileName) + " is there");
-}
-
-// Index invariants: every entry is in the file it names, every tensor of a file is in the index,
-// total_size is the sum of tensor bytes.
-void check_index(const safetensors::Index& index,
-                 const std::map<std::string, safetensors::FileHeader>& headers,
-                 VerifyReport& report) {
-  std::map<std::string, std::string> where;
-  for (const auto& [tensor, file] : index.weight_map) where[tensor] = file;
-  std::uint64_t total = 0;
-  for (const auto& [file, header] : headers) {
-    for (const auto& entry : header.tensors) {
-      total += entry.data_end - entry.data_begin;
-      auto it = where.find(entry.name);
-      if (it == where.end())
-        report.problems.push_back(file + ": tensor " + entry.name + " is not in the index");
-      else if (it->second != file)
-        report.problems.push_back(file + ": tensor " + entry.name + " is indexed under " +
-                                  it->second);
-    }
-  }
-  for (const auto& entry : index.weight_map) {
-    const auto& [tensor, file] = entry;
-    auto header = headers.find(file);
-    if (header == headers.end()) continue;  // unreadable file, reported already
-    const auto& tensors = header->second.tensors;
-    if (std::none_of(tensors.begin(), tensors.end(),
-                     [&](auto& e) { return e.name == entry.first; }))
-      report.problems.push_back(std::string(safetensors::kIndexFileName) + ": " + tensor +
-                                " is indexed in " + file + " but that file does not hold it");
-  }
-  if (total != index.total_size)
-    report.problems.push_back(std::string(safetensors::kIndexFileName) + ": total_size " +
-                              std::to_string(index.total_size) + " but the tensors hold " +
-                              std::to_string(total) + " bytes");
-}
 
 Result<std::string> hash_range(const InputFile& file, std::uint64_t begin, std::uint64_t end,
                                std::vector<std::byte>& buffer, std::uint64_t& done,
@@ -250,38 +180,33 @@ static Result<VerifyReport> verify_one_model(const fs::path& dir, const VerifyOp
                            std::to_string(manifest.version) +
                            " (an older ckptstream): it pins tensor bytes only, not dtypes, "
                            "shapes, headers or side files");
-  CKPT_ASSIGN_OR_RETURN(auto model, find_model_files(dir, manifest, report));
+  // A single file of another name: a LoRA adapter's adapter_model.safetensors.
+  HfReadOptions read;
+  read.lenient = true;
+  read.check_total_size = true;
+  if (manifest.files.size() == 1) read.single_file = manifest.files.front().name;
+  CKPT_ASSIGN_OR_RETURN(auto model, read_hf_safetensors(dir, read));
+  report.problems.insert(report.problems.end(), model.problems.begin(), model.problems.end());
 
   std::map<std::string, const FileDigest*> expected;
   for (const auto& file : manifest.files) expected[file.name] = &file;
   for (const auto& [name, digest] : expected)
-    if (std::find(model.files.begin(), model.files.end(), name) == model.files.end())
+    if (std::find(model.file_names.begin(), model.file_names.end(), name) ==
+        model.file_names.end())
       report.problems.push_back(name + ": in the manifest but not part of the model");
 
-  std::map<std::string, safetensors::FileHeader> headers;
-  std::map<std::string, InputFile> inputs;
+  std::map<std::string, const HfModelFile*> headers;  // by name: files in name order, as before
   std::uint64_t total = 0;
-  for (const auto& name : model.files) {
-    auto file = InputFile::open(dir / name);
-    if (!file.ok()) {
-      report.problems.push_back(file.error().message);
-      continue;
-    }
-    auto header = safetensors::read_header(*file);
-    if (!header.ok()) {
-      report.problems.push_back(header.error().message);
-      continue;
-    }
-    total += file->size() - header->data_start;
-    headers.emplace(name, std::move(*header));
-    inputs.emplace(name, std::move(*file));
+  for (const auto& file : model.files) {
+    total += file.file.size() - file.header.data_start;
+    headers.emplace(file.name, &file);
   }
-  if (model.index) check_index(*model.index, headers, report);
 
   std::vector<std::byte> buffer(options.buffer_bytes);
   std::uint64_t done = 0;
-  for (const auto& [name, header] : headers) {
-    const auto& file = inputs.at(name);
+  for (const auto& [name, opened] : headers) {
+    const auto& file = opened->file;
+    const auto& header = opened->header;
     ++report.files;
     auto digest = expected.find(name);
     if (digest == expected.end()) {
@@ -314,7 +239,7 @@ static Result<VerifyReport> verify_one_model(const fs::path& dir, const VerifyOp
                                 " is in the manifest but not in the file");
   }
   check_other_files(dir, manifest, report);
-  check_directory(dir, model.files, report);
+  check_directory(dir, model.file_names, report);
   return report;
 }
 

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "pickle/pickler.h"
 #include "pickle/unpickler.h"
 #include "pickle/value.h"
 
@@ -756,4 +757,77 @@ TEST_CASE("nested streaming keeps a batch whose container is fetched, and not a 
     CHECK(root_only.items_seen.empty());
     CHECK(r->value->attr("big")->entries().size() == 6);
   }
+}
+
+// The writer (pickler.h): what CPython's protocol-2 pickler writes, byte for byte, and what the
+// reading VM reads back. A Megatron-style args Namespace: floats, None, bools, nested dicts, lists.
+TEST_CASE("pickler: CPython's bytes for a dict of a float, and a Namespace read back") {
+  {
+    // pickle.dumps({"a": 1.5}, protocol=2)
+    pickle::Pickler p;
+    p.proto();
+    p.empty_dict();
+    p.string("a");
+    p.floating(1.5);
+    p.op(pickle::opcode::kSetItem);
+    p.stop();
+    CHECK(p.take() == "\x80\x02}q\x00X\x01\x00\x00\x00"
+                      "aq\x01G?\xf8\x00\x00\x00\x00\x00\x00s."s);
+  }
+  {
+    // pickle.dumps((70000, -2, 2**40, (1, 2, 3, 4)), protocol=2)
+    pickle::Pickler p;
+    p.proto();
+    p.mark();
+    p.integer(70000);
+    p.integer(-2);
+    p.integer(1LL << 40);
+    p.int_tuple({1, 2, 3, 4});
+    p.op(pickle::opcode::kTuple);
+    p.put();
+    p.stop();
+    CHECK(p.take() ==
+          "\x80\x02(J\x70\x11\x01\x00J\xfe\xff\xff\xff\x8a\x06\x00\x00\x00\x00\x00\x01"
+          "(K\x01K\x02K\x03K\x04tq\x00tq\x01."s);
+  }
+  // argparse.Namespace(lr=3e-4, tp=2, bf16=True, seq=None, layers=[0, 1], extra={"k": 0.5}),
+  // as CPython writes it: NEWOBJ of the class, then BUILD with its __dict__.
+  pickle::Pickler p;
+  p.proto();
+  p.global("argparse", "Namespace");
+  p.op(pickle::opcode::kEmptyTuple);
+  p.op(pickle::opcode::kNewObj);
+  p.put();
+  p.empty_dict();
+  p.mark();
+  p.string("lr");
+  p.floating(3e-4);
+  p.string("tp");
+  p.integer(2);
+  p.string("bf16");
+  p.boolean(true);
+  p.string("seq");
+  p.none();
+  p.string("layers");
+  p.empty_list();
+  p.mark();
+  p.integer(0);
+  p.integer(1);
+  p.op(pickle::opcode::kAppends);
+  p.string("extra");
+  p.empty_dict();
+  p.string("k");
+  p.floating(0.5);
+  p.op(pickle::opcode::kSetItem);
+  p.op(pickle::opcode::kSetItems);
+  p.op(pickle::opcode::kBuild);
+  p.stop();
+  auto ns = ok(p.take());
+  CHECK(ns->callable_name() == "argparse.Namespace");
+  CHECK(ns->attr("lr")->as_float() == 3e-4);
+  CHECK(ns->attr("tp")->as_int() == 2);
+  CHECK(ns->attr("bf16")->as_bool() == true);
+  CHECK(ns->attr("seq")->kind == Kind::kNone);
+  CHECK(canon(*ns->attr("layers")) == "[0, 1]");
+  CHECK(ns->attr("extra")->find("k")->as_float() == 0.5);
 }
