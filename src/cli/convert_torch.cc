@@ -2,13 +2,11 @@
 // checkpoint, written as one torch.save file (the job of torch's dcp_to_torch_save and RLinf's
 // convert_dcp_to_pt), streamed through the native writer.
 #include <cstdio>
-#include <unordered_map>
 
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "exec/executor.h"
 #include "pipeline/merge_plan.h"
-#include "torch/torch_writer.h"
 
 namespace ckptstream::cli {
 namespace fs = std::filesystem;
@@ -24,34 +22,6 @@ Result<MergePlan> plan_state_dict(const ConvertArgs& args) {
   options.threads = args.threads;
   options.interrupt = args.interrupt;
   return plan_convert(args.sources, options);
-}
-
-Status write_torch_file(const MergePlan& merge, const fs::path& target, ProgressBar& bar,
-                        const InterruptFlag* interrupt) {
-  std::unordered_map<std::string_view, const PlacedTensor*> placed;
-  for (const auto& file : merge.model.files)
-    for (const auto& tensor : file.tensors) placed[tensor.tensor.name] = &tensor;
-  std::vector<TorchWriteTensor> tensors;
-  std::unordered_map<std::string_view, std::size_t> index;
-  for (const auto& name : merge.tensor_order) {
-    const LogicalTensor& t = placed.at(name)->tensor;
-    index[name] = tensors.size();
-    tensors.push_back(TorchWriteTensor{{t.name}, t.dtype, t.shape});
-  }
-  TorchWriteOptions options;
-  CKPT_ASSIGN_OR_RETURN(options.prefix, torch_archive_name(target));
-  CKPT_ASSIGN_OR_RETURN(auto layout, plan_torch_zip(tensors, options));
-  CKPT_ASSIGN_OR_RETURN(auto writer, TorchZipWriter::create(target, std::move(layout)));
-  ExecOptions exec;
-  exec.interrupt = interrupt;
-  exec.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
-  CKPT_TRY(stream_plan(merge.model, exec,
-                       [&](const OutputFile&, const PlacedTensor& tensor, std::uint64_t offset,
-                           std::span<const std::byte> bytes) {
-                         return writer.write_tensor_bytes(index.at(tensor.tensor.name), offset,
-                                                          bytes);
-                       }));
-  return writer.finish();
 }
 
 }  // namespace
@@ -83,8 +53,14 @@ int run_convert_to_torch(const ConvertArgs& args) {
   for (const auto& stale : remove_stale_temp_files(target))
     if (!args.quiet)
       std::fprintf(stderr, "note: removed %s, left by an interrupted run\n", stale.c_str());
+  auto plan = plan_torch_save(*merge, target);
+  if (!plan.ok()) return report_error(plan.error());
   ProgressBar bar("convert", args.quiet);
-  auto written = write_torch_file(*merge, target, bar, args.interrupt);
+  ExecOptions exec;
+  exec.threads = args.threads;
+  exec.interrupt = args.interrupt;
+  exec.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
+  auto written = execute_to_file(*plan, target, exec);
   bar.finish();
   if (!written.ok() && written.error().kind == ErrorKind::kInterrupted)
     return report_error(

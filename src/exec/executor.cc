@@ -1,6 +1,13 @@
 #include "exec/executor.h"
 
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <random>
 #include <atomic>
 #include <memory>
 #include <numeric>
@@ -14,7 +21,9 @@
 #include "exec/plan_check.h"
 #include "exec/staging.h"
 #include "exec/tensor_writer.h"
+#include "core/crc32.h"
 #include "core/worker_pool.h"
+#include "io/file_lock.h"
 #include "io/input_file.h"
 
 namespace ckptstream {
@@ -133,13 +142,22 @@ class VisitorSink final : public TensorSink {
 };
 
 // A tensor's bytes into the file writer's buffer: produced there (room) or copied in; then the
-// inputs of what comes next are asked for.
+// inputs of what comes next are asked for. For a framed file (FileFraming: a torch zip) it also
+// records what the framing needs of each tensor: its CRC-32 and first bytes.
 class FileSink final : public TensorSink {
  public:
   FileSink(FileWriter& writer, InputPrefetch& prefetch, std::uint64_t data_start)
       : writer_(writer), prefetch_(prefetch), data_start_(data_start) {}
   std::span<std::byte> room() override { return writer_.room(); }
-  Status take(std::uint64_t, std::span<const std::byte> bytes) override {
+  // Starts recording a tensor into `written` (null: nothing to record).
+  void record(WrittenTensor* written) { written_ = written; }
+  Status take(std::uint64_t offset, std::span<const std::byte> bytes) override {
+    if (written_) {
+      for (std::size_t i = 0; offset + i < written_->head.size() && i < bytes.size(); ++i)
+        written_->head[offset + i] = bytes[i];
+      written_->crc32 = crc32_update(written_->crc32, bytes);
+      written_->size += bytes.size();
+    }
     if (bytes.data() == writer_.room().data()) {
       CKPT_TRY(writer_.advance(bytes.size()));
     } else {
@@ -153,6 +171,7 @@ class FileSink final : public TensorSink {
   FileWriter& writer_;
   InputPrefetch& prefetch_;
   std::uint64_t data_start_;  // the header's size
+  WrittenTensor* written_ = nullptr;
 };
 
 }  // namespace
@@ -168,12 +187,10 @@ Result<FileDigest> stream_file(const OutputFile& file, ExecContext& context,
   return digest;
 }
 
-Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging& staging,
-                                     ExecContext& context) {
-  CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(file.name));
-  CKPT_ASSIGN_OR_RETURN(StagedFile out,
-                        StagedFile::create(path, file.size(), context.options.writeback_bytes,
-                                           context.options.direct_writes));
+// Writes `file` into `out`, front to back: the header, each tensor (and, for a framed file, the
+// bytes its framing puts after it), then syncs and closes it.
+Result<FileDigest> write_file_bytes(const OutputFile& file, StagedFile& out,
+                                    ExecContext& context) {
   FileDigest digest = planned_digest(file);
   InputPrefetch prefetch(file, context.inputs, kPrefetchBytes);
   prefetch.advance(0);
@@ -181,16 +198,37 @@ Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging
     FileWriter writer(out, context.write_buffers);
     CKPT_TRY(writer.append(std::as_bytes(std::span(file.header))));
     FileSink sink(writer, prefetch, file.header.size());
+    std::vector<WrittenTensor> written(file.framing ? file.tensors.size() : 0);
     for (std::size_t t = 0; t < file.tensors.size(); ++t) {
       const PlacedTensor& placed = file.tensors[t];
       CKPT_TRY_CTX(writer.zero_fill_to(file.header.size() + placed.data_begin),
                    tensor_context(placed.tensor.name));
+      if (writer.position() != file.header.size() + placed.data_begin)
+        return invalid_input(tensor_context(placed.tensor.name) +
+                             ": the bytes before it overrun its data offset");
+      sink.record(file.framing ? &written[t] : nullptr);
       CKPT_ASSIGN_OR_RETURN(digest.tensors[t].xxh3_128, stream_tensor(placed, context, sink));
+      if (file.framing) {
+        std::string framing = file.framing->after_tensor(t, std::span(written).first(t + 1));
+        CKPT_TRY(writer.append(std::as_bytes(std::span(framing))));
+      }
     }
+    if (writer.position() != file.size())
+      return invalid_input("wrote " + std::to_string(writer.position()) + " bytes of a " +
+                           std::to_string(file.size()) + "-byte file");
     CKPT_TRY(writer.finish());
   }
   CKPT_TRY(out.finish());
   return digest;
+}
+
+Result<FileDigest> write_output_file(const OutputFile& file, const OutputStaging& staging,
+                                     ExecContext& context) {
+  CKPT_ASSIGN_OR_RETURN(auto path, staging.path_for(file.name));
+  CKPT_ASSIGN_OR_RETURN(StagedFile out,
+                        StagedFile::create(path, file.size(), context.options.writeback_bytes,
+                                           context.options.direct_writes));
+  return write_file_bytes(file, out, context);
 }
 
 Result<std::vector<FileDigest>> run_file_jobs(const Plan& plan, std::span<const std::size_t> files,
@@ -319,6 +357,88 @@ Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& tar
   }
   CKPT_TRY(staging.commit(commit));
   return manifest;
+}
+
+namespace {
+
+constexpr std::string_view kTempInfix = ".tmp.";
+
+// `.<name>.tmp.<random>` beside `target`, created exclusively and locked (io/file_lock.h: a later
+// run tells a live writer's file from a killed one's).
+Result<std::pair<std::filesystem::path, StagedFile>> create_temp_beside(
+    const std::filesystem::path& target, std::uint64_t size, const ExecOptions& options) {
+  std::filesystem::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  std::random_device random;
+  std::optional<Error> last;
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    char suffix[24];
+    std::snprintf(suffix, sizeof suffix, "%08x%04x", static_cast<unsigned>(random()),
+                  static_cast<unsigned>(random() & 0xFFFF));
+    std::filesystem::path temp =
+        dir / ("." + target.filename().string() + std::string(kTempInfix) + suffix);
+    auto file = StagedFile::create(temp, size, options.writeback_bytes, options.direct_writes);
+    if (!file.ok()) {
+      last = file.error();
+      std::error_code ec;
+      if (std::filesystem::exists(std::filesystem::symlink_status(temp, ec))) continue;
+      break;
+    }
+    ::flock(file->fd(), LOCK_EX | LOCK_NB);
+    return std::make_pair(temp, std::move(file).value());
+  }
+  return io_error(target.string() + ": cannot create a temporary file in " + dir.string() + ": " +
+                  last->message);
+}
+
+}  // namespace
+
+Status execute_to_file(const Plan& plan, const std::filesystem::path& target,
+                       const ExecOptions& options) {
+  if (plan.files.size() != 1 || !plan.index_json.empty() || !plan.side_files.empty() ||
+      !plan.text_files.empty())
+    return invalid_input(target.string() + ": a plan of one file, without side files, is needed");
+  std::string base = target.filename().string();
+  if (base.empty() || base == "." || base == "..")
+    return usage_error(target.string() + ": not a file name");
+  CKPT_ASSIGN_OR_RETURN(std::vector<InputFile> inputs, open_inputs(plan));
+  CKPT_TRY(check_plan(plan, inputs));
+  const OutputFile& file = plan.files.front();
+  CKPT_ASSIGN_OR_RETURN(auto staged, create_temp_beside(target, file.size(), options));
+  auto& [temp, out] = staged;
+  const std::size_t only[] = {0};
+  auto written = run_file_jobs(plan, only, inputs, options,
+                               [&](const OutputFile& f, ExecContext& context) {
+                                 return write_file_bytes(f, out, context);
+                               });
+  Status done;
+  if (!written.ok()) {
+    done = written.error();
+  } else if (::rename(temp.c_str(), target.c_str()) != 0) {
+    done = io_error(target.string() + ": cannot rename into place: " + std::strerror(errno));
+  } else {
+    std::filesystem::path dir = target.parent_path();
+    return fsync_directory(dir.empty() ? std::filesystem::path(".") : dir);
+  }
+  ::unlink(temp.c_str());
+  return done;
+}
+
+std::vector<std::string> remove_stale_temp_files(const std::filesystem::path& target) {
+  std::filesystem::path dir = target.parent_path();
+  if (dir.empty()) dir = ".";
+  const std::string prefix = "." + target.filename().string() + std::string(kTempInfix);
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    std::error_code type_ec;
+    if (!name.starts_with(prefix) || !it->is_regular_file(type_ec) || it->is_symlink(type_ec))
+      continue;
+    if (FileLock::holder(it->path())) continue;  // a live writer's
+    if (::unlink(it->path().c_str()) == 0) removed.push_back(name);
+  }
+  return removed;
 }
 
 Status stream_plan(const Plan& plan, const ExecOptions& options, const WindowVisitor& visit) {

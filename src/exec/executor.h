@@ -58,6 +58,17 @@ Result<Manifest> execute_plan(const Plan& plan, const std::filesystem::path& tar
                               const ExecOptions& options,
                               const std::vector<std::string>& replace = {});
 
+// Writes a plan of one output file (and nothing else: no side files, index or manifest) to the
+// file `target`: born as `.<name>.tmp.<random>` beside it, locked while written (io/file_lock.h),
+// renamed into place once complete and synced, and its directory synced; removed on any error.
+// `convert --to torch` writes its torch zip so.
+Status execute_to_file(const Plan& plan, const std::filesystem::path& target,
+                       const ExecOptions& options);
+
+// Removes the temporary files of `target` that no live execute_to_file holds (left by one that
+// was killed); returns their names.
+std::vector<std::string> remove_stale_temp_files(const std::filesystem::path& target);
+
 // Identifies a plan by everything written except tensor bytes: output file names and headers,
 // the index, generated files, and the side files' names and bytes. An interrupted commit of the
 // same fingerprint wrote what this plan would write (from the same inputs, unless they changed).

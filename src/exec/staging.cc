@@ -55,15 +55,6 @@ Status sync_and_close(int fd, const std::filesystem::path& path) {
   return {};
 }
 
-Status fsync_directory(const std::filesystem::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno_error(dir, "cannot open directory", errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0 && err != EINVAL) return errno_error(dir, "fsync failed", err);
-  return {};
-}
 
 // Copies with read/write when copy_file_range cannot (other file system, old kernel).
 Status copy_by_reading(int in, int out, std::uint64_t from, std::uint64_t size,
@@ -441,6 +432,16 @@ Status write_small_file(const std::filesystem::path& path, const std::string& te
     return written;
   }
   return sync_and_close(fd, path);
+}
+
+Status fsync_directory(const std::filesystem::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return errno_error(dir, "cannot open directory", errno);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL) return errno_error(dir, "fsync failed", err);
+  return {};
 }
 
 }  // namespace ckptstream

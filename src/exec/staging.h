@@ -76,6 +76,9 @@ class OutputStaging {
   FileLock lock_;
 };
 
+// fsync(2) of a directory: makes the renames and creations in it durable.
+Status fsync_directory(const std::filesystem::path& dir);
+
 // A journal found in a target: the commit of a run that was interrupted.
 struct InterruptedCommit {
   std::string staging;      // the staging directory's name

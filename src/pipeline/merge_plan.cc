@@ -1,11 +1,13 @@
 #include "pipeline/merge_plan.h"
 
 #include <cstdio>
+#include <unordered_map>
 
 #include "formats/torch_sources.h"
 #include "io/input_file.h"
 #include "mapping/experts.h"
 #include "mapping/lora.h"
+#include "torch/torch_writer.h"
 
 namespace ckptstream {
 namespace fs = std::filesystem;
@@ -178,6 +180,29 @@ Result<MergePlan> plan_convert(const std::vector<fs::path>& sources, const Merge
       std::move(conversion.tensors),
       {options.raw_state_dict ? safetensors::kOneFile : options.max_shard_size}, merge.model));
   return merge;
+}
+
+Result<Plan> plan_torch_save(const MergePlan& merge, const fs::path& target) {
+  std::unordered_map<std::string_view, const LogicalTensor*> by_name;
+  for (const auto& file : merge.model.files)
+    for (const auto& placed : file.tensors) by_name[placed.tensor.name] = &placed.tensor;
+  std::vector<TorchWriteTensor> entries;
+  std::vector<LogicalTensor> tensors;
+  for (const auto& name : merge.tensor_order) {
+    const LogicalTensor& t = *by_name.at(name);
+    entries.push_back(TorchWriteTensor{{t.name}, t.dtype, t.shape});
+    tensors.push_back(t);
+  }
+  TorchWriteOptions options;
+  CKPT_ASSIGN_OR_RETURN(options.prefix, torch_archive_name(target));
+  CKPT_ASSIGN_OR_RETURN(auto layout, plan_torch_zip(entries, options));
+  Plan plan;
+  plan.inputs = merge.model.inputs;
+  plan.total_size = merge.model.total_size;
+  CKPT_ASSIGN_OR_RETURN(auto file, torch_zip_output_file(target.filename().string(),
+                                                         std::move(layout), std::move(tensors)));
+  plan.files.push_back(std::move(file));
+  return plan;
 }
 
 }  // namespace ckptstream

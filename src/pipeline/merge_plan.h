@@ -71,4 +71,9 @@ Result<MergePlan> plan_merge(const std::filesystem::path& local_dir, const Merge
 Result<MergePlan> plan_convert(const std::vector<std::filesystem::path>& sources,
                                const MergeOptions& options);
 
+// The plan of one torch.save file at `target` holding the tensors of `merge` in state-dict order
+// (convert --to torch): a torch zip (torch/torch_writer.h) that the executor writes like any
+// other output file (execute_to_file).
+Result<Plan> plan_torch_save(const MergePlan& merge, const std::filesystem::path& target);
+
 }  // namespace ckptstream

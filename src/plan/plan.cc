@@ -47,7 +47,7 @@ bool is_safe_relative_name(const std::string& name) {
 }
 
 std::uint64_t OutputFile::size() const {
-  return header.size() + (tensors.empty() ? 0 : tensors.back().data_end);
+  return header.size() + (tensors.empty() ? 0 : tensors.back().data_end) + tail_bytes;
 }
 
 }  // namespace ckptstream

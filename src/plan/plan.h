@@ -3,9 +3,12 @@
 // assigns logical tensors to output safetensors files and byte offsets; the executor runs it.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -91,13 +94,35 @@ struct PlacedTensor {
   std::uint64_t data_end = 0;
 };
 
-// One output safetensors file: its complete header (the 8-byte length + padded JSON), and its
-// tensors in file order.
+// What the executor knows of a tensor once it has written it: what a format that frames its
+// tensors (FileFraming) needs to write the bytes after it.
+struct WrittenTensor {
+  std::uint32_t crc32 = 0;             // of the bytes written
+  std::array<std::byte, 8> head = {};  // their first bytes (fewer for smaller tensors)
+  std::uint64_t size = 0;
+};
+
+// The bytes a file format puts between and after its tensors when they depend on the tensors'
+// bytes: a torch zip (torch/torch_writer.h) ends each record with a data descriptor holding its
+// CRC-32 and the file with a central directory listing them. Safetensors has none (no framing).
+class FileFraming {
+ public:
+  virtual ~FileFraming() = default;
+  // The bytes from the end of tensor `index`'s data (file order) to the next tensor's data, or
+  // for the last tensor to the end of the file; `written` holds tensors 0..index.
+  virtual std::string after_tensor(std::size_t index,
+                                   std::span<const WrittenTensor> written) const = 0;
+};
+
+// One output file: its header (for safetensors the 8-byte length + padded JSON; for a torch zip
+// every byte before the first tensor's data), and its tensors in file order.
 struct OutputFile {
   std::string name;                   // "model.safetensors", "model-00001-of-00003.safetensors"
   std::string header;                 // bytes [0, header.size()) of the file
   std::vector<PlacedTensor> tensors;  // sorted by data_begin
-  std::uint64_t size() const;         // header + data
+  std::shared_ptr<const FileFraming> framing;  // null: zeros between tensors, nothing after
+  std::uint64_t tail_bytes = 0;                // after the last tensor (framing's)
+  std::uint64_t size() const;                  // header + data + tail
 };
 
 // A file copied byte for byte next to the output (config.json, tokenizer files, ...).

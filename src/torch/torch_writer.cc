@@ -293,20 +293,6 @@ std::uint64_t record_name_hash(const std::vector<TorchZipRecord>& records) {
   return combined;
 }
 
-Error errno_status(const std::string& what, int err) {
-  return io_error(what + ": " + std::strerror(err));
-}
-
-Status fsync_directory(const std::filesystem::path& dir) {
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno_status(dir.string() + ": cannot open directory", errno);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0 && err != EINVAL) return errno_status(dir.string() + ": fsync failed", err);
-  return {};
-}
-
 }  // namespace
 
 Result<std::string> torch_archive_name(const std::filesystem::path& target) {
@@ -473,194 +459,9 @@ std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZip
 
 // ---- the writer --------------------------------------------------------------------------------
 
-Result<TorchZipWriter> TorchZipWriter::create(const std::filesystem::path& target,
-                                              TorchZipLayout layout) {
-  std::filesystem::path dir = target.parent_path();
-  if (dir.empty()) dir = ".";
-  std::string base = target.filename().string();
-  if (base.empty() || base == "." || base == "..")
-    return usage_error(target.string() + ": not a file name");
+namespace {
 
-  TorchZipWriter writer;
-  writer.layout_ = std::move(layout);
-  writer.target_ = target;
-  std::random_device random;
-  for (int attempt = 0; attempt < 16 && writer.fd_ < 0; ++attempt) {
-    char suffix[24];
-    std::snprintf(suffix, sizeof suffix, ".tmp.%08x%04x", static_cast<unsigned>(random()),
-                  static_cast<unsigned>(random() & 0xFFFF));
-    writer.temp_path_ = dir / ("." + base + suffix);
-    writer.fd_ = ::open(writer.temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (writer.fd_ < 0 && errno != EEXIST)
-      return errno_status(target.string() + ": cannot create a temporary file in " + dir.string(),
-                          errno);
-  }
-  // Held while the file is written: a later run tells a live writer's file from a killed one's.
-  if (writer.fd_ >= 0) ::flock(writer.fd_, LOCK_EX | LOCK_NB);
-  if (writer.fd_ < 0)
-    return io_error(target.string() + ": cannot create a temporary file in " + dir.string());
-
-  const TorchZipLayout& l = writer.layout_;
-  auto size = static_cast<off_t>(l.file_size);
-  int rc = ::posix_fallocate(writer.fd_, 0, size);
-  if (rc == EOPNOTSUPP || rc == EINVAL) rc = ::ftruncate(writer.fd_, size) == 0 ? 0 : errno;
-  if (rc != 0) return errno_status(writer.temp_path_.string() + ": cannot allocate", rc);
-
-  writer.record_crc_.assign(l.records.size(), 0);
-  writer.record_written_.assign(l.records.size(), 0);
-  writer.record_head_.assign(l.records.size(), {});
-  for (std::size_t r = 0; r < l.records.size(); ++r) {
-    const TorchZipRecord& record = l.records[r];
-    CKPT_TRY(writer.pwrite_all(record.header_offset, torch_zip_local_header(l, record)));
-    std::string_view payload;
-    if (record.name == kPickleRecord) payload = l.pickle;
-    if (record.name == kByteorderRecord) payload = kByteorder;
-    if (record.name == kVersionRecord) payload = kVersion;
-    if (!payload.empty())
-      CKPT_TRY(writer.write_record(r, 0, std::as_bytes(std::span(payload.data(), payload.size()))));
-  }
-  return writer;
-}
-
-TorchZipWriter::TorchZipWriter(TorchZipWriter&& other) noexcept {
-  *this = std::move(other);
-}
-
-TorchZipWriter& TorchZipWriter::operator=(TorchZipWriter&& other) noexcept {
-  if (this != &other) {
-    abort();
-    layout_ = std::move(other.layout_);
-    target_ = std::move(other.target_);
-    temp_path_ = std::move(other.temp_path_);
-    fd_ = std::exchange(other.fd_, -1);
-    record_crc_ = std::move(other.record_crc_);
-    record_written_ = std::move(other.record_written_);
-    record_head_ = std::move(other.record_head_);
-    other.temp_path_.clear();
-  }
-  return *this;
-}
-
-TorchZipWriter::~TorchZipWriter() {
-  abort();
-}
-
-void TorchZipWriter::abort() {
-  if (fd_ >= 0) ::close(fd_);
-  fd_ = -1;
-  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
-  temp_path_.clear();
-}
-
-Status TorchZipWriter::pwrite_all(std::uint64_t offset, std::span<const std::byte> bytes) {
-  const auto* p = reinterpret_cast<const char*>(bytes.data());
-  std::size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = ::pwrite(fd_, p, left, static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return errno_status(temp_path_.string() + ": write failed", n < 0 ? errno : EIO);
-    p += n;
-    left -= static_cast<std::size_t>(n);
-    offset += static_cast<std::uint64_t>(n);
-  }
-  return {};
-}
-
-Status TorchZipWriter::pwrite_all(std::uint64_t offset, std::string_view bytes) {
-  return pwrite_all(offset, std::as_bytes(std::span(bytes.data(), bytes.size())));
-}
-
-Status TorchZipWriter::write_record(std::size_t r, std::uint64_t offset,
-                                    std::span<const std::byte> bytes) {
-  const TorchZipRecord& record = layout_.records[r];
-  if (offset != record_written_[r])
-    return invalid_input(record.name + ": bytes must arrive in order (expected offset " +
-                         std::to_string(record_written_[r]) + ", got " + std::to_string(offset) +
-                         ")");
-  if (bytes.size() > record.size - offset)
-    return invalid_input(record.name + ": " + std::to_string(bytes.size()) + " bytes at offset " +
-                         std::to_string(offset) + " overrun its " + std::to_string(record.size) +
-                         " bytes");
-  CKPT_TRY(pwrite_all(record.data_offset + offset, bytes));
-  auto& head = record_head_[r];
-  for (std::size_t i = 0; offset + i < head.size() && i < bytes.size(); ++i)
-    head[offset + i] = static_cast<unsigned char>(bytes[i]);
-  record_crc_[r] = crc32_update(record_crc_[r], bytes);
-  record_written_[r] += bytes.size();
-  return {};
-}
-
-Status TorchZipWriter::write_tensor_bytes(std::size_t tensor, std::uint64_t offset,
-                                          std::span<const std::byte> bytes) {
-  if (fd_ < 0) return invalid_input("torch writer: already finished or aborted");
-  if (tensor >= layout_.tensor_record.size())
-    return invalid_input("torch writer: no tensor " + std::to_string(tensor));
-  return write_record(layout_.tensor_record[tensor], offset, bytes);
-}
-
-Status TorchZipWriter::finish() {
-  if (fd_ < 0) return invalid_input("torch writer: already finished or aborted");
-  const auto& records = layout_.records;
-  // The CRC half of the serialization id: torch combines the CRC of every data descriptor it
-  // writes, in file order, and also (a quirk of its write callback) bytes 4..8 of any record
-  // whose data starts with the descriptor signature.
-  std::uint64_t combined_crc = 0;
-  std::size_t id_record = records.size();
-  for (std::size_t r = 0; r < records.size(); ++r) {
-    const TorchZipRecord& record = records[r];
-    if (record.name == kSerializationIdRecord) {
-      id_record = r;
-      continue;
-    }
-    if (record_written_[r] != record.size)
-      return invalid_input(record.name + ": only " + std::to_string(record_written_[r]) + " of " +
-                           std::to_string(record.size) + " bytes were written");
-    const auto& head = record_head_[r];
-    if (record.size >= 8 && load_le32(head.data()) == kDescriptorSig)
-      combined_crc = hash_combine(combined_crc, load_le32(head.data() + 4));
-    if (record.size > 0) combined_crc = hash_combine(combined_crc, record_crc_[r]);
-  }
-  if (id_record < records.size()) {
-    char id[kSerializationIdSize + 1];
-    std::snprintf(id, sizeof id, "%020llu%020llu",
-                  static_cast<unsigned long long>(layout_.name_hash),
-                  static_cast<unsigned long long>(combined_crc));
-    CKPT_TRY(
-        write_record(id_record, 0, std::as_bytes(std::span<const char>(id, kSerializationIdSize))));
-  }
-
-  std::string central;
-  for (std::size_t r = 0; r < records.size(); ++r) {
-    const TorchZipRecord& record = records[r];
-    if (record.size > 0) {
-      std::string descriptor;
-      put32(descriptor, kDescriptorSig);
-      put32(descriptor, record_crc_[r]);
-      if (record.descriptor_size() == 24) {
-        put64(descriptor, record.size);
-        put64(descriptor, record.size);
-      } else {
-        put32(descriptor, record.size);
-        put32(descriptor, record.size);
-      }
-      CKPT_TRY(pwrite_all(record.data_offset + record.size, descriptor));
-    }
-    central += torch_zip_central_entry(layout_, record, record_crc_[r]);
-  }
-  central += trailer();
-  CKPT_TRY(pwrite_all(layout_.central_directory_offset, central));
-
-  if (::fsync(fd_) != 0) return errno_status(temp_path_.string() + ": fsync failed", errno);
-  if (::close(std::exchange(fd_, -1)) != 0)
-    return errno_status(temp_path_.string() + ": close failed", errno);
-  if (::rename(temp_path_.c_str(), target_.c_str()) != 0)
-    return errno_status(target_.string() + ": cannot rename into place", errno);
-  temp_path_.clear();
-  std::filesystem::path dir = target_.parent_path();
-  return fsync_directory(dir.empty() ? std::filesystem::path(".") : dir);
-}
-
-std::string TorchZipWriter::trailer() const {
+std::string zip_trailer(const TorchZipLayout& layout_) {
   const std::uint64_t entries = layout_.records.size();
   const std::uint64_t cd_offset = layout_.central_directory_offset;
   const std::uint64_t cd_size = layout_.central_directory_size;
@@ -690,21 +491,157 @@ std::string TorchZipWriter::trailer() const {
   return out;
 }
 
-std::vector<std::string> remove_stale_temp_files(const std::filesystem::path& target) {
-  std::filesystem::path dir = target.parent_path();
-  if (dir.empty()) dir = ".";
-  const std::string prefix = "." + target.filename().string() + ".tmp.";
-  std::vector<std::string> removed;
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    std::string name = it->path().filename().string();
-    std::error_code type_ec;
-    if (!name.starts_with(prefix) || !it->is_regular_file(type_ec) || it->is_symlink(type_ec))
-      continue;
-    if (FileLock::holder(it->path())) continue;  // a live writer's
-    if (::unlink(it->path().c_str()) == 0) removed.push_back(name);
+std::string_view constant_payload(const TorchZipLayout& layout, const TorchZipRecord& record) {
+  if (record.name == kPickleRecord) return layout.pickle;
+  if (record.name == kByteorderRecord) return kByteorder;
+  if (record.name == kVersionRecord) return kVersion;
+  return {};
+}
+
+std::string descriptor(const TorchZipRecord& record, std::uint32_t crc) {
+  std::string out;
+  if (record.size == 0) return out;  // torch writes none for empty records
+  put32(out, kDescriptorSig);
+  put32(out, crc);
+  if (record.descriptor_size() == 24) {
+    put64(out, record.size);
+    put64(out, record.size);
+  } else {
+    put32(out, record.size);
+    put32(out, record.size);
   }
-  return removed;
+  return out;
+}
+
+// The bytes of a torch zip around its tensors' data. Tensor records are consecutive in the
+// file (data/<key> in key order), from record kFirstTensorRecord on; the records before them and
+// after them have constant payloads, except .data/serialization_id, which combines every other
+// record's CRC (so it is known only once the last tensor is written).
+class TorchZipFraming final : public FileFraming {
+ public:
+  static constexpr std::size_t kFirstTensorRecord = 2;  // after data.pkl and byteorder
+
+  explicit TorchZipFraming(TorchZipLayout layout) : layout_(std::move(layout)) {}
+
+  std::size_t tensors() const { return layout_.tensor_record.size(); }
+  const TorchZipLayout& layout() const { return layout_; }
+
+  // Every byte before the first tensor's data; with no tensor, the whole file.
+  std::string header() const {
+    std::string out;
+    const auto& records = layout_.records;
+    std::size_t r = 0;
+    for (; r < kFirstTensorRecord; ++r) out += constant_record(r);
+    if (tensors() > 0) return out + torch_zip_local_header(layout_, records[r]);
+    return out + tail({});
+  }
+
+  std::string after_tensor(std::size_t index, std::span<const WrittenTensor> written) const override {
+    const std::size_t r = kFirstTensorRecord + index;
+    std::string out = descriptor(layout_.records[r], written[index].crc32);
+    if (index + 1 < tensors()) return out + torch_zip_local_header(layout_, layout_.records[r + 1]);
+    return out + tail(written);
+  }
+
+  // The file bytes after the last tensor's data.
+  std::uint64_t tail_bytes() const {
+    const auto& last = layout_.records[kFirstTensorRecord + tensors() - 1];
+    return layout_.file_size - (last.data_offset + last.size);
+  }
+
+ private:
+  std::string constant_record(std::size_t r) const {
+    const TorchZipRecord& record = layout_.records[r];
+    std::string_view payload = constant_payload(layout_, record);
+    return torch_zip_local_header(layout_, record) + std::string(payload) +
+           descriptor(record, crc32_update(0, std::as_bytes(std::span(payload))));
+  }
+
+  // Records after the tensors (version, the serialization id), the central directory and the
+  // end records.
+  std::string tail(std::span<const WrittenTensor> written) const {
+    const auto& records = layout_.records;
+    std::vector<std::uint32_t> crc(records.size(), 0);
+    // The CRC half of the serialization id: torch combines the CRC of every data descriptor it
+    // writes, in file order, and also (a quirk of its write callback) bytes 4..8 of any record
+    // whose data starts with the descriptor signature.
+    std::uint64_t combined = 0;
+    std::size_t id_record = records.size();
+    for (std::size_t r = 0; r < records.size(); ++r) {
+      const TorchZipRecord& record = records[r];
+      if (record.name == kSerializationIdRecord) {
+        id_record = r;
+        continue;
+      }
+      std::array<unsigned char, 8> head = {};
+      bool is_tensor = r >= kFirstTensorRecord && r < kFirstTensorRecord + tensors();
+      if (is_tensor) {
+        const WrittenTensor& t = written[r - kFirstTensorRecord];
+        crc[r] = t.crc32;
+        std::memcpy(head.data(), t.head.data(), head.size());
+      } else {
+        std::string_view payload = constant_payload(layout_, record);
+        crc[r] = crc32_update(0, std::as_bytes(std::span(payload)));
+        std::memcpy(head.data(), payload.data(), std::min(head.size(), payload.size()));
+      }
+      if (record.size >= 8 && load_le32(head.data()) == kDescriptorSig)
+        combined = hash_combine(combined, load_le32(head.data() + 4));
+      if (record.size > 0) combined = hash_combine(combined, crc[r]);
+    }
+    std::string out;
+    for (std::size_t r = kFirstTensorRecord + tensors(); r < records.size(); ++r) {
+      const TorchZipRecord& record = records[r];
+      if (r != id_record) {
+        out += constant_record(r);
+        continue;
+      }
+      char id[kSerializationIdSize + 1];
+      std::snprintf(id, sizeof id, "%020llu%020llu",
+                    static_cast<unsigned long long>(layout_.name_hash),
+                    static_cast<unsigned long long>(combined));
+      crc[r] = crc32_update(0, std::as_bytes(std::span<const char>(id, kSerializationIdSize)));
+      out += torch_zip_local_header(layout_, record) + std::string(id, kSerializationIdSize) +
+             descriptor(record, crc[r]);
+    }
+    for (std::size_t r = 0; r < records.size(); ++r)
+      out += torch_zip_central_entry(layout_, records[r], crc[r]);
+    return out + zip_trailer(layout_);
+  }
+
+  TorchZipLayout layout_;
+};
+
+}  // namespace
+
+Result<OutputFile> torch_zip_output_file(std::string name, TorchZipLayout layout,
+                                         std::vector<LogicalTensor> tensors) {
+  if (tensors.size() != layout.tensor_record.size())
+    return invalid_input(name + ": " + std::to_string(tensors.size()) +
+                         " tensors for a layout of " +
+                         std::to_string(layout.tensor_record.size()));
+  auto framing = std::make_shared<TorchZipFraming>(std::move(layout));
+  const TorchZipLayout& l = framing->layout();
+  OutputFile file;
+  file.name = std::move(name);
+  file.header = framing->header();
+  std::vector<std::size_t> order(tensors.size());  // file order: by record
+  for (std::size_t t = 0; t < order.size(); ++t) order[t] = t;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return l.tensor_record[a] < l.tensor_record[b]; });
+  for (std::size_t t : order) {
+    const TorchZipRecord& record = l.records[l.tensor_record[t]];
+    if (nbytes(tensors[t]) != record.size)
+      return invalid_input(file.name + ": tensor '" + tensors[t].name + "' holds " +
+                           std::to_string(nbytes(tensors[t])) + " bytes, its record " +
+                           std::to_string(record.size));
+    std::uint64_t begin = record.data_offset - file.header.size();
+    file.tensors.push_back(PlacedTensor{std::move(tensors[t]), begin, begin + record.size});
+  }
+  if (!file.tensors.empty()) {
+    file.tail_bytes = framing->tail_bytes();
+    file.framing = std::move(framing);
+  }
+  return file;
 }
 
 }  // namespace ckptstream

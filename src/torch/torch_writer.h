@@ -1,7 +1,8 @@
 // Writer of torch.save zip files (torch.md §1), byte for byte what torch 2.6's torch.save writes
 // for a dict of contiguous CPU tensors, without holding any tensor in memory: the whole layout
 // (every record's offset, the pickle, every header) is computed up front from names, dtypes and
-// shapes; tensor bytes are then streamed in by the caller and CRC32'd on the way.
+// shapes; the executor then streams the tensor bytes in and CRC32s them on the way
+// (torch_zip_output_file).
 //
 // The file, all integers little-endian (prefix = archive name, see torch_archive_name):
 //
@@ -113,60 +114,12 @@ std::string torch_zip_local_header(const TorchZipLayout& layout, const TorchZipR
 std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZipRecord& record,
                                     std::uint32_t crc);
 
-// Writes one planned archive. The file is born as a hidden temporary in the target's directory
-// (".<name>.tmp.<random>"), preallocated, with every header and the small records written at
-// once; tensor bytes arrive through write_tensor_bytes; finish() writes the data descriptors,
-// the serialization id and the central directory, fsyncs, renames onto the target and fsyncs
-// the directory. Destroying an unfinished writer (or abort()) removes the temporary.
-//
-// Bytes of one tensor must arrive in order (each call's offset is where the previous call for
-// that tensor ended), because its CRC32 is computed while streaming; different tensors may
-// interleave freely. Memory use is independent of tensor sizes. Not for concurrent use: call it
-// from one thread at a time.
-// Writes the file as `.<name>.tmp.<random>` beside the target, locked (io/file_lock.h) while it is
-// written, and renames it into place when complete.
-class TorchZipWriter {
- public:
-  static Result<TorchZipWriter> create(const std::filesystem::path& target, TorchZipLayout layout);
-
-  TorchZipWriter(TorchZipWriter&& other) noexcept;
-  TorchZipWriter& operator=(TorchZipWriter&& other) noexcept;
-  TorchZipWriter(const TorchZipWriter&) = delete;
-  TorchZipWriter& operator=(const TorchZipWriter&) = delete;
-  ~TorchZipWriter();
-
-  const TorchZipLayout& layout() const { return layout_; }
-  const std::filesystem::path& temp_path() const { return temp_path_; }
-
-  // `bytes` of tensor `tensor` (an index of plan_torch_zip's input), starting `offset` bytes into
-  // the tensor.
-  Status write_tensor_bytes(std::size_t tensor, std::uint64_t offset,
-                            std::span<const std::byte> bytes);
-
-  // Every tensor must be complete. After success the target exists and the writer is spent.
-  Status finish();
-
-  // Removes the temporary file (idempotent; also done by the destructor when unfinished).
-  void abort();
-
- private:
-  TorchZipWriter() = default;
-  Status pwrite_all(std::uint64_t offset, std::span<const std::byte> bytes);
-  Status pwrite_all(std::uint64_t offset, std::string_view bytes);
-  Status write_record(std::size_t record, std::uint64_t offset, std::span<const std::byte> bytes);
-  std::string trailer() const;
-
-  TorchZipLayout layout_;
-  std::filesystem::path target_;
-  std::filesystem::path temp_path_;
-  int fd_ = -1;
-  std::vector<std::uint32_t> record_crc_;                  // per record, running
-  std::vector<std::uint64_t> record_written_;              // per record, bytes so far
-  std::vector<std::array<unsigned char, 8>> record_head_;  // per record, its first bytes
-};
-
-// Removes the temporary files of `target` that no live writer holds (left by a writer that was
-// killed); returns their names.
-std::vector<std::string> remove_stale_temp_files(const std::filesystem::path& target);
+// The archive as an output file of a plan (plan.h), written by the executor like any other:
+// `tensors` (in plan_torch_zip's input order, each holding its record's bytes) are placed at
+// their records' data offsets; the header holds everything before the first tensor's data, and
+// the framing writes each record's data descriptor (with the CRC-32 of the bytes the executor
+// wrote), the records after the tensors, the serialization id and the central directory.
+Result<OutputFile> torch_zip_output_file(std::string name, TorchZipLayout layout,
+                                         std::vector<LogicalTensor> tensors);
 
 }  // namespace ckptstream

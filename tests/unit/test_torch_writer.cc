@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/crc32.h"
+#include "exec/executor.h"
 #include "temp_dir.h"
 #include "torch/torch_checkpoint.h"
 #include "torch/torch_writer.h"
@@ -185,31 +186,58 @@ std::uint64_t tensor_nbytes(const TorchWriteTensor& t) {
   return n;
 }
 
-// Plans and writes `tensors` to `target`, streaming each tensor's pattern bytes in windows of
-// `window` bytes, round-robin over the tensors (interleaved, in order within each tensor).
-Status write_pattern_file(const fs::path& target, const std::vector<TorchWriteTensor>& tensors,
-                          bool ordered_dict, std::size_t window = 7) {
+// The bytes of `data` (one string per tensor) stored one after another in an input file, and the
+// plan of the torch zip at `target` whose tensors read them: the file is written by the executor
+// (execute_to_file) as `convert --to torch` writes it.
+Result<Plan> pattern_plan(const fs::path& target, const fs::path& input,
+                          const std::vector<TorchWriteTensor>& tensors,
+                          const std::vector<std::string>& data, bool ordered_dict) {
   TorchWriteOptions options;
   options.ordered_dict = ordered_dict;
   CKPT_ASSIGN_OR_RETURN(options.prefix, torch_archive_name(target));
   CKPT_ASSIGN_OR_RETURN(auto layout, plan_torch_zip(tensors, options));
-  CKPT_ASSIGN_OR_RETURN(auto writer, TorchZipWriter::create(target, std::move(layout)));
+  std::ofstream in(input, std::ios::binary);
+  std::vector<LogicalTensor> logical;
+  std::uint64_t at = 0;
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    in << data[i];
+    LogicalTensor t;
+    for (const auto& part : tensors[i].path) t.name += (t.name.empty() ? "" : "/") + part;
+    t.source_dtype = t.dtype = tensors[i].dtype;
+    t.shape = tensors[i].shape;
+    TensorRef ref;
+    ref.storage_begin = at;
+    ref.storage_nbytes = data[i].size();
+    ref.dtype = t.dtype;
+    ref.shape = t.shape;
+    ref.strides = Shape(t.shape.size(), 1);
+    for (std::size_t d = t.shape.size(); d-- > 1;) ref.strides[d - 1] = ref.strides[d] * t.shape[d];
+    t.fragments.push_back(Fragment{ref, Shape(t.shape.size(), 0)});
+    logical.push_back(std::move(t));
+    at += data[i].size();
+  }
+  in.close();
+  Plan plan;
+  plan.inputs = {input};
+  CKPT_ASSIGN_OR_RETURN(auto file, torch_zip_output_file(target.filename().string(),
+                                                         std::move(layout), std::move(logical)));
+  plan.files.push_back(std::move(file));
+  return plan;
+}
+
+// Plans and writes `tensors` holding their pattern bytes to `target`, through windows of
+// `window` bytes (ExecOptions::buffer_bytes), the input file kept outside target's directory.
+Status write_pattern_file(const fs::path& target, const std::vector<TorchWriteTensor>& tensors,
+                          bool ordered_dict, std::size_t window = 64) {
+  TempDir inputs("torch_writer_in");
   std::vector<std::string> data;
   for (std::size_t i = 0; i < tensors.size(); ++i)
     data.push_back(pattern_bytes(i, tensor_nbytes(tensors[i]), tensors[i].dtype));
-  std::vector<std::uint64_t> done(tensors.size(), 0);
-  bool more = true;
-  while (more) {
-    more = false;
-    for (std::size_t i = 0; i < tensors.size(); ++i) {
-      std::uint64_t n = std::min<std::uint64_t>(window, data[i].size() - done[i]);
-      if (n == 0) continue;
-      CKPT_TRY(writer.write_tensor_bytes(i, done[i], as_bytes(data[i]).subspan(done[i], n)));
-      done[i] += n;
-      more = true;
-    }
-  }
-  return writer.finish();
+  CKPT_ASSIGN_OR_RETURN(auto plan,
+                        pattern_plan(target, inputs.path / "in.bin", tensors, data, ordered_dict));
+  ExecOptions options;
+  options.buffer_bytes = window;
+  return execute_to_file(plan, target, options);
 }
 
 TorchWriteTensor tensor(std::string name, DType dtype, Shape shape) {
@@ -272,16 +300,16 @@ TEST_CASE("the file is byte-identical to torch 2.6's torch.save") {
   REQUIRE(layout.ok());
   CHECK(layout->file_size == expected.size());
   CHECK(layout->tensor_key == std::vector<std::string>{"0", "1", "2", "3", "4"});
-  auto writer = TorchZipWriter::create(target, std::move(layout).value());
-  REQUIRE(writer.ok());
-  // Out of order, in pieces.
-  REQUIRE(writer->write_tensor_bytes(4, 0, as_bytes(e)).ok());
-  REQUIRE(writer->write_tensor_bytes(0, 0, as_bytes(a).first(5)).ok());
-  REQUIRE(writer->write_tensor_bytes(3, 0, as_bytes(d)).ok());
-  REQUIRE(writer->write_tensor_bytes(0, 5, as_bytes(a).subspan(5)).ok());
-  REQUIRE(writer->write_tensor_bytes(1, 0, as_bytes(b)).ok());
-  auto finished = writer->finish();
-  REQUIRE_MESSAGE(finished.ok(), finished.error().message);
+  TempDir inputs("torch_writer_in");
+  auto plan = pattern_plan(target, inputs.path / "in.bin", tensors, {a, b, "", d, e}, true);
+  REQUIRE_MESSAGE(plan.ok(), plan.error().message);
+  CHECK(plan->files.front().size() == expected.size());
+  for (std::uint64_t window : {64ull, 5ull, 16ull << 20}) {  // windows in pieces, or whole
+    ExecOptions exec;
+    exec.buffer_bytes = window;
+    auto finished = execute_to_file(*plan, target, exec);
+    REQUIRE_MESSAGE(finished.ok(), finished.error().message);
+  }
   std::string actual = read_file(target);
   REQUIRE(actual.size() == expected.size());
 #ifdef __GLIBCXX__
@@ -467,55 +495,41 @@ TEST_CASE("zip64 fields on planned huge sizes") {
   CHECK(layout->central_directory_offset == records.back().end());
 }
 
-TEST_CASE("streaming rules: in order per tensor, complete before finish") {
+TEST_CASE("a failed write leaves neither the target nor a temporary; bad targets are named") {
   TempDir dir("torch_writer");
+  TempDir inputs("torch_writer_in");
   fs::path target = dir.path / "s.pt";
   std::vector<TorchWriteTensor> tensors = {tensor("a", DType::kF32, {4})};
-  TorchWriteOptions options;
-  options.prefix = "s";
-  auto writer = TorchZipWriter::create(target, plan_torch_zip(tensors, options).value());
-  REQUIRE(writer.ok());
-  std::string data(16, 'x');
-  CHECK(!writer->write_tensor_bytes(0, 4, as_bytes(data).first(4)).ok());  // a gap
-  CHECK(!writer->write_tensor_bytes(1, 0, as_bytes(data).first(4)).ok());  // no such tensor
-  CHECK(!writer->write_tensor_bytes(0, 0, as_bytes(data + "y")).ok());     // overrun
-  REQUIRE(writer->write_tensor_bytes(0, 0, as_bytes(data).first(8)).ok());
-  auto incomplete = writer->finish();
-  REQUIRE(!incomplete.ok());
-  CHECK(incomplete.error().message.find("only 8 of 16") != std::string::npos);
-  CHECK(fs::exists(writer->temp_path()));
-  writer->abort();
+  auto plan = pattern_plan(target, inputs.path / "in.bin", tensors, {std::string(16, 'x')}, false);
+  REQUIRE(plan.ok());
+  fs::resize_file(inputs.path / "in.bin", 8);  // the input lost half of the tensor
+  auto truncated = execute_to_file(*plan, target, {});
+  REQUIRE(!truncated.ok());
   CHECK(entry_count(dir.path) == 0);
 
-  // Destroying an unfinished writer removes its temporary too.
-  {
-    auto w2 = TorchZipWriter::create(target, plan_torch_zip(tensors, options).value());
-    REQUIRE(w2.ok());
-    CHECK(entry_count(dir.path) == 1);
-  }
+  // A temporary that a killed writer left (its lock free) is stale; a live writer's is not.
+  std::ofstream(dir.path / ".s.pt.tmp.0000deadbeef") << "x";
+  CHECK(remove_stale_temp_files(target) == std::vector<std::string>{".s.pt.tmp.0000deadbeef"});
   CHECK(entry_count(dir.path) == 0);
-}
 
-TEST_CASE("bad targets and bad tensors give clear errors") {
-  TempDir dir("torch_writer");
-  std::vector<TorchWriteTensor> tensors = {tensor("a", DType::kF32, {4})};
-  auto layout = plan_torch_zip(tensors, {}).value();
-  auto missing = TorchZipWriter::create(dir.path / "no" / "such" / "dir.pt", layout);
+  std::ofstream(inputs.path / "in.bin") << std::string(16, 'x');  // whole again
+  auto missing = execute_to_file(*plan, dir.path / "no" / "such" / "dir.pt", {});
   REQUIRE(!missing.ok());
   CHECK(missing.error().kind == ErrorKind::kIo);
   CHECK(missing.error().message.find("cannot create a temporary file") != std::string::npos);
   std::ofstream(dir.path / "file") << "x";
-  auto not_dir = TorchZipWriter::create(dir.path / "file" / "x.pt", layout);
+  auto not_dir = execute_to_file(*plan, dir.path / "file" / "x.pt", {});
   REQUIRE(!not_dir.ok());
   CHECK(entry_count(dir.path) == 1);
   if (::geteuid() != 0) {  // root writes anywhere
     fs::create_directory(dir.path / "ro");
     fs::permissions(dir.path / "ro", fs::perms::owner_read | fs::perms::owner_exec);
-    auto ro = TorchZipWriter::create(dir.path / "ro" / "x.pt", layout);
-    CHECK(!ro.ok());
+    CHECK(!execute_to_file(*plan, dir.path / "ro" / "x.pt", {}).ok());
     CHECK(fs::is_empty(dir.path / "ro"));
   }
+}
 
+TEST_CASE("bad tensors give clear errors") {
   auto duplicate =
       plan_torch_zip({tensor("a", DType::kF32, {1}), tensor("a", DType::kF32, {1})}, {});
   REQUIRE(!duplicate.ok());
