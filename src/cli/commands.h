@@ -9,10 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "ckptstream/ckptstream.h"
 #include "ckptstream/result.h"
-#include "core/interrupt.h"
-#include "exec/executor.h"
-#include "pipeline/merge_plan.h"
 #include "verify/compare.h"
 
 namespace ckptstream::cli {
@@ -47,6 +45,11 @@ struct DistArgs {
   double wait_timeout = 7200;  // seconds rank 0 waits for the other ranks' files
 };
 void add_dist_options(CLI::App& cmd, DistArgs& args);
+
+class ProgressBar;
+// The library's write options for these flags: notes printed unless quiet, progress to `bar`.
+WriteOptions write_options(const DistArgs& dist, bool overwrite, bool quiet, std::string owner,
+                           unsigned threads, const InterruptFlag* interrupt, ProgressBar& bar);
 
 struct ConvertArgs {
   std::vector<std::filesystem::path> sources;
@@ -90,8 +93,10 @@ struct CheckpointArgs {
   const InterruptFlag* interrupt = nullptr;  // set by main (signals.h)
 };
 void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required);
-// Detects the layout and plans the model the checkpoint becomes (merge_plan.h).
-Result<MergePlan> plan_from_args(const CheckpointArgs& args, std::size_t sampled_headers = 0);
+// The library's conversion options for these flags.
+Result<ConversionOptions> to_conversion_options(const CheckpointArgs& args);
+// Detects the layout and plans the model the checkpoint becomes (plan_checkpoint).
+Result<ConversionPlan> plan_from_args(const CheckpointArgs& args, std::size_t sampled_headers = 0);
 
 // --atol / --rtol, for test and verify --reference.
 void add_tolerance_options(CLI::App& cmd, double& atol, double& rtol);
@@ -118,19 +123,6 @@ struct FinalizeArgs {
 };
 void add_finalize(CLI::App& app, FinalizeArgs& args);
 int run_finalize(const FinalizeArgs& args);
-
-// Writes a model into `target_dir`: in one process as before, or, in a distributed run
-// (DistArgs / the environment), this rank's files, and on rank 0 the rest once every rank is
-// done. Returns true when the model is complete in the target (false on ranks other than 0).
-struct ModelTarget {
-  std::filesystem::path dir;
-  bool overwrite = false;
-  bool quiet = false;
-  std::string label;  // "merge", "convert": the progress bar's
-};
-// `adapter`, when given, is written into `<dir>/lora_adapter` once the model is complete.
-Result<bool> write_model(const Plan& plan, const ModelTarget& target, const DistArgs& dist,
-                         ExecOptions options, const std::optional<Plan>& adapter = std::nullopt);
 
 struct PlanArgs {
   CheckpointArgs checkpoint;

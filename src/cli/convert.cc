@@ -4,9 +4,7 @@
 
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "exec/executor.h"
-#include "exec/manifest.h"
-#include "pipeline/merge_plan.h"
+#include "plan/report.h"
 #include "safetensors/safetensors.h"
 
 namespace ckptstream::cli {
@@ -47,32 +45,29 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
 int run_convert(const ConvertArgs& args) {
   if (args.to == "torch") return run_convert_to_torch(args);
   if (args.target_dir.empty()) return report_error(usage_error("--target_dir is required"));
-  MergeOptions merge_options;
-  auto choice = parse_dtype_choice(args.dtype);
-  if (!choice.ok()) return report_error(choice.error());
-  merge_options.dtype = *choice;
+  ConversionOptions conversion;
+  conversion.dtype = args.dtype;
   auto max_shard = safetensors::parse_max_shard_size(args.max_shard_size);
   if (!max_shard.ok()) return report_error(max_shard.error());
-  merge_options.max_shard_size = *max_shard;
-  auto merge = plan_convert(args.sources, merge_options);
-  if (!merge.ok()) return report_error(merge.error());
-  const Plan* plan = &merge->model;
+  conversion.max_shard_size = *max_shard;
+  conversion.threads = args.threads;
+  conversion.interrupt = args.interrupt;
+  auto plan = plan_torch_files(args.sources, conversion);
+  if (!plan.ok()) return report_error(plan.error());
 
-  ExecOptions options;
-  options.threads = args.threads;
-  options.interrupt = args.interrupt;
-  ModelTarget target{args.target_dir, args.overwrite, args.quiet, "convert"};
-  auto complete = write_model(*plan, target, args.dist, options);
+  ProgressBar bar("convert", args.quiet);
+  WriteOptions options = write_options(args.dist, args.overwrite, args.quiet, "convert",
+                                       args.threads, args.interrupt, bar);
+  auto complete = write_model(*plan, args.target_dir, options);
+  bar.finish();
   if (!complete.ok()) return report_error(complete.error());
   if (!*complete) return kExitOk;  // another rank of a distributed run: rank 0 finishes
 
   if (!args.quiet) {
-    for (const auto& note : merge->notes) std::fprintf(stderr, "note: %s\n", note.c_str());
-    std::size_t tensors = 0;
-    for (const auto& file : plan->files) tensors += file.tensors.size();
-    std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", tensors,
-                human_bytes(plan->total_size).c_str(), plan->files.size(),
-                plan->files.size() == 1 ? "" : "s", args.target_dir.c_str());
+    for (const auto& note : plan->notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
+    std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", plan->tensor_count(),
+                human_bytes(plan->tensor_bytes()).c_str(), plan->file_count(),
+                plan->file_count() == 1 ? "" : "s", args.target_dir.c_str());
   }
   return kExitOk;
 }

@@ -10,8 +10,6 @@
 
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "exec/executor.h"
-#include "pipeline/merge_plan.h"
 #include "plan/report.h"
 #include "safetensors/safetensors.h"
 
@@ -65,16 +63,10 @@ Status run_upload(const std::string& client, const std::string& repo, const fs::
   return {};
 }
 
-void print_notes(const MergePlan& plan, bool quiet) {
+void print_notes(const ConversionPlan& plan, bool quiet) {
   if (quiet) return;
-  std::fprintf(stderr, "found: %s\n", plan.layout.c_str());
-  for (const auto& note : plan.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
-}
-
-std::size_t tensor_count(const Plan& plan) {
-  std::size_t n = 0;
-  for (const auto& file : plan.files) n += file.tensors.size();
-  return n;
+  std::fprintf(stderr, "found: %s\n", plan.layout().c_str());
+  for (const auto& note : plan.notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
 }
 
 }  // namespace
@@ -131,15 +123,15 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }
 
-Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
-  MergeOptions options;
+Result<ConversionOptions> to_conversion_options(const CheckpointArgs& args) {
+  ConversionOptions options;
   options.backend = args.backend;
-  CKPT_ASSIGN_OR_RETURN(options.dtype, parse_dtype_choice(args.dtype));
+  options.dtype = args.dtype;
   CKPT_ASSIGN_OR_RETURN(options.max_shard_size,
                         safetensors::parse_max_shard_size(args.max_shard_size));
   options.tie_word_embedding = args.tie_word_embedding;
   options.keep_packed_experts = args.keep_packed_experts;
-  options.lora = args.lora == "adapter" ? LoraMode::kAdapter : LoraMode::kFuse;
+  options.lora = args.lora;
   options.lora_alpha = args.lora_alpha;
   options.lora_rank = args.lora_rank;
   options.use_rslora = args.use_rslora;
@@ -151,15 +143,15 @@ Result<MergeOptions> to_merge_options(const CheckpointArgs& args) {
   return options;
 }
 
-Result<MergePlan> plan_from_args(const CheckpointArgs& args, std::size_t sampled_headers) {
+Result<ConversionPlan> plan_from_args(const CheckpointArgs& args, std::size_t sampled_headers) {
   if (args.local_dir.empty()) return usage_error("--local_dir is required");
-  CKPT_ASSIGN_OR_RETURN(auto options, to_merge_options(args));
+  CKPT_ASSIGN_OR_RETURN(auto options, to_conversion_options(args));
   options.sampled_headers = sampled_headers;
   if (!args.quiet && args.trust_remote_code)
     std::fprintf(stderr, "note: --trust-remote-code has no effect: no code is ever run\n");
   if (!args.quiet && args.use_cpu_initialization)
     std::fprintf(stderr, "note: --use_cpu_initialization has no effect: no GPU is used\n");
-  return plan_merge(args.local_dir, options);
+  return plan_checkpoint(args.local_dir, options);
 }
 
 void add_merge(CLI::App& app, MergeArgs& args) {
@@ -184,21 +176,21 @@ int run_merge(const MergeArgs& args) {
           usage_error("--hf_upload_path needs the Hugging Face command-line client (`hf` or "
                       "`huggingface-cli`) on PATH; none was found, so nothing was done"));
   }
-  auto merge = plan_from_args(args.checkpoint);
-  if (!merge.ok()) return report_error(merge.error());
-  print_notes(*merge, args.checkpoint.quiet);
+  auto plan = plan_from_args(args.checkpoint);
+  if (!plan.ok()) return report_error(plan.error());
+  print_notes(*plan, args.checkpoint.quiet);
 
-  ExecOptions options;
-  options.threads = args.checkpoint.threads;
-  options.interrupt = args.checkpoint.interrupt;
-  ModelTarget target{args.target_dir, args.overwrite, args.checkpoint.quiet, "merge"};
-  auto complete = write_model(merge->model, target, args.dist, options, merge->adapter);
+  ProgressBar bar("merge", args.checkpoint.quiet);
+  WriteOptions options = write_options(args.dist, args.overwrite, args.checkpoint.quiet, "merge",
+                                       args.checkpoint.threads, args.checkpoint.interrupt, bar);
+  auto complete = write_model(*plan, args.target_dir, options);
+  bar.finish();
   if (!complete.ok()) return report_error(complete.error());
   if (!*complete) return kExitOk;  // another rank of a distributed run: rank 0 finishes
   if (!args.checkpoint.quiet)
-    std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", tensor_count(merge->model),
-                human_bytes(merge->model.total_size).c_str(), merge->model.files.size(),
-                merge->model.files.size() == 1 ? "" : "s", args.target_dir.c_str());
+    std::printf("wrote %zu tensors (%s) in %zu file%s to %s\n", plan->tensor_count(),
+                human_bytes(plan->tensor_bytes()).c_str(), plan->file_count(),
+                plan->file_count() == 1 ? "" : "s", args.target_dir.c_str());
   if (!upload_client.empty()) {
     auto uploaded =
         run_upload(upload_client, args.hf_upload_path, args.target_dir, args.private_repo);
@@ -226,22 +218,14 @@ void print_part(std::string_view part) {
 }
 
 int run_plan(const PlanArgs& args) {
-  // Shown, not executed: the data offsets may be computed (MergeOptions::sampled_headers).
-  auto merge = plan_from_args(args.checkpoint, kPlanSampledHeaders);
-  if (!merge.ok()) return report_error(merge.error());
-  PlanSummaryOptions report;
-  report.detail =
-      args.summary ? PlanSummaryOptions::Detail::kTensors : PlanSummaryOptions::Detail::kFragments;
-  report.memory_window = ExecOptions{}.buffer_bytes;
+  // Shown, not executed: the data offsets may be computed (ConversionOptions::sampled_headers).
+  auto plan = plan_from_args(args.checkpoint, kPlanSampledHeaders);
+  if (!plan.ok()) return report_error(plan.error());
   if (args.json) {
-    write_plan_json(merge->model, report, print_part);
+    plan->write_json(print_part, !args.summary);
   } else {
-    print_notes(*merge, false);
-    write_plan_text(merge->model, report, print_part);
-    if (merge->adapter) {
-      std::printf("\nlora_adapter/:\n");
-      write_plan_text(*merge->adapter, report, print_part);
-    }
+    print_notes(*plan, false);
+    plan->write_text(print_part, !args.summary);
   }
   return kExitOk;
 }

@@ -4,7 +4,8 @@
 
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "pipeline/merge_plan.h"
+#include "api/plan_impl.h"
+#include "exec/executor.h"
 #include "verify/compare.h"
 
 namespace ckptstream::cli {
@@ -46,8 +47,8 @@ std::vector<std::string> skipped_names(const CheckpointArgs& args) {
 }
 
 int run_test(const TestArgs& args) {
-  auto merge = plan_from_args(args.checkpoint);
-  if (!merge.ok()) return report_error(merge.error());
+  auto plan = plan_from_args(args.checkpoint);
+  if (!plan.ok()) return report_error(plan.error());
   ProgressBar bar("test", args.checkpoint.quiet);
   CompareOptions options;
   options.atol = args.atol;
@@ -56,7 +57,7 @@ int run_test(const TestArgs& args) {
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
   ExecOptions exec;
   exec.interrupt = args.checkpoint.interrupt;
-  auto report = compare_plan(merge->model, args.test_hf_dir, options, exec);
+  auto report = compare_plan(plan->impl().merge.model, args.test_hf_dir, options, exec);
   bar.finish();
   if (!report.ok()) return report_error(report.error());
   return print_comparison(*report, args.test_hf_dir, args.checkpoint.quiet);

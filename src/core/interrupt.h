@@ -8,11 +8,10 @@
 
 #include <atomic>
 
+#include "ckptstream/ckptstream.h"  // InterruptFlag
 #include "ckptstream/result.h"
 
 namespace ckptstream {
-
-using InterruptFlag = std::atomic<bool>;
 
 inline bool interrupt_requested(const InterruptFlag* flag) {
   return flag != nullptr && flag->load(std::memory_order_relaxed);

@@ -14,28 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "ckptstream/ckptstream.h"
 #include "ckptstream/result.h"
 #include "core/interrupt.h"
 
 namespace ckptstream {
 
-struct VerifyReport {
-  std::size_t files = 0;
-  std::size_t tensors = 0;
-  std::uint64_t bytes = 0;
-  std::size_t other_files = 0;        // side files, generated files and the index, checked
-  std::vector<std::string> problems;  // empty when everything matched
-  std::vector<std::string> notes;     // what could not be checked, and why
-};
-
-struct VerifyOptions {
-  std::uint64_t buffer_bytes = 8ull << 20;
-  std::function<void(std::uint64_t, std::uint64_t)> on_progress;
-  const InterruptFlag* interrupt = nullptr;  // checked at every buffer; may be null
-};
-
-// Errors are for what prevents checking at all (no such directory); differences found are
+// VerifyReport, VerifyOptions and verify_output(dir, options) are declared in the public header:
+// errors are for what prevents checking at all (no such directory); differences found are
 // listed in VerifyReport::problems.
-Result<VerifyReport> verify_output(const std::filesystem::path& dir, const VerifyOptions& options);
 
 }  // namespace ckptstream
