@@ -7,7 +7,7 @@
     gen_ckpt.py megatron OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32] [--dist-optim]
     gen_ckpt.py megatron-dist OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32]
 
-fsdp: a verl FSDP2 actor directory (../shared/docs/formats/verl.md §1):
+fsdp: a verl FSDP2 actor directory (docs/formats/verl.md §1):
   model_world_size_W_rank_R.pt   torch.save zip of the rank's state dict, byte for byte as torch
                                  2.6 writes it: STORED records, 64-byte aligned data through the
                                  "FB" local extra field, bit-3 data descriptors, records in the
@@ -27,7 +27,7 @@ dcp: a torch.distributed.checkpoint directory of the same model saved as {"model
 deepseek: the DeepSeek-V3 (671B) tensor list, bf16, in the fsdp layout (or --layout dcp); every
   tensor's data is a hole (seek past it), so ~1.34 TB declared takes a few GB on disk. For
   `ckptstream plan` at scale (the data are zeros; do not merge it).
-megatron: a Megatron-LM legacy checkpoint (--ckpt-format torch; ../shared/docs/formats/megatron.md
+megatron: a Megatron-LM legacy checkpoint (--ckpt-format torch; docs/formats/megatron.md
   §2) of a Megatron-core GPT model (TE layer spec) with Qwen2 shapes: OUT/latest_checkpointed_
   iteration.txt, OUT/iter_0000100/mp_rank_TT[_PPP]/model_optim_rng.pt (torch.save zips of {args:
   argparse.Namespace, checkpoint_version: 3.0, iteration, model: the stage's state dict with TP-
@@ -687,7 +687,7 @@ def write_dcp(out, tensors, config, w, dt, seed, sparse, prefix="model"):
 
 
 # ---------------------------------------------------------------------------------------------
-# Megatron layouts (../shared/docs/formats/megatron.md): a Megatron-core GPT model (Transformer
+# Megatron layouts (docs/formats/megatron.md): a Megatron-core GPT model (Transformer
 # Engine layer spec, as Megatron-LM builds it by default) of Qwen2 shapes, TP x PP, DP = 1.
 
 def megatron_classes():

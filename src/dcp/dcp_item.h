@@ -1,4 +1,4 @@
-// The items of a DCP checkpoint's .distcp files (../shared/docs/formats/torch.md §4.2, §4.5).
+// The items of a DCP checkpoint's .distcp files (docs/formats/torch.md §4.2, §4.5).
 //
 // A tensor chunk occupies [offset, offset + length) of its file (StorageInfo). With the default
 // SerializationFormat.TORCH_SAVE those bytes are a complete torch.save zip of the chunk alone:

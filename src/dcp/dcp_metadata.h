@@ -1,5 +1,5 @@
 // The `.metadata` file of a torch.distributed.checkpoint (DCP) directory
-// (../shared/docs/formats/torch.md §4.3, megatron.md §1.3): one pickle (protocol 2 to 5) of
+// (docs/formats/torch.md §4.3, megatron.md §1.3): one pickle (protocol 2 to 5) of
 //
 //   Metadata (dataclass; megatron's MCoreMetadata subclass too), BUILD dict:
 //     state_dict_metadata: {fqn: TensorStorageMetadata | BytesStorageMetadata}  (state-dict order)

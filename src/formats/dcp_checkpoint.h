@@ -1,4 +1,4 @@
-// torch.distributed.checkpoint (DCP) directories as a whole (../shared/docs/formats/torch.md §4,
+// torch.distributed.checkpoint (DCP) directories as a whole (docs/formats/torch.md §4,
 // megatron.md §1.3 and §5.2): `.metadata` + `__R_K.distcp` written by dcp.save (FSDP, accelerate,
 // RLinf, verl's DCP mode, torch_save_to_dcp), and RLinf's layout around them:
 //

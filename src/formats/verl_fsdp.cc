@@ -1,4 +1,4 @@
-// verl FSDP checkpoints (../shared/docs/formats/verl.md §1, torch.md §3.1):
+// verl FSDP checkpoints (docs/formats/verl.md §1, torch.md §3.1):
 //   <dir>/model_world_size_{W}_rank_{R}.pt   torch.save(model.state_dict()) of rank R; values are
 //                                             DTensors (this rank's local shard + DTensorSpec)
 //                                             or plain tensors (W = 1, persistent buffers)

@@ -1,4 +1,4 @@
-// verl FSDP checkpoints (../shared/docs/formats/verl.md §1): a role directory
+// verl FSDP checkpoints (docs/formats/verl.md §1): a role directory
 // (.../global_step_N/actor) holding model_world_size_{W}_rank_{R}.pt (older: model_rank_{R}.pt),
 // one torch.save file per rank whose values are DTensors (FSDP2, or FSDP1 with a device mesh) or
 // plain tensors (W = 1, replicated buffers); fsdp_config.json {"FSDP_version", "world_size"};

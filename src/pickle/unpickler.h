@@ -2,7 +2,7 @@
 //
 // A pickle is a stream of one-byte opcodes with inline arguments, run by a stack machine with a
 // mark stack and a memo; STOP returns the top of the stack. The opcode table is in
-// ../shared/docs/formats/torch.md §5. Multi-byte integers are little-endian except BINFLOAT,
+// docs/formats/torch.md §5. Multi-byte integers are little-endian except BINFLOAT,
 // which is a big-endian IEEE double. Text opcodes of protocol 0 (INT, LONG, FLOAT, STRING,
 // UNICODE, GET, PUT, GLOBAL, INST, PERSID) carry newline-terminated arguments.
 //

@@ -1,7 +1,7 @@
 // What a torch.save file holds, as plain values: every tensor reachable from the saved object,
 // named by its dotted path ("model.layers.0.weight", "optim.state.0.exp_avg", "list.3"), with the
 // location of its storage in the file. Nothing is executed and no tensor byte is read here.
-// Byte-level formats: ../shared/docs/formats/torch.md §1 (zip), §2 (legacy), §3 (DTensor).
+// Byte-level formats: docs/formats/torch.md §1 (zip), §2 (legacy), §3 (DTensor).
 #pragma once
 
 #include <cstdint>
