@@ -71,14 +71,13 @@ class SerialWorker {
 }  // namespace
 
 class RankFileReader::Impl {
-  // Each file opened ahead holds its zip directory and data.pkl (20 MB per DeepSeek-V3 rank file
-  // at W=16); more than two ahead only cost memory: on 16 cores the plan took as long with 15
-  // (609 MB peak) as with 3 (502 MB).
+  // Each file opened ahead holds its zip directory and data.pkl (tens of MB for a large model's
+  // rank file); opening more than two ahead costs memory and no time (bench/plan_scaling.sh,
+  // results in bench/results/plan-scaling-*).
   static constexpr unsigned kMaxOpenAhead = 2;
-  // Unpickling is three quarters of the work of a plan of many tensors, and the caller (merging
-  // each rank) and the opener need little CPU: two builders halve it from two threads on.
-  // DeepSeek-V3 shape, 16 cores: 5.5 s and 350 MB with one builder, 2.7 s and 450 MB with two
-  // (each file then opened one ahead only); 2 cores: 3.7-4.1 s with one, 2.4-2.5 s with two.
+  // Unpickling is most of the work of a plan of many tensors, while the caller (merging each
+  // rank) and the opener need little CPU: two builders nearly halve the time from two threads
+  // on, for one more file's graph in memory (bench/results/plan-deepseek-*).
   static constexpr unsigned kTwoBuildersFrom = 2;
 
  public:

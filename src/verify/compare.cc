@@ -429,7 +429,7 @@ std::string describe(const TensorComparison& comparison) {
 }
 
 Result<CompareReport> compare_stream(const std::vector<CandidateTensor>& tensors,
-                                     const WindowSource& source, const fs::path& reference,
+                                     const CandidateSource& source, const fs::path& reference,
                                      const CompareOptions& options) {
   CompareReport report;
   CKPT_ASSIGN_OR_RETURN(auto model, open_model(reference, "reference", report.problems));
@@ -456,7 +456,7 @@ Result<CompareReport> compare_dirs(const fs::path& candidate, const fs::path& re
     sources.push_back(&tensor);
   }
   std::vector<std::byte> buffer(std::max<std::uint64_t>(options.buffer_bytes, 1));
-  auto source = [&](const WindowSink& sink) -> Status {
+  auto source = [&](const CandidateSink& sink) -> Status {
     for (const ModelTensor* tensor : sources) {
       const InputFile& file = model.files[tensor->file];
       std::uint64_t begin = model.data_start[tensor->file] + tensor->entry.data_begin;
@@ -483,7 +483,7 @@ Result<CompareReport> compare_plan(const Plan& plan, const fs::path& reference,
   for (const auto& file : plan.files)
     for (const auto& placed : file.tensors)
       tensors.push_back({placed.tensor.name, placed.tensor.dtype, placed.tensor.shape});
-  auto source = [&](const WindowSink& sink) {
+  auto source = [&](const CandidateSink& sink) {
     return stream_plan(
         plan, exec_options,
         [&](const OutputFile&, const PlacedTensor& placed, std::uint64_t offset,

@@ -92,15 +92,15 @@ struct CandidateTensor {
 // Receives the candidate's bytes: each tensor's windows in order (offset = bytes of the tensor
 // before the window), windows of different tensors in any order. Windows need not hold whole
 // elements.
-using WindowSink = std::function<Status(std::string_view tensor, std::uint64_t offset,
+using CandidateSink = std::function<Status(std::string_view tensor, std::uint64_t offset,
                                         std::span<const std::byte> bytes)>;
 // Produces the whole candidate into the sink; returns the sink's first error, or its own.
-using WindowSource = std::function<Status(const WindowSink& sink)>;
+using CandidateSource = std::function<Status(const CandidateSink& sink)>;
 
 // The core: compares the candidate that `source` produces, declared by `tensors`, against the
 // reference model at `reference`.
 Result<CompareReport> compare_stream(const std::vector<CandidateTensor>& tensors,
-                                     const WindowSource& source,
+                                     const CandidateSource& source,
                                      const std::filesystem::path& reference,
                                      const CompareOptions& options);
 

@@ -398,7 +398,7 @@ TEST_CASE("the stream core: windows split anywhere, errors and short streams") {
 
   // Windows of 3 bytes split every float and int64; one value changed in the last tensor.
   model[3].bytes[20] = std::byte{0x01};
-  auto odd_windows = [&](const WindowSink& sink) -> Status {
+  auto odd_windows = [&](const CandidateSink& sink) -> Status {
     for (const auto& t : model)
       for (std::size_t at = 0; at < t.bytes.size(); at += 3) {
         std::size_t n = std::min<std::size_t>(3, t.bytes.size() - at);
@@ -417,13 +417,13 @@ TEST_CASE("the stream core: windows split anywhere, errors and short streams") {
   // A window for an undeclared tensor, or out of order: errors.
   auto undeclared = compare_stream(
       declared,
-      [&](const WindowSink& sink) { return sink("nope", 0, std::span<const std::byte>()); },
+      [&](const CandidateSink& sink) { return sink("nope", 0, std::span<const std::byte>()); },
       dir.sub("ref"), {});
   REQUIRE(!undeclared.ok());
   CHECK(undeclared.error().message.find("undeclared tensor nope") != std::string::npos);
   auto out_of_order = compare_stream(
       declared,
-      [&](const WindowSink& sink) {
+      [&](const CandidateSink& sink) {
         return sink(model[0].name, 4, std::span<const std::byte>(model[0].bytes.data(), 4));
       },
       dir.sub("ref"), {});
@@ -431,7 +431,7 @@ TEST_CASE("the stream core: windows split anywhere, errors and short streams") {
 
   // A source error is returned as it is.
   auto failing = compare_stream(
-      declared, [&](const WindowSink&) -> Status { return io_error("disk on fire"); },
+      declared, [&](const CandidateSink&) -> Status { return io_error("disk on fire"); },
       dir.sub("ref"), {});
   REQUIRE(!failing.ok());
   CHECK(failing.error().message == "disk on fire");
@@ -439,7 +439,7 @@ TEST_CASE("the stream core: windows split anywhere, errors and short streams") {
   // A stream that stops early leaves tensors short: a problem per tensor.
   auto short_stream = compare_stream(
       declared,
-      [&](const WindowSink& sink) {
+      [&](const CandidateSink& sink) {
         return sink(model[0].name, 0, std::span<const std::byte>(model[0].bytes.data(), 8));
       },
       dir.sub("ref"), {});
