@@ -35,10 +35,10 @@ using InterruptFlag = std::atomic<bool>;
 // How to read a checkpoint and what model to make of it. Strings are spelled as the command line
 // spells them.
 struct ConversionOptions {
-  std::string backend = "auto";   // auto (detect), fsdp, dcp: a checkpoint reader
-  std::string dtype = "auto";     // auto (config.json's), keep, bf16, fp16, fp32
+  std::string backend = "auto";                  // auto (detect), fsdp, dcp: a checkpoint reader
+  std::string dtype = "auto";                    // auto (config.json's), keep, bf16, fp16, fp32
   std::uint64_t max_shard_size = 5'000'000'000;  // largest output file (huggingface_hub's split)
-  bool tie_word_embedding = false;   // drop lm_head.weight whatever config.json says
+  bool tie_word_embedding = false;               // drop lm_head.weight whatever config.json says
   bool keep_packed_experts = false;  // MoE experts as transformers v5 packs them in memory
   std::string lora = "fuse";         // fuse (into the weights) or adapter (a PEFT adapter beside)
   std::optional<double> lora_alpha;
@@ -62,7 +62,7 @@ class ConversionPlan {
   struct Impl;
   explicit ConversionPlan(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
 
-  const std::string& layout() const;             // what was found ("verl FSDP checkpoint, ...")
+  const std::string& layout() const;              // what was found ("verl FSDP checkpoint, ...")
   const std::vector<std::string>& notes() const;  // what was decided, and why
   std::size_t file_count() const;
   std::size_t tensor_count() const;

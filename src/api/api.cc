@@ -17,32 +17,6 @@ namespace ckptstream {
 namespace fs = std::filesystem;
 namespace {
 
-Result<MergeOptions> to_merge_options(const ConversionOptions& options) {
-  MergeOptions out;
-  out.backend = options.backend;
-  CKPT_ASSIGN_OR_RETURN(out.dtype, parse_dtype_choice(options.dtype));
-  if (options.max_shard_size == 0) return usage_error("the largest output file must hold a byte");
-  out.max_shard_size = options.max_shard_size;
-  out.tie_word_embedding = options.tie_word_embedding;
-  out.keep_packed_experts = options.keep_packed_experts;
-  if (options.lora != "fuse" && options.lora != "adapter")
-    return usage_error("--lora must be fuse or adapter (got '" + options.lora + "')");
-  out.lora = options.lora == "adapter" ? LoraMode::kAdapter : LoraMode::kFuse;
-  out.lora_alpha = options.lora_alpha;
-  out.lora_rank = options.lora_rank;
-  out.use_rslora = options.use_rslora;
-  out.prefix = options.prefix;
-  out.hf_config = options.hf_config;
-  out.raw_state_dict = options.as_saved;
-  // The state dict as saved keeps its dtypes unless one is asked for.
-  if (options.as_saved && out.dtype == DTypeChoice::kAuto) out.dtype = DTypeChoice::kKeep;
-  out.threads = options.threads;
-  out.accept_renamed_rank_files = options.accept_renamed_rank_files;
-  out.sampled_headers = options.sampled_headers;
-  out.interrupt = options.interrupt;
-  return out;
-}
-
 ConversionPlan wrap(MergePlan merge) {
   auto impl = std::make_shared<ConversionPlan::Impl>();
   impl->merge = std::move(merge);
@@ -124,8 +98,7 @@ Result<bool> write_model_once(const MergePlan& merge, const fs::path& target,
   CKPT_ASSIGN_OR_RETURN(OutputDir dir, OutputDir::prepare_shared(target, plan, prepare));
   dir_notes(dir, options);
   if (dir.already_complete()) return rank.rank == 0;
-  CKPT_ASSIGN_OR_RETURN(RankReport report,
-                        dir.write_rank(plan, exec, rank.rank, rank.world_size));
+  CKPT_ASSIGN_OR_RETURN(RankReport report, dir.write_rank(plan, exec, rank.rank, rank.world_size));
   note(options, "rank " + std::to_string(rank.rank) + " wrote " +
                     std::to_string(report.written.size()) + " of the " +
                     std::to_string(plan.files.size()) + " files");
@@ -139,20 +112,36 @@ Result<bool> write_model_once(const MergePlan& merge, const fs::path& target,
   return true;
 }
 
+// Pairs the entries of `expected` and `actual` by name: `check(want, have)` for each pair, and
+// `missing(name)` / `extra(name)` for an entry on one side only.
+template <class Entry, class Check, class Missing, class Extra>
+void match_by_name(const std::vector<Entry>& expected, const std::vector<Entry>& actual,
+                   Check check, Missing missing, Extra extra) {
+  std::map<std::string, const Entry*> by_name;
+  for (const auto& entry : actual) by_name[entry.name] = &entry;
+  for (const auto& want : expected) {
+    auto it = by_name.find(want.name);
+    if (it == by_name.end()) {
+      missing(want.name);
+      continue;
+    }
+    check(want, *it->second);
+    by_name.erase(it);
+  }
+  for (const auto& [name, entry] : by_name) extra(name);
+}
+
 // What the source says OUT must hold, against what OUT's manifest says it holds (whose bytes
 // verify_output has just checked).
 std::vector<std::string> compare_manifests(const Manifest& expected, const Manifest& actual) {
   std::vector<std::string> problems;
-  std::map<std::string, const FileDigest*> files;
-  for (const auto& file : actual.files) files[file.name] = &file;
-  for (const auto& want : expected.files) {
-    auto it = files.find(want.name);
-    if (it == files.end()) {
-      problems.push_back(want.name + ": the source gives this file; the output lacks it");
-      continue;
-    }
-    const FileDigest& have = *it->second;
-    files.erase(it);
+  auto lacked = [&](const std::string& name) {
+    problems.push_back(name + ": the source gives this file; the output lacks it");
+  };
+  auto unsourced = [&](const std::string& name) {
+    problems.push_back(name + ": not produced by the source");
+  };
+  auto check_file = [&](const FileDigest& want, const FileDigest& have) {
     if (have.size != want.size)
       problems.push_back(want.name + ": " + std::to_string(have.size) +
                          " bytes, the source gives " + std::to_string(want.size));
@@ -160,83 +149,87 @@ std::vector<std::string> compare_manifests(const Manifest& expected, const Manif
       problems.push_back(want.name +
                          ": header differs from the one the source gives (dtypes, shapes or "
                          "offsets)");
-    std::map<std::string, std::string> hashes;
-    for (const auto& t : have.tensors) hashes[t.name] = t.xxh3_128;
-    for (const auto& t : want.tensors) {
-      auto h = hashes.find(t.name);
-      if (h == hashes.end())
-        problems.push_back(want.name + ": tensor " + t.name + " is missing");
-      else if (h->second != t.xxh3_128)
-        problems.push_back(want.name + ": tensor " + t.name + " differs from the source (" +
-                           h->second + " != " + t.xxh3_128 + ")");
-      if (h != hashes.end()) hashes.erase(h);
-    }
-    for (const auto& [name, hash] : hashes)
-      problems.push_back(want.name + ": tensor " + name + " is not in the source");
-  }
-  for (const auto& [name, file] : files) problems.push_back(name + ": not produced by the source");
+    match_by_name(
+        want.tensors, have.tensors,
+        [&](const TensorDigest& w, const TensorDigest& h) {
+          if (h.xxh3_128 != w.xxh3_128)
+            problems.push_back(want.name + ": tensor " + w.name + " differs from the source (" +
+                               h.xxh3_128 + " != " + w.xxh3_128 + ")");
+        },
+        [&](const std::string& t) {
+          problems.push_back(want.name + ": tensor " + t + " is missing");
+        },
+        [&](const std::string& t) {
+          problems.push_back(want.name + ": tensor " + t + " is not in the source");
+        });
+  };
+  match_by_name(expected.files, actual.files, check_file, lacked, unsourced);
   if (actual.version < kManifestVersion) return problems;  // no other files recorded
-  std::map<std::string, const OtherFileDigest*> others;
-  for (const auto& file : actual.other_files) others[file.name] = &file;
-  for (const auto& want : expected.other_files) {
-    auto it = others.find(want.name);
-    if (it == others.end()) {
-      problems.push_back(want.name + ": the source gives this file; the output lacks it");
-      continue;
-    }
-    if (it->second->size != want.size || it->second->xxh3_128 != want.xxh3_128)
+  auto check_other = [&](const OtherFileDigest& want, const OtherFileDigest& have) {
+    if (have.size != want.size || have.xxh3_128 != want.xxh3_128)
       problems.push_back(want.name + ": differs from the source's");
-    others.erase(it);
-  }
-  for (const auto& [name, file] : others) problems.push_back(name + ": not produced by the source");
+  };
+  match_by_name(expected.other_files, actual.other_files, check_other, lacked, unsourced);
   return problems;
 }
 
 }  // namespace
 
-const std::string& ConversionPlan::layout() const { return impl_->merge.layout; }
-const std::vector<std::string>& ConversionPlan::notes() const { return impl_->merge.notes; }
-std::size_t ConversionPlan::file_count() const { return impl_->merge.model.files.size(); }
+const std::string& ConversionPlan::layout() const {
+  return impl_->merge.layout;
+}
+const std::vector<std::string>& ConversionPlan::notes() const {
+  return impl_->merge.notes;
+}
+std::size_t ConversionPlan::file_count() const {
+  return impl_->merge.model.files.size();
+}
 std::size_t ConversionPlan::tensor_count() const {
   std::size_t n = 0;
   for (const auto& file : impl_->merge.model.files) n += file.tensors.size();
   return n;
 }
-std::uint64_t ConversionPlan::tensor_bytes() const { return impl_->merge.model.total_size; }
-bool ConversionPlan::has_adapter() const { return impl_->merge.adapter.has_value(); }
+std::uint64_t ConversionPlan::tensor_bytes() const {
+  return impl_->merge.model.total_size;
+}
+bool ConversionPlan::has_adapter() const {
+  return impl_->merge.adapter.has_value();
+}
 
-void ConversionPlan::write_text(const std::function<void(std::string_view)>& sink,
-                                bool fragments) const {
+namespace {
+
+PlanSummaryOptions report_options(bool fragments) {
   PlanSummaryOptions report;
   report.detail =
       fragments ? PlanSummaryOptions::Detail::kFragments : PlanSummaryOptions::Detail::kTensors;
   report.memory_window = ExecOptions{}.buffer_bytes;
-  write_plan_text(impl_->merge.model, report, sink);
+  return report;
+}
+
+}  // namespace
+
+void ConversionPlan::write_text(const std::function<void(std::string_view)>& sink,
+                                bool fragments) const {
+  write_plan_text(impl_->merge.model, report_options(fragments), sink);
   if (impl_->merge.adapter) {
     sink("\nlora_adapter/:\n");
-    write_plan_text(*impl_->merge.adapter, report, sink);
+    write_plan_text(*impl_->merge.adapter, report_options(fragments), sink);
   }
 }
 
 void ConversionPlan::write_json(const std::function<void(std::string_view)>& sink,
                                 bool fragments) const {
-  PlanSummaryOptions report;
-  report.detail =
-      fragments ? PlanSummaryOptions::Detail::kFragments : PlanSummaryOptions::Detail::kTensors;
-  report.memory_window = ExecOptions{}.buffer_bytes;
-  write_plan_json(impl_->merge.model, report, sink);
+  write_plan_json(impl_->merge.model, report_options(fragments), sink);
 }
 
 Result<ConversionPlan> plan_checkpoint(const fs::path& dir, const ConversionOptions& options) {
-  CKPT_ASSIGN_OR_RETURN(auto merge_options, to_merge_options(options));
-  CKPT_ASSIGN_OR_RETURN(auto merge, plan_merge(dir, merge_options));
+  CKPT_ASSIGN_OR_RETURN(auto merge, plan_merge(dir, options));
   return wrap(std::move(merge));
 }
 
 Result<ConversionPlan> plan_torch_files(const std::vector<fs::path>& sources,
                                         const ConversionOptions& options) {
-  CKPT_ASSIGN_OR_RETURN(auto merge_options, to_merge_options(options));
-  CKPT_ASSIGN_OR_RETURN(auto merge, plan_convert(sources, merge_options));
+  CKPT_ASSIGN_OR_RETURN(auto merge, plan_convert(sources, options));
   return wrap(std::move(merge));
 }
 
@@ -281,15 +274,15 @@ Status write_torch_file(const ConversionPlan& plan, const fs::path& target,
     note(options, "removed " + stale + ", left by an interrupted run");
   auto written = execute_to_file(torch, target, exec_options(options));
   if (!written.ok() && written.error().kind == ErrorKind::kInterrupted)
-    return interrupted_error(target.string() +
-                             " was not written (its temporary file was removed)");
+    return interrupted_error(target.string() + " was not written (its temporary file was removed)");
   return written;
 }
 
 Result<std::vector<std::string>> compare_with_source(const ConversionPlan& plan,
                                                      const fs::path& dir,
                                                      const WriteOptions& options) {
-  CKPT_ASSIGN_OR_RETURN(Manifest expected, hash_plan(plan.impl().merge.model, exec_options(options)));
+  CKPT_ASSIGN_OR_RETURN(Manifest expected,
+                        hash_plan(plan.impl().merge.model, exec_options(options)));
   CKPT_ASSIGN_OR_RETURN(Manifest actual, read_manifest(dir / kManifestFileName));
   return compare_manifests(expected, actual);
 }

@@ -72,27 +72,18 @@ int run_convert_to_torch(const ConvertArgs& args);
 // The options every command that reads a training checkpoint shares (merge, plan, test,
 // verify --source), spelled as verl's model merger spells them (dashes and underscores both).
 struct CheckpointArgs {
-  std::string backend = "auto";
+  ConversionOptions conversion;  // the flags that say how to read and what to make, bound here
   std::filesystem::path local_dir;
-  std::string dtype = "auto";
   std::string max_shard_size = "5GB";
-  bool tie_word_embedding = false;
   bool is_value_model = false;
   bool trust_remote_code = false;
   bool use_cpu_initialization = false;
-  bool keep_packed_experts = false;
-  std::string lora = "fuse";
-  std::optional<double> lora_alpha;
-  std::optional<std::int64_t> lora_rank;
-  bool use_rslora = false;
-  std::string prefix;
-  std::filesystem::path hf_config;
-  unsigned threads = 0;
-  bool accept_renamed_rank_files = false;
   bool quiet = false;
-  const InterruptFlag* interrupt = nullptr;  // set by main (signals.h)
 };
 void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required);
+// A subcommand that reads a training checkpoint (--local_dir required) with those options.
+CLI::App* add_checkpoint_command(CLI::App& app, const std::string& name,
+                                 const std::string& description, CheckpointArgs& args);
 // The library's conversion options for these flags.
 Result<ConversionOptions> to_conversion_options(const CheckpointArgs& args);
 // Detects the layout and plans the model the checkpoint becomes (plan_checkpoint).
@@ -126,9 +117,7 @@ int run_finalize(const FinalizeArgs& args);
 
 struct PlanArgs {
   CheckpointArgs checkpoint;
-  bool dry_run = false;
-  bool json = false;
-  bool summary = false;
+  bool dry_run = false, json = false, summary = false;  // --dry-run (accepted), --json, --summary
 };
 void add_plan(CLI::App& app, PlanArgs& args);
 int run_plan(const PlanArgs& args);
@@ -136,8 +125,7 @@ int run_plan(const PlanArgs& args);
 struct TestArgs {
   CheckpointArgs checkpoint;
   std::filesystem::path test_hf_dir;
-  double atol = 0;
-  double rtol = 0;
+  double atol = 0, rtol = 0;  // 0: exact
 };
 void add_test(CLI::App& app, TestArgs& args);
 int run_test(const TestArgs& args);

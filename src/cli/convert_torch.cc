@@ -34,8 +34,8 @@ int run_convert_to_torch(const ConvertArgs& args) {
   ProgressBar bar("convert", args.quiet);
   DistArgs single;
   single.dist = "none";
-  WriteOptions options =
-      write_options(single, args.overwrite, args.quiet, "convert", args.threads, args.interrupt, bar);
+  WriteOptions options = write_options(single, args.overwrite, args.quiet, "convert", args.threads,
+                                       args.interrupt, bar);
   auto written = write_torch_file(*plan, target, options);
   bar.finish();
   if (!written.ok()) return report_error(written.error());

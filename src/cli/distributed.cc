@@ -39,16 +39,17 @@ WriteOptions write_options(const DistArgs& dist, bool overwrite, bool quiet, std
   options.rank = dist.rank;
   options.world_size = dist.world_size;
   options.ignore_environment = dist.dist == "none";
-  options.wait_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(dist.wait_timeout * 1000));
+  options.wait_timeout =
+      std::chrono::milliseconds(static_cast<std::int64_t>(dist.wait_timeout * 1000));
   return options;
 }
 
 void add_finalize(CLI::App& app, FinalizeArgs& args) {
-  auto* cmd = app.add_subcommand(
-      "finalize",
+  auto* cmd = add_checkpoint_command(
+      app, "finalize",
       "Complete a distributed merge whose rank 0 did not: once every rank's files are there, "
-      "write the index, side files and manifest (the same checkpoint options as merge)");
-  add_checkpoint_options(*cmd, args.checkpoint, true);
+      "write the index, side files and manifest (the same checkpoint options as merge)",
+      args.checkpoint);
   cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")->required();
   cmd->add_option("--wait-timeout,--wait_timeout", args.wait_timeout,
                   "seconds to wait for files still being written (0: look once)")
@@ -61,8 +62,9 @@ int run_finalize(const FinalizeArgs& args) {
   ProgressBar bar("finalize", true);
   DistArgs dist;
   dist.wait_timeout = args.wait_timeout;
-  WriteOptions options = write_options(dist, false, args.checkpoint.quiet, "finalize",
-                                       args.checkpoint.threads, args.checkpoint.interrupt, bar);
+  WriteOptions options =
+      write_options(dist, false, args.checkpoint.quiet, "finalize",
+                    args.checkpoint.conversion.threads, args.checkpoint.conversion.interrupt, bar);
   auto finalized = finalize_model(*plan, args.target_dir, options);
   if (!finalized.ok()) return report_error(finalized.error());
   if (!args.checkpoint.quiet)

@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
   add_finalize(app, args.finalize);
   for (auto* checkpoint : {&args.merge.checkpoint, &args.plan.checkpoint, &args.test.checkpoint,
                            &args.verify.checkpoint, &args.finalize.checkpoint})
-    checkpoint->interrupt = signals.flag();
+    checkpoint->conversion.interrupt = signals.flag();
   args.convert.interrupt = signals.flag();
   args.inspect.interrupt = signals.flag();
 

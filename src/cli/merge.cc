@@ -73,20 +73,20 @@ void print_notes(const ConversionPlan& plan, bool quiet) {
 
 void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_required) {
   cmd.add_option(
-         "--backend", args.backend,
+         "--backend", args.conversion.backend,
          "checkpoint layout: auto (detect), fsdp (verl), dcp (torch.distributed.checkpoint, "
          "RLinf)")
       ->capture_default_str();
   auto* local_dir = cmd.add_option("--local_dir,--local-dir", args.local_dir,
                                    "the checkpoint directory (e.g. .../global_step_N/actor)");
   if (local_dir_required) local_dir->required();
-  cmd.add_option("--dtype", args.dtype,
+  cmd.add_option("--dtype", args.conversion.dtype,
                  "auto (config.json's torch_dtype, else keep), keep, bf16, fp16, fp32")
       ->capture_default_str();
   cmd.add_option("--max-shard-size,--max_shard_size", args.max_shard_size,
                  "largest output file: 5GB (decimal units), 2GiB (binary), or bytes")
       ->capture_default_str();
-  cmd.add_flag("--tie-word-embedding,--tie_word_embedding", args.tie_word_embedding,
+  cmd.add_flag("--tie-word-embedding,--tie_word_embedding", args.conversion.tie_word_embedding,
                "do not write lm_head.weight (tied to the embedding), whatever config.json says");
   cmd.add_flag("--is-value-model,--is_value_model", args.is_value_model,
                "a critic / value / reward model: `test` skips lm_head.weight (as verl does)");
@@ -94,52 +94,47 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                "accepted for verl compatibility; nothing is executed either way");
   cmd.add_flag("--use_cpu_initialization,--use-cpu-initialization", args.use_cpu_initialization,
                "accepted for verl compatibility; ckptstream always runs on the CPU");
-  cmd.add_flag("--keep-packed-experts,--keep_packed_experts", args.keep_packed_experts,
+  cmd.add_flag("--keep-packed-experts,--keep_packed_experts", args.conversion.keep_packed_experts,
                "write MoE experts packed as transformers v5 holds them in memory");
-  cmd.add_option("--lora", args.lora,
+  cmd.add_option("--lora", args.conversion.lora,
                  "LoRA checkpoints: fuse (W + alpha/r * B A into the weights) or adapter "
                  "(base model + a PEFT adapter in lora_adapter/)")
       ->check(CLI::IsMember({"fuse", "adapter"}))
       ->capture_default_str();
-  cmd.add_option("--lora-alpha,--lora_alpha", args.lora_alpha,
+  cmd.add_option("--lora-alpha,--lora_alpha", args.conversion.lora_alpha,
                  "LoRA alpha, when no lora_train_meta.json / adapter_config.json says it");
-  cmd.add_option("--lora-rank,--lora_rank", args.lora_rank, "LoRA rank r");
-  cmd.add_flag("--use-rslora,--use_rslora", args.use_rslora, "rank-stabilised LoRA: alpha/sqrt(r)");
-  cmd.add_option("--prefix", args.prefix,
+  cmd.add_option("--lora-rank,--lora_rank", args.conversion.lora_rank, "LoRA rank r");
+  cmd.add_flag("--use-rslora,--use_rslora", args.conversion.use_rslora,
+               "rank-stabilised LoRA: alpha/sqrt(r)");
+  cmd.add_option("--prefix", args.conversion.prefix,
                  "DCP: the app-state prefix of the model keys (e.g. model, app.model, "
                  "fsdp_checkpoint.model); detected when absent");
-  cmd.add_option("--hf-config,--hf_config", args.hf_config,
+  cmd.add_option("--hf-config,--hf_config", args.conversion.hf_config,
                  "directory with the model's config.json and tokenizer (RLinf: the base model), "
                  "when the checkpoint has none beside it");
-  cmd.add_option("--threads", args.threads,
+  cmd.add_option("--threads", args.conversion.threads,
                  "output files written (or hashed) at once, one thread each (0: one per core); "
                  "also DCP items located at once; from 2 on, verl FSDP rank files are "
                  "unpickled two at a time")
       ->capture_default_str();
   cmd.add_flag("--accept-renamed-rank-files,--accept_renamed_rank_files",
-               args.accept_renamed_rank_files,
+               args.conversion.accept_renamed_rank_files,
                "verl FSDP: read rank files whose recorded name (torch.save keeps the name a file "
                "was saved as) is another rank's, for files renamed on purpose");
   cmd.add_flag("--quiet,-q", args.quiet, "no progress or notes");
 }
 
+CLI::App* add_checkpoint_command(CLI::App& app, const std::string& name,
+                                 const std::string& description, CheckpointArgs& args) {
+  auto* cmd = app.add_subcommand(name, description);
+  add_checkpoint_options(*cmd, args, true);
+  return cmd;
+}
+
 Result<ConversionOptions> to_conversion_options(const CheckpointArgs& args) {
-  ConversionOptions options;
-  options.backend = args.backend;
-  options.dtype = args.dtype;
+  ConversionOptions options = args.conversion;
   CKPT_ASSIGN_OR_RETURN(options.max_shard_size,
                         safetensors::parse_max_shard_size(args.max_shard_size));
-  options.tie_word_embedding = args.tie_word_embedding;
-  options.keep_packed_experts = args.keep_packed_experts;
-  options.lora = args.lora;
-  options.lora_alpha = args.lora_alpha;
-  options.lora_rank = args.lora_rank;
-  options.use_rslora = args.use_rslora;
-  if (!args.prefix.empty()) options.prefix = args.prefix;
-  if (!args.hf_config.empty()) options.hf_config = args.hf_config;
-  options.threads = args.threads;
-  options.accept_renamed_rank_files = args.accept_renamed_rank_files;
-  options.interrupt = args.interrupt;
   return options;
 }
 
@@ -155,10 +150,10 @@ Result<ConversionPlan> plan_from_args(const CheckpointArgs& args, std::size_t sa
 }
 
 void add_merge(CLI::App& app, MergeArgs& args) {
-  auto* cmd = app.add_subcommand(
-      "merge",
-      "Merge a sharded training checkpoint (verl FSDP, DCP, RLinf) into a Hugging Face model");
-  add_checkpoint_options(*cmd, args.checkpoint, true);
+  auto* cmd = add_checkpoint_command(
+      app, "merge",
+      "Merge a sharded training checkpoint (verl FSDP, DCP, RLinf) into a Hugging Face model",
+      args.checkpoint);
   cmd->add_option("--target_dir,--target-dir,-o", args.target_dir, "output directory")->required();
   cmd->add_option("--hf_upload_path,--hf-upload-path", args.hf_upload_path,
                   "upload the result to this Hugging Face repo (needs the `hf` command)");
@@ -181,8 +176,9 @@ int run_merge(const MergeArgs& args) {
   print_notes(*plan, args.checkpoint.quiet);
 
   ProgressBar bar("merge", args.checkpoint.quiet);
-  WriteOptions options = write_options(args.dist, args.overwrite, args.checkpoint.quiet, "merge",
-                                       args.checkpoint.threads, args.checkpoint.interrupt, bar);
+  WriteOptions options =
+      write_options(args.dist, args.overwrite, args.checkpoint.quiet, "merge",
+                    args.checkpoint.conversion.threads, args.checkpoint.conversion.interrupt, bar);
   auto complete = write_model(*plan, args.target_dir, options);
   bar.finish();
   if (!complete.ok()) return report_error(complete.error());
@@ -200,11 +196,10 @@ int run_merge(const MergeArgs& args) {
 }
 
 void add_plan(CLI::App& app, PlanArgs& args) {
-  auto* cmd = app.add_subcommand(
-      "plan",
-      "Show what merge would do (tensors, sources, output files, bytes, memory); writes "
-      "nothing");
-  add_checkpoint_options(*cmd, args.checkpoint, true);
+  auto* cmd = add_checkpoint_command(
+      app, "plan",
+      "Show what merge would do (tensors, sources, output files, bytes, memory); writes nothing",
+      args.checkpoint);
   cmd->add_flag("--dry-run,--dry_run", args.dry_run, "accepted; plan never writes anything");
   cmd->add_flag("--json", args.json, "machine-readable plan");
   cmd->add_flag("--summary", args.summary, "omit each tensor's source fragments");

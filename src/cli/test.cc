@@ -2,18 +2,19 @@
 // stream, writing nothing, and compares every tensor with a reference Hugging Face model.
 #include <cstdio>
 
+#include "api/plan_impl.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "api/plan_impl.h"
 #include "exec/executor.h"
 #include "verify/compare.h"
 
 namespace ckptstream::cli {
 
 void add_test(CLI::App& app, TestArgs& args) {
-  auto* cmd = app.add_subcommand(
-      "test", "Compare what merge would write with a reference Hugging Face model (verl's test)");
-  add_checkpoint_options(*cmd, args.checkpoint, true);
+  auto* cmd = add_checkpoint_command(
+      app, "test",
+      "Compare what merge would write with a reference Hugging Face model (verl's test)",
+      args.checkpoint);
   cmd->add_option("--test_hf_dir,--test-hf-dir", args.test_hf_dir, "the reference model directory")
       ->required();
   add_tolerance_options(*cmd, args.atol, args.rtol);
@@ -42,7 +43,7 @@ void add_tolerance_options(CLI::App& cmd, double& atol, double& rtol) {
 
 std::vector<std::string> skipped_names(const CheckpointArgs& args) {
   // As verl's test: a value model or tied embeddings have no lm_head to compare.
-  if (args.is_value_model || args.tie_word_embedding) return {"lm_head.weight"};
+  if (args.is_value_model || args.conversion.tie_word_embedding) return {"lm_head.weight"};
   return {};
 }
 
@@ -56,7 +57,7 @@ int run_test(const TestArgs& args) {
   options.skip = skipped_names(args.checkpoint);
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
   ExecOptions exec;
-  exec.interrupt = args.checkpoint.interrupt;
+  exec.interrupt = args.checkpoint.conversion.interrupt;
   auto report = compare_plan(plan->impl().merge.model, args.test_hf_dir, options, exec);
   bar.finish();
   if (!report.ok()) return report_error(report.error());

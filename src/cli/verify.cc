@@ -12,10 +12,7 @@
 namespace ckptstream::cli {
 namespace fs = std::filesystem;
 
-namespace {
-
-
-}  // namespace
+namespace {}  // namespace
 
 void add_verify(CLI::App& app, VerifyArgs& args) {
   auto* cmd =
@@ -38,7 +35,7 @@ int run_verify(const VerifyArgs& args) {
     return report_error(usage_error("--source needs --local_dir (the checkpoint it came from)"));
   ProgressBar bar("verify", quiet);
   VerifyOptions options;
-  options.interrupt = args.checkpoint.interrupt;
+  options.interrupt = args.checkpoint.conversion.interrupt;
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
   auto report = verify_output(args.dir, options);
   bar.finish();
@@ -51,8 +48,9 @@ int run_verify(const VerifyArgs& args) {
     ProgressBar source_bar("source", quiet);
     DistArgs single;
     single.dist = "none";
-    WriteOptions hashing = write_options(single, false, true, "verify", args.checkpoint.threads,
-                                         args.checkpoint.interrupt, source_bar);
+    WriteOptions hashing =
+        write_options(single, false, true, "verify", args.checkpoint.conversion.threads,
+                      args.checkpoint.conversion.interrupt, source_bar);
     auto found = compare_with_source(*plan, args.dir, hashing);
     source_bar.finish();
     if (!found.ok()) return report_error(found.error());

@@ -412,17 +412,8 @@ Result<ChunkLocation> ItemReader::tensor_chunk(const StateDictEntry& entry, cons
   if (t.shape != chunk.sizes)
     return invalid_input(what + ": the chunk has shape " + size_text(t.shape) +
                          ", but the metadata says " + size_text(chunk.sizes));
-  const StorageRecord& s = ckpt.storages[t.storage];
-  TensorRef& ref = location.ref;
-  ref.storage_begin = item_begin + s.file_offset;
-  ref.storage_nbytes = s.nbytes;
-  ref.dtype = t.dtype;
-  ref.shape = t.shape;
-  ref.strides = t.strides;
-  ref.offset = t.storage_offset;
-  ref.byteswap = ckpt.big_endian;
-  ref.has_crc32 = s.crc32.has_value();
-  ref.crc32 = s.crc32.value_or(0);
+  location.ref = tensor_ref(t, ckpt.storages[t.storage], ckpt.big_endian, location.ref.input);
+  location.ref.storage_begin += item_begin;  // the item is a zip embedded in the .distcp file
   return location;
 }
 

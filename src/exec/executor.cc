@@ -4,16 +4,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <optional>
-#include <random>
-#include <atomic>
 #include <memory>
 #include <numeric>
+#include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "core/crc32.h"
+#include "core/worker_pool.h"
 #include "exec/file_jobs.h"
 #include "exec/file_writer.h"
 #include "exec/input_prefetch.h"
@@ -21,8 +23,6 @@
 #include "exec/plan_check.h"
 #include "exec/staging.h"
 #include "exec/tensor_writer.h"
-#include "core/crc32.h"
-#include "core/worker_pool.h"
 #include "io/file_lock.h"
 #include "io/input_file.h"
 
@@ -189,8 +189,7 @@ Result<FileDigest> stream_file(const OutputFile& file, ExecContext& context,
 
 // Writes `file` into `out`, front to back: the header, each tensor (and, for a framed file, the
 // bytes its framing puts after it), then syncs and closes it.
-Result<FileDigest> write_file_bytes(const OutputFile& file, StagedFile& out,
-                                    ExecContext& context) {
+Result<FileDigest> write_file_bytes(const OutputFile& file, StagedFile& out, ExecContext& context) {
   FileDigest digest = planned_digest(file);
   InputPrefetch prefetch(file, context.inputs, kPrefetchBytes);
   prefetch.advance(0);
@@ -407,10 +406,9 @@ Status execute_to_file(const Plan& plan, const std::filesystem::path& target,
   CKPT_ASSIGN_OR_RETURN(auto staged, create_temp_beside(target, file.size(), options));
   auto& [temp, out] = staged;
   const std::size_t only[] = {0};
-  auto written = run_file_jobs(plan, only, inputs, options,
-                               [&](const OutputFile& f, ExecContext& context) {
-                                 return write_file_bytes(f, out, context);
-                               });
+  auto written = run_file_jobs(
+      plan, only, inputs, options,
+      [&](const OutputFile& f, ExecContext& context) { return write_file_bytes(f, out, context); });
   Status done;
   if (!written.ok()) {
     done = written.error();

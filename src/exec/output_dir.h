@@ -14,10 +14,10 @@
 // A one-process run (prepare, then write): creates the directory when missing (and removes it
 // again if the run fails before anything landed), takes the lock, removes stale staging
 // directories, completes an interrupted commit, and refuses a directory that holds a model
-// (or the files of a distributed run that never finished) unless `overwrite`. The commit removes the earlier model's index, manifest and
-// model.safetensors before the first rename, and its other files that the new model does not
-// replace (named by its manifest, else by name: model*.safetensors), so that no instant shows a
-// complete-looking mix of two models.
+// (or the files of a distributed run that never finished) unless `overwrite`. The commit removes
+// the earlier model's index, manifest and model.safetensors before the first rename, and its other
+// files that the new model does not replace (named by its manifest, else by name:
+// model*.safetensors), so that no instant shows a complete-looking mix of two models.
 //
 // The ranks of a distributed run share the directory (prepare_shared): each holds the lock
 // shared; whichever rank finds no run in progress also recovers and, with `overwrite`, removes

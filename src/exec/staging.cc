@@ -55,7 +55,6 @@ Status sync_and_close(int fd, const std::filesystem::path& path) {
   return {};
 }
 
-
 // Copies with read/write when copy_file_range cannot (other file system, old kernel).
 Status copy_by_reading(int in, int out, std::uint64_t from, std::uint64_t size,
                        const std::filesystem::path& source, const std::filesystem::path& dest) {

@@ -229,8 +229,8 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
     if (view.zeros) {
       source.geometry.for_each_line(first, last, [&](const Line& line) {
         auto at = [&](std::int64_t k) {
-          return window + static_cast<std::size_t>(line.dst + k * line.dst_stride - begin) *
-                              source_size_;
+          return window +
+                 static_cast<std::size_t>(line.dst + k * line.dst_stride - begin) * source_size_;
         };
         if (line.dst_stride == 1) {
           std::memset(at(0), 0, static_cast<std::size_t>(line.count) * source_size_);

@@ -8,10 +8,10 @@
 #include <optional>
 #include <set>
 
+#include "core/worker_pool.h"
 #include "dcp/dcp_item.h"
 #include "dcp/dcp_metadata.h"
 #include "io/input_file.h"
-#include "core/worker_pool.h"
 #include "plan/tiling.h"
 #include "torch/torch_checkpoint.h"
 
@@ -145,8 +145,8 @@ Result<std::vector<const ChunkMeta*>> check_tiling(const StateDictEntry& e) {
       case TilingFault::Kind::kOverlap:
         return invalid_input(what + at(fault->second) + " overlaps " + at(fault->first));
       case TilingFault::Kind::kHoles:
-        return invalid_input(what + "the chunks cover " + std::to_string(fault->covered) +
-                             " of " + std::to_string(fault->total) + " elements of size " +
+        return invalid_input(what + "the chunks cover " + std::to_string(fault->covered) + " of " +
+                             std::to_string(fault->total) + " elements of size " +
                              size_text(e.size) + " (a chunk is missing)");
     }
   }
@@ -382,13 +382,12 @@ Result<FoundCheckpoint> find_dcp(const fs::path& dir, bool required) {
   auto layout = find_dcp_checkpoint(dir);
   if (!layout.ok()) {
     // Nothing of it here: for auto detection that is not an error (a rank-local .metadata is).
-    if (!required && layout.error().kind == ErrorKind::kInvalidInput)
-      return FoundCheckpoint();
+    if (!required && layout.error().kind == ErrorKind::kInvalidInput) return FoundCheckpoint();
     return layout.error();
   }
   FoundCheckpoint found;
-  found.read = [dir, layout = std::move(layout).value()](const ReadOptions& options)
-      -> Result<SourceModel> {
+  found.read =
+      [dir, layout = std::move(layout).value()](const ReadOptions& options) -> Result<SourceModel> {
     SourceModel model;
     DcpOptions dcp;
     dcp.prefix = options.prefix;
@@ -406,10 +405,9 @@ Result<FoundCheckpoint> find_dcp(const fs::path& dir, bool required) {
 }
 
 Result<SourceTensors> read_dcp_layout(const DcpLayout& layout, const DcpOptions& options) {
-  auto merged = layout.dcp_dir
-                    ? read_dcp_entries(*layout.dcp_dir, options,
-                                       model_state_dict_keys(options.prefix))
-                    : read_full_weights(*layout.full_weights, options);
+  auto merged = layout.dcp_dir ? read_dcp_entries(*layout.dcp_dir, options,
+                                                  model_state_dict_keys(options.prefix))
+                               : read_full_weights(*layout.full_weights, options);
   if (!merged.ok()) return merged;
   merged->notes.insert(merged->notes.begin(), layout.notes.begin(), layout.notes.end());
   return merged;

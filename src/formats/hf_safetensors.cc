@@ -98,14 +98,13 @@ void check_consistency(const HfReadOptions& options, HfSafetensorsModel& model) 
       model.problems.push_back(file + " holds " + tensor + ", which the index does not name");
   if (options.check_total_size && total != model.index->total_size)
     model.problems.push_back(std::string(safetensors::kIndexFileName) + ": total_size " +
-                             std::to_string(model.index->total_size) +
-                             " but the tensors hold " + std::to_string(total) + " bytes");
+                             std::to_string(model.index->total_size) + " but the tensors hold " +
+                             std::to_string(total) + " bytes");
 }
 
 }  // namespace
 
-Result<HfSafetensorsModel> read_hf_safetensors(const fs::path& path,
-                                               const HfReadOptions& options) {
+Result<HfSafetensorsModel> read_hf_safetensors(const fs::path& path, const HfReadOptions& options) {
   HfSafetensorsModel model;
   std::error_code ec;
   auto status = fs::status(path, ec);

@@ -146,7 +146,11 @@ RankFileReader::RankFileReader(const std::vector<fs::path>& files, unsigned thre
                                const TorchReadOptions& options)
     : impl_(std::make_unique<Impl>(files, threads, options)) {}
 RankFileReader::~RankFileReader() = default;
-Result<TorchCheckpoint> RankFileReader::next() { return impl_->next(); }
-void RankFileReader::release_freed_memory() { ::malloc_trim(0); }
+Result<TorchCheckpoint> RankFileReader::next() {
+  return impl_->next();
+}
+void RankFileReader::release_freed_memory() {
+  ::malloc_trim(0);
+}
 
 }  // namespace ckptstream

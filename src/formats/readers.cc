@@ -36,8 +36,8 @@ std::span<const CheckpointReader> checkpoint_readers() {
 std::string backend_names() {
   std::string names = "auto";
   for (std::size_t i = 0; i < std::size(kReaders); ++i)
-    names += std::string(i + 1 == std::size(kReaders) ? " or " : ", ") +
-             std::string(kReaders[i].name);
+    names +=
+        std::string(i + 1 == std::size(kReaders) ? " or " : ", ") + std::string(kReaders[i].name);
   return names;
 }
 

@@ -32,9 +32,9 @@
 #include <thread>
 #include <unordered_map>
 
-#include "io/input_file.h"
 #include "formats/rank_files.h"
 #include "formats/replica_hash.h"
+#include "io/input_file.h"
 #include "pickle/value.h"
 #include "plan/tiling.h"
 #include "plan/views.h"
@@ -260,7 +260,7 @@ class Merger {
     std::vector<std::size_t> shard_dims;  // DTensor: per mesh dim, the sharded tensor dim
     // DTensor: rank -> flat mesh index of its shards (fsdp_shard_positions)
     const std::vector<std::size_t>* rank_position = nullptr;
-    std::vector<std::size_t> visit;  // plain: dims in hashing order
+    std::vector<std::size_t> visit;     // plain: dims in hashing order
     std::optional<ValueDigest> digest;  // plain: rank 0's values
   };
 
@@ -626,10 +626,9 @@ Result<SourceModel> read_found(const FsdpCheckpoint& found, const ReadOptions& o
   FsdpCheckpoint checkpoint = found;
   checkpoint.accept_renamed_rank_files = options.accept_renamed_rank_files;
   SourceModel model;
-  CKPT_ASSIGN_OR_RETURN(model.tensors,
-                        merge_fsdp_tensors(checkpoint, options.threads,
-                                           TorchReadOptions{options.sampled_headers},
-                                           options.interrupt));
+  CKPT_ASSIGN_OR_RETURN(model.tensors, merge_fsdp_tensors(checkpoint, options.threads,
+                                                          TorchReadOptions{options.sampled_headers},
+                                                          options.interrupt));
   model.layout = "verl FSDP checkpoint, world size " + std::to_string(checkpoint.world_size);
   model.hf_dir = checkpoint.hf_dir;
   model.notes = checkpoint.notes;

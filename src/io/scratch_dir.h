@@ -14,9 +14,7 @@ namespace ckptstream {
 class ScratchDir {
  public:
   ScratchDir();
-  ~ScratchDir();
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
+  ~ScratchDir();  // removes the directory: not copyable (nor movable), as its lock is not
   // Empty when no directory could be made (the reader that needs one reports it on first use).
   const std::filesystem::path& path() const { return path_; }
 

@@ -28,9 +28,9 @@ struct HfConfig {
   std::filesystem::path path;  // for messages
   std::vector<std::string> architectures;
   std::optional<bool> tie_word_embeddings;
-  std::string dtype;  // transformers v5 "dtype", else v4 "torch_dtype"; "" when absent
+  std::string dtype;      // transformers v5 "dtype", else v4 "torch_dtype"; "" when absent
   std::string dtype_key;  // which of the two it was, for messages
-  HfTextConfig top;   // the top-level keys
+  HfTextConfig top;       // the top-level keys
   std::optional<HfTextConfig> text_config;
 
   const std::string& model_type() const { return top.model_type; }

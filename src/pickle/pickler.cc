@@ -25,9 +25,15 @@ void Pickler::proto(std::uint8_t version) {
   put_op(out_, kProto);
   out_.push_back(static_cast<char>(version));
 }
-void Pickler::stop() { put_op(out_, kStop); }
-void Pickler::mark() { put_op(out_, kMark); }
-void Pickler::op(Op opcode) { put_op(out_, opcode); }
+void Pickler::stop() {
+  put_op(out_, kStop);
+}
+void Pickler::mark() {
+  put_op(out_, kMark);
+}
+void Pickler::op(Op opcode) {
+  put_op(out_, opcode);
+}
 
 void Pickler::global(std::string_view module, std::string_view name) {
   std::string id = "g:" + std::string(module) + "\n" + std::string(name);
@@ -87,8 +93,12 @@ void Pickler::floating(double value) {
   for (int i = 7; i >= 0; --i) out_.push_back(static_cast<char>((bits >> (8 * i)) & 0xFF));
 }
 
-void Pickler::boolean(bool value) { put_op(out_, value ? kNewTrue : kNewFalse); }
-void Pickler::none() { put_op(out_, kNone); }
+void Pickler::boolean(bool value) {
+  put_op(out_, value ? kNewTrue : kNewFalse);
+}
+void Pickler::none() {
+  put_op(out_, kNone);
+}
 
 void Pickler::int_tuple(const std::vector<std::int64_t>& values) {
   if (values.empty()) {

@@ -13,13 +13,29 @@ namespace ckptstream {
 namespace fs = std::filesystem;
 namespace {
 
+// The --dtype choice; the state dict as saved keeps its dtypes unless one is asked for.
+Result<DTypeChoice> output_dtype_choice(const ConversionOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(DTypeChoice choice, parse_dtype_choice(options.dtype));
+  if (options.as_saved && choice == DTypeChoice::kAuto) return DTypeChoice::kKeep;
+  return choice;
+}
+
+// Options that no plan can satisfy, refused before anything is read.
+Status check_options(const ConversionOptions& options) {
+  CKPT_TRY(parse_dtype_choice(options.dtype));
+  if (options.max_shard_size == 0) return usage_error("the largest output file must hold a byte");
+  if (options.lora != "fuse" && options.lora != "adapter")
+    return usage_error("--lora must be fuse or adapter (got '" + options.lora + "')");
+  return {};
+}
+
 bool is_lm_head(const std::string& name) {
   return name == "lm_head.weight" ||
          (name.size() > 15 && name.compare(name.size() - 15, 15, ".lm_head.weight") == 0);
 }
 
 // transformers' save_pretrained does not write the output projection of a tied model.
-void drop_tied_output(const MergeOptions& options, const std::optional<HfConfig>& config,
+void drop_tied_output(const ConversionOptions& options, const std::optional<HfConfig>& config,
                       std::vector<LogicalTensor>& tensors, std::vector<std::string>& notes) {
   std::string why;
   if (options.tie_word_embedding)
@@ -35,8 +51,8 @@ void drop_tied_output(const MergeOptions& options, const std::optional<HfConfig>
 
 // LoRA checkpoints: fuses the adapters into the weights, or splits them off as a PEFT adapter
 // (returned; `tensors` becomes the base model).
-Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir, const MergeOptions& options,
-                                             MergePlan& merge,
+Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir,
+                                             const ConversionOptions& options, MergePlan& merge,
                                              std::vector<LogicalTensor>& tensors) {
   if (!has_lora_keys(tensors)) return std::optional<LoraExport>();
   LoraFlags flags{options.lora_alpha, options.lora_rank,
@@ -46,7 +62,7 @@ Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir, const Me
   std::snprintf(alpha, sizeof alpha, "%g", lora.alpha);
   auto describe = std::string("alpha ") + alpha + " from " + lora.alpha_source +
                   (lora.use_rslora ? ", rsLoRA" : "");
-  if (options.lora == LoraMode::kFuse) {
+  if (options.lora != "adapter") {
     CKPT_ASSIGN_OR_RETURN(tensors, fuse_lora(tensors, lora));
     merge.notes.push_back("LoRA fused into the weights (" + describe + ")");
     return std::optional<LoraExport>();
@@ -81,7 +97,7 @@ Result<std::optional<HfConfig>> read_config_if_any(const std::optional<fs::path>
 
 // The plan of the checkpoint `found` in `local_dir`.
 Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local_dir,
-                             const MergeOptions& options) {
+                             const ConversionOptions& options) {
   MergePlan merge;
   merge.scratch = std::make_shared<ScratchDir>();
   ReadOptions read;
@@ -104,16 +120,16 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   merge.notes.insert(merge.notes.end(), source.tensors.notes.begin(), source.tensors.notes.end());
 
   CKPT_ASSIGN_OR_RETURN(auto config, find_model_files(source.hf_dir, merge));
-  if (!merge.config_json && !options.raw_state_dict && found.reader->needs_hf_config)
+  if (!merge.config_json && !options.as_saved && found.reader->needs_hf_config)
     return usage_error(local_dir.string() +
                        ": no config.json found beside the checkpoint; name the model's "
                        "Hugging Face directory (its config and tokenizer) with --hf-config DIR");
-  if (!merge.config_json && !options.raw_state_dict)
+  if (!merge.config_json && !options.as_saved)
     merge.notes.push_back("no huggingface/config.json: the output has no config");
 
   auto tensors = std::move(source.tensors.tensors);
   std::optional<LoraExport> adapter;
-  if (!options.raw_state_dict) {
+  if (!options.as_saved) {
     CKPT_ASSIGN_OR_RETURN(adapter, apply_lora(local_dir, options, merge, tensors));
     drop_tied_output(options, config, tensors, merge.notes);
     if (!options.keep_packed_experts && config) {
@@ -122,7 +138,8 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
     }
   }
 
-  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(options.dtype, config));
+  CKPT_ASSIGN_OR_RETURN(auto dtype, output_dtype_choice(options));
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(dtype, config));
   set_output_dtypes(tensors, float_dtype);
   if (tensors.empty())
     return invalid_input(local_dir.string() + ": the checkpoint holds no tensor");
@@ -130,7 +147,7 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   for (const auto& t : tensors) merge.tensor_order.push_back(t.name);
   merge.model.inputs = source.tensors.inputs;
   CKPT_TRY(safetensors::plan_output(
-      std::move(tensors), {options.raw_state_dict ? safetensors::kOneFile : options.max_shard_size},
+      std::move(tensors), {options.as_saved ? safetensors::kOneFile : options.max_shard_size},
       merge.model));
   if (adapter) {
     Plan plan;
@@ -147,14 +164,17 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
 
 }  // namespace
 
-Result<MergePlan> plan_merge(const fs::path& local_dir, const MergeOptions& options) {
+Result<MergePlan> plan_merge(const fs::path& local_dir, const ConversionOptions& options) {
+  CKPT_TRY(check_options(options));
   CKPT_ASSIGN_OR_RETURN(FoundCheckpoint found, find_checkpoint(local_dir, options.backend));
   return plan_found(found, local_dir, options);
 }
 
-Result<MergePlan> plan_convert(const std::vector<fs::path>& sources, const MergeOptions& options) {
+Result<MergePlan> plan_convert(const std::vector<fs::path>& sources,
+                               const ConversionOptions& options) {
+  CKPT_TRY(check_options(options));
   std::error_code ec;
-  if (options.raw_state_dict && sources.size() == 1 && fs::is_directory(sources.front(), ec)) {
+  if (options.as_saved && sources.size() == 1 && fs::is_directory(sources.front(), ec)) {
     CKPT_ASSIGN_OR_RETURN(auto found, detect_checkpoint(sources.front()));
     if (found) return plan_found(found, sources.front(), options);
   }
@@ -162,23 +182,25 @@ Result<MergePlan> plan_convert(const std::vector<fs::path>& sources, const Merge
   MergePlan merge;
   // The state dict as saved keeps its dtypes unless one is asked for; a model takes its config's.
   std::optional<HfConfig> config;
-  if (!options.raw_state_dict) {
+  if (!options.as_saved) {
     CKPT_ASSIGN_OR_RETURN(config, read_config_if_any(set.config_json));
   }
-  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(options.dtype, config));
+  CKPT_ASSIGN_OR_RETURN(auto dtype, output_dtype_choice(options));
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(dtype, config));
   CKPT_ASSIGN_OR_RETURN(auto conversion, plan_torch_conversion(set, float_dtype));
   if (conversion.tensors.empty())  // an empty file helps nobody
     return invalid_input("no tensor found in " + set.files.front().string());
   merge.layout = std::to_string(set.files.size()) + " torch.save file(s)";
   merge.notes = set.notes;
-  for (const auto& alias : conversion.dropped_aliases) merge.notes.push_back("not written: " + alias);
+  for (const auto& alias : conversion.dropped_aliases)
+    merge.notes.push_back("not written: " + alias);
   merge.config_json = set.config_json;
   for (const auto& t : conversion.tensors) merge.tensor_order.push_back(t.name);
   merge.model.inputs = conversion.inputs;
-  if (!options.raw_state_dict) merge.model.side_files = std::move(set.side_files);
+  if (!options.as_saved) merge.model.side_files = std::move(set.side_files);
   CKPT_TRY(safetensors::plan_output(
       std::move(conversion.tensors),
-      {options.raw_state_dict ? safetensors::kOneFile : options.max_shard_size}, merge.model));
+      {options.as_saved ? safetensors::kOneFile : options.max_shard_size}, merge.model));
   return merge;
 }
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "ckptstream/ckptstream.h"
 #include "ckptstream/result.h"
 #include "core/interrupt.h"
 #include "formats/source_model.h"
@@ -24,32 +25,6 @@
 
 namespace ckptstream {
 
-enum class LoraMode { kFuse, kAdapter };
-
-struct MergeOptions {
-  std::string backend = "auto";  // a reader's name (formats/readers.cc), or auto: detect
-  DTypeChoice dtype = DTypeChoice::kAuto;
-  std::uint64_t max_shard_size = safetensors::kDefaultMaxShardSize;
-  bool tie_word_embedding = false;  // drop lm_head.weight even if config.json does not say so
-  bool keep_packed_experts = false;
-  LoraMode lora = LoraMode::kFuse;
-  std::optional<double> lora_alpha;
-  std::optional<std::int64_t> lora_rank;
-  bool use_rslora = false;
-  std::optional<std::string> prefix;               // DCP: the app-state prefix of the model keys
-  std::optional<std::filesystem::path> hf_config;  // config and side files, when not beside
-  // The state dict as saved, for torch.save output: no LoRA fusing, tied-weight dropping or
-  // expert unpacking, no config needed, one output file.
-  bool raw_state_dict = false;
-  unsigned threads = 0;                    // rank files parsed at once (0: one per core)
-  bool accept_renamed_rank_files = false;  // verl FSDP (FsdpCheckpoint)
-  // Local headers of torch zip files read per file, the others' data offsets computed
-  // (TorchReadOptions); 0: all. Only for plans that are shown, not executed.
-  std::size_t sampled_headers = 0;
-  // Checked between rank files and between batches of DCP items; may be null.
-  const InterruptFlag* interrupt = nullptr;
-};
-
 struct MergePlan {
   std::string layout;  // what was found, e.g. "verl FSDP, world size 4"
   Plan model;
@@ -60,16 +35,17 @@ struct MergePlan {
   std::vector<std::string> tensor_order;  // the model's tensors in state-dict order
 };
 
-// A training checkpoint directory (verl FSDP, DCP, RLinf: any reader of the table).
-Result<MergePlan> plan_merge(const std::filesystem::path& local_dir, const MergeOptions& options);
+// A training checkpoint directory (verl FSDP, DCP, RLinf: any reader of the table), with the
+// public API's options (include/ckptstream/ckptstream.h).
+Result<MergePlan> plan_merge(const std::filesystem::path& local_dir,
+                             const ConversionOptions& options);
 
 // Plain torch.save files (.pt/.bin/.pth, HF sharded *.bin + index, or directories of them:
-// formats/torch_sources.h). With options.raw_state_dict, a single checkpoint directory that a
-// reader recognises is read as a training checkpoint instead (`convert --to torch` of a DCP or
-// verl FSDP directory). Only dtype, max_shard_size, prefix, raw_state_dict, threads and
-// interrupt apply.
+// formats/torch_sources.h). With options.as_saved, a single checkpoint directory that a reader
+// recognises is read as a training checkpoint instead (`convert --to torch` of a DCP or verl
+// FSDP directory). Only dtype, max_shard_size, prefix, as_saved, threads and interrupt apply.
 Result<MergePlan> plan_convert(const std::vector<std::filesystem::path>& sources,
-                               const MergeOptions& options);
+                               const ConversionOptions& options);
 
 // The plan of one torch.save file at `target` holding the tensors of `merge` in state-dict order
 // (convert --to torch): a torch zip (torch/torch_writer.h) that the executor writes like any

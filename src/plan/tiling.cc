@@ -30,7 +30,8 @@ std::size_t sweep_dim(std::span<const BoxView> boxes, const std::vector<std::siz
   for (std::size_t d = 0; d < rank; ++d) {
     for (std::size_t i = 0; i < nonempty.size(); ++i) starts[i] = boxes[nonempty[i]].offsets[d];
     std::sort(starts.begin(), starts.end());
-    auto count = static_cast<std::size_t>(std::unique(starts.begin(), starts.end()) - starts.begin());
+    auto count =
+        static_cast<std::size_t>(std::unique(starts.begin(), starts.end()) - starts.begin());
     if (count > best_count) best = d, best_count = count;
   }
   return best;
@@ -94,9 +95,9 @@ std::optional<TilingFault> find_tiling_fault(const LogicalTensor& tensor) {
   std::vector<BoxView> boxes;
   boxes.reserve(tensor.fragments.size());
   for (const Fragment& f : tensor.fragments)
-    boxes.push_back(BoxView{f.offsets.data(), f.source.shape.data(),
-                            f.offsets.size() == f.source.shape.size() ? f.offsets.size()
-                                                                      : SIZE_MAX});
+    boxes.push_back(
+        BoxView{f.offsets.data(), f.source.shape.data(),
+                f.offsets.size() == f.source.shape.size() ? f.offsets.size() : SIZE_MAX});
   return find_tiling_fault(tensor.shape, boxes);
 }
 

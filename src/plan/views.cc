@@ -132,8 +132,7 @@ LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t 
 
 Result<LogicalTensor> narrow_checked(const LogicalTensor& tensor, std::size_t dim,
                                      std::int64_t start, std::int64_t length) {
-  if (dim >= tensor.shape.size() || start < 0 || length < 0 ||
-      start > tensor.shape[dim] - length)
+  if (dim >= tensor.shape.size() || start < 0 || length < 0 || start > tensor.shape[dim] - length)
     return invalid_input(named(tensor) + " of shape " + shape_text(tensor.shape) +
                          ": cannot take [" + std::to_string(start) + ", +" +
                          std::to_string(length) + ") of dim " + std::to_string(dim));
@@ -157,8 +156,9 @@ Result<LogicalTensor> concat(std::span<const LogicalTensor> parts, std::size_t d
   if (parts.empty()) return invalid_input("'" + name + "': nothing to concatenate");
   const LogicalTensor& first = parts.front();
   if (dim >= first.shape.size())
-    return invalid_input("'" + name + "': cannot concatenate " + std::to_string(first.shape.size()) +
-                         "-d tensors along dim " + std::to_string(dim));
+    return invalid_input("'" + name + "': cannot concatenate " +
+                         std::to_string(first.shape.size()) + "-d tensors along dim " +
+                         std::to_string(dim));
   LogicalTensor out;
   out.name = std::move(name);
   out.source_dtype = first.source_dtype;

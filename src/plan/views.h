@@ -24,7 +24,8 @@
 namespace ckptstream {
 
 // The sub-tensor [start, start + length) of `dim` (torch.narrow): fragments are clipped to it and
-// re-offset. `dim`, `start` and `length` must lie inside the tensor (callers check; see narrow_checked).
+// re-offset. `dim`, `start` and `length` must lie inside the tensor (callers check; see
+// narrow_checked).
 LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
                      std::int64_t length);
 Result<LogicalTensor> narrow_checked(const LogicalTensor& tensor, std::size_t dim,

@@ -27,7 +27,7 @@ inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
 inline constexpr std::uint64_t kDefaultMaxShardSize = 5'000'000'000;  // huggingface_hub "5GB"
 // A max_shard_size that never splits: one model.safetensors (a PEFT adapter, a torch.save file).
 inline constexpr std::uint64_t kOneFile = UINT64_MAX;
-using ckptstream::kIndexFileName;                                     // plan.h
+using ckptstream::kIndexFileName;  // plan.h
 
 // --- reading -------------------------------------------------------------------------------
 

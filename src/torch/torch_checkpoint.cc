@@ -582,7 +582,11 @@ std::string to_string(const Placement& p) {
 
 TensorRef TorchCheckpoint::ref(std::size_t i, std::size_t input) const {
   const TorchTensor& t = tensors[i];
-  const StorageRecord& s = storages[t.storage];
+  return tensor_ref(t, storages[t.storage], big_endian, input);
+}
+
+TensorRef tensor_ref(const TorchTensor& t, const StorageRecord& s, bool big_endian,
+                     std::size_t input) {
   TensorRef r;
   r.input = input;
   r.storage_begin = s.file_offset;

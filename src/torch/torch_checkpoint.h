@@ -135,4 +135,9 @@ class PendingTorchFile {
   std::unique_ptr<Reader> reader_;
 };
 
+// The view of tensor `t` whose storage is `s`, in input file `input`: file offsets as the record
+// gives them (a caller that embeds the file elsewhere adds its own offset).
+TensorRef tensor_ref(const TorchTensor& t, const StorageRecord& s, bool big_endian,
+                     std::size_t input);
+
 }  // namespace ckptstream

@@ -536,7 +536,8 @@ class TorchZipFraming final : public FileFraming {
     return out + tail({});
   }
 
-  std::string after_tensor(std::size_t index, std::span<const WrittenTensor> written) const override {
+  std::string after_tensor(std::size_t index,
+                           std::span<const WrittenTensor> written) const override {
     const std::size_t r = kFirstTensorRecord + index;
     std::string out = descriptor(layout_.records[r], written[index].crc32);
     if (index + 1 < tensors()) return out + torch_zip_local_header(layout_, layout_.records[r + 1]);
@@ -617,8 +618,7 @@ Result<OutputFile> torch_zip_output_file(std::string name, TorchZipLayout layout
                                          std::vector<LogicalTensor> tensors) {
   if (tensors.size() != layout.tensor_record.size())
     return invalid_input(name + ": " + std::to_string(tensors.size()) +
-                         " tensors for a layout of " +
-                         std::to_string(layout.tensor_record.size()));
+                         " tensors for a layout of " + std::to_string(layout.tensor_record.size()));
   auto framing = std::make_shared<TorchZipFraming>(std::move(layout));
   const TorchZipLayout& l = framing->layout();
   OutputFile file;

@@ -93,7 +93,7 @@ struct CandidateTensor {
 // before the window), windows of different tensors in any order. Windows need not hold whole
 // elements.
 using CandidateSink = std::function<Status(std::string_view tensor, std::uint64_t offset,
-                                        std::span<const std::byte> bytes)>;
+                                           std::span<const std::byte> bytes)>;
 // Produces the whole candidate into the sink; returns the sink's first error, or its own.
 using CandidateSource = std::function<Status(const CandidateSink& sink)>;
 

@@ -6,10 +6,10 @@
 #include <vector>
 
 #include "exec/distributed.h"
-#include "formats/hf_safetensors.h"
 #include "exec/manifest.h"
 #include "exec/output_dir.h"
 #include "exec/staging.h"
+#include "formats/hf_safetensors.h"
 #include "io/file_lock.h"
 #include "io/input_file.h"
 #include "safetensors/safetensors.h"
@@ -191,8 +191,7 @@ static Result<VerifyReport> verify_one_model(const fs::path& dir, const VerifyOp
   std::map<std::string, const FileDigest*> expected;
   for (const auto& file : manifest.files) expected[file.name] = &file;
   for (const auto& [name, digest] : expected)
-    if (std::find(model.file_names.begin(), model.file_names.end(), name) ==
-        model.file_names.end())
+    if (std::find(model.file_names.begin(), model.file_names.end(), name) == model.file_names.end())
       report.problems.push_back(name + ": in the manifest but not part of the model");
 
   std::map<std::string, const HfModelFile*> headers;  // by name: files in name order, as before

@@ -220,7 +220,8 @@ TEST_CASE("planner views: unflatten, flatten, narrow, concat and zeros run to th
     return view(0, 7 + element * 4, (48 - element) * 4, DType::kF32, shape, strides);
   };
   // [6, 4] as two shards of 3 rows (stored apart, in reverse order).
-  auto rows = tensor("rows", {6, 4}, {{at(12, {3, 4}, {4, 1}), {0, 0}}, {at(0, {3, 4}, {4, 1}), {3, 0}}});
+  auto rows =
+      tensor("rows", {6, 4}, {{at(12, {3, 4}, {4, 1}), {0, 0}}, {at(0, {3, 4}, {4, 1}), {3, 0}}});
   // [4, 6], the transpose of storage elements 24..47 as [6, 4]: strides that do not merge.
   auto transposed = tensor("transposed", {4, 6}, {{at(24, {4, 6}, {1, 4}), {0, 0}}});
   const std::vector<Bytes> inputs = {file_bytes(dir.in("a.bin"))};

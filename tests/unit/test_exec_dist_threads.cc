@@ -7,10 +7,10 @@
 #include <set>
 #include <thread>
 
+#include "core/worker_pool.h"
 #include "exec/executor.h"
 #include "exec/file_jobs.h"
 #include "exec/manifest.h"
-#include "core/worker_pool.h"
 #include "test_exec_dist_plan.h"
 
 using namespace ckptstream;

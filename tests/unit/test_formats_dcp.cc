@@ -31,7 +31,6 @@ std::string detected(const fs::path& dir) {
   return found.ok() && found.value() ? std::string(found->reader->name) : std::string();
 }
 
-
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "dcp";
 
 using testing::TempDir;

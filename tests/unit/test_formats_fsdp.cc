@@ -30,7 +30,6 @@ std::string detected(const fs::path& dir) {
   return found.ok() && found.value() ? std::string(found->reader->name) : std::string();
 }
 
-
 const fs::path kFixtures = fs::path(CKPT_FIXTURES) / "fsdp";
 
 using testing::TempDir;
@@ -294,8 +293,9 @@ TEST_CASE("fsdp: local shards of the wrong shape, on a shard or on a replica") {
   fs::copy(swapped / "model_world_size_3_rank_0.pt", swapped / "model_world_size_3_rank_2.pt",
            fs::copy_options::overwrite_existing);
   // The name torch.save recorded gives it away first; read anyway, its shards do not fit.
-  CHECK(contains(error_of(swapped), "model_world_size_3_rank_2.pt was saved as "
-                                    "model_world_size_3_rank_0.pt"));
+  CHECK(contains(error_of(swapped),
+                 "model_world_size_3_rank_2.pt was saved as "
+                 "model_world_size_3_rank_0.pt"));
   auto error = error_of(swapped, true);
   CHECK(contains(error, "tensor model.embed_tokens.weight: rank 2 ("));
   CHECK(contains(error,

@@ -771,8 +771,9 @@ TEST_CASE("pickler: CPython's bytes for a dict of a float, and a Namespace read 
     p.floating(1.5);
     p.op(pickle::opcode::kSetItem);
     p.stop();
-    CHECK(p.take() == "\x80\x02}q\x00X\x01\x00\x00\x00"
-                      "aq\x01G?\xf8\x00\x00\x00\x00\x00\x00s."s);
+    CHECK(p.take() ==
+          "\x80\x02}q\x00X\x01\x00\x00\x00"
+          "aq\x01G?\xf8\x00\x00\x00\x00\x00\x00s."s);
   }
   {
     // pickle.dumps((70000, -2, 2**40, (1, 2, 3, 4)), protocol=2)

@@ -49,4 +49,3 @@ TEST_CASE("tie_word_embeddings is read from config.json") {
   CHECK(!read_hf_config(dir.write("b.json", R"({})")).value().tie_word_embeddings);
   CHECK(!read_hf_config(dir.write("c.json", "not json")).ok());
 }
-

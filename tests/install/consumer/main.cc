@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
   write.ignore_environment = true;
   auto written = ckptstream::write_model(*plan, argv[2], write);
   if (!written.ok() || !*written) {
-    std::fprintf(stderr, "write: %s\n", written.ok() ? "incomplete" : written.error().message.c_str());
+    std::fprintf(stderr, "write: %s\n",
+                 written.ok() ? "incomplete" : written.error().message.c_str());
     return 1;
   }
   auto report = ckptstream::verify_output(argv[2], {});
