@@ -156,15 +156,15 @@ bool is_data_parallel_dim(std::string_view name) {
 // the (already cut) dim d with torch.chunk semantics, mesh dims in order, as DTensor does.
 ShardBox local_box(const DTensorInfo& info, const std::vector<std::int64_t>& coord,
                    const std::vector<std::size_t>& shard_dims) {
-  std::vector<std::size_t> dims;
-  std::vector<std::int64_t> pieces, at;
+  ShardBox box{Shape(info.global_shape.size(), 0), info.global_shape};
   for (std::size_t m = 0; m < info.placements.size(); ++m) {
     if (info.placements[m].kind != Placement::Kind::kShard) continue;
-    dims.push_back(shard_dims[m]);
-    pieces.push_back(info.mesh->shape[m]);
-    at.push_back(coord[m]);
+    std::size_t d = shard_dims[m];
+    ChunkRange range = chunk_range(box.shape[d], info.mesh->shape[m], coord[m]);
+    box.offsets[d] += range.begin;
+    box.shape[d] = range.length;
   }
-  return shard_grid(info.global_shape, dims, pieces, at);
+  return box;
 }
 
 // Row-major coordinate of flat index `flat` in a mesh of shape `shape`.

@@ -20,11 +20,23 @@ bool overlap(const BoxView& a, const BoxView& b) {
   return true;
 }
 
-// The dim whose box starts take the most distinct values: sorted along it, a box can only
-// overlap the boxes that start before it ends there.
+// The dim to sweep along: sorted by their start there, a box can only overlap the boxes that
+// start before it ends there. The common layouts cut one dim (shards, chunks, experts): that dim,
+// found without sorting. Grids cut several: the dim whose starts take the most distinct values.
 std::size_t sweep_dim(std::span<const BoxView> boxes, const std::vector<std::size_t>& nonempty,
                       std::size_t rank) {
   if (rank <= 1 || nonempty.size() <= 2) return 0;
+  std::size_t varying = 0, last = 0;
+  for (std::size_t d = 0; d < rank; ++d) {
+    const std::int64_t first = boxes[nonempty.front()].offsets[d];
+    for (std::size_t i : nonempty)
+      if (boxes[i].offsets[d] != first) {
+        ++varying;
+        last = d;
+        break;
+      }
+  }
+  if (varying <= 1) return last;
   std::size_t best = 0, best_count = 0;
   std::vector<std::int64_t> starts(nonempty.size());
   for (std::size_t d = 0; d < rank; ++d) {
@@ -72,9 +84,10 @@ std::optional<TilingFault> find_tiling_fault(const Shape& shape, std::span<const
   auto end = [&](std::size_t i) {
     return rank ? boxes[i].offsets[sweep] + boxes[i].sizes[sweep] : 1;
   };
-  std::vector<std::size_t> order = nonempty;
-  std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return start(a) < start(b); });
+  std::vector<std::size_t>& order = nonempty;  // sorted in place: not needed in index order now
+  auto before = [&](std::size_t a, std::size_t b) { return start(a) < start(b); };
+  if (!std::is_sorted(order.begin(), order.end(), before))
+    std::stable_sort(order.begin(), order.end(), before);
   std::optional<TilingFault> first_overlap;
   for (std::size_t i = 0; i < order.size(); ++i)
     for (std::size_t j = i + 1; j < order.size() && start(order[j]) < end(order[i]); ++j)
