@@ -40,7 +40,10 @@ struct ReadOptions {
   // Local headers of torch zip files read per file, the others' data offsets computed
   // (TorchReadOptions); 0: all. Only for plans that are shown, not executed.
   std::size_t sampled_headers = 0;
-  std::optional<std::string> prefix;         // DCP: the app-state prefix of the model keys
+  std::optional<std::string> prefix;  // DCP: the app-state prefix of the model keys
+  // The model's Hugging Face directory when given (--hf-config): a reader whose checkpoint does
+  // not say what model it holds takes the hyperparameters from its config.json (hf_config.h).
+  std::optional<std::filesystem::path> hf_config;
   std::filesystem::path scratch_dir;         // where compressed items are decoded to
   bool accept_renamed_rank_files = false;    // verl FSDP (FsdpCheckpoint)
   const InterruptFlag* interrupt = nullptr;  // looked at between files and batches

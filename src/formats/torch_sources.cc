@@ -6,6 +6,7 @@
 #include <set>
 #include <tuple>
 
+#include "formats/hf_config.h"
 #include "io/input_file.h"
 
 namespace ckptstream {
@@ -39,36 +40,6 @@ bool is_side_file_name(std::string_view name) {
     if (name == exact) return true;
   return has_prefix(name, "tokenizer") || has_prefix(name, "chat_template") ||
          has_prefix(name, "vocab.") || has_suffix(name, ".tiktoken");
-}
-
-// Python modules named in config.json's auto_map ("modeling_x.XForCausalLM" -> modeling_x.py).
-std::vector<std::string> remote_code_modules(const fs::path& config) {
-  std::vector<std::string> modules;
-  auto text = read_small_file(config);
-  if (!text.ok()) return modules;
-  simdjson::dom::parser parser;
-  simdjson::dom::element doc;
-  if (parser.parse(*text).get(doc)) return modules;
-  simdjson::dom::object auto_map;
-  if (doc["auto_map"].get(auto_map)) return modules;
-  auto add = [&](std::string_view ref) {
-    auto sep = ref.rfind("--");  // "repo--module.Class" form
-    if (sep != std::string_view::npos) ref = ref.substr(sep + 2);
-    auto dot = ref.find('.');
-    if (dot != std::string_view::npos)
-      modules.emplace_back(std::string(ref.substr(0, dot)) + ".py");
-  };
-  for (auto field : auto_map) {
-    std::string_view ref;
-    simdjson::dom::array refs;
-    if (!field.value.get(ref)) {
-      add(ref);
-    } else if (!field.value.get(refs)) {
-      for (auto item : refs)
-        if (!item.get(ref)) add(ref);
-    }
-  }
-  return modules;
 }
 
 // The shard files of a Hugging Face *.index.json, in order of first appearance.
@@ -214,11 +185,13 @@ Result<std::vector<SideFile>> find_side_files(const fs::path& dir) {
     }
   }
   if (ec) return io_error(dir.string() + ": cannot list: " + ec.message());
-  if (wanted.count("config.json"))
-    for (auto& module : remote_code_modules(dir / "config.json")) {
+  if (wanted.count("config.json")) {
+    auto config = read_hf_config(dir / "config.json");  // an unreadable one names no code
+    for (auto& module : config.ok() ? config->remote_code_modules : std::vector<std::string>{}) {
       CKPT_ASSIGN_OR_RETURN(bool present, regular_file_exists(dir / module));
       if (present) wanted.insert(module);
     }
+  }
   for (const auto& name : wanted) side.push_back(SideFile{dir / name, name});
   return side;
 }

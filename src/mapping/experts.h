@@ -27,7 +27,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
-#include "mapping/hf_config.h"
+#include "formats/hf_config.h"
 #include "plan/plan.h"
 
 namespace ckptstream {

@@ -442,13 +442,4 @@ Result<LoraExport> export_lora_adapter(const std::vector<LogicalTensor>& tensors
   return out;
 }
 
-Result<std::optional<std::string>> config_name_or_path(const std::filesystem::path& config_json) {
-  simdjson::dom::parser parser;
-  CKPT_ASSIGN_OR_RETURN(auto object, parse_object(parser, config_json));
-  std::string_view name;
-  if (object["_name_or_path"].get_string().get(name)) return std::optional<std::string>{};
-  if (name.empty()) return std::optional<std::string>{};
-  return std::optional<std::string>(std::string(name));
-}
-
 }  // namespace ckptstream

@@ -75,12 +75,9 @@ struct LoraExport {
   std::vector<LogicalTensor> adapter;  // base_model.model.<m>.lora_{A,B}.weight, in input order
   std::string adapter_config_json;     // PEFT LoraConfig, json.dumps(indent=2, sort_keys=True)
 };
-// `base_model_name_or_path`: config.json's _name_or_path (config_name_or_path), or none.
+// `base_model_name_or_path`: config.json's _name_or_path (HfConfig::name_or_path), or none.
 Result<LoraExport> export_lora_adapter(const std::vector<LogicalTensor>& tensors,
                                        const LoraParams& params,
                                        const std::optional<std::string>& base_model_name_or_path);
-
-// `_name_or_path` of a Hugging Face config.json, if it has one.
-Result<std::optional<std::string>> config_name_or_path(const std::filesystem::path& config_json);
 
 }  // namespace ckptstream

@@ -52,7 +52,9 @@ void drop_tied_output(const ConversionOptions& options, const std::optional<HfCo
 // LoRA checkpoints: fuses the adapters into the weights, or splits them off as a PEFT adapter
 // (returned; `tensors` becomes the base model).
 Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir,
-                                             const ConversionOptions& options, MergePlan& merge,
+                                             const ConversionOptions& options,
+                                             const std::optional<HfConfig>& config,
+                                             MergePlan& merge,
                                              std::vector<LogicalTensor>& tensors) {
   if (!has_lora_keys(tensors)) return std::optional<LoraExport>();
   LoraFlags flags{options.lora_alpha, options.lora_rank,
@@ -68,9 +70,7 @@ Result<std::optional<LoraExport>> apply_lora(const fs::path& local_dir,
     return std::optional<LoraExport>();
   }
   std::optional<std::string> base_name;
-  if (merge.config_json) {
-    CKPT_ASSIGN_OR_RETURN(base_name, config_name_or_path(*merge.config_json));
-  }
+  if (config && !config->name_or_path.empty()) base_name = config->name_or_path;
   CKPT_ASSIGN_OR_RETURN(auto adapter, export_lora_adapter(tensors, lora, base_name));
   tensors = std::move(adapter.base);
   merge.notes.push_back("LoRA written as a PEFT adapter in lora_adapter/ (" + describe + ")");
@@ -104,6 +104,7 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   read.threads = options.threads;
   read.sampled_headers = options.sampled_headers;
   read.prefix = options.prefix;
+  read.hf_config = options.hf_config;
   read.scratch_dir = merge.scratch->path();
   read.accept_renamed_rank_files = options.accept_renamed_rank_files;
   read.interrupt = options.interrupt;
@@ -130,7 +131,7 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   auto tensors = std::move(source.tensors.tensors);
   std::optional<LoraExport> adapter;
   if (!options.as_saved) {
-    CKPT_ASSIGN_OR_RETURN(adapter, apply_lora(local_dir, options, merge, tensors));
+    CKPT_ASSIGN_OR_RETURN(adapter, apply_lora(local_dir, options, config, merge, tensors));
     drop_tied_output(options, config, tensors, merge.notes);
     if (!options.keep_packed_experts && config) {
       CKPT_ASSIGN_OR_RETURN(tensors,

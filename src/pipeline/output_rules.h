@@ -7,7 +7,7 @@
 
 #include "ckptstream/dtype.h"
 #include "ckptstream/result.h"
-#include "mapping/hf_config.h"
+#include "formats/hf_config.h"
 #include "plan/plan.h"
 
 namespace ckptstream {

@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "exec/executor.h"
+#include "formats/hf_config.h"
 #include "io/input_file.h"
 #include "mapping/experts.h"
-#include "mapping/hf_config.h"
 #include "plan/views.h"
 #include "safetensors/safetensors.h"
 #include "torch/torch_checkpoint.h"

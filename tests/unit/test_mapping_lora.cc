@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "exec/executor.h"
+#include "formats/hf_config.h"
 #include "io/input_file.h"
 #include "mapping/lora.h"
 #include "safetensors/safetensors.h"
@@ -348,11 +349,11 @@ TEST_CASE("export_lora_adapter: base model plus PEFT's adapter names and config"
 
   TempDir dir("lora");
   write_file(dir / "config.json", R"({"_name_or_path": "org/base", "model_type": "qwen2"})");
-  auto name = config_name_or_path(dir / "config.json");
-  REQUIRE(name.ok());
-  CHECK(*name == std::optional<std::string>("org/base"));
+  auto named_config = read_hf_config(dir / "config.json");  // the one config.json reader
+  REQUIRE(named_config.ok());
+  CHECK(named_config->name_or_path == "org/base");
   write_file(dir / "config.json", R"({"model_type": "qwen2"})");
-  CHECK(*config_name_or_path(dir / "config.json") == std::nullopt);
+  CHECK(read_hf_config(dir / "config.json")->name_or_path.empty());
 }
 
 TEST_CASE("fused PEFT checkpoint through the planner and executor matches torch") {

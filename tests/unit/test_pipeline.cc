@@ -5,7 +5,7 @@
 #include <optional>
 #include <string>
 
-#include "mapping/hf_config.h"
+#include "formats/hf_config.h"
 #include "pipeline/output_rules.h"
 #include "temp_dir.h"
 

@@ -495,6 +495,31 @@ TEST_CASE("zip64 fields on planned huge sizes") {
   CHECK(layout->central_directory_offset == records.back().end());
 }
 
+TEST_CASE("a torch zip is an output file like any other: execute_plan stages and commits it") {
+  TempDir dir("torch_writer");
+  TempDir inputs("torch_writer_in");
+  auto tensors = all_dtype_tensors();
+  std::vector<std::string> data;
+  for (std::size_t i = 0; i < tensors.size(); ++i)
+    data.push_back(pattern_bytes(i, tensor_nbytes(tensors[i]), tensors[i].dtype));
+  auto plan =
+      pattern_plan(dir.path / "one" / "all.pt", inputs.path / "in.bin", tensors, data, false);
+  REQUIRE_MESSAGE(plan.ok(), plan.error().message);
+  fs::create_directories(dir.path / "one");
+  REQUIRE(execute_to_file(*plan, dir.path / "one" / "all.pt", {}).ok());
+  ExecOptions small;
+  small.buffer_bytes = 4096;
+  fs::create_directories(dir.path / "staged");
+  auto manifest = execute_plan(*plan, dir.path / "staged", small);
+  REQUIRE_MESSAGE(manifest.ok(), manifest.error().message);
+  CHECK(read_file(dir.path / "staged" / "all.pt") == read_file(dir.path / "one" / "all.pt"));
+  REQUIRE(manifest->files.size() == 1);
+  CHECK(manifest->files[0].tensors.size() == tensors.size());
+  auto back = read_torch_file(dir.path / "staged" / "all.pt");
+  REQUIRE_MESSAGE(back.ok(), back.error().message);
+  CHECK(back->tensors.size() == tensors.size());
+}
+
 TEST_CASE("a failed write leaves neither the target nor a temporary; bad targets are named") {
   TempDir dir("torch_writer");
   TempDir inputs("torch_writer_in");

@@ -1,7 +1,8 @@
-// What the mapping layers need from a Hugging Face config.json: the architecture (model_type,
-// architectures), the sizes that let a mapping check tensor shapes, and the few flags that change
-// what transformers' save_pretrained writes. Vision-language models nest the language model's
-// settings under "text_config"; its values are read too, and the size accessors fall back to them.
+// The one reader of a Hugging Face config.json. What the layers above need of it: the architecture
+// (model_type, architectures), the sizes that let a mapping check tensor shapes, and the few flags
+// that change what transformers' save_pretrained writes. Vision-language models nest the language
+// model's settings under "text_config"; its values are read too, and the size accessors fall back
+// to them.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +29,13 @@ struct HfConfig {
   std::filesystem::path path;  // for messages
   std::vector<std::string> architectures;
   std::optional<bool> tie_word_embeddings;
-  std::string dtype;      // transformers v5 "dtype", else v4 "torch_dtype"; "" when absent
-  std::string dtype_key;  // which of the two it was, for messages
-  HfTextConfig top;       // the top-level keys
+  std::string dtype;         // transformers v5 "dtype", else v4 "torch_dtype"; "" when absent
+  std::string dtype_key;     // which of the two it was, for messages
+  std::string name_or_path;  // "_name_or_path": the model it was made from ("" when absent)
+  // The Python modules of the remote code its "auto_map" names ("modeling_x.XForCausalLM" and
+  // "repo--modeling_x.XForCausalLM" give modeling_x.py), which travel with the model.
+  std::vector<std::string> remote_code_modules;
+  HfTextConfig top;  // the top-level keys
   std::optional<HfTextConfig> text_config;
 
   const std::string& model_type() const { return top.model_type; }

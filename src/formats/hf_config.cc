@@ -1,4 +1,4 @@
-#include "mapping/hf_config.h"
+#include "formats/hf_config.h"
 
 #include <simdjson.h>
 
@@ -47,6 +47,32 @@ Result<HfTextConfig> read_text_config(element object) {
   return config;
 }
 
+// auto_map: {"AutoModelForCausalLM": "modeling_x.XForCausalLM" or a list of such, ...}; values of
+// other types are left alone (remote code is copied when it is named, never required).
+std::vector<std::string> remote_code_modules(element doc) {
+  std::vector<std::string> modules;
+  simdjson::dom::object auto_map;
+  if (doc["auto_map"].get(auto_map)) return modules;
+  auto add = [&](std::string_view ref) {
+    auto sep = ref.rfind("--");  // "repo--module.Class" form
+    if (sep != std::string_view::npos) ref = ref.substr(sep + 2);
+    auto dot = ref.find('.');
+    if (dot != std::string_view::npos)
+      modules.emplace_back(std::string(ref.substr(0, dot)) + ".py");
+  };
+  for (auto field : auto_map) {
+    std::string_view ref;
+    simdjson::dom::array refs;
+    if (!field.value.get(ref)) {
+      add(ref);
+    } else if (!field.value.get(refs)) {
+      for (auto item : refs)
+        if (!item.get(ref)) add(ref);
+    }
+  }
+  return modules;
+}
+
 Result<HfConfig> parse_config(element doc) {
   if (!doc.is_object()) return invalid_input("not a JSON object");
   HfConfig config;
@@ -59,6 +85,9 @@ Result<HfConfig> parse_config(element doc) {
       break;
     }
   }
+  std::string_view name_or_path;
+  if (!doc["_name_or_path"].get_string().get(name_or_path)) config.name_or_path = name_or_path;
+  config.remote_code_modules = remote_code_modules(doc);
   element architectures;
   if (!doc["architectures"].get(architectures) && !architectures.is_null()) {
     simdjson::dom::array names;
