@@ -24,6 +24,7 @@
 #include <string_view>
 #include <vector>
 
+#include "ckptstream/dtype.h"
 #include "ckptstream/result.h"
 
 namespace ckptstream {
@@ -145,5 +146,63 @@ Result<VerifyReport> verify_output(const std::filesystem::path& dir, const Verif
 Result<std::vector<std::string>> compare_with_source(const ConversionPlan& plan,
                                                      const std::filesystem::path& dir,
                                                      const WriteOptions& options);
+
+// Comparison with a reference Hugging Face model, tensor by tensor, as verl's `test` does: the
+// name sets, each common tensor's shape and dtype, then its values, exactly (the default) or
+// within |a - b| <= atol + rtol * |b| for float dtypes. The reference is a directory holding
+// model.safetensors or shards named by its index (or one .safetensors file).
+struct CompareOptions {
+  double atol = 0;  // atol = rtol = 0: exact comparison
+  double rtol = 0;
+  // Names left out on both sides: fnmatch(3) patterns without flags ('*' also matches '.'), e.g.
+  // "lm_head.weight" (tied embeddings, value models) or "*.rotary_emb.inv_freq".
+  std::vector<std::string> skip;
+  // Compare against the reference cast to the candidate's dtype (torch-exact rounding), as verl's
+  // test loads the reference with torch_dtype=bfloat16. Float dtypes (F16/BF16/F32/F64) only;
+  // other dtype differences stay problems.
+  bool cast_reference = false;
+  std::uint64_t buffer_bytes = 8ull << 20;  // per read buffer
+  // Called with (candidate bytes compared so far, candidate bytes in all); may be empty.
+  std::function<void(std::uint64_t, std::uint64_t)> on_progress;
+};
+
+struct TensorComparison {
+  std::string name;
+  DType dtype = DType::kF32;            // the candidate's
+  DType reference_dtype = DType::kF32;  // differs only with cast_reference
+  std::vector<std::int64_t> shape;
+  std::uint64_t elements = 0;
+  std::uint64_t mismatches = 0;      // elements that differ (bytes, or beyond the tolerance)
+  std::uint64_t first_mismatch = 0;  // flat index of the first one, when mismatches > 0
+  double max_abs_diff = 0;
+  double max_rel_diff = 0;  // |a - b| / |b|; infinite where b = 0 != a
+};
+
+struct CompareReport {
+  std::size_t tensors_compared = 0;       // tensors whose values were compared
+  std::size_t tensors_skipped = 0;        // names matched by CompareOptions::skip (both sides)
+  std::uint64_t bytes_compared = 0;       // candidate bytes whose values were compared
+  std::vector<std::string> missing;       // names only in the reference
+  std::vector<std::string> extra;         // names only in the candidate
+  std::vector<TensorComparison> tensors;  // every tensor whose values were compared, in order
+  std::optional<TensorComparison> worst;  // none when every difference is 0
+  std::vector<std::string> problems;      // every difference found; empty when all matched
+  bool ok() const { return problems.empty(); }
+};
+
+// A written model (directory, or one .safetensors file) against a reference.
+Result<CompareReport> compare_dirs(const std::filesystem::path& candidate,
+                                   const std::filesystem::path& reference,
+                                   const CompareOptions& options);
+
+// What `plan` would write (streamed, nothing written) against a reference (`test`).
+Result<CompareReport> compare_plan(const ConversionPlan& plan,
+                                   const std::filesystem::path& reference,
+                                   const CompareOptions& options,
+                                   const InterruptFlag* interrupt = nullptr);
+
+// One line for people: "NAME: 3 of 6 elements differ (first at 2), max abs diff 0.5, max rel
+// diff 1" or "NAME: equal (max abs diff 1e-07, max rel diff 2e-07)".
+std::string describe(const TensorComparison& comparison);
 
 }  // namespace ckptstream

@@ -11,6 +11,7 @@
 #include "exec/output_dir.h"
 #include "pipeline/merge_plan.h"
 #include "plan/report.h"
+#include "verify/compare.h"
 #include "verify/verify.h"
 
 namespace ckptstream {
@@ -276,6 +277,13 @@ Status write_torch_file(const ConversionPlan& plan, const fs::path& target,
   if (!written.ok() && written.error().kind == ErrorKind::kInterrupted)
     return interrupted_error(target.string() + " was not written (its temporary file was removed)");
   return written;
+}
+
+Result<CompareReport> compare_plan(const ConversionPlan& plan, const fs::path& reference,
+                                   const CompareOptions& options, const InterruptFlag* interrupt) {
+  ExecOptions exec;
+  exec.interrupt = interrupt;
+  return compare_plan(plan.impl().merge.model, reference, options, exec);
 }
 
 Result<std::vector<std::string>> compare_with_source(const ConversionPlan& plan,

@@ -11,7 +11,6 @@
 
 #include "ckptstream/ckptstream.h"
 #include "ckptstream/result.h"
-#include "verify/compare.h"
 
 namespace ckptstream::cli {
 

@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "core/interrupt.h"
 #include "core/json_text.h"
 #include "formats/detect.h"
 #include "io/input_file.h"

@@ -2,11 +2,8 @@
 // stream, writing nothing, and compares every tensor with a reference Hugging Face model.
 #include <cstdio>
 
-#include "api/plan_impl.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
-#include "exec/executor.h"
-#include "verify/compare.h"
 
 namespace ckptstream::cli {
 
@@ -56,9 +53,8 @@ int run_test(const TestArgs& args) {
   options.rtol = args.rtol;
   options.skip = skipped_names(args.checkpoint);
   options.on_progress = [&](std::uint64_t done, std::uint64_t total) { bar.update(done, total); };
-  ExecOptions exec;
-  exec.interrupt = args.checkpoint.conversion.interrupt;
-  auto report = compare_plan(plan->impl().merge.model, args.test_hf_dir, options, exec);
+  auto report =
+      compare_plan(*plan, args.test_hf_dir, options, args.checkpoint.conversion.interrupt);
   bar.finish();
   if (!report.ok()) return report_error(report.error());
   return print_comparison(*report, args.test_hf_dir, args.checkpoint.quiet);

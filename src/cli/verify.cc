@@ -6,8 +6,6 @@
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "plan/report.h"
-#include "verify/compare.h"
-#include "verify/verify.h"
 
 namespace ckptstream::cli {
 namespace fs = std::filesystem;
