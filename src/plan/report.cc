@@ -107,39 +107,54 @@ void append_bytes_text(std::string& out, std::uint64_t bytes) {
   out += ')';
 }
 
-void append_fragments_text(std::string& out, const Plan& plan, const LogicalTensor& tensor,
-                           std::string_view prefix) {
-  for (const auto& fragment : tensor.fragments) {
-    const auto& ref = fragment.source;
-    out += prefix;
-    out += "<- ";
-    if (ref.zeros) {
-      out += "zeros ";
-      append_list(out, ref.shape, ", ");
-      out += " at ";
-      append_list(out, fragment.offsets, ", ");
-      out += '\n';
-      continue;
-    }
+// How a fragment is written: the same fields in the same order in both reports, in their syntax.
+struct FragmentSyntax {
+  std::string_view zeros;  // before the shape of a zero-fill region
+  std::string_view input;  // before the input (text: its path; JSON: its index)
+  std::string_view offset, length, shape, strides, at, byteswap, end;
+  std::string_view list_separator;
+  const Plan* plan;  // text: the paths of the inputs
+};
+
+void append_fragment(std::string& out, const Fragment& fragment, const FragmentSyntax& syntax) {
+  const auto& ref = fragment.source;
+  if (ref.zeros) {
+    out += syntax.zeros;
+  } else {
     auto span = fragment_span(ref);
-    if (ref.input < plan.inputs.size())
-      out += plan.inputs[ref.input].native();
+    out += syntax.input;
+    if (!syntax.plan)
+      append_number(out, static_cast<std::uint64_t>(ref.input));
+    else if (ref.input < syntax.plan->inputs.size())
+      out += syntax.plan->inputs[ref.input].native();
     else
       out += "#" + std::to_string(ref.input);
-    out += " @";
+    out += syntax.offset;
     append_number(out, span.offset);
-    out += " +";
+    out += syntax.length;
     append_number(out, span.length);
-    out += ' ';
-    append_list(out, ref.shape, ", ");
+    out += syntax.shape;
+    append_list(out, ref.shape, syntax.list_separator);
     if (!span.contiguous) {
-      out += " strides ";
-      append_list(out, ref.strides, ", ");
+      out += syntax.strides;
+      append_list(out, ref.strides, syntax.list_separator);
     }
-    out += " at ";
-    append_list(out, fragment.offsets, ", ");
-    if (ref.byteswap) out += " byteswap";
-    out += '\n';
+  }
+  if (ref.zeros) append_list(out, ref.shape, syntax.list_separator);
+  out += syntax.at;
+  append_list(out, fragment.offsets, syntax.list_separator);
+  if (ref.byteswap && !ref.zeros) out += syntax.byteswap;
+  out += syntax.end;
+}
+
+void append_fragments_text(std::string& out, const Plan& plan, const LogicalTensor& tensor,
+                           std::string_view prefix) {
+  const FragmentSyntax text{"zeros ", "",          " @", " +", " ",  " strides ",
+                            " at ",   " byteswap", "\n", ", ", &plan};
+  for (const auto& fragment : tensor.fragments) {
+    out += prefix;
+    out += "<- ";
+    append_fragment(out, fragment, text);
   }
 }
 
@@ -184,37 +199,21 @@ void append_tensor_text(std::string& out, const Plan& plan, const OutputFile& fi
 // --- JSON ------------------------------------------------------------------------------------
 
 void append_fragments_json(std::string& out, const LogicalTensor& tensor) {
+  const FragmentSyntax json{"\"zeros\":true,\"shape\":",
+                            "\"input\":",
+                            ",\"offset\":",
+                            ",\"length\":",
+                            ",\"shape\":",
+                            ",\"strides\":",
+                            ",\"at\":",
+                            ",\"byteswap\":true",
+                            "}",
+                            ",",
+                            nullptr};
   out += ",\"fragments\":[";
-  bool first = true;
-  for (const auto& fragment : tensor.fragments) {
-    const auto& ref = fragment.source;
-    out += first ? "{" : ",{";
-    first = false;
-    if (ref.zeros) {
-      out += "\"zeros\":true,\"shape\":";
-      append_list(out, ref.shape, ",");
-      out += ",\"at\":";
-      append_list(out, fragment.offsets, ",");
-      out += '}';
-      continue;
-    }
-    auto span = fragment_span(ref);
-    out += "\"input\":";
-    append_number(out, static_cast<std::uint64_t>(ref.input));
-    out += ",\"offset\":";
-    append_number(out, span.offset);
-    out += ",\"length\":";
-    append_number(out, span.length);
-    out += ",\"shape\":";
-    append_list(out, ref.shape, ",");
-    if (!span.contiguous) {
-      out += ",\"strides\":";
-      append_list(out, ref.strides, ",");
-    }
-    out += ",\"at\":";
-    append_list(out, fragment.offsets, ",");
-    if (ref.byteswap) out += ",\"byteswap\":true";
-    out += '}';
+  for (std::size_t i = 0; i < tensor.fragments.size(); ++i) {
+    out += i ? ",{" : "{";
+    append_fragment(out, tensor.fragments[i], json);
   }
   out += ']';
 }

@@ -254,3 +254,33 @@ TEST_CASE("cost is linear: 20k tensors x 10 fragments") {
   CHECK(text.size() > 200000 * 30);
   CHECK(json.find("\"bytes_read\":3200000,") != std::string::npos);
 }
+
+TEST_CASE("zero-fill fragments: no input, in both reports, and no bytes read") {
+  Plan plan;
+  plan.inputs = {"in/r0.bin"};
+  auto padded = logical("embed", DType::kF32, DType::kF32, {6, 2});
+  padded.fragments.push_back(fragment(0, 0, DType::kF32, {4, 2}, {2, 1}, 0, {0, 0}));
+  Fragment pad;
+  pad.source.zeros = true;
+  pad.source.dtype = DType::kF32;
+  pad.source.shape = {2, 2};
+  pad.source.strides = {2, 1};
+  pad.offsets = {4, 0};
+  padded.fragments.push_back(pad);
+  OutputFile file;
+  file.name = "model.safetensors";
+  file.header = std::string(8, ' ');
+  file.tensors.push_back(PlacedTensor{padded, 0, 48});
+  plan.files.push_back(file);
+  plan.total_size = 48;
+  PlanSummaryOptions options;
+  std::string text = plan_to_text(plan, options);
+  CHECK(text.find("    <- in/r0.bin @0 +32 [4, 2] at [0, 0]\n    <- zeros [2, 2] at [4, 0]\n") !=
+        std::string::npos);
+  std::string json = plan_to_json(plan, options);
+  CHECK(json.find("\"fragments\":[{\"input\":0,\"offset\":0,\"length\":32,\"shape\":[4,2],"
+                  "\"at\":[0,0]},{\"zeros\":true,\"shape\":[2,2],\"at\":[4,0]}]") !=
+        std::string::npos);
+  CHECK(python_accepts_json(json));
+  CHECK(plan_totals(plan).bytes_read == 32);  // the zeros come from no file
+}
