@@ -344,7 +344,10 @@ Result<SourceTensors> read_full_weights(const fs::path& path, const DcpOptions& 
 
 }  // namespace
 
-Result<DcpLayout> find_dcp_checkpoint(const fs::path& dir) {
+namespace {
+
+// The layout in `dir`; nullopt when nothing of a DCP checkpoint is there.
+Result<std::optional<DcpLayout>> locate_dcp(const fs::path& dir) {
   DcpLayout layout;
   for (const fs::path& candidate : {dir, dir / "dcp_checkpoint", dir / "actor" / "dcp_checkpoint"})
     if (is_file(candidate / ".metadata")) {
@@ -367,27 +370,32 @@ Result<DcpLayout> find_dcp_checkpoint(const fs::path& dir) {
     if (layout.full_weights)
       layout.notes.push_back("also found " + layout.full_weights->string() +
                              " (RLinf's gathered model); reading the DCP checkpoint");
-    return layout;
+    return std::optional<DcpLayout>(std::move(layout));
   }
-  if (layout.full_weights) return layout;
+  if (layout.full_weights) return std::optional<DcpLayout>(std::move(layout));
   if (is_file(dir / "__0.metadata"))
     return unsupported(dir.string() +
                        ": only rank-local __R.metadata files (a save without "
                        "collectives), no global .metadata: not supported");
-  return invalid_input(dir.string() + ": no DCP checkpoint: no .metadata in it, in " +
-                       "dcp_checkpoint/ or in actor/dcp_checkpoint/, and no full_weights.pt");
+  return std::optional<DcpLayout>();
 }
 
-Result<FoundCheckpoint> find_dcp(const fs::path& dir, bool required) {
-  auto layout = find_dcp_checkpoint(dir);
-  if (!layout.ok()) {
-    // Nothing of it here: for auto detection that is not an error (a rank-local .metadata is).
-    if (!required && layout.error().kind == ErrorKind::kInvalidInput) return FoundCheckpoint();
-    return layout.error();
-  }
+}  // namespace
+
+Result<DcpLayout> find_dcp_checkpoint(const fs::path& dir) {
+  CKPT_ASSIGN_OR_RETURN(auto layout, locate_dcp(dir));
+  if (!layout)
+    return invalid_input(dir.string() + ": no DCP checkpoint: no .metadata in it, in " +
+                         "dcp_checkpoint/ or in actor/dcp_checkpoint/, and no full_weights.pt");
+  return std::move(*layout);
+}
+
+namespace {
+
+FoundCheckpoint found_dcp(const fs::path& dir, DcpLayout layout) {
   FoundCheckpoint found;
-  found.read =
-      [dir, layout = std::move(layout).value()](const ReadOptions& options) -> Result<SourceModel> {
+  found.read = [dir,
+                layout = std::move(layout)](const ReadOptions& options) -> Result<SourceModel> {
     SourceModel model;
     DcpOptions dcp;
     dcp.prefix = options.prefix;
@@ -402,6 +410,18 @@ Result<FoundCheckpoint> find_dcp(const fs::path& dir, bool required) {
     return model;
   };
   return found;
+}
+
+}  // namespace
+
+Result<FoundCheckpoint> find_dcp(const fs::path& dir, bool required) {
+  if (required) {
+    CKPT_ASSIGN_OR_RETURN(DcpLayout layout, find_dcp_checkpoint(dir));
+    return found_dcp(dir, std::move(layout));
+  }
+  CKPT_ASSIGN_OR_RETURN(auto layout, locate_dcp(dir));
+  if (!layout) return FoundCheckpoint();  // nothing of it here: not an error for auto detection
+  return found_dcp(dir, std::move(*layout));
 }
 
 Result<SourceTensors> read_dcp_layout(const DcpLayout& layout, const DcpOptions& options) {

@@ -1,24 +1,17 @@
 #include "torch/torch_writer.h"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
-#include <random>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
 #include "core/crc32.h"
-#include "io/file_lock.h"
 #include "pickle/pickler.h"
 
 namespace ckptstream {
