@@ -12,7 +12,8 @@
 # to a CSV. Needs root (drop_caches; the oracle). Not part of ctest. See bench/README.md.
 #
 #   bench/run.sh [--bin PATH] [--dir /var/tmp/ckptstream-bench] [--sizes "1 5"] [--runs 3]
-#                [--world-size 8] [--dtype bf16|fp32] [--layout fsdp|dcp] [--torch-max-gb 5]
+#                [--world-size 8] [--dtype bf16|fp32] [--layout fsdp|dcp|megatron|megatron-dist]
+#                [--tp 2] [--pp 1] [--torch-max-gb 5]
 #                [--no-torch] [--deepseek-world 16] [--no-deepseek] [--no-merge]
 #                [--caches "cold warm"] [--csv FILE] [--threads N] [--plan-timeout 120]
 #                [--baseline OLD_BINARY]
@@ -37,6 +38,8 @@ csv=""
 threads=""
 plan_timeout=120
 baseline=""
+tp=2
+pp=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin) bin=$2; shift 2 ;;
@@ -46,6 +49,8 @@ while [ $# -gt 0 ]; do
     --world-size) world=$2; shift 2 ;;
     --dtype) dtype=$2; shift 2 ;;
     --layout) layout=$2; shift 2 ;;
+    --tp) tp=$2; shift 2 ;;
+    --pp) pp=$2; shift 2 ;;
     --torch-max-gb) torch_max=$2; shift 2 ;;
     --no-torch) torch_max=0; shift ;;
     --deepseek-world) ds_world=$2; shift 2 ;;
@@ -125,10 +130,19 @@ if [ "$do_merge" = 1 ]; then
       continue
     fi
     echo
-    echo "== ${size} GB: generating $layout W=$world $dtype in $ck"
-    python3 "$repo/bench/gen_ckpt.py" "$layout" "$ck" --size "${size}GB" --world-size "$world" \
+    case "$layout" in
+      megatron*) shape=(--tp "$tp" --pp "$pp") ;;
+      *) shape=(--world-size "$world") ;;
+    esac
+    echo "== ${size} GB: generating $layout ${shape[*]} $dtype in $ck"
+    python3 "$repo/bench/gen_ckpt.py" "$layout" "$ck" --size "${size}GB" "${shape[@]}" \
       --dtype "$dtype" | tail -n 1
-    if [ "$layout" = fsdp ]; then inputs=("$ck"/model_world_size_*.pt); else inputs=("$ck"/__*.distcp); fi
+    case "$layout" in
+      fsdp) inputs=("$ck"/model_world_size_*.pt) ;;
+      megatron) inputs=("$ck"/iter_*/mp_rank_*/model_optim_rng.pt) ;;
+      megatron-dist) inputs=("$ck"/iter_*/__*.distcp) ;;
+      *) inputs=("$ck"/__*.distcp) ;;
+    esac
     bytes_in=$(cat "${inputs[@]}" | wc -c)
     # the output size, from one untimed merge
     "$bin" merge --local_dir "$ck" -o "$work/out-probe" --quiet "${thr[@]}"

@@ -47,6 +47,9 @@ struct ConversionOptions {
   bool use_rslora = false;
   std::optional<std::string> prefix;               // DCP: the app-state prefix of model keys
   std::optional<std::filesystem::path> hf_config;  // the model's config.json and tokenizer
+  std::optional<std::int64_t> iteration;  // Megatron: the iteration to read (default: the latest)
+  // Megatron: an output layer of one row is a value head, written as score.weight.
+  bool value_model = false;
   // The state dict as saved (no model semantics, one output file): for write_torch_file.
   bool as_saved = false;
   unsigned threads = 0;  // files read at once (0: one per core)

@@ -220,7 +220,10 @@ void ConversionPlan::write_text(const std::function<void(std::string_view)>& sin
 
 void ConversionPlan::write_json(const std::function<void(std::string_view)>& sink,
                                 bool fragments) const {
-  write_plan_json(impl_->merge.model, report_options(fragments), sink);
+  auto options = report_options(fragments);
+  options.layout = impl_->merge.layout;
+  options.notes = impl_->merge.notes;
+  write_plan_json(impl_->merge.model, options, sink);
 }
 
 Result<ConversionPlan> plan_checkpoint(const fs::path& dir, const ConversionOptions& options) {

@@ -74,7 +74,6 @@ struct CheckpointArgs {
   ConversionOptions conversion;  // the flags that say how to read and what to make, bound here
   std::filesystem::path local_dir;
   std::string max_shard_size = "5GB";
-  bool is_value_model = false;
   bool trust_remote_code = false;
   bool use_cpu_initialization = false;
   bool quiet = false;

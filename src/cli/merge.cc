@@ -75,7 +75,7 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
   cmd.add_option(
          "--backend", args.conversion.backend,
          "checkpoint layout: auto (detect), fsdp (verl), dcp (torch.distributed.checkpoint, "
-         "RLinf)")
+         "RLinf), megatron (torch_dist or legacy mp_rank_*)")
       ->capture_default_str();
   auto* local_dir = cmd.add_option("--local_dir,--local-dir", args.local_dir,
                                    "the checkpoint directory (e.g. .../global_step_N/actor)");
@@ -88,8 +88,9 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
       ->capture_default_str();
   cmd.add_flag("--tie-word-embedding,--tie_word_embedding", args.conversion.tie_word_embedding,
                "do not write lm_head.weight (tied to the embedding), whatever config.json says");
-  cmd.add_flag("--is-value-model,--is_value_model", args.is_value_model,
-               "a critic / value / reward model: `test` skips lm_head.weight (as verl does)");
+  cmd.add_flag("--is-value-model,--is_value_model", args.conversion.value_model,
+               "a critic / value / reward model: `test` skips lm_head.weight (as verl does); "
+               "Megatron: the one-row output layer is written as score.weight");
   cmd.add_flag("--trust-remote-code,--trust_remote_code", args.trust_remote_code,
                "accepted for verl compatibility; nothing is executed either way");
   cmd.add_flag("--use_cpu_initialization,--use-cpu-initialization", args.use_cpu_initialization,
@@ -112,6 +113,9 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
   cmd.add_option("--hf-config,--hf_config", args.conversion.hf_config,
                  "directory with the model's config.json and tokenizer (RLinf: the base model), "
                  "when the checkpoint has none beside it");
+  cmd.add_option("--iteration", args.conversion.iteration,
+                 "Megatron: the iteration to read (iter_XXXXXXX), instead of the one "
+                 "latest_checkpointed_iteration.txt names");
   cmd.add_option("--threads", args.conversion.threads,
                  "output files written (or hashed) at once, one thread each (0: one per core); "
                  "also DCP items located at once; from 2 on, verl FSDP rank files are "

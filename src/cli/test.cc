@@ -40,7 +40,7 @@ void add_tolerance_options(CLI::App& cmd, double& atol, double& rtol) {
 
 std::vector<std::string> skipped_names(const CheckpointArgs& args) {
   // As verl's test: a value model or tied embeddings have no lm_head to compare.
-  if (args.is_value_model || args.conversion.tie_word_embedding) return {"lm_head.weight"};
+  if (args.conversion.value_model || args.conversion.tie_word_embedding) return {"lm_head.weight"};
   return {};
 }
 

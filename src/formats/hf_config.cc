@@ -44,6 +44,15 @@ Result<HfTextConfig> read_text_config(element object) {
   std::optional<std::int64_t> zero_experts;
   CKPT_TRY(read_optional(object, "zero_expert_num", zero_experts));
   config.zero_expert_num = zero_experts.value_or(0);
+  CKPT_TRY(read_optional(object, "num_attention_heads", config.num_attention_heads));
+  CKPT_TRY(read_optional(object, "num_key_value_heads", config.num_key_value_heads));
+  CKPT_TRY(read_optional(object, "head_dim", config.head_dim));
+  CKPT_TRY(read_optional(object, "vocab_size", config.vocab_size));
+  CKPT_TRY(read_optional(object, "intermediate_size", config.intermediate_size));
+  CKPT_TRY(read_optional(object, "moe_intermediate_size", config.moe_intermediate_size));
+  CKPT_TRY(read_optional(object, "q_lora_rank", config.q_lora_rank));
+  CKPT_TRY(read_optional(object, "kv_lora_rank", config.kv_lora_rank));
+  CKPT_TRY(read_optional(object, "num_nextn_predict_layers", config.num_nextn_predict_layers));
   return config;
 }
 

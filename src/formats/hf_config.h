@@ -23,6 +23,17 @@ struct HfTextConfig {
   // Jamba), n_routed_experts (DeepSeek, GLM-MoE), moe_num_experts (ERNIE) that is present.
   std::optional<std::int64_t> num_experts;
   std::int64_t zero_expert_num = 0;  // LongCat-Flash: identity experts packed after the routed ones
+  // Attention and MLP sizes, for layouts that interleave or pad (Megatron's fused QKV, its vocab
+  // padding). head_dim defaults to hidden_size / num_attention_heads where absent.
+  std::optional<std::int64_t> num_attention_heads;
+  std::optional<std::int64_t> num_key_value_heads;
+  std::optional<std::int64_t> head_dim;
+  std::optional<std::int64_t> vocab_size;
+  std::optional<std::int64_t> intermediate_size;
+  std::optional<std::int64_t> moe_intermediate_size;
+  std::optional<std::int64_t> q_lora_rank;  // DeepSeek MLA; null: no q-LoRA
+  std::optional<std::int64_t> kv_lora_rank;
+  std::optional<std::int64_t> num_nextn_predict_layers;  // DeepSeek MTP layers
 };
 
 struct HfConfig {
@@ -43,6 +54,8 @@ struct HfConfig {
   std::optional<std::int64_t> hidden_size() const;
   std::optional<std::int64_t> num_experts() const;
   std::int64_t zero_expert_num() const;
+  // The language model's settings: text_config's when there is one, else the top level's.
+  const HfTextConfig& language() const { return text_config ? *text_config : top; }
 };
 
 // Reads config.json. Errors name the file: unreadable, not a JSON object, or a known key with the

@@ -2,6 +2,7 @@
 #include <system_error>
 
 #include "formats/dcp_checkpoint.h"
+#include "formats/megatron_checkpoint.h"
 #include "formats/source_model.h"
 #include "formats/verl_fsdp.h"
 
@@ -12,6 +13,11 @@ namespace {
 
 constexpr CheckpointReader kReaders[] = {
     {"fsdp", "verl FSDP model_world_size_W_rank_R.pt files", false, find_verl_fsdp},
+    // Before dcp: a torch_dist checkpoint is a DCP one whose keys are megatron-core's.
+    {"megatron",
+     "a Megatron checkpoint (latest_checkpointed_iteration.txt, torch_dist metadata.json, "
+     "mp_rank_* directories)",
+     true, find_megatron},
     {"dcp", "a DCP .metadata, RLinf's dcp_checkpoint/ or model_state_dict/full_weights.pt", true,
      find_dcp},
 };
@@ -45,8 +51,6 @@ Result<FoundCheckpoint> find_checkpoint(const fs::path& dir, std::string_view ba
   const CheckpointReader* named = nullptr;
   for (const auto& reader : kReaders)
     if (reader.name == backend) named = &reader;
-  if (!named && backend == "megatron")
-    return unsupported("--backend " + std::string(backend) + " is not supported yet");
   if (!named && backend != "auto")
     return usage_error("--backend must be " + backend_names() + " (got '" + std::string(backend) +
                        "')");

@@ -29,6 +29,9 @@ struct SourceTensors {
 
 struct SourceModel {
   std::string layout;  // what was found, e.g. "verl FSDP checkpoint, world size 4"
+  // What the tensors are called: Hugging Face names (a model's state dict), or megatron-core's,
+  // which the orchestration names for Hugging Face with the family tables (mapping/megatron_hf.h).
+  enum class Naming { kHuggingFace, kMegatron } naming = Naming::kHuggingFace;
   SourceTensors tensors;
   std::optional<std::filesystem::path> hf_dir;  // config.json, tokenizer, ... beside it
   std::vector<std::string> notes;               // how the layout was found, then the reader's
@@ -44,6 +47,7 @@ struct ReadOptions {
   // The model's Hugging Face directory when given (--hf-config): a reader whose checkpoint does
   // not say what model it holds takes the hyperparameters from its config.json (hf_config.h).
   std::optional<std::filesystem::path> hf_config;
+  std::optional<std::int64_t> iteration;     // Megatron: another iteration than the tracker's
   std::filesystem::path scratch_dir;         // where compressed items are decoded to
   bool accept_renamed_rank_files = false;    // verl FSDP (FsdpCheckpoint)
   const InterruptFlag* interrupt = nullptr;  // looked at between files and batches

@@ -7,6 +7,7 @@
 #include "io/input_file.h"
 #include "mapping/experts.h"
 #include "mapping/lora.h"
+#include "mapping/megatron_hf.h"
 #include "torch/torch_writer.h"
 
 namespace ckptstream {
@@ -105,6 +106,7 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   read.sampled_headers = options.sampled_headers;
   read.prefix = options.prefix;
   read.hf_config = options.hf_config;
+  read.iteration = options.iteration;
   read.scratch_dir = merge.scratch->path();
   read.accept_renamed_rank_files = options.accept_renamed_rank_files;
   read.interrupt = options.interrupt;
@@ -128,6 +130,17 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   if (!merge.config_json && !options.as_saved)
     merge.notes.push_back("no huggingface/config.json: the output has no config");
 
+  if (source.naming == SourceModel::Naming::kMegatron) {
+    if (!config)
+      return usage_error(local_dir.string() +
+                         ": megatron-core names become Hugging Face names by the model's "
+                         "config.json; name its directory with --hf-config DIR");
+    MegatronMapOptions map;
+    map.value_model = options.value_model;
+    CKPT_ASSIGN_OR_RETURN(source.tensors,
+                          map_megatron_to_hf(std::move(source.tensors), *config, map));
+    for (auto& note : source.tensors.notes) merge.notes.push_back(std::move(note));
+  }
   auto tensors = std::move(source.tensors.tensors);
   std::optional<LoraExport> adapter;
   if (!options.as_saved) {

@@ -421,7 +421,20 @@ void write_plan_json(const Plan& plan, const PlanSummaryOptions& options, const 
   append_number(out, totals.tensor_bytes);
   out += ",\"memory_window\":";
   append_number(out, options.memory_window);
-  out += "}}\n";
+  out += '}';
+  if (!options.layout.empty()) {
+    out += ",\n\"layout\":";
+    append_json_text(out, options.layout);
+  }
+  if (!options.notes.empty()) {
+    out += ",\n\"notes\":[";
+    for (std::size_t i = 0; i < options.notes.size(); ++i) {
+      out += i ? ",\n " : "\n ";
+      append_json_text(out, options.notes[i]);
+    }
+    out += ']';
+  }
+  out += "}\n";
   flush();
 }
 

@@ -66,6 +66,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "plan/plan.h"
 
@@ -75,6 +76,10 @@ struct PlanSummaryOptions {
   enum class Detail { kFiles, kTensors, kFragments };
   Detail detail = Detail::kFragments;
   std::uint64_t memory_window = 0;  // the executor's staging buffer (ExecOptions::buffer_bytes)
+  // JSON only: what was found and decided, after "totals" as "layout" and "notes" (left out
+  // when empty). A Megatron source's notes give the mapping's coverage (mapped, skipped by rule).
+  std::string layout;
+  std::vector<std::string> notes;
 };
 
 // Totals of a plan, as the reports print them.

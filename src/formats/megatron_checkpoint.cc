@@ -1,0 +1,409 @@
+#include "formats/megatron_checkpoint.h"
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+#include <set>
+
+#include "formats/dcp_checkpoint.h"
+#include "io/input_file.h"
+#include "pickle/value.h"
+#include "plan/views.h"
+#include "torch/torch_checkpoint.h"
+
+namespace ckptstream {
+namespace fs = std::filesystem;
+namespace {
+
+bool starts_with(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
+}
+
+// "12" of "12.rest" (and the rest); nullopt when `text` does not start with a number.
+std::optional<std::pair<std::int64_t, std::string_view>> leading_number(std::string_view text) {
+  std::int64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end == text.data() || value < 0) return std::nullopt;
+  std::string_view rest(end, text.data() + text.size() - end);
+  if (!rest.empty() && rest.front() != '.') return std::nullopt;
+  if (!rest.empty()) rest.remove_prefix(1);
+  return std::make_pair(value, rest);
+}
+
+constexpr std::string_view kLayers = "decoder.layers.";
+constexpr std::string_view kStackedExperts = "mlp.experts.experts.";
+
+// Keys of a torch_dist checkpoint that are not model weights (§1.5): never read.
+bool is_training_state(std::string_view fqn) {
+  return starts_with(fqn, "optimizer.") || starts_with(fqn, "chained_") ||
+         starts_with(fqn, "rng_state") || starts_with(fqn, "rerun_state_machine") ||
+         starts_with(fqn, "common_state") || fqn.find("_extra_state") != std::string_view::npos;
+}
+
+// A per-layer tensor whose first dim is the expert axis ("...mlp.experts.experts.linear_fc1.weight"
+// [E, 2F, H]) becomes one tensor per expert: "...mlp.experts.{e}.linear_fc1.weight".
+void add_per_expert(LogicalTensor tensor, std::vector<LogicalTensor>& out) {
+  auto at = tensor.name.find(kStackedExperts);
+  if (at == std::string::npos || tensor.shape.empty()) {
+    out.push_back(std::move(tensor));
+    return;
+  }
+  std::string head = tensor.name.substr(0, at) + "mlp.experts.";
+  std::string tail = tensor.name.substr(at + kStackedExperts.size());
+  for (std::int64_t e = 0; e < tensor.shape[0]; ++e) {
+    LogicalTensor one = select(tensor, 0, e);
+    one.name = head + std::to_string(e) + "." + tail;
+    out.push_back(std::move(one));
+  }
+}
+
+// torch_dist: stacked layers (a leading layer axis) and expert axes made per layer and expert.
+std::vector<LogicalTensor> unstack(std::vector<LogicalTensor> tensors) {
+  std::vector<LogicalTensor> out;
+  for (auto& t : tensors) {
+    std::string_view name = t.name;
+    if (!starts_with(name, kLayers) || leading_number(name.substr(kLayers.size())) ||
+        t.shape.empty()) {
+      add_per_expert(std::move(t), out);
+      continue;
+    }
+    std::string rest(name.substr(kLayers.size()));
+    for (std::int64_t layer = 0; layer < t.shape[0]; ++layer) {
+      LogicalTensor one = select(t, 0, layer);
+      one.name = std::string(kLayers) + std::to_string(layer) + "." + rest;
+      add_per_expert(std::move(one), out);
+    }
+  }
+  return out;
+}
+
+Result<MegatronTensors> read_torch_dist(const MegatronLayout& layout, const ReadOptions& options) {
+  DcpOptions dcp;
+  dcp.scratch_dir = options.scratch_dir;
+  dcp.threads = options.threads;
+  dcp.interrupt = options.interrupt;
+  DcpKeyPolicy keys;
+  bool under_module = layout.keys_under_module;
+  keys.prefix = [under_module](const dcp::Metadata&, std::vector<std::string>& notes) {
+    notes.push_back(under_module ? "model keys: megatron-core names under 'module.'"
+                                 : "model keys: megatron-core names");
+    return std::string(under_module ? "module." : "");
+  };
+  keys.skip = is_training_state;
+  keys.rename = [](std::string_view key) { return std::string(key); };
+  MegatronTensors out;
+  CKPT_ASSIGN_OR_RETURN(out.tensors, read_dcp_entries(layout.checkpoint_dir, dcp, keys));
+  out.tensors.tensors = unstack(std::move(out.tensors.tensors));
+  return out;
+}
+
+// ---- legacy (mp_rank_*) ----
+
+// How a TP-split parameter was cut (§3a); experts use the same rules over expert TP.
+enum class TpSplit { kReplicated, kRows, kColumns, kGatedRows };
+
+TpSplit tp_split_of(std::string_view name, bool gated) {
+  if (ends_with(name, "linear_fc1.weight") || ends_with(name, "linear_fc1.bias"))
+    return gated ? TpSplit::kGatedRows : TpSplit::kRows;
+  for (std::string_view rows :
+       {"linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight",
+        "linear_q_up_proj.weight", "linear_kv_up_proj.weight", "linear_q_proj.weight"})
+    if (ends_with(name, rows)) return TpSplit::kRows;
+  if (ends_with(name, "linear_proj.weight") || ends_with(name, "linear_fc2.weight"))
+    return TpSplit::kColumns;
+  return TpSplit::kReplicated;
+}
+
+struct Shard {
+  std::int64_t tp = 0;
+  LogicalTensor tensor;
+};
+
+// The global tensor `name` from its TP shards (one per rank of `size`), as the split rule says.
+Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> shards,
+                                  std::int64_t size, bool gated, const std::string& where) {
+  std::sort(shards.begin(), shards.end(),
+            [](const Shard& a, const Shard& b) { return a.tp < b.tp; });
+  TpSplit split = tp_split_of(name, gated);
+  if (split == TpSplit::kReplicated || size == 1) {
+    // Every rank holds the whole tensor: rank 0's copy.
+    if (shards.front().tp != 0)
+      return invalid_input(where + ": '" + name + "' is missing from tensor-parallel rank 0");
+    for (const auto& s : shards)
+      if (s.tensor.shape != shards.front().tensor.shape)
+        return invalid_input(where + ": '" + name + "' has shape " +
+                             shape_text(shards.front().tensor.shape) + " on TP rank 0 but " +
+                             shape_text(s.tensor.shape) + " on TP rank " + std::to_string(s.tp));
+    LogicalTensor t = std::move(shards.front().tensor);
+    t.name = name;
+    return t;
+  }
+  if (static_cast<std::int64_t>(shards.size()) != size)
+    return invalid_input(where + ": '" + name + "' is on " + std::to_string(shards.size()) +
+                         " of " + std::to_string(size) + " tensor-parallel ranks");
+  for (std::int64_t r = 0; r < size; ++r)
+    if (shards[r].tp != r)
+      return invalid_input(where + ": '" + name + "' appears twice on TP rank " +
+                           std::to_string(shards[r].tp));
+  std::vector<LogicalTensor> parts;
+  if (split == TpSplit::kGatedRows) {
+    // Each rank holds [gate_r; up_r]: the global tensor is [gate_0..gate_n; up_0..up_n] (§3c).
+    std::vector<LogicalTensor> ups;
+    for (auto& s : shards) {
+      auto rows = s.tensor.shape.empty() ? 0 : s.tensor.shape[0];
+      if (rows % 2)
+        return invalid_input(where + ": '" + name + "' on TP rank " + std::to_string(s.tp) +
+                             " has an odd number of rows (" + std::to_string(rows) +
+                             "), not [gate; up] halves");
+      parts.push_back(narrow(s.tensor, 0, 0, rows / 2));
+      ups.push_back(narrow(s.tensor, 0, rows / 2, rows / 2));
+    }
+    for (auto& u : ups) parts.push_back(std::move(u));
+  } else {
+    for (auto& s : shards) parts.push_back(std::move(s.tensor));
+  }
+  auto joined = concat(parts, split == TpSplit::kColumns ? 1 : 0, name);
+  if (!joined) return joined.error().with_context(where);
+  return joined;
+}
+
+struct LegacyFile {
+  MegatronRankDir rank;
+  fs::path path;
+};
+
+Result<fs::path> rank_file(const fs::path& dir) {
+  for (std::string_view name : {"model_optim_rng.pt", "model_rng.pt", "model.pt"}) {
+    CKPT_ASSIGN_OR_RETURN(bool there, regular_file_exists(dir / name));
+    if (there) return dir / name;
+  }
+  return invalid_input(dir.string() + ": no model_optim_rng.pt (nor model_rng.pt, model.pt)");
+}
+
+// The rank directory of TP 0, PP 0, EP 0, whose file names the run's parallel sizes.
+Result<fs::path> first_rank_dir(const fs::path& checkpoint_dir) {
+  std::error_code ec;
+  std::optional<fs::path> best;
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir, ec)) {
+    auto numbers = parse_mp_rank_name(entry.path().filename().string());
+    if (!numbers) continue;
+    if (std::all_of(numbers->begin(), numbers->end(), [](std::int64_t n) { return n == 0; }))
+      best = entry.path();
+  }
+  if (ec) return io_error(checkpoint_dir.string() + ": cannot list: " + ec.message());
+  if (!best)
+    return invalid_input(checkpoint_dir.string() +
+                         ": no mp_rank_00 directory (tensor, pipeline and expert rank 0)");
+  return *best;
+}
+
+// "model.decoder.layers.3.x" or "model1.decoder..." -> (virtual chunk, "decoder.layers.3.x").
+std::optional<std::pair<std::int64_t, std::string_view>> model_entry(std::string_view name) {
+  if (!starts_with(name, "model")) return std::nullopt;
+  std::string_view rest = name.substr(5);
+  if (starts_with(rest, ".")) return std::make_pair(std::int64_t{0}, rest.substr(1));
+  auto chunk = leading_number(rest);
+  if (!chunk || chunk->second.empty()) return std::nullopt;
+  return chunk;
+}
+
+// The canonical name of a legacy tensor of rank `rank`, chunk `vp`; nullopt for one a rule skips
+// (told in `skipped`).
+Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
+                                                         const MegatronArgs& args,
+                                                         const MegatronRankDir& rank,
+                                                         std::int64_t vp,
+                                                         const std::string& where) {
+  if (local.find("_extra_state") != std::string_view::npos) return std::optional<std::string>();
+  if (!starts_with(local, kLayers)) return std::optional<std::string>(std::string(local));
+  auto layer = leading_number(local.substr(kLayers.size()));
+  if (!layer) return invalid_input(where + ": '" + std::string(local) + "' has no layer number");
+  CKPT_ASSIGN_OR_RETURN(std::int64_t offset, megatron_layer_offset(args, rank.pp, vp));
+  std::int64_t global = offset + layer->first;
+  if (global >= args.num_layers)
+    return invalid_input(where + ": '" + std::string(local) + "' (pipeline stage " +
+                         std::to_string(rank.pp) + ", chunk " + std::to_string(vp) +
+                         ") would be layer " + std::to_string(global) + ", but args say " +
+                         std::to_string(args.num_layers) + " layers");
+  std::string rest(layer->second);
+  // Experts: SequentialMLP "mlp.experts.local_experts.{i}.", TEGroupedMLP "linear_fc1.weight{i}".
+  std::int64_t local_experts = args.num_experts > 0 ? args.num_experts / args.ep : 0;
+  constexpr std::string_view kSequential = "mlp.experts.local_experts.";
+  constexpr std::string_view kGrouped = "mlp.experts.linear_fc";
+  if (starts_with(rest, kSequential)) {
+    auto e = leading_number(std::string_view(rest).substr(kSequential.size()));
+    if (!e || e->first >= local_experts)
+      return invalid_input(where + ": '" + std::string(local) + "': expert number outside the " +
+                           std::to_string(local_experts) + " local experts args give");
+    rest = "mlp.experts." + std::to_string(rank.ep * local_experts + e->first) + "." +
+           std::string(e->second);
+  } else if (starts_with(rest, kGrouped)) {
+    auto w = rest.find(".weight");
+    auto e = w == std::string::npos ? std::nullopt
+                                    : leading_number(std::string_view(rest).substr(w + 7));
+    if (!e || e->first >= local_experts)
+      return invalid_input(where + ": '" + std::string(local) +
+                           "': not a grouped expert weight megatron-core writes");
+    rest = "mlp.experts." + std::to_string(rank.ep * local_experts + e->first) + "." +
+           rest.substr(12, w + 7 - 12);
+  } else if (starts_with(rest, "mlp.experts.weight")) {
+    return unsupported(where + ": '" + std::string(local) +
+                       "': the legacy GroupedMLP layout (weight1/weight2) is not supported yet");
+  }
+  return std::optional<std::string>(std::string(kLayers) + std::to_string(global) + "." + rest);
+}
+
+Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
+  MegatronTensors out;
+  CKPT_ASSIGN_OR_RETURN(fs::path first_dir, first_rank_dir(layout.checkpoint_dir));
+  CKPT_ASSIGN_OR_RETURN(fs::path first_path, rank_file(first_dir));
+  CKPT_ASSIGN_OR_RETURN(TorchCheckpoint first, read_torch_file(first_path));
+  auto args_value = first.root ? first.root->find("args") : nullptr;
+  if (!args_value)
+    return invalid_input(first_path.string() +
+                         ": no 'args' (the run's arguments say its parallel sizes)");
+  CKPT_ASSIGN_OR_RETURN(MegatronArgs args, read_megatron_args(*args_value, first_path.string()));
+  if (auto version = first.root->find("checkpoint_version")) {
+    args.checkpoint_version = version->as_float().value_or(0);
+    if (args.checkpoint_version < 2.0)
+      return unsupported(first_path.string() + ": checkpoint_version " +
+                         std::to_string(args.checkpoint_version) +
+                         " (QKV rows in a pre-2.0 order) is not supported yet");
+  }
+  if (args.etp != 1 && args.etp != args.tp)
+    return unsupported(first_path.string() + ": expert tensor parallel size " +
+                       std::to_string(args.etp) + " with TP " + std::to_string(args.tp) +
+                       " is not supported yet (ETP 1 or ETP = TP are)");
+  CKPT_ASSIGN_OR_RETURN(auto ranks,
+                        megatron_rank_dirs(layout.checkpoint_dir, args.tp, args.pp, args.ep));
+  out.tensors.notes.push_back(
+      "legacy Megatron checkpoint: TP " + std::to_string(args.tp) + ", PP " +
+      std::to_string(args.pp) + (args.vpp ? " x VPP " + std::to_string(args.vpp) : "") + ", EP " +
+      std::to_string(args.ep) + (args.ep > 1 ? " (ETP " + std::to_string(args.etp) + ")" : "") +
+      " (from args), " + std::to_string(ranks.size()) + " rank files");
+
+  std::map<std::string, std::vector<Shard>> shards;  // canonical name -> TP shards
+  std::vector<std::string> order;
+  std::size_t extra_state = 0;
+  std::size_t training = 0;
+  for (const auto& rank : ranks) {
+    CKPT_ASSIGN_OR_RETURN(fs::path path, rank_file(rank.dir));
+    TorchCheckpoint file;
+    if (path == first_path) {
+      file = std::move(first);
+    } else {
+      CKPT_ASSIGN_OR_RETURN(file, read_torch_file(path));
+    }
+    file.root.reset();  // the pickle graph: args read already, tensors listed
+    std::size_t input = out.tensors.inputs.size();
+    out.tensors.inputs.push_back(path);
+    std::string where = path.string();
+    for (std::size_t i = 0; i < file.tensors.size(); ++i) {
+      const TorchTensor& t = file.tensors[i];
+      auto entry = model_entry(t.name);
+      if (!entry) {
+        ++training;
+        continue;
+      }
+      if (args.vpp == 0 && entry->first != 0)
+        return invalid_input(where + ": '" + t.name +
+                             "' is in a virtual pipeline chunk, but args " +
+                             "say no virtual pipeline");
+      CKPT_ASSIGN_OR_RETURN(auto name,
+                            canonical_legacy_name(entry->second, args, rank, entry->first, where));
+      if (!name) {
+        ++extra_state;
+        continue;
+      }
+      bool expert = name->find(".mlp.experts.") != std::string::npos;
+      // Dense tensors repeat on every expert rank; experts repeat on every TP rank when ETP is 1.
+      if (!expert && rank.ep != 0) continue;
+      if (expert && args.etp == 1 && rank.tp != 0) continue;
+      if (*name == "output_layer.weight" && !args.untied_output) {
+        out.tensors.notes.push_back("skipped output_layer.weight of the last pipeline stage (" +
+                                    where + "): a copy of the tied embedding");
+        continue;
+      }
+      LogicalTensor tensor;
+      tensor.name = *name;
+      tensor.source_dtype = tensor.dtype = t.dtype;
+      tensor.shape = t.shape;
+      tensor.fragments.push_back(Fragment{file.ref(i, input), Shape(t.shape.size(), 0)});
+      auto& list = shards[*name];
+      if (list.empty()) order.push_back(*name);
+      for (const auto& s : list)
+        if (s.tp == rank.tp)
+          return invalid_input(where + ": '" + *name + "' appears in two files of TP rank " +
+                               std::to_string(rank.tp) + " (local layer numbers collide: the " +
+                               "pipeline split of args does not match the files)");
+      list.push_back(Shard{rank.tp, std::move(tensor)});
+    }
+  }
+  for (const auto& name : order) {
+    bool expert = name.find(".mlp.experts.") != std::string::npos;
+    std::int64_t size = expert ? args.etp : args.tp;
+    CKPT_ASSIGN_OR_RETURN(auto joined, join_shards(name, std::move(shards[name]), size,
+                                                   args.gated_mlp, layout.checkpoint_dir.string()));
+    out.tensors.tensors.push_back(std::move(joined));
+  }
+  if (extra_state)
+    out.tensors.notes.push_back("skipped " + std::to_string(extra_state) +
+                                " Transformer Engine _extra_state entries (never read)");
+  if (training)
+    out.tensors.notes.push_back("skipped " + std::to_string(training) +
+                                " optimizer / rng tensors outside the model (never read)");
+  out.args = args;
+  return out;
+}
+
+FoundCheckpoint found_megatron(const fs::path& dir, MegatronLayout layout) {
+  FoundCheckpoint found;
+  found.read = [dir,
+                layout = std::move(layout)](const ReadOptions& options) -> Result<SourceModel> {
+    MegatronLayout chosen = layout;
+    if (options.iteration) {
+      CKPT_ASSIGN_OR_RETURN(auto again, find_megatron_checkpoint(dir, options.iteration));
+      if (!again)
+        return invalid_input(dir.string() + ": no Megatron checkpoint for --iteration " +
+                             std::to_string(*options.iteration));
+      chosen = std::move(*again);
+    }
+    CKPT_ASSIGN_OR_RETURN(MegatronTensors tensors, read_megatron_tensors(chosen, options));
+    SourceModel model;
+    model.layout = std::string(chosen.format == MegatronFormat::kTorchDist
+                                   ? "Megatron-Core torch_dist checkpoint in "
+                                   : "Megatron legacy checkpoint (mp_rank_*) in ") +
+                   chosen.checkpoint_dir.string();
+    model.notes = chosen.notes;
+    model.naming = SourceModel::Naming::kMegatron;
+    model.tensors = std::move(tensors.tensors);
+    model.hf_dir = chosen.hf_dir;
+    return model;
+  };
+  return found;
+}
+
+}  // namespace
+
+Result<MegatronTensors> read_megatron_tensors(const MegatronLayout& layout,
+                                              const ReadOptions& options) {
+  return layout.format == MegatronFormat::kTorchDist ? read_torch_dist(layout, options)
+                                                     : read_legacy(layout);
+}
+
+Result<FoundCheckpoint> find_megatron(const fs::path& dir, bool required) {
+  CKPT_ASSIGN_OR_RETURN(auto layout, find_megatron_checkpoint(dir));
+  if (!layout) {
+    if (required)
+      return invalid_input(dir.string() +
+                           ": no Megatron checkpoint (no latest_checkpointed_iteration.txt, "
+                           "metadata.json, mp_rank_* directories, dist_ckpt/ or weights/)");
+    return FoundCheckpoint();
+  }
+  return found_megatron(dir, std::move(*layout));
+}
+
+}  // namespace ckptstream

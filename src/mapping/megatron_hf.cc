@@ -1,0 +1,413 @@
+#include "mapping/megatron_hf.h"
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <map>
+#include <set>
+
+#include "mapping/experts.h"
+#include "plan/views.h"
+
+namespace ckptstream {
+namespace {
+
+enum class Op { kCopy, kQkv, kGateUp };
+
+// One parameter: its megatron-core name (below "decoder.layers.{i}." for layer rules) and the
+// Hugging Face names it becomes (below "model.layers.{i}."). In HF names, {moe} is the family's
+// MoE block, {eg} {eu} {ed} its expert projections, {shared} its shared-expert module, {qnorm} its
+// query norm; {e} is the expert number.
+struct Rule {
+  std::string_view mcore;
+  Op op;
+  std::array<std::string_view, 3> hf;
+};
+
+constexpr Rule kLayerRules[] = {
+    {"input_layernorm.weight", Op::kCopy, {"input_layernorm.weight"}},
+    {"self_attention.linear_qkv.layer_norm_weight", Op::kCopy, {"input_layernorm.weight"}},
+    {"self_attention.linear_qkv.weight",
+     Op::kQkv,
+     {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"}},
+    {"self_attention.linear_qkv.bias",
+     Op::kQkv,
+     {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"}},
+    {"self_attention.q_layernorm.weight", Op::kCopy, {"{qnorm}"}},
+    {"self_attention.k_layernorm.weight", Op::kCopy, {"self_attn.k_norm.weight"}},
+    {"self_attention.linear_proj.weight", Op::kCopy, {"self_attn.o_proj.weight"}},
+    // Multi-latent attention (DeepSeek-V2/V3, Kimi-K2): copied as they are (§3g).
+    {"self_attention.linear_q_down_proj.weight", Op::kCopy, {"self_attn.q_a_proj.weight"}},
+    {"self_attention.linear_q_up_proj.layer_norm_weight",
+     Op::kCopy,
+     {"self_attn.q_a_layernorm.weight"}},
+    {"self_attention.linear_q_up_proj.weight", Op::kCopy, {"self_attn.q_b_proj.weight"}},
+    {"self_attention.linear_q_proj.weight", Op::kCopy, {"self_attn.q_proj.weight"}},
+    {"self_attention.linear_kv_down_proj.weight",
+     Op::kCopy,
+     {"self_attn.kv_a_proj_with_mqa.weight"}},
+    {"self_attention.linear_kv_up_proj.layer_norm_weight",
+     Op::kCopy,
+     {"self_attn.kv_a_layernorm.weight"}},
+    {"self_attention.kv_layernorm.weight", Op::kCopy, {"self_attn.kv_a_layernorm.weight"}},
+    {"self_attention.linear_kv_up_proj.weight", Op::kCopy, {"self_attn.kv_b_proj.weight"}},
+    {"pre_mlp_layernorm.weight", Op::kCopy, {"post_attention_layernorm.weight"}},
+    {"mlp.linear_fc1.layer_norm_weight", Op::kCopy, {"post_attention_layernorm.weight"}},
+    {"mlp.linear_fc1.weight", Op::kGateUp, {"mlp.gate_proj.weight", "mlp.up_proj.weight"}},
+    {"mlp.linear_fc2.weight", Op::kCopy, {"mlp.down_proj.weight"}},
+    {"mlp.router.weight", Op::kCopy, {"{moe}.gate.weight"}},
+    {"mlp.router.expert_bias", Op::kCopy, {"{moe}.gate.e_score_correction_bias"}},
+    {"mlp.shared_experts.linear_fc1.weight",
+     Op::kGateUp,
+     {"mlp.{shared}.gate_proj.weight", "mlp.{shared}.up_proj.weight"}},
+    {"mlp.shared_experts.linear_fc2.weight", Op::kCopy, {"mlp.{shared}.down_proj.weight"}},
+    {"mlp.shared_experts.gate_weight", Op::kCopy, {"mlp.shared_expert_gate.weight"}},
+    {"mlp.experts.{e}.linear_fc1.weight",
+     Op::kGateUp,
+     {"{moe}.experts.{e}.{eg}.weight", "{moe}.experts.{e}.{eu}.weight"}},
+    {"mlp.experts.{e}.linear_fc2.weight", Op::kCopy, {"{moe}.experts.{e}.{ed}.weight"}},
+};
+
+// DeepSeek's multi-token-prediction layers (mtp.layers.{k}.*) become model.layers.{L+k}.*: their
+// own norms and projection, then an ordinary layer under mtp_model_layer (older megatron-core:
+// transformer_layer).
+constexpr Rule kMtpRules[] = {
+    {"enorm.weight", Op::kCopy, {"enorm.weight"}},
+    {"hnorm.weight", Op::kCopy, {"hnorm.weight"}},
+    {"eh_proj.weight", Op::kCopy, {"eh_proj.weight"}},
+    {"final_layernorm.weight", Op::kCopy, {"shared_head.norm.weight"}},
+};
+
+struct Family {
+  std::string_view name;
+  std::array<std::string_view, 4> model_types;
+  std::string_view moe = "mlp";
+  std::array<std::string_view, 3> expert = {"gate_proj", "up_proj", "down_proj"};
+  std::string_view shared = "shared_experts";
+  bool mla = false;  // multi-latent attention; MTP layers carry copies of embedding and head
+};
+
+constexpr Family kFamilies[] = {
+    {"llama", {"llama", "mistral"}},
+    {"qwen2", {"qwen2"}},
+    {"qwen3", {"qwen3"}},
+    {"mixtral", {"mixtral"}, "block_sparse_moe", {"w1", "w3", "w2"}},
+    {"qwen2_moe", {"qwen2_moe"}, "mlp", {"gate_proj", "up_proj", "down_proj"}, "shared_expert"},
+    {"qwen3_moe", {"qwen3_moe"}},
+    {"deepseek",
+     {"deepseek_v3", "deepseek_v2", "kimi_k2"},
+     "mlp",
+     {"gate_proj", "up_proj", "down_proj"},
+     "shared_experts",
+     true},
+};
+
+const Family* family_of(const std::string& model_type) {
+  for (const auto& f : kFamilies)
+    for (auto type : f.model_types)
+      if (!type.empty() && type == model_type) return &f;
+  return nullptr;
+}
+
+bool starts_with(std::string_view text, std::string_view prefix) {
+  return text.substr(0, prefix.size()) == prefix;
+}
+
+std::optional<std::pair<std::int64_t, std::string_view>> leading_number(std::string_view text) {
+  std::int64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end == text.data() || value < 0) return std::nullopt;
+  std::string_view rest(end, text.data() + text.size() - end);
+  if (rest.empty() || rest.front() != '.') return std::nullopt;
+  return std::make_pair(value, rest.substr(1));
+}
+
+std::string replace_all(std::string text, std::string_view from, std::string_view to) {
+  for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+  return text;
+}
+
+class Mapper {
+ public:
+  Mapper(const Family& family, const HfConfig& config, const MegatronMapOptions& options)
+      : family_(family), config_(config), text_(config.language()), options_(options) {}
+
+  // Maps one canonical tensor; false when no rule knows it.
+  Result<bool> map(LogicalTensor tensor) {
+    std::string_view name = tensor.name;
+    if (name == "embedding.word_embeddings.weight")
+      return vocab_rows(std::move(tensor), "model.embed_tokens.weight");
+    if (name == "output_layer.weight") return output_layer(std::move(tensor));
+    if (name == "decoder.final_layernorm.weight")
+      return add(std::move(tensor), "model.norm.weight");
+    if (starts_with(name, "decoder.layers.")) {
+      auto layer = leading_number(name.substr(15));
+      if (!layer) return false;
+      return layer_param(std::move(tensor), layer->first, std::string(layer->second));
+    }
+    if (starts_with(name, "mtp.layers.")) {
+      auto k = leading_number(name.substr(11));
+      if (!k || !text_.num_hidden_layers) return false;
+      std::int64_t layer = *text_.num_hidden_layers + k->first;
+      std::string rest(k->second);
+      for (std::string_view inner : {"mtp_model_layer.", "transformer_layer."})
+        if (starts_with(rest, inner))
+          return layer_param(std::move(tensor), layer, rest.substr(inner.size()));
+      for (const auto& rule : kMtpRules)
+        if (rest == rule.mcore) return add(std::move(tensor), layer_name(layer, rule.hf[0]));
+      return false;
+    }
+    return false;
+  }
+
+  std::vector<LogicalTensor>& outputs() { return outputs_; }
+  std::size_t mtp_layers() const { return mtp_layers_.size(); }
+
+ private:
+  std::string layer_name(std::int64_t layer, std::string_view hf) const {
+    if (layer >= text_.num_hidden_layers.value_or(INT64_MAX)) mtp_layers_.insert(layer);
+    return "model.layers." + std::to_string(layer) + "." + std::string(hf);
+  }
+
+  std::string fill(std::string_view pattern, std::optional<std::int64_t> expert) const {
+    std::string text(pattern);
+    text = replace_all(std::move(text), "{moe}", family_.moe);
+    text = replace_all(std::move(text), "{eg}", family_.expert[0]);
+    text = replace_all(std::move(text), "{eu}", family_.expert[1]);
+    text = replace_all(std::move(text), "{ed}", family_.expert[2]);
+    text = replace_all(std::move(text), "{shared}", family_.shared);
+    text = replace_all(std::move(text), "{qnorm}",
+                       family_.mla ? "self_attn.q_a_layernorm.weight" : "self_attn.q_norm.weight");
+    if (expert) text = replace_all(std::move(text), "{e}", std::to_string(*expert));
+    return text;
+  }
+
+  Result<bool> layer_param(LogicalTensor tensor, std::int64_t layer, std::string rest) {
+    std::optional<std::int64_t> expert;
+    constexpr std::string_view kExperts = "mlp.experts.";
+    if (starts_with(rest, kExperts)) {
+      if (auto e = leading_number(std::string_view(rest).substr(kExperts.size()))) {
+        expert = e->first;
+        rest = std::string(kExperts) + "{e}." + std::string(e->second);
+      }
+    }
+    for (const auto& rule : kLayerRules) {
+      if (rest != rule.mcore) continue;
+      std::array<std::string, 3> names;
+      for (std::size_t i = 0; i < 3; ++i)
+        if (!rule.hf[i].empty()) names[i] = layer_name(layer, fill(rule.hf[i], expert));
+      switch (rule.op) {
+        case Op::kCopy:
+          return add(std::move(tensor), names[0]);
+        case Op::kQkv:
+          return split_qkv(tensor, names);
+        case Op::kGateUp:
+          return split_gate_up(tensor, names);
+      }
+    }
+    return false;
+  }
+
+  Result<bool> add(LogicalTensor tensor, std::string hf_name) {
+    tensor.name = std::move(hf_name);
+    outputs_.push_back(std::move(tensor));
+    return true;
+  }
+
+  Error shape_error(const LogicalTensor& t, const std::string& what) const {
+    return invalid_input("'" + t.name + "' " + shape_text(t.shape) + ": " + what + " (" +
+                         config_.path.string() + ")");
+  }
+
+  // [ng * (nh/ng + 2) * d, ...] -> q [nh*d, ...], k [ng*d, ...], v [ng*d, ...] (§3b).
+  Result<bool> split_qkv(const LogicalTensor& t, const std::array<std::string, 3>& names) {
+    std::int64_t heads = text_.num_attention_heads.value_or(0);
+    std::int64_t groups = text_.num_key_value_heads.value_or(heads);
+    std::int64_t hidden = text_.hidden_size.value_or(0);
+    std::int64_t dim = text_.head_dim.value_or(heads ? hidden / heads : 0);
+    if (heads <= 0 || groups <= 0 || dim <= 0 || heads % groups)
+      return shape_error(t, "config.json gives " + std::to_string(heads) + " heads, " +
+                                std::to_string(groups) + " key-value heads, head_dim " +
+                                std::to_string(dim) + ": not a fused QKV layout");
+    std::int64_t per_group = heads / groups;
+    if (t.shape.empty() || t.shape[0] != groups * (per_group + 2) * dim)
+      return shape_error(t, "config.json's " + std::to_string(heads) + " heads in " +
+                                std::to_string(groups) + " groups of head_dim " +
+                                std::to_string(dim) + " need " +
+                                std::to_string(groups * (per_group + 2) * dim) + " rows");
+    std::int64_t sizes[] = {groups, per_group + 2, dim};
+    CKPT_ASSIGN_OR_RETURN(LogicalTensor grouped, unflatten(t, 0, sizes));
+    const std::int64_t starts[] = {0, per_group, per_group + 1};
+    const std::int64_t counts[] = {per_group, 1, 1};
+    for (int i = 0; i < 3; ++i) {
+      LogicalTensor part = narrow(grouped, 1, starts[i], counts[i]);
+      CKPT_ASSIGN_OR_RETURN(part, flatten(part, 0, 2));
+      part.name = names[i];
+      outputs_.push_back(std::move(part));
+    }
+    return true;
+  }
+
+  // [gate; up] -> gate, up (§3c).
+  Result<bool> split_gate_up(const LogicalTensor& t, const std::array<std::string, 3>& names) {
+    if (t.shape.empty() || t.shape[0] % 2)
+      return shape_error(t, "an odd number of rows, not [gate; up] halves");
+    std::int64_t half = t.shape[0] / 2;
+    for (int i = 0; i < 2; ++i) {
+      LogicalTensor part = narrow(t, 0, i * half, half);
+      part.name = names[i];
+      outputs_.push_back(std::move(part));
+    }
+    return true;
+  }
+
+  // Megatron pads the vocabulary to a multiple of (divisor x TP): rows past config.vocab_size
+  // are padding (§3d).
+  Result<bool> vocab_rows(LogicalTensor t, std::string hf_name) {
+    if (t.shape.size() != 2) return shape_error(t, "not a [vocab, hidden] matrix");
+    if (text_.vocab_size) {
+      std::int64_t vocab = *text_.vocab_size;
+      if (t.shape[0] < vocab)
+        return shape_error(t, "fewer rows than config.json's vocab_size " + std::to_string(vocab));
+      if (t.shape[0] > vocab) {
+        trimmed_ = t.shape[0] - vocab;
+        t = narrow(t, 0, 0, vocab);
+      }
+    }
+    return add(std::move(t), std::move(hf_name));
+  }
+
+  Result<bool> output_layer(LogicalTensor t) {
+    bool one_row = t.shape.size() == 2 && t.shape[0] == 1;
+    if (options_.value_model) {
+      if (!one_row)
+        return shape_error(t, "--is-value-model, but the output layer is not a one-row value head");
+      return add(std::move(t), "score.weight");
+    }
+    if (one_row)
+      return shape_error(t, "a one-row output layer is a value head: say --is-value-model");
+    return vocab_rows(std::move(t), "lm_head.weight");
+  }
+
+  const Family& family_;
+  const HfConfig& config_;
+  const HfTextConfig& text_;
+  MegatronMapOptions options_;
+  std::vector<LogicalTensor> outputs_;
+  mutable std::set<std::int64_t> mtp_layers_;
+
+ public:
+  std::int64_t trimmed_ = 0;
+};
+
+std::string list_names(const std::vector<std::string>& names) {
+  std::string text;
+  for (std::size_t i = 0; i < names.size() && i < 12; ++i) text += (i ? ", " : "") + names[i];
+  if (names.size() > 12) text += ", ... (" + std::to_string(names.size()) + " in all)";
+  return text;
+}
+
+// The names config.json's architecture needs that `have` lacks.
+std::vector<std::string> missing_names(const Family& family, const HfConfig& config,
+                                       const MegatronMapOptions& options, std::int64_t mtp_layers,
+                                       const std::set<std::string>& have) {
+  const HfTextConfig& text = config.language();
+  std::vector<std::string> missing;
+  auto need = [&](const std::string& name) {
+    if (!have.count(name)) missing.push_back(name);
+  };
+  need("model.embed_tokens.weight");
+  need("model.norm.weight");
+  if (options.value_model)
+    need("score.weight");
+  else if (!config.tie_word_embeddings.value_or(false))
+    need("lm_head.weight");
+  std::int64_t layers = text.num_hidden_layers.value_or(0) + mtp_layers;
+  std::int64_t experts = text.num_experts.value_or(0);
+  for (std::int64_t i = 0; i < layers; ++i) {
+    std::string p = "model.layers." + std::to_string(i) + ".";
+    need(p + "input_layernorm.weight");
+    need(p + "post_attention_layernorm.weight");
+    need(p + "self_attn.o_proj.weight");
+    if (family.mla) {
+      need(p + "self_attn.kv_a_proj_with_mqa.weight");
+      need(p + "self_attn.kv_b_proj.weight");
+    } else {
+      for (auto proj : {"q_proj", "k_proj", "v_proj"}) need(p + "self_attn." + proj + ".weight");
+    }
+    std::string moe = p + std::string(family.moe) + ".";
+    if (experts > 0 && have.count(moe + "gate.weight")) {
+      for (std::int64_t e = 0; e < experts; ++e)
+        for (auto proj : family.expert)
+          need(moe + "experts." + std::to_string(e) + "." + std::string(proj) + ".weight");
+    } else {
+      for (auto proj : {"gate_proj", "up_proj", "down_proj"}) need(p + "mlp." + proj + ".weight");
+    }
+  }
+  return missing;
+}
+
+}  // namespace
+
+std::string megatron_family_names() {
+  std::string names;
+  for (const auto& f : kFamilies)
+    for (auto type : f.model_types)
+      if (!type.empty()) names += (names.empty() ? "" : ", ") + std::string(type);
+  return names;
+}
+
+Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& config,
+                                         const MegatronMapOptions& options) {
+  SourceTensors out;
+  out.inputs = std::move(source.inputs);
+  const Family* family = family_of(config.model_type());
+  if (!family) {
+    std::vector<std::string> names;
+    for (const auto& t : source.tensors) names.push_back(t.name);
+    return unsupported(config.path.string() + ": model_type '" + config.model_type() +
+                       "' has no Megatron name table (there are: " + megatron_family_names() +
+                       "); the checkpoint's tensors stay unmapped: " + list_names(names));
+  }
+  Mapper mapper(*family, config, options);
+  std::vector<std::string> unmapped;
+  std::size_t mapped = 0;
+  for (auto& t : source.tensors) {
+    std::string name = t.name;
+    CKPT_ASSIGN_OR_RETURN(bool known, mapper.map(std::move(t)));
+    if (known)
+      ++mapped;
+    else
+      unmapped.push_back(name);
+  }
+  if (!unmapped.empty())
+    return invalid_input("no rule of the " + std::string(family->name) +
+                         " table maps these megatron-core tensors (nothing is dropped silently): " +
+                         list_names(unmapped));
+  auto& tensors = mapper.outputs();
+  std::set<std::string> have;
+  for (const auto& t : tensors)
+    if (!have.insert(t.name).second)
+      return invalid_input("two megatron-core tensors become '" + t.name +
+                           "' (a TE fused norm and a separate one for the same layer?)");
+  auto missing =
+      missing_names(*family, config, options, static_cast<std::int64_t>(mapper.mtp_layers()), have);
+  if (!missing.empty())
+    return invalid_input("the checkpoint lacks what " + config.path.string() + " (" +
+                         config.model_type() + ") needs: " + list_names(missing));
+  std::sort(tensors.begin(), tensors.end(), [](const LogicalTensor& a, const LogicalTensor& b) {
+    return dot_natural_less(a.name, b.name);
+  });
+  out.notes.push_back("family " + std::string(family->name) + ": " + std::to_string(mapped) +
+                      " megatron-core tensors mapped to " + std::to_string(tensors.size()) +
+                      " Hugging Face tensors, 0 unmapped; every tensor config.json's "
+                      "architecture needs is there");
+  if (mapper.trimmed_)
+    out.notes.push_back("vocab padding trimmed: " + std::to_string(mapper.trimmed_) +
+                        " rows past config.json's vocab_size");
+  out.tensors = std::move(tensors);
+  return out;
+}
+
+}  // namespace ckptstream

@@ -1,0 +1,46 @@
+// Megatron-Core parameter names -> Hugging Face names, one declarative table per model family
+// (docs/formats/megatron.md §3, §4). Input: the canonical global tensors of a Megatron checkpoint
+// (formats/megatron_checkpoint.h: per layer, per expert). Output: the tensors transformers'
+// save_pretrained writes for the architecture config.json names.
+//
+// Transforms, all views (plan/views.h), no byte moves:
+//   copy     the tensor as it is
+//   qkv      linear_qkv [ng * (nh/ng + 2) * d, H] (per query group: its nh/ng query heads, one key
+//            head, one value head) -> q_proj [nh*d, H], k_proj [ng*d, H], v_proj [ng*d, H]; the
+//            same for the bias
+//   gate_up  linear_fc1 [2F, H] = [gate; up] -> gate_proj, up_proj (Mixtral: w1, w3)
+//   vocab    embedding / output rows beyond config.vocab_size are Megatron's padding: dropped
+//
+// Completeness: every input tensor is mapped by a rule or skipped by a named one; anything else
+// is an error listing the names (no expert, MTP or vision weight is dropped silently). The output
+// is then checked against what config.json's architecture must hold (every layer's attention,
+// norms and MLP, every expert, the embedding, the final norm, lm_head unless tied).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "ckptstream/result.h"
+#include "formats/hf_config.h"
+#include "formats/source_model.h"
+
+namespace ckptstream {
+
+struct MegatronMapOptions {
+  // A one-row output layer is a value head: written as score.weight (the model is then a
+  // token-classification model with num_labels 1, as verl's critic is).
+  bool value_model = false;
+};
+
+// The families with a table, for messages: "llama, mistral, qwen2, qwen3, ...".
+std::string megatron_family_names();
+
+// `source` (canonical megatron-core names, formats/megatron_checkpoint.h) named for Hugging Face
+// by the table of config.model_type(). The result's notes are the mapping's own: the family, the
+// coverage and the trimmed vocab (the reader's notes say what it skipped by rule). Errors: an
+// unknown family (listing the source names), unmapped tensors (listed), a shape that disagrees with
+// config.json (heads, groups, vocab), expected names missing from the output.
+Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& config,
+                                         const MegatronMapOptions& options);
+
+}  // namespace ckptstream

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Megatron checkpoints (issue 14), on fixtures written by real megatron-core from Hugging Face
+# models (tools/fixtures/make_megatron_fixtures.py): every case merges to a model.safetensors
+# byte-identical to the one transformers saved, through merge, plan, test and verify --source;
+# the directory conventions (tracker, --iteration, verl's actor/dist_ckpt + huggingface/) are
+# found; bad checkpoints fail clearly and write nothing.
+source "$(dirname "$0")/lib.sh"
+MEG="$FIXTURES/megatron"
+
+cases=$(cd "$MEG" && ls -d -- */ | tr -d /)
+[ -n "$cases" ] || fail "no Megatron fixtures in $MEG"
+for case in $cases; do
+  ckpt="$MEG/$case/megatron" hf="$MEG/$case/hf" out="$WORK/out-$case"
+  expect_rc 0 "$case: merge (auto)" merge --local_dir "$ckpt" --hf-config "$hf" \
+    --target_dir "$out"
+  cmp -s "$out/model.safetensors" "$hf/model.safetensors" &&
+    pass "$case: model.safetensors byte-identical to transformers' save_pretrained" ||
+    fail "$case: model.safetensors differs from the reference"
+  cmp -s "$out/config.json" "$hf/config.json" && pass "$case: config.json copied" ||
+    fail "$case: config.json not copied"
+  expect_rc 0 "$case: merge --backend megatron --dtype bf16" merge --backend megatron \
+    --local_dir "$ckpt" --hf-config "$hf" --target_dir "$out-bf16" --dtype bf16
+  expect_rc 0 "$case: bf16 output equals the reference" verify "$out-bf16" --reference "$hf"
+  expect_rc 0 "$case: verify --source" verify "$out" --source --local_dir "$ckpt" \
+    --hf-config "$hf"
+  expect_rc 0 "$case: test --test_hf_dir" test --local_dir "$ckpt" --hf-config "$hf" \
+    --test_hf_dir "$hf"
+  run_ckpt "$WORK/plan-$case" plan --dry-run --json --local_dir "$ckpt" --hf-config "$hf"
+  [ "$RC" = 0 ] && grep -q '0 unmapped; every tensor config.json' "$WORK/plan-$case" \
+    "$WORK/plan-$case.err" && pass "$case: plan --json shows the coverage" ||
+    fail "$case: plan --json: exit $RC, no coverage note"
+done
+
+# What each layout is read as, from the run's own args (legacy) or the metadata (torch_dist).
+notes() { run_ckpt "$WORK/notes" plan --local_dir "$MEG/$1/megatron" --hf-config "$MEG/$1/hf" \
+  --summary; cat "$WORK/notes.err"; }
+notes qwen3_pp2vpp2_legacy | grep -q "TP 1, PP 2 x VPP 2, EP 1 (from args), 2 rank files" &&
+  pass "legacy PP x VPP read from args" || fail "legacy PP x VPP: $(notes qwen3_pp2vpp2_legacy)"
+notes llama_tp2pp2_uneven_legacy | grep -q "skipped output_layer.weight of the last pipeline" &&
+  pass "tied model, PP 2: the last stage's copy of the embedding is skipped by rule" ||
+  fail "tied PP copy: $(notes llama_tp2pp2_uneven_legacy)"
+notes qwen2_tp2_dist | grep -q "vocab padding trimmed: 28 rows" &&
+  pass "padded vocab rows trimmed to config.json's vocab_size" || fail "vocab trim note"
+
+# Directory conventions: the iteration directory itself, --iteration, verl's actor layout.
+it="$MEG/qwen2_tp2_dist/megatron/iter_0000010"
+expect_rc 0 "an iteration directory given directly" merge --local_dir "$it" \
+  --hf-config "$MEG/qwen2_tp2_dist/hf" --target_dir "$WORK/iterdir"
+expect_rc 0 "--iteration 10" merge --local_dir "$MEG/qwen2_tp2_dist/megatron" --iteration 10 \
+  --hf-config "$MEG/qwen2_tp2_dist/hf" --target_dir "$WORK/iter10"
+run_ckpt "$WORK/iter5" merge --local_dir "$MEG/qwen2_tp2_dist/megatron" --iteration 5 \
+  --hf-config "$MEG/qwen2_tp2_dist/hf" --target_dir "$WORK/iter5-out"
+[ "$RC" = 3 ] && grep -q "iter_0000005 is missing" "$WORK/iter5.err" && [ ! -e "$WORK/iter5-out" ] &&
+  pass "--iteration 5 (absent): exit 3 naming iter_0000005, nothing written" ||
+  fail "--iteration 5: exit $RC, $(cat "$WORK/iter5.err")"
+actor="$WORK/verl/global_step_10/actor"
+mkdir -p "$actor"
+cp -r "$it" "$actor/dist_ckpt"
+cp -r "$MEG/qwen2_tp2_dist/hf" "$actor/huggingface"
+expect_rc 0 "verl layout: actor/dist_ckpt + actor/huggingface, no --hf-config" merge \
+  --backend megatron --local_dir "$actor" --target_dir "$WORK/verl-out"
+cmp -s "$WORK/verl-out/model.safetensors" "$MEG/qwen2_tp2_dist/hf/model.safetensors" &&
+  pass "verl layout: byte-identical" || fail "verl layout: output differs"
+
+# Bad input: a clear message naming the problem, a non-zero exit, nothing in the target.
+expect_failure() {  # expect_failure WHAT RC PATTERN ARGS...
+  local what=$1 want=$2 pattern=$3; shift 3
+  local target="$WORK/bad-$RANDOM"
+  run_ckpt "$WORK/bad" "$@" --target_dir "$target"
+  if [ "$RC" = "$want" ] && grep -q -- "$pattern" "$WORK/bad.err" && [ ! -e "$target" ]; then
+    pass "$what: exit $RC, '$pattern', nothing written"
+  else
+    fail "$what: exit $RC (want $want), stderr: $(head -c 600 "$WORK/bad.err")"
+  fi
+}
+copy_case() { rm -rf "$WORK/$1"; cp -r "$MEG/$1" "$WORK/$1"; printf '%s' "$WORK/$1"; }
+
+c=$(copy_case qwen2_tp2_legacy)
+rm -r "$c/megatron/iter_0000010/mp_rank_01"
+expect_failure "a missing TP rank file" 3 "on 1 of 2 tensor-parallel ranks" merge \
+  --local_dir "$c/megatron" --hf-config "$c/hf"
+
+c=$(copy_case qwen2_tp2_dist)
+f="$c/megatron/iter_0000010/__1_0.distcp"
+truncate -s $(($(stat -c %s "$f") / 2)) "$f"
+expect_failure "a truncated .distcp" 3 "__1_0.distcp" merge --local_dir "$c/megatron" \
+  --hf-config "$c/hf"
+
+c=$(copy_case qwen2_tp2_dist)
+sed -i 's/"num_attention_heads": 4/"num_attention_heads": 8/' "$c/hf/config.json"
+expect_failure "config.json's heads disagree with the checkpoint" 3 "8 heads in 2 groups" merge \
+  --local_dir "$c/megatron" --hf-config "$c/hf"
+
+c=$(copy_case qwen2_tp2_dist)
+sed -i 's/"model_type": "qwen2"/"model_type": "gpt2"/' "$c/hf/config.json"
+expect_failure "a family without a table" 3 "decoder.layers.0.self_attention.linear_qkv.weight" \
+  merge --local_dir "$c/megatron" --hf-config "$c/hf"
+
+c=$(copy_case qwen2_tp2_dist)
+sed -i 's/"num_hidden_layers": 2/"num_hidden_layers": 3/' "$c/hf/config.json"
+expect_failure "config.json wants a layer the checkpoint lacks" 3 \
+  "model.layers.2.input_layernorm.weight" merge --local_dir "$c/megatron" --hf-config "$c/hf"
+
+expect_failure "no config.json anywhere" 2 "--hf-config" merge --local_dir \
+  "$MEG/qwen2_tp2_dist/megatron"
+
+c=$(copy_case qwen2_tp2_dist)
+echo 7 >"$c/megatron/latest_checkpointed_iteration.txt"
+expect_failure "a tracker naming a missing iteration" 3 "iter_0000007, which is missing" merge \
+  --local_dir "$c/megatron" --hf-config "$c/hf"
+
+finish
