@@ -218,17 +218,32 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
                                                          std::int64_t vp,
                                                          const std::string& where) {
   if (local.find("_extra_state") != std::string_view::npos) return std::optional<std::string>();
-  if (!starts_with(local, kLayers)) return std::optional<std::string>(std::string(local));
-  auto layer = leading_number(local.substr(kLayers.size()));
-  if (!layer) return invalid_input(where + ": '" + std::string(local) + "' has no layer number");
-  CKPT_ASSIGN_OR_RETURN(std::int64_t offset, megatron_layer_offset(args, rank.pp, vp));
-  std::int64_t global = offset + layer->first;
-  if (global >= args.num_layers)
-    return invalid_input(where + ": '" + std::string(local) + "' (pipeline stage " +
-                         std::to_string(rank.pp) + ", chunk " + std::to_string(vp) +
-                         ") would be layer " + std::to_string(global) + ", but args say " +
-                         std::to_string(args.num_layers) + " layers");
-  std::string rest(layer->second);
+  std::string head;  // the layer's canonical prefix
+  std::string rest;  // what follows it
+  if (starts_with(local, kLayers)) {
+    auto layer = leading_number(local.substr(kLayers.size()));
+    if (!layer) return invalid_input(where + ": '" + std::string(local) + "' has no layer number");
+    CKPT_ASSIGN_OR_RETURN(std::int64_t offset, megatron_layer_offset(args, rank.pp, vp));
+    std::int64_t global = offset + layer->first;
+    if (global >= args.num_layers)
+      return invalid_input(where + ": '" + std::string(local) + "' (pipeline stage " +
+                           std::to_string(rank.pp) + ", chunk " + std::to_string(vp) +
+                           ") would be layer " + std::to_string(global) + ", but args say " +
+                           std::to_string(args.num_layers) + " layers");
+    head = std::string(kLayers) + std::to_string(global) + ".";
+    rest = std::string(layer->second);
+  } else {
+    // MTP layers keep their numbers; their inner transformer layer holds experts too.
+    rest = std::string(local);
+    for (std::string_view inner : {".mtp_model_layer.", ".transformer_layer."}) {
+      auto at = rest.find(inner);
+      if (starts_with(rest, "mtp.layers.") && at != std::string::npos) {
+        head = rest.substr(0, at + inner.size());
+        rest = rest.substr(at + inner.size());
+        break;
+      }
+    }
+  }
   // Experts: SequentialMLP "mlp.experts.local_experts.{i}.", TEGroupedMLP "linear_fc1.weight{i}".
   std::int64_t local_experts = args.num_experts > 0 ? args.num_experts / args.ep : 0;
   constexpr std::string_view kSequential = "mlp.experts.local_experts.";
@@ -253,7 +268,7 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
     return unsupported(where + ": '" + std::string(local) +
                        "': the legacy GroupedMLP layout (weight1/weight2) is not supported yet");
   }
-  return std::optional<std::string>(std::string(kLayers) + std::to_string(global) + "." + rest);
+  return std::optional<std::string>(head + rest);
 }
 
 Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
@@ -322,6 +337,15 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
       // Dense tensors repeat on every expert rank; experts repeat on every TP rank when ETP is 1.
       if (!expert && rank.ep != 0) continue;
       if (expert && args.etp == 1 && rank.tp != 0) continue;
+      if (*name == "embedding.word_embeddings.weight" && rank.pp != 0) {
+        // Multi-token prediction on the last stage embeds there too: megatron-core keeps that
+        // stage a copy of the first stage's embedding, in sync as with a tied output layer.
+        out.tensors.notes.push_back(
+            "skipped embedding.word_embeddings.weight of pipeline stage " +
+            std::to_string(rank.pp) + " (" + where +
+            "): the copy multi-token prediction keeps of the first stage's");
+        continue;
+      }
       if (*name == "output_layer.weight" && !args.untied_output) {
         out.tensors.notes.push_back("skipped output_layer.weight of the last pipeline stage (" +
                                     where + "): a copy of the tied embedding");

@@ -162,7 +162,31 @@ class Mapper {
   }
 
   std::vector<LogicalTensor>& outputs() { return outputs_; }
-  std::size_t mtp_layers() const { return mtp_layers_.size(); }
+  const std::set<std::int64_t>& mtp_layers() const { return mtp_layers_; }
+
+  // DeepSeek's checkpoints give each MTP layer its own copies of the embedding and the output
+  // head (model.layers.{L+k}.embed_tokens, .shared_head.head); megatron-core shares the model's.
+  void add_mtp_copies() {
+    if (!family_.mla) return;
+    const LogicalTensor* embed = nullptr;
+    const LogicalTensor* head = nullptr;
+    for (const auto& t : outputs_) {
+      if (t.name == "model.embed_tokens.weight") embed = &t;
+      if (t.name == "lm_head.weight") head = &t;
+    }
+    if (!head) head = embed;  // tied
+    std::vector<LogicalTensor> copies;
+    for (std::int64_t layer : mtp_layers_) {
+      for (auto [source, name] :
+           {std::pair{embed, "embed_tokens.weight"}, std::pair{head, "shared_head.head.weight"}}) {
+        if (!source) continue;
+        LogicalTensor copy = *source;
+        copy.name = layer_name(layer, name);
+        copies.push_back(std::move(copy));
+      }
+    }
+    for (auto& c : copies) outputs_.push_back(std::move(c));
+  }
 
  private:
   std::string layer_name(std::int64_t layer, std::string_view hf) const {
@@ -310,7 +334,8 @@ std::string list_names(const std::vector<std::string>& names) {
 
 // The names config.json's architecture needs that `have` lacks.
 std::vector<std::string> missing_names(const Family& family, const HfConfig& config,
-                                       const MegatronMapOptions& options, std::int64_t mtp_layers,
+                                       const MegatronMapOptions& options,
+                                       const std::set<std::int64_t>& mtp_layers,
                                        const std::set<std::string>& have) {
   const HfTextConfig& text = config.language();
   std::vector<std::string> missing;
@@ -323,7 +348,8 @@ std::vector<std::string> missing_names(const Family& family, const HfConfig& con
     need("score.weight");
   else if (!config.tie_word_embeddings.value_or(false))
     need("lm_head.weight");
-  std::int64_t layers = text.num_hidden_layers.value_or(0) + mtp_layers;
+  std::int64_t layers =
+      text.num_hidden_layers.value_or(0) + static_cast<std::int64_t>(mtp_layers.size());
   std::int64_t experts = text.num_experts.value_or(0);
   for (std::int64_t i = 0; i < layers; ++i) {
     std::string p = "model.layers." + std::to_string(i) + ".";
@@ -336,6 +362,10 @@ std::vector<std::string> missing_names(const Family& family, const HfConfig& con
     } else {
       for (auto proj : {"q_proj", "k_proj", "v_proj"}) need(p + "self_attn." + proj + ".weight");
     }
+    if (mtp_layers.count(i))
+      for (auto name :
+           {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight"})
+        need(p + name);
     std::string moe = p + std::string(family.moe) + ".";
     if (experts > 0 && have.count(moe + "gate.weight")) {
       for (std::int64_t e = 0; e < experts; ++e)
@@ -385,14 +415,14 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
     return invalid_input("no rule of the " + std::string(family->name) +
                          " table maps these megatron-core tensors (nothing is dropped silently): " +
                          list_names(unmapped));
+  mapper.add_mtp_copies();
   auto& tensors = mapper.outputs();
   std::set<std::string> have;
   for (const auto& t : tensors)
     if (!have.insert(t.name).second)
       return invalid_input("two megatron-core tensors become '" + t.name +
                            "' (a TE fused norm and a separate one for the same layer?)");
-  auto missing =
-      missing_names(*family, config, options, static_cast<std::int64_t>(mapper.mtp_layers()), have);
+  auto missing = missing_names(*family, config, options, mapper.mtp_layers(), have);
   if (!missing.empty())
     return invalid_input("the checkpoint lacks what " + config.path.string() + " (" +
                          config.model_type() + ") needs: " + list_names(missing));
@@ -403,6 +433,17 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
                       " megatron-core tensors mapped to " + std::to_string(tensors.size()) +
                       " Hugging Face tensors, 0 unmapped; every tensor config.json's "
                       "architecture needs is there");
+  const HfTextConfig& text = config.language();
+  auto mtp_count = static_cast<std::int64_t>(mapper.mtp_layers().size());
+  if (mtp_count)
+    out.notes.push_back("multi-token prediction: " + std::to_string(mtp_count) +
+                        " layer(s) written as model.layers." +
+                        std::to_string(text.num_hidden_layers.value_or(0)) + "+");
+  if (text.num_nextn_predict_layers.value_or(0) > mtp_count)
+    out.notes.push_back("config.json's num_nextn_predict_layers is " +
+                        std::to_string(*text.num_nextn_predict_layers) + ", the checkpoint has " +
+                        std::to_string(mtp_count) +
+                        " MTP layer(s) (trained without them; transformers does not load them)");
   if (mapper.trimmed_)
     out.notes.push_back("vocab padding trimmed: " + std::to_string(mapper.trimmed_) +
                         " rows past config.json's vocab_size");

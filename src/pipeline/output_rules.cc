@@ -38,8 +38,16 @@ Result<std::optional<DType>> resolve_float_dtype(DTypeChoice choice,
 
 void set_output_dtypes(std::vector<LogicalTensor>& tensors, std::optional<DType> float_dtype) {
   if (!float_dtype) return;
-  for (auto& t : tensors)
-    if (dtype_info(t.source_dtype).is_float) t.dtype = *float_dtype;
+  // transformers keeps the router's score-correction bias in float32 whatever the model's dtype
+  // (_keep_in_fp32_modules_strict of DeepSeek-V3, GLM-4-MoE, ...); Megatron trains it in float32.
+  constexpr std::string_view kFp32Bias = "e_score_correction_bias";
+  for (auto& t : tensors) {
+    if (!dtype_info(t.source_dtype).is_float) continue;
+    bool keep_fp32 =
+        t.source_dtype == DType::kF32 && t.name.size() >= kFp32Bias.size() &&
+        t.name.compare(t.name.size() - kFp32Bias.size(), kFp32Bias.size(), kFp32Bias) == 0;
+    if (!keep_fp32) t.dtype = *float_dtype;
+  }
 }
 
 }  // namespace ckptstream

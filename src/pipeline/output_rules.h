@@ -21,7 +21,8 @@ Result<DTypeChoice> parse_dtype_choice(std::string_view text);
 Result<std::optional<DType>> resolve_float_dtype(DTypeChoice choice,
                                                  const std::optional<HfConfig>& config);
 
-// Sets the written dtype of every floating-point tensor (others keep theirs).
+// Sets the written dtype of every floating-point tensor (others keep theirs), except a float32
+// MoE router bias (`*e_score_correction_bias`), which transformers keeps in float32.
 void set_output_dtypes(std::vector<LogicalTensor>& tensors, std::optional<DType> float_dtype);
 
 }  // namespace ckptstream
