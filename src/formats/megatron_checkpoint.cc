@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <map>
 #include <set>
 
+#include "dcp/dcp_metadata.h"
 #include "formats/dcp_checkpoint.h"
+#include "formats/hf_config.h"
 #include "io/input_file.h"
 #include "pickle/value.h"
 #include "plan/views.h"
@@ -80,6 +83,44 @@ std::vector<LogicalTensor> unstack(std::vector<LogicalTensor> tensors) {
   return out;
 }
 
+// The run's args from a torch.save file holding Megatron's common state: common.pt (a dict), or
+// the common_state byte item (a list of one dict). nullopt when it keeps none (Megatron-Bridge).
+Result<std::optional<MegatronArgs>> args_in_common_state(const fs::path& file) {
+  CKPT_ASSIGN_OR_RETURN(TorchCheckpoint common, read_torch_file(file));
+  const pickle::Value* root = common.root.get();
+  if (root && root->is_sequence() && !root->items().empty()) root = root->items()[0];
+  auto args = root ? root->find("args") : nullptr;
+  if (!args) return std::optional<MegatronArgs>();
+  CKPT_ASSIGN_OR_RETURN(MegatronArgs parsed, read_megatron_args(*args, file.string()));
+  return std::optional<MegatronArgs>(parsed);
+}
+
+// megatron-core >= 0.19 keeps the common state as the byte item common_state/shard_0_1 of the
+// .distcp files: its bytes are copied to a scratch file (a few KB) and read as a torch.save file.
+Result<std::optional<MegatronArgs>> args_in_common_item(const fs::path& dir,
+                                                        const dcp::StorageInfo& item,
+                                                        const fs::path& scratch_dir) {
+  if (!item.transforms.empty() || item.length > (64u << 20))
+    return std::optional<MegatronArgs>();  // compressed or huge: not worth a cross-check
+  CKPT_ASSIGN_OR_RETURN(InputFile file, InputFile::open(dir / item.relative_path));
+  std::vector<std::byte> bytes(item.length);
+  CKPT_TRY(file.read_at(item.offset, bytes));
+  std::error_code ec;
+  fs::create_directories(scratch_dir, ec);
+  fs::path copy = scratch_dir / "megatron_common_state.pt";
+  {
+    std::FILE* out = std::fopen(copy.c_str(), "wb");
+    if (!out) return io_error(copy.string() + ": cannot write");
+    bool ok = std::fwrite(bytes.data(), 1, bytes.size(), out) == bytes.size();
+    ok = std::fclose(out) == 0 && ok;
+    if (!ok) return io_error(copy.string() + ": cannot write");
+  }
+  auto args = args_in_common_state(copy);
+  fs::remove(copy, ec);
+  if (!args) return args.error().with_context(dir.string() + " (common_state item)");
+  return args;
+}
+
 Result<MegatronTensors> read_torch_dist(const MegatronLayout& layout, const ReadOptions& options) {
   DcpOptions dcp;
   dcp.scratch_dir = options.scratch_dir;
@@ -87,7 +128,13 @@ Result<MegatronTensors> read_torch_dist(const MegatronLayout& layout, const Read
   dcp.interrupt = options.interrupt;
   DcpKeyPolicy keys;
   bool under_module = layout.keys_under_module;
-  keys.prefix = [under_module](const dcp::Metadata&, std::vector<std::string>& notes) {
+  std::optional<dcp::StorageInfo> common_item;
+  keys.prefix = [under_module, &common_item](const dcp::Metadata& md,
+                                             std::vector<std::string>& notes) {
+    for (const auto& e : md.entries)
+      if (e.kind == dcp::StateDictEntry::Kind::kBytes && starts_with(e.fqn, "common_state/") &&
+          e.storage)
+        common_item = *e.storage;
     notes.push_back(under_module ? "model keys: megatron-core names under 'module.'"
                                  : "model keys: megatron-core names");
     return std::string(under_module ? "module." : "");
@@ -97,7 +144,44 @@ Result<MegatronTensors> read_torch_dist(const MegatronLayout& layout, const Read
   MegatronTensors out;
   CKPT_ASSIGN_OR_RETURN(out.tensors, read_dcp_entries(layout.checkpoint_dir, dcp, keys));
   out.tensors.tensors = unstack(std::move(out.tensors.tensors));
+  CKPT_ASSIGN_OR_RETURN(bool has_common_pt,
+                        regular_file_exists(layout.checkpoint_dir / "common.pt"));
+  if (has_common_pt) {
+    CKPT_ASSIGN_OR_RETURN(out.args, args_in_common_state(layout.checkpoint_dir / "common.pt"));
+  } else if (common_item) {
+    CKPT_ASSIGN_OR_RETURN(
+        out.args, args_in_common_item(layout.checkpoint_dir, *common_item,
+                                      options.scratch_dir.empty() ? fs::temp_directory_path()
+                                                                  : options.scratch_dir));
+  }
   return out;
+}
+
+// config.json and the run's args must describe one model: a mismatch is an error naming both.
+Status cross_check(const MegatronArgs& args, const HfConfig& config) {
+  const HfTextConfig& text = config.language();
+  std::string where = config.path.string() + " and the checkpoint's args disagree: ";
+  auto same = [&](std::string_view hf_key, std::optional<std::int64_t> hf, std::string_view arg,
+                  std::int64_t value) -> Status {
+    if (hf && *hf != value)
+      return invalid_input(where + std::string(hf_key) + " " + std::to_string(*hf) + " vs " +
+                           std::string(arg) + " " + std::to_string(value));
+    return {};
+  };
+  CKPT_TRY(same("num_hidden_layers", text.num_hidden_layers, "num_layers", args.num_layers));
+  CKPT_TRY(same("hidden_size", text.hidden_size, "hidden_size", args.hidden_size));
+  CKPT_TRY(same("num_attention_heads", text.num_attention_heads, "num_attention_heads",
+                args.num_attention_heads));
+  if (!text.kv_lora_rank)  // MLA has no query groups
+    CKPT_TRY(same("num_key_value_heads", text.num_key_value_heads, "num_query_groups",
+                  args.num_query_groups));
+  if (args.num_experts > 0 || config.num_experts())
+    CKPT_TRY(same("experts", config.num_experts(), "num_experts", args.num_experts));
+  if (text.vocab_size && args.padded_vocab_size && args.padded_vocab_size < *text.vocab_size)
+    return invalid_input(where + "vocab_size " + std::to_string(*text.vocab_size) +
+                         " vs padded_vocab_size " + std::to_string(args.padded_vocab_size) +
+                         " (fewer rows than the vocabulary)");
+  return {};
 }
 
 // ---- legacy (mp_rank_*) ----
@@ -396,6 +480,17 @@ FoundCheckpoint found_megatron(const fs::path& dir, MegatronLayout layout) {
       chosen = std::move(*again);
     }
     CKPT_ASSIGN_OR_RETURN(MegatronTensors tensors, read_megatron_tensors(chosen, options));
+    std::optional<fs::path> hf_dir = options.hf_config ? options.hf_config : chosen.hf_dir;
+    if (tensors.args && hf_dir) {
+      CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(*hf_dir / "config.json"));
+      if (has_config) {
+        CKPT_ASSIGN_OR_RETURN(HfConfig config, read_hf_config(*hf_dir / "config.json"));
+        CKPT_TRY(cross_check(*tensors.args, config));
+        tensors.tensors.notes.push_back(
+            "config.json agrees with the checkpoint's args (layers, hidden size, heads, groups, "
+            "experts, vocab)");
+      }
+    }
     SourceModel model;
     model.layout = std::string(chosen.format == MegatronFormat::kTorchDist
                                    ? "Megatron-Core torch_dist checkpoint in "

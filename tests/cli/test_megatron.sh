@@ -88,8 +88,8 @@ expect_failure "a truncated .distcp" 3 "__1_0.distcp" merge --local_dir "$c/mega
 
 c=$(copy_case qwen2_tp2_dist)
 sed -i 's/"num_attention_heads": 4/"num_attention_heads": 8/' "$c/hf/config.json"
-expect_failure "config.json's heads disagree with the checkpoint" 3 "8 heads in 2 groups" merge \
-  --local_dir "$c/megatron" --hf-config "$c/hf"
+expect_failure "config.json's heads disagree with the checkpoint's args (common_state)" 3 \
+  "num_attention_heads 8 vs num_attention_heads 4" merge --local_dir "$c/megatron" --hf-config "$c/hf"
 
 c=$(copy_case qwen2_tp2_dist)
 sed -i 's/"model_type": "qwen2"/"model_type": "gpt2"/' "$c/hf/config.json"
@@ -98,8 +98,23 @@ expect_failure "a family without a table" 3 "decoder.layers.0.self_attention.lin
 
 c=$(copy_case qwen2_tp2_dist)
 sed -i 's/"num_hidden_layers": 2/"num_hidden_layers": 3/' "$c/hf/config.json"
-expect_failure "config.json wants a layer the checkpoint lacks" 3 \
-  "model.layers.2.input_layernorm.weight" merge --local_dir "$c/megatron" --hf-config "$c/hf"
+expect_failure "config.json's layers disagree with the checkpoint's args" 3 \
+  "num_hidden_layers 3 vs num_layers 2" merge --local_dir "$c/megatron" --hf-config "$c/hf"
+
+c=$(copy_case qwen3moe_ep2_legacy)
+sed -i 's/"num_local_experts": 4/"num_local_experts": 8/' "$c/hf/config.json"
+expect_failure "config.json's experts disagree with the legacy args" 3 "experts 8 vs num_experts 4" \
+  merge --local_dir "$c/megatron" --hf-config "$c/hf"
+
+c=$(copy_case qwen2_tp2_legacy)
+cp -r "$c/megatron/iter_0000010/mp_rank_01" "$c/megatron/iter_0000010/mp_rank_02"
+expect_failure "a rank directory the args' TP does not have" 3 "outside the run's TP 2" merge \
+  --local_dir "$c/megatron" --hf-config "$c/hf"
+
+c=$(copy_case llama_tp2pp2_uneven_legacy)
+rm -r "$c/megatron/iter_0000010/mp_rank_00_001" "$c/megatron/iter_0000010/mp_rank_01_001"
+expect_failure "a missing pipeline stage" 3 "pipeline stage" merge --local_dir "$c/megatron" \
+  --hf-config "$c/hf"
 
 expect_failure "no config.json anywhere" 2 "--hf-config" merge --local_dir \
   "$MEG/qwen2_tp2_dist/megatron"
