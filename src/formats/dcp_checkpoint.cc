@@ -299,6 +299,9 @@ Result<SourceTensors> read_dcp_entries(const fs::path& dir, const DcpOptions& op
     out.tensors.push_back(std::move(t));
   }
   CKPT_ASSIGN_OR_RETURN(out.inputs, locate_chunks(dir, options, jobs, out.tensors));
+  if (out.tensors.empty() && training > 0 && outside.empty())
+    return invalid_input(label + ": no model tensor: its " + std::to_string(training) +
+                         " tensors are all optimizer or scheduler state");
   if (out.tensors.empty())
     return invalid_input(label + ": no model tensor under the prefix '" + prefix + "'");
   if (training > 0)

@@ -116,6 +116,10 @@ rm -r "$c/megatron/iter_0000010/mp_rank_00_001" "$c/megatron/iter_0000010/mp_ran
 expect_failure "a missing pipeline stage" 3 "pipeline stage" merge --local_dir "$c/megatron" \
   --hf-config "$c/hf"
 
+expect_failure "a checkpoint holding only optimizer state" 3 \
+  "its 3 tensors are all optimizer or scheduler state" merge --local_dir \
+  "$FIXTURES/megatron_bad/optimizer_only" --hf-config "$MEG/qwen2_tp2_dist/hf"
+
 expect_failure "no config.json anywhere" 2 "--hf-config" merge --local_dir \
   "$MEG/qwen2_tp2_dist/megatron"
 
