@@ -6,6 +6,8 @@
     gen_ckpt.py deepseek OUT [--world-size 16] [--layout fsdp]     (~1.34 TB declared, sparse)
     gen_ckpt.py megatron OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32] [--dist-optim]
     gen_ckpt.py megatron-dist OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32]
+    gen_ckpt.py megatron-moe OUT --size 5GB [--ep 8]          (Qwen3-MoE shapes, torch_dist)
+    gen_ckpt.py megatron-deepseek OUT [--ep 8] [--layers 61]  (DeepSeek-V3 + MTP, sparse)
 
 fsdp: a verl FSDP2 actor directory (docs/formats/verl.md §1):
   model_world_size_W_rank_R.pt   torch.save zip of the rank's state dict, byte for byte as torch
@@ -1175,6 +1177,153 @@ def write_megatron_dist(out, m, dt, seed, iteration, dist_optim):
     return data.bytes
 
 
+# ---------------------------------------------------------------------------------------------
+# Megatron-core MoE models, torch_dist (docs/formats/megatron.md §1.4): per-layer keys (a dense
+# first layer makes megatron-core's layers non-homogeneous), experts along a prepended expert axis
+# ("decoder.layers.{l}.mlp.experts.experts.linear_fc1.weight" [E, 2F, H]), one chunk per expert
+# ([1, F, H] gate and up halves of fc1 as SwiGLU's sharded factory saves them, [1, H, F] fc2),
+# written by its expert-parallel rank; everything else by EP rank 0; TP 1. MTP layers under
+# mtp.layers.{k}.mtp_model_layer. No common.pt: as megatron-core >= 0.19 with no args kept.
+
+def mcore_moe_deepseek(layers=61, mtp=1):
+    """DeepSeek-V3 (671B) as megatron-core's MLA + MoE GPT model names it."""
+    h, v, dense, experts, moe_i, dense_i = 7168, 129280, 3, 256, 2048, 18432
+    q_lora, kv_lora, heads, nope, rope, vdim = 1536, 512, 128, 128, 64, 128
+    config = dict(deepseek_v3(layers)[0], num_nextn_predict_layers=mtp)
+
+    def layer(p, moe):
+        t = [(p + "input_layernorm.weight", (h,), "full"),
+             (p + "self_attention.linear_q_down_proj.weight", (q_lora, h), "full"),
+             (p + "self_attention.linear_q_up_proj.layer_norm_weight", (q_lora,), "full"),
+             (p + "self_attention.linear_q_up_proj.weight", (heads * (nope + rope), q_lora), "full"),
+             (p + "self_attention.linear_kv_down_proj.weight", (kv_lora + rope, h), "full"),
+             (p + "self_attention.linear_kv_up_proj.layer_norm_weight", (kv_lora,), "full"),
+             (p + "self_attention.linear_kv_up_proj.weight", (heads * (nope + vdim), kv_lora), "full"),
+             (p + "self_attention.linear_proj.weight", (h, heads * vdim), "full")]
+        if not moe:
+            return t + [(p + "mlp.linear_fc1.layer_norm_weight", (h,), "full"),
+                        (p + "mlp.linear_fc1.weight", (2 * dense_i, h), "glu"),
+                        (p + "mlp.linear_fc2.weight", (h, dense_i), "full")]
+        return t + [(p + "pre_mlp_layernorm.weight", (h,), "full"),
+                    (p + "mlp.router.weight", (experts, h), "full"),
+                    (p + "mlp.router.expert_bias", (experts,), "fp32"),
+                    (p + "mlp.experts.experts.linear_fc1.weight", (experts, 2 * moe_i, h), "experts-glu"),
+                    (p + "mlp.experts.experts.linear_fc2.weight", (experts, h, moe_i), "experts"),
+                    (p + "mlp.shared_experts.linear_fc1.weight", (2 * moe_i, h), "glu"),
+                    (p + "mlp.shared_experts.linear_fc2.weight", (h, moe_i), "full")]
+
+    t = [("embedding.word_embeddings.weight", (v, h), "full")]
+    for n in range(layers):
+        t += layer(f"decoder.layers.{n}.", n >= dense)
+    t += [("decoder.final_layernorm.weight", (h,), "full"), ("output_layer.weight", (v, h), "full")]
+    for k in range(mtp):
+        p = f"mtp.layers.{k}."
+        t += [(p + "enorm.weight", (h,), "full"), (p + "hnorm.weight", (h,), "full"),
+              (p + "eh_proj.weight", (h, 2 * h), "full")]
+        t += layer(p + "mtp_model_layer.", True)
+        t += [(p + "final_layernorm.weight", (h,), "full")]
+    return config, t
+
+
+def mcore_moe_qwen3(size_bytes, esize):
+    """A Qwen3-MoE (30B-A3B layout: 128 experts of 768, hidden 2048, 32/4 heads of 128) with as
+    many layers as make `size_bytes`, vocab 151936; below one such layer, fewer experts (a power
+    of two, at least 8) in one layer."""
+    h, v, experts, moe_i, heads, kv, d = 2048, 151936, 128, 768, 32, 4, 128
+
+    def layer_bytes(e):
+        return (h * (heads + 2 * kv) * d + h * heads * d + 2 * d + 2 * h + e * h
+                + e * 3 * moe_i * h) * esize
+
+    budget = size_bytes - 2 * v * h * esize
+    while experts > 8 and layer_bytes(experts) > budget:
+        experts //= 2
+    layers = max(1, round(budget / layer_bytes(experts)))
+    config = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+              "hidden_size": h, "num_hidden_layers": layers, "num_attention_heads": heads,
+              "num_key_value_heads": kv, "head_dim": d, "num_experts": experts,
+              "num_experts_per_tok": 8, "moe_intermediate_size": moe_i, "intermediate_size": 6144,
+              "decoder_sparse_step": 1, "mlp_only_layers": [], "vocab_size": v,
+              "tie_word_embeddings": False, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-06,
+              "rope_theta": 1000000.0, "max_position_embeddings": 40960}
+    t = [("embedding.word_embeddings.weight", (v, h), "full")]
+    for n in range(layers):
+        p = f"decoder.layers.{n}."
+        t += [(p + "self_attention.linear_qkv.layer_norm_weight", (h,), "full"),
+              (p + "self_attention.linear_qkv.weight", ((heads + 2 * kv) * d, h), "full"),
+              (p + "self_attention.q_layernorm.weight", (d,), "full"),
+              (p + "self_attention.k_layernorm.weight", (d,), "full"),
+              (p + "self_attention.linear_proj.weight", (h, heads * d), "full"),
+              (p + "pre_mlp_layernorm.weight", (h,), "full"),
+              (p + "mlp.router.weight", (experts, h), "full"),
+              (p + "mlp.experts.experts.linear_fc1.weight", (experts, 2 * moe_i, h), "experts-glu"),
+              (p + "mlp.experts.experts.linear_fc2.weight", (experts, h, moe_i), "experts")]
+    t += [("decoder.final_layernorm.weight", (h,), "full"), ("output_layer.weight", (v, h), "full")]
+    return config, t
+
+
+def write_megatron_moe_dist(out, config, entries, ep, seed, sparse, iteration=100):
+    ns = fake_torch()
+    k = dcp_classes()
+    mk = megatron_classes()
+    tname, skind, esize = DTYPES["bf16"]
+    os.makedirs(os.path.join(out, "huggingface"), exist_ok=True)
+    with open(os.path.join(out, "huggingface", "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(out, "latest_checkpointed_iteration.txt"), "w") as f:
+        f.write(str(iteration))
+    d = os.path.join(out, f"iter_{iteration:07d}")
+    os.makedirs(d, exist_ok=True)
+    filler = Filler(seed, sparse)
+    rng = random.Random(seed)
+    sdm, storage = {}, {}
+    per_rank = [[] for _ in range(ep)]  # (key, offsets, sizes, dtype) in write order
+    for key, shape, rule in entries:
+        dt = "float32" if rule == "fp32" else tname
+        sdm[key] = k.TensorStorageMetadata(k.TensorProperties(ns.dtypes[dt]), ns.Size(shape), [])
+        zero = (0,) * len(shape)
+        if rule in ("full", "fp32"):
+            per_rank[0].append((key, zero, shape, dt))
+        elif rule == "glu":  # [gate; up] as two chunks (TP 1)
+            half = shape[0] // 2
+            for o in (0, half):
+                per_rank[0].append((key, (o,) + zero[1:], (half,) + shape[1:], dt))
+        else:
+            experts = shape[0]
+            if experts % ep:
+                raise SystemExit(f"{key}: {experts} experts do not split over EP {ep}")
+            for e in range(experts):
+                r = e // (experts // ep)
+                if rule == "experts-glu":
+                    half = shape[1] // 2
+                    for o in (0, half):
+                        per_rank[r].append((key, (e, o, 0), (1, half, shape[2]), dt))
+                else:
+                    per_rank[r].append((key, (e, 0, 0), (1,) + shape[1:], dt))
+    for r, chunks in enumerate(per_rank):
+        t0 = time.time()
+        rel = f"__{r}_0.distcp"
+        with open(os.path.join(d, rel), "wb", buffering=MIB) as f:
+            for key, offs, sizes, dt in chunks:
+                es = 4 if dt == "float32" else esize
+                sk = "FloatStorage" if dt == "float32" else skind
+                st = ns.Storage(sk, es * numel(sizes), es)
+                pkl, storages = torch_pickle(ns.Tensor(st, sizes), ns)
+                at = f.tell()
+                write_torch_zip(f, "archive", pkl, storages, filler, rng)
+                sdm[key].chunks.append(k.ChunkStorageMetadata(ns.Size(offs), ns.Size(sizes)))
+                storage[k.MetadataIndex(key, offs)] = k._StorageInfo(rel, at, f.tell() - at)
+            f.truncate()
+        print(f"  {rel}: {len(chunks)} chunks, {os.path.getsize(os.path.join(d, rel))} B "
+              f"in {time.time() - t0:.1f} s", flush=True)
+    md = k.Metadata(sdm, None, storage, k.StorageMeta(os.path.abspath(d), str(uuid.uuid4())))
+    with open(os.path.join(d, ".metadata"), "wb") as f:
+        pickle.dump(md, f, protocol=4)
+    with open(os.path.join(d, "metadata.json"), "w") as f:
+        json.dump({"sharded_backend": "torch_dist", "sharded_backend_version": 1}, f)
+    return filler.bytes
+
+
 def parse_size(s):
     m = re.fullmatch(r"([0-9.]+)\s*([KMGT]i?B?|B)?", s.strip(), re.I)
     if not m:
@@ -1188,7 +1337,9 @@ def parse_size(s):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("layout", choices=["fsdp", "dcp", "deepseek", "megatron", "megatron-dist"])
+    ap.add_argument("layout", choices=["fsdp", "dcp", "deepseek", "megatron", "megatron-dist",
+                                       "megatron-moe", "megatron-deepseek"])
+    ap.add_argument("--ep", type=int, default=8, help="megatron-moe/-deepseek: expert-parallel size")
     ap.add_argument("out")
     ap.add_argument("--size", default="1GB", help="tensor bytes (decimal GB, or GiB)")
     ap.add_argument("--world-size", type=int, default=None)
@@ -1211,6 +1362,19 @@ def main(argv=None):
     t0 = time.time()
     if os.path.exists(a.out) and os.listdir(a.out):
         raise SystemExit(f"{a.out} exists and is not empty")
+    if a.layout in ("megatron-moe", "megatron-deepseek"):
+        if a.layout == "megatron-deepseek":
+            config, entries = mcore_moe_deepseek(a.layers or 61)
+            sparse = True
+        else:
+            config, entries = mcore_moe_qwen3(parse_size(a.size), DTYPES["bf16"][2])
+            sparse = False
+        declared = sum(numel(s) * (4 if r == "fp32" else 2) for _, s, r in entries)
+        print(f"{a.layout}: {len(entries)} keys, {config['num_hidden_layers']} layers, "
+              f"{declared} tensor bytes, EP={a.ep} -> {a.out}", flush=True)
+        n = write_megatron_moe_dist(a.out, config, entries, a.ep, a.seed, sparse, a.iteration)
+        print(f"done: {n} data bytes{' (holes)' if sparse else ''} in {time.time() - t0:.1f} s")
+        return 0
     if a.layout.startswith("megatron"):
         if a.tp < 1 or a.pp < 1:
             raise SystemExit("--tp and --pp must be >= 1")

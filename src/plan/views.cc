@@ -113,10 +113,16 @@ void flatten_fragment(const Fragment& fragment, const Shape& logical, std::size_
 
 LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
                      std::int64_t length) {
-  LogicalTensor out = tensor;
-  out.lora.reset();
+  // Everything but the fragments (and the LoRA delta, which a slice does not keep): copying the
+  // whole tensor and clearing its fragments would keep their capacity, and a tensor cut into
+  // many small views (256 experts of a stacked tensor) would hold that many times its fragments.
+  LogicalTensor out;
+  out.name = tensor.name;
+  out.source_dtype = tensor.source_dtype;
+  out.dtype = tensor.dtype;
+  out.shape = tensor.shape;
+  out.shard_group = tensor.shard_group;
   out.shape[dim] = length;
-  out.fragments.clear();
   for (const Fragment& fragment : tensor.fragments) {
     std::int64_t begin = fragment.offsets[dim];
     std::int64_t end = begin + fragment.source.shape[dim];
