@@ -161,7 +161,7 @@ if [ "$do_merge" = 1 ]; then
         echo "$size,$layout,$cache,limit,$run,$(python3 -c "print(round($r + $last_wall, 3))"),,,,,$bytes_in,$bytes_out,0" >>"$csv"
         prepare "$cache" "${inputs[@]}"
         mkdir -p "$work/cp-out"
-        measure "$size" "$cache" cp "$run" "$bytes_in" "$bytes_in" -- cp "${inputs[@]}" "$work/cp-out/"
+        measure "$size" "$cache" cp "$run" "$bytes_in" "$bytes_in" -- cp --parents "${inputs[@]}" "$work/cp-out/"
         rm -rf "$work/cp-out"
         prepare "$cache" "${inputs[@]}"
         measure "$size" "$cache" ckptstream "$run" "$bytes_in" "$bytes_out" -- \

@@ -110,9 +110,10 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
   cmd.add_option("--prefix", args.conversion.prefix,
                  "DCP: the app-state prefix of the model keys (e.g. model, app.model, "
                  "fsdp_checkpoint.model); detected when absent");
-  cmd.add_option("--hf-config,--hf_config", args.conversion.hf_config,
-                 "directory with the model's config.json and tokenizer (RLinf: the base model), "
-                 "when the checkpoint has none beside it");
+  cmd.add_option("--hf-config,--hf_config,--hf_model_path,--hf-model-path",
+                 args.conversion.hf_config,
+                 "directory with the model's config.json and tokenizer (RLinf: the base model; "
+                 "older verl: --hf_model_path), when the checkpoint has none beside it");
   cmd.add_option("--iteration", args.conversion.iteration,
                  "Megatron: the iteration to read (iter_XXXXXXX), instead of the one "
                  "latest_checkpointed_iteration.txt names");

@@ -212,6 +212,11 @@ Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> sh
   std::sort(shards.begin(), shards.end(),
             [](const Shard& a, const Shard& b) { return a.tp < b.tp; });
   TpSplit split = tp_split_of(name, gated);
+  // A value head (verl's critic, mbridge's make_value_model) is a plain one-row Linear that
+  // every TP rank holds whole, where a vocabulary head would be split.
+  if (name == "output_layer.weight" && shards.front().tensor.shape.size() == 2 &&
+      shards.front().tensor.shape[0] == 1)
+    split = TpSplit::kReplicated;
   if (split == TpSplit::kReplicated || size == 1) {
     // Every rank holds the whole tensor: rank 0's copy.
     if (shards.front().tp != 0)

@@ -139,6 +139,8 @@ class Mapper {
     if (name == "embedding.word_embeddings.weight")
       return vocab_rows(std::move(tensor), "model.embed_tokens.weight");
     if (name == "output_layer.weight") return output_layer(std::move(tensor));
+    if (name == "output_layer.bias" && options_.value_model)
+      return add(std::move(tensor), "score.bias");
     if (name == "decoder.final_layernorm.weight")
       return add(std::move(tensor), "model.norm.weight");
     if (starts_with(name, "decoder.layers.")) {
@@ -162,6 +164,20 @@ class Mapper {
   }
 
   std::vector<LogicalTensor>& outputs() { return outputs_; }
+
+  // transformers' token-classification head (score) has a bias; Megatron value heads usually do
+  // not (mbridge's make_value_model, verl's critic): a zero bias computes the same values and
+  // loads with no missing key. True when it was added.
+  bool add_zero_value_bias() {
+    const LogicalTensor* score = nullptr;
+    for (const auto& t : outputs_) {
+      if (t.name == "score.bias") return false;
+      if (t.name == "score.weight") score = &t;
+    }
+    if (!score || score->shape.empty()) return false;
+    outputs_.push_back(zeros("score.bias", score->source_dtype, Shape{score->shape[0]}));
+    return true;
+  }
   const std::set<std::int64_t>& mtp_layers() const { return mtp_layers_; }
 
   // DeepSeek's checkpoints give each MTP layer its own copies of the embedding and the output
@@ -416,6 +432,7 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
                          " table maps these megatron-core tensors (nothing is dropped silently): " +
                          list_names(unmapped));
   mapper.add_mtp_copies();
+  bool zero_bias = options.value_model && mapper.add_zero_value_bias();
   auto& tensors = mapper.outputs();
   std::set<std::string> have;
   for (const auto& t : tensors)
@@ -444,6 +461,10 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
                         std::to_string(*text.num_nextn_predict_layers) + ", the checkpoint has " +
                         std::to_string(mtp_count) +
                         " MTP layer(s) (trained without them; transformers does not load them)");
+  if (zero_bias)
+    out.notes.push_back(
+        "value head: score.bias written as zeros (the checkpoint's head has no "
+        "bias; transformers' token-classification head has one)");
   if (mapper.trimmed_)
     out.notes.push_back("vocab padding trimmed: " + std::to_string(mapper.trimmed_) +
                         " rows past config.json's vocab_size");

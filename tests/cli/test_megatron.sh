@@ -11,21 +11,29 @@ cases=$(cd "$MEG" && ls -d -- */ | tr -d /)
 [ -n "$cases" ] || fail "no Megatron fixtures in $MEG"
 for case in $cases; do
   ckpt="$MEG/$case/megatron" hf="$MEG/$case/hf" out="$WORK/out-$case"
+  # Value models (verl's critic): a one-row head, written as score.* with --is-value-model.
+  value=()
+  case "$case" in *_value_*) value=(--is-value-model) ;; esac
   expect_rc 0 "$case: merge (auto)" merge --local_dir "$ckpt" --hf-config "$hf" \
-    --target_dir "$out"
+    --target_dir "$out" "${value[@]}"
   cmp -s "$out/model.safetensors" "$hf/model.safetensors" &&
     pass "$case: model.safetensors byte-identical to transformers' save_pretrained" ||
     fail "$case: model.safetensors differs from the reference"
   cmp -s "$out/config.json" "$hf/config.json" && pass "$case: config.json copied" ||
     fail "$case: config.json not copied"
+  expect_rc 0 "$case: merge --dtype keep" merge --local_dir "$ckpt" --hf-config "$hf" \
+    --target_dir "$out-keep" --dtype keep "${value[@]}"
+  cmp -s "$out-keep/model.safetensors" "$hf/model.safetensors" &&
+    pass "$case: --dtype keep is byte-identical too" || fail "$case: --dtype keep differs"
   expect_rc 0 "$case: merge --backend megatron --dtype bf16" merge --backend megatron \
-    --local_dir "$ckpt" --hf-config "$hf" --target_dir "$out-bf16" --dtype bf16
+    --local_dir "$ckpt" --hf-config "$hf" --target_dir "$out-bf16" --dtype bf16 "${value[@]}"
   expect_rc 0 "$case: bf16 output equals the reference" verify "$out-bf16" --reference "$hf"
   expect_rc 0 "$case: verify --source" verify "$out" --source --local_dir "$ckpt" \
-    --hf-config "$hf"
+    --hf-config "$hf" "${value[@]}"
   expect_rc 0 "$case: test --test_hf_dir" test --local_dir "$ckpt" --hf-config "$hf" \
-    --test_hf_dir "$hf"
-  run_ckpt "$WORK/plan-$case" plan --dry-run --json --local_dir "$ckpt" --hf-config "$hf"
+    --test_hf_dir "$hf" "${value[@]}"
+  run_ckpt "$WORK/plan-$case" plan --dry-run --json --local_dir "$ckpt" --hf-config "$hf" \
+    "${value[@]}"
   [ "$RC" = 0 ] && grep -q '0 unmapped; every tensor config.json' "$WORK/plan-$case" \
     "$WORK/plan-$case.err" && pass "$case: plan --json shows the coverage" ||
     fail "$case: plan --json: exit $RC, no coverage note"
@@ -61,6 +69,27 @@ expect_rc 0 "verl layout: actor/dist_ckpt + actor/huggingface, no --hf-config" m
   --backend megatron --local_dir "$actor" --target_dir "$WORK/verl-out"
 cmp -s "$WORK/verl-out/model.safetensors" "$MEG/qwen2_tp2_dist/hf/model.safetensors" &&
   pass "verl layout: byte-identical" || fail "verl layout: output differs"
+
+# verl's older spelling of the config directory, and a merge split between two processes
+# (--world-size / --rank, small shards) that writes what one process writes.
+expect_rc 0 "--hf_model_path (older verl)" merge --backend megatron --local_dir \
+  "$MEG/mixtral_tp2ep2_dist/megatron" --hf_model_path "$MEG/mixtral_tp2ep2_dist/hf" \
+  --target_dir "$WORK/hfmp"
+unset RANK WORLD_SIZE LOCAL_RANK OMPI_COMM_WORLD_RANK OMPI_COMM_WORLD_SIZE SLURM_PROCID || true
+dist_args=(merge --local_dir "$MEG/mixtral_tp2ep2_dist/megatron" --hf-config
+  "$MEG/mixtral_tp2ep2_dist/hf" --max-shard-size 40KB)
+expect_rc 0 "mixtral in 40 KB shards, one process" "${dist_args[@]}" --target_dir "$WORK/one"
+for r in 0 1; do
+  "$CKPT" "${dist_args[@]}" --target_dir "$WORK/two" --world-size 2 --rank $r \
+    >"$WORK/two.$r" 2>&1 </dev/null &
+done
+wait
+bad=""
+while read -r f; do cmp -s "$WORK/one/$f" "$WORK/two/$f" || bad="$bad $f"; done \
+  < <(cd "$WORK/one" && find . -type f)
+[ -z "$bad" ] && [ "$(ls "$WORK/one" | wc -l)" -gt 3 ] &&
+  pass "two ranks write what one process writes ($(ls "$WORK/one" | wc -l) files)" ||
+  fail "two ranks differ from one process:$bad $(cat "$WORK/two.0" "$WORK/two.1" | tail -5)"
 
 # Bad input: a clear message naming the problem, a non-zero exit, nothing in the target.
 expect_failure() {  # expect_failure WHAT RC PATTERN ARGS...
