@@ -1,5 +1,11 @@
 #include "formats/megatron_args.h"
 
+#include <simdjson.h>
+
+#include <charconv>
+#include <map>
+
+#include "io/input_file.h"
 #include "pickle/value.h"
 
 namespace ckptstream {
@@ -39,7 +45,75 @@ bool read_bool(const pickle::Value& args, std::string_view key) {
   return value && value->as_bool().value_or(false);
 }
 
+// The model sizes of a run configuration, by megatron-core's TransformerConfig names.
+Result<MegatronArgs> sizes_from(const std::map<std::string, std::int64_t>& values,
+                                const std::string& where) {
+  MegatronArgs out;
+  auto get = [&](const char* key, std::int64_t& field) {
+    auto it = values.find(key);
+    if (it != values.end()) field = it->second;
+  };
+  get("num_layers", out.num_layers);
+  get("hidden_size", out.hidden_size);
+  get("num_attention_heads", out.num_attention_heads);
+  get("num_query_groups", out.num_query_groups);
+  get("kv_channels", out.kv_channels);
+  get("ffn_hidden_size", out.ffn_hidden_size);
+  get("num_moe_experts", out.num_experts);
+  get("moe_ffn_hidden_size", out.moe_ffn_hidden_size);
+  get("mtp_num_layers", out.mtp_num_layers);
+  get("tensor_model_parallel_size", out.tp);
+  get("pipeline_model_parallel_size", out.pp);
+  get("expert_model_parallel_size", out.ep);
+  if (out.num_layers <= 0 && out.hidden_size <= 0)
+    return invalid_input(where + ": no num_layers or hidden_size (not a model configuration)");
+  return out;
+}
+
 }  // namespace
+
+Result<MegatronArgs> read_transformer_config_json(const std::filesystem::path& path) {
+  CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(path, 16u << 20));
+  simdjson::dom::parser parser;
+  simdjson::dom::object doc;
+  if (parser.parse(text).get(doc)) return invalid_input(path.string() + ": not a JSON object");
+  std::map<std::string, std::int64_t> values;
+  for (auto field : doc) {
+    std::int64_t number = 0;
+    if (!field.value.get(number)) values[std::string(field.key)] = number;
+  }
+  return sizes_from(values, path.string());
+}
+
+Result<MegatronArgs> read_run_config_yaml(const std::filesystem::path& path) {
+  CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(path, 16u << 20));
+  std::map<std::string, std::int64_t> values;
+  bool in_model = false;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    auto end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    std::string_view line(text.data() + at, end - at);
+    at = end + 1;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty() || line.front() == '#') continue;
+    if (line.front() != ' ') {  // a top-level key: the model section starts or ends
+      in_model = line.substr(0, 6) == "model:";
+      continue;
+    }
+    // "  key: 123" directly under model: (deeper nesting is another object's)
+    if (!in_model || line.size() < 3 || line[1] != ' ' || line[2] == ' ') continue;
+    auto colon = line.find(':');
+    if (colon == std::string_view::npos) continue;
+    std::string key(line.substr(2, colon - 2));
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+    std::int64_t number = 0;
+    auto [ptr, error] = std::from_chars(value.data(), value.data() + value.size(), number);
+    if (error == std::errc() && ptr == value.data() + value.size()) values[key] = number;
+  }
+  return sizes_from(values, path.string());
+}
 
 Result<MegatronArgs> read_megatron_args(const pickle::Value& args, const std::string& where) {
   if (!args.is(pickle::Kind::kObject) && !args.is(pickle::Kind::kDict))

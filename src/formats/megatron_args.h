@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 #include <string>
 
@@ -45,6 +46,16 @@ struct MegatronArgs {
   bool untied_output = false;
   double checkpoint_version = 0;  // of the file, not of args; set by the reader
 };
+
+// The model sizes a run's configuration file gives, for the cross-check with config.json where
+// the checkpoint keeps no `args` (sizes absent stay 0, parallel sizes 1):
+//   verl:             <actor>/transformer_config.json, megatron-core's TransformerConfig as JSON
+//                     (num_layers, hidden_size, num_attention_heads, num_query_groups,
+//                     num_moe_experts, ...)
+//   Megatron-Bridge:  <iteration>/run_config.yaml, whose `model:` section holds the same names
+//                     ("  num_layers: 28"); only that section's plain integer lines are read.
+Result<MegatronArgs> read_transformer_config_json(const std::filesystem::path& path);
+Result<MegatronArgs> read_run_config_yaml(const std::filesystem::path& path);
 
 // The fields above from the Namespace object `args`; `where` names the file for messages.
 // Missing sizes are an error naming the field (a checkpoint saved without them is not one this

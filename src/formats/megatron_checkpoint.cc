@@ -158,12 +158,14 @@ Result<MegatronTensors> read_torch_dist(const MegatronLayout& layout, const Read
 }
 
 // config.json and the run's args must describe one model: a mismatch is an error naming both.
-Status cross_check(const MegatronArgs& args, const HfConfig& config) {
+// `source` says where the run's sizes come from ("the checkpoint's args",
+// "transformer_config.json"); sizes it does not give (0) are not compared.
+Status cross_check(const MegatronArgs& args, const HfConfig& config, const std::string& source) {
   const HfTextConfig& text = config.language();
-  std::string where = config.path.string() + " and the checkpoint's args disagree: ";
+  std::string where = config.path.string() + " and " + source + " disagree: ";
   auto same = [&](std::string_view hf_key, std::optional<std::int64_t> hf, std::string_view arg,
                   std::int64_t value) -> Status {
-    if (hf && *hf != value)
+    if (hf && value > 0 && *hf != value)
       return invalid_input(where + std::string(hf_key) + " " + std::to_string(*hf) + " vs " +
                            std::string(arg) + " " + std::to_string(value));
     return {};
@@ -486,14 +488,30 @@ FoundCheckpoint found_megatron(const fs::path& dir, MegatronLayout layout) {
     }
     CKPT_ASSIGN_OR_RETURN(MegatronTensors tensors, read_megatron_tensors(chosen, options));
     std::optional<fs::path> hf_dir = options.hf_config ? options.hf_config : chosen.hf_dir;
-    if (tensors.args && hf_dir) {
+    // The run's sizes: its args, else verl's transformer_config.json or Megatron-Bridge's
+    // run_config.yaml.
+    std::optional<MegatronArgs> run = tensors.args;
+    std::string source = "the checkpoint's args";
+    if (!run) {
+      for (const fs::path& file : {chosen.checkpoint_dir.parent_path() / "transformer_config.json",
+                                   chosen.checkpoint_dir / "run_config.yaml"}) {
+        CKPT_ASSIGN_OR_RETURN(bool there, regular_file_exists(file));
+        if (!there) continue;
+        auto sizes = file.extension() == ".json" ? read_transformer_config_json(file)
+                                                 : read_run_config_yaml(file);
+        if (!sizes) return sizes.error();
+        run = *sizes;
+        source = file.string();
+        break;
+      }
+    }
+    if (run && hf_dir) {
       CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(*hf_dir / "config.json"));
       if (has_config) {
         CKPT_ASSIGN_OR_RETURN(HfConfig config, read_hf_config(*hf_dir / "config.json"));
-        CKPT_TRY(cross_check(*tensors.args, config));
-        tensors.tensors.notes.push_back(
-            "config.json agrees with the checkpoint's args (layers, hidden size, heads, groups, "
-            "experts, vocab)");
+        CKPT_TRY(cross_check(*run, config, source));
+        tensors.tensors.notes.push_back("config.json agrees with " + source +
+                                        " (layers, hidden size, heads, groups, experts, vocab)");
       }
     }
     SourceModel model;

@@ -130,6 +130,18 @@ sed -i 's/"num_hidden_layers": 2/"num_hidden_layers": 3/' "$c/hf/config.json"
 expect_failure "config.json's layers disagree with the checkpoint's args" 3 \
   "num_hidden_layers 3 vs num_layers 2" merge --local_dir "$c/megatron" --hf-config "$c/hf"
 
+c=$(copy_case qwen2_verl_actor)
+sed -i 's/"num_layers": 2/"num_layers": 3/' "$c/megatron/transformer_config.json"
+expect_failure "verl's transformer_config.json disagrees with config.json" 3 \
+  "transformer_config.json disagree: num_hidden_layers 2 vs num_layers 3" merge --backend \
+  megatron --local_dir "$c/megatron"
+
+c=$(copy_case qwen2_bridge)
+sed -i 's/  hidden_size: 32/  hidden_size: 64/' "$c/megatron/iter_0000010/run_config.yaml"
+expect_failure "Megatron-Bridge's run_config.yaml disagrees with config.json" 3 \
+  "run_config.yaml disagree: hidden_size 32 vs hidden_size 64" merge --local_dir "$c/megatron" \
+  --hf-config "$c/hf"
+
 c=$(copy_case qwen3moe_ep2_legacy)
 sed -i 's/"num_local_experts": 4/"num_local_experts": 8/' "$c/hf/config.json"
 expect_failure "config.json's experts disagree with the legacy args" 3 "experts 8 vs num_experts 4" \
