@@ -107,6 +107,7 @@ bool has_checkpoint_suffix(const std::string& name) {
 struct Inspection {
   std::vector<Listing> listings;
   std::vector<Error> problems;
+  std::vector<std::string> notes;  // hints for the user (stderr), not problems
 };
 
 // A directory's files, in name order: every torch or safetensors file is listed; a file that is
@@ -122,11 +123,16 @@ void list_directory(const fs::path& dir, Inspection& out, const InterruptFlag* i
     return;
   }
   std::sort(entries.begin(), entries.end());
+  std::size_t listed_before = out.listings.size();
+  std::size_t subdirectories = 0;
   for (const auto& path : entries) {
     if (interrupt_requested(interrupt)) return;
     std::error_code type_ec;
     auto status = fs::status(path, type_ec);
-    if (!type_ec && fs::is_directory(status)) continue;
+    if (!type_ec && fs::is_directory(status)) {
+      ++subdirectories;
+      continue;
+    }
     bool named_like_checkpoint = has_checkpoint_suffix(path.filename().string());
     auto kind = detect_file_kind(path);
     if (!kind.ok()) {
@@ -146,6 +152,13 @@ void list_directory(const fs::path& dir, Inspection& out, const InterruptFlag* i
     else
       out.problems.push_back(listing.error());
   }
+  // A checkpoint's files are often in subdirectories (Megatron's iter_*/mp_rank_*, verl's
+  // actor/): say where to look rather than print nothing.
+  if (out.listings.size() == listed_before && subdirectories > 0)
+    out.notes.push_back(dir.string() + ": no torch or safetensors file directly in it (" +
+                        std::to_string(subdirectories) +
+                        " subdirectories: inspect their files, or `ckptstream plan --local_dir " +
+                        dir.string() + "` for a checkpoint as a whole)");
 }
 
 Inspection list_paths(const std::vector<fs::path>& paths, const InterruptFlag* interrupt) {
@@ -220,6 +233,7 @@ int run_inspect(const InspectArgs& args) {
     print_json(found.listings);
   else
     print_text(found.listings);
+  for (const auto& note : found.notes) std::fprintf(stderr, "note: %s\n", note.c_str());
   // Every file that could not be listed, then the worst exit code among them.
   int code = kExitOk;
   for (const auto& problem : found.problems) code = std::max(code, report_error(problem));

@@ -130,7 +130,8 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
   if (!merge.config_json && !options.as_saved)
     merge.notes.push_back("no huggingface/config.json: the output has no config");
 
-  if (source.naming == SourceModel::Naming::kMegatron) {
+  // As saved (convert --to torch): megatron-core's own names, each tensor whole.
+  if (source.naming == SourceModel::Naming::kMegatron && !options.as_saved) {
     if (!config)
       return usage_error(local_dir.string() +
                          ": megatron-core names become Hugging Face names by the model's "

@@ -91,6 +91,19 @@ while read -r f; do cmp -s "$WORK/one/$f" "$WORK/two/$f" || bad="$bad $f"; done 
   pass "two ranks write what one process writes ($(ls "$WORK/one" | wc -l) files)" ||
   fail "two ranks differ from one process:$bad $(cat "$WORK/two.0" "$WORK/two.1" | tail -5)"
 
+# inspect points at the files of a checkpoint directory; convert --to torch writes the state
+# dict as saved: megatron-core's names, each tensor whole (TP shards joined, layers unstacked).
+run_ckpt "$WORK/inspect" inspect "$MEG/qwen2_tp2_legacy/megatron"
+[ "$RC" = 0 ] && grep -q "subdirectories" "$WORK/inspect.err" &&
+  pass "inspect of a save directory says where the files are" || fail "inspect: $RC $(cat "$WORK/inspect.err")"
+expect_rc 0 "convert --to torch of a legacy TP 2 checkpoint" convert --to torch \
+  "$MEG/qwen2_tp2_legacy/megatron" --target-file "$WORK/mcore.pt"
+run_ckpt "$WORK/mcore" inspect "$WORK/mcore.pt"
+grep -q "decoder.layers.1.self_attention.linear_qkv.weight  *bfloat16  *\[64, 32\]" "$WORK/mcore" &&
+  grep -q "embedding.word_embeddings.weight  *bfloat16  *\[128, 32\]" "$WORK/mcore" &&
+  pass "the torch file holds the global megatron-core tensors" ||
+  fail "convert --to torch: $(head -5 "$WORK/mcore")"
+
 # Bad input: a clear message naming the problem, a non-zero exit, nothing in the target.
 expect_failure() {  # expect_failure WHAT RC PATTERN ARGS...
   local what=$1 want=$2 pattern=$3; shift 3
