@@ -204,7 +204,8 @@ TpSplit tp_split_of(std::string_view name, bool gated) {
 }
 
 struct Shard {
-  std::int64_t tp = 0;
+  std::int64_t tp = 0;  // its rank in the group that splits it (TP, or expert TP)
+  std::int64_t pp = 0;  // the pipeline stage of its file
   LogicalTensor tensor;
 };
 
@@ -395,6 +396,8 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
   std::vector<std::string> order;
   std::size_t extra_state = 0;
   std::size_t training = 0;
+  std::size_t tied_output_copies = 0;
+  std::size_t mtp_embedding_copies = 0;
   for (const auto& rank : ranks) {
     CKPT_ASSIGN_OR_RETURN(fs::path path, rank_file(rank.dir));
     TorchCheckpoint file;
@@ -424,37 +427,41 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
         ++extra_state;
         continue;
       }
-      bool expert = name->find(".mlp.experts.") != std::string::npos;
-      // Dense tensors repeat on every expert rank; experts repeat on every TP rank when ETP is 1.
-      if (!expert && rank.ep != 0) continue;
-      if (expert && args.etp == 1 && rank.tp != 0) continue;
       if (*name == "embedding.word_embeddings.weight" && rank.pp != 0) {
         // Multi-token prediction on the last stage embeds there too: megatron-core keeps that
         // stage a copy of the first stage's embedding, in sync as with a tied output layer.
-        out.tensors.notes.push_back(
-            "skipped embedding.word_embeddings.weight of pipeline stage " +
-            std::to_string(rank.pp) + " (" + where +
-            "): the copy multi-token prediction keeps of the first stage's");
+        ++mtp_embedding_copies;
         continue;
       }
       if (*name == "output_layer.weight" && !args.untied_output) {
-        out.tensors.notes.push_back("skipped output_layer.weight of the last pipeline stage (" +
-                                    where + "): a copy of the tied embedding");
+        ++tied_output_copies;
         continue;
       }
+      // Which file holds which shard depends on how the run's ranks were laid out (with expert
+      // parallelism the set of files is sparse: TP 2 x EP 2 with ETP 1 saves mp_rank_00_000 and
+      // mp_rank_01_001 only), so shards are told apart by their rank in the group that splits
+      // them: dense tensors by TP rank (the same in every expert rank's file), experts by expert
+      // TP rank (all one with ETP 1). The same shard in another file is a replica, read once; the
+      // same shard from two pipeline stages means the layer numbering is wrong.
+      bool expert = name->find(".mlp.experts.") != std::string::npos;
+      std::int64_t split_rank = expert && args.etp == 1 ? 0 : rank.tp;
+      auto& list = shards[*name];
+      if (list.empty()) order.push_back(*name);
+      const Shard* seen = nullptr;
+      for (const auto& s : list)
+        if (s.tp == split_rank) seen = &s;
+      if (seen && seen->pp != rank.pp)
+        return invalid_input(where + ": '" + *name + "' is in pipeline stages " +
+                             std::to_string(seen->pp) + " and " + std::to_string(rank.pp) +
+                             " (local layer numbers collide: the pipeline split of args does not "
+                             "match the files)");
+      if (seen) continue;
       LogicalTensor tensor;
       tensor.name = *name;
       tensor.source_dtype = tensor.dtype = t.dtype;
       tensor.shape = t.shape;
       tensor.fragments.push_back(Fragment{file.ref(i, input), Shape(t.shape.size(), 0)});
-      auto& list = shards[*name];
-      if (list.empty()) order.push_back(*name);
-      for (const auto& s : list)
-        if (s.tp == rank.tp)
-          return invalid_input(where + ": '" + *name + "' appears in two files of TP rank " +
-                               std::to_string(rank.tp) + " (local layer numbers collide: the " +
-                               "pipeline split of args does not match the files)");
-      list.push_back(Shard{rank.tp, std::move(tensor)});
+      list.push_back(Shard{split_rank, rank.pp, std::move(tensor)});
     }
   }
   for (const auto& name : order) {
@@ -464,6 +471,17 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
                                                    args.gated_mlp, layout.checkpoint_dir.string()));
     out.tensors.tensors.push_back(std::move(joined));
   }
+  if (tied_output_copies)
+    out.tensors.notes.push_back("skipped output_layer.weight of the last pipeline stage (" +
+                                std::to_string(tied_output_copies) +
+                                " file(s)): a copy of the tied embedding");
+  if (mtp_embedding_copies)
+    out.tensors.notes.push_back(
+        "skipped embedding.word_embeddings.weight of the last pipeline "
+        "stage (" +
+        std::to_string(mtp_embedding_copies) +
+        " file(s)): the copy multi-token prediction keeps of the first "
+        "stage's");
   if (extra_state)
     out.tensors.notes.push_back("skipped " + std::to_string(extra_state) +
                                 " Transformer Engine _extra_state entries (never read)");
