@@ -50,6 +50,9 @@ struct ConversionOptions {
   std::optional<std::int64_t> iteration;  // Megatron: the iteration to read (default: the latest)
   // Megatron: an output layer of one row is a value head, written as score.weight.
   bool value_model = false;
+  // Megatron vision-language models: the Hugging Face model whose vision tower ("visual.*") is
+  // written when the checkpoint holds none (verl's --vit_dir).
+  std::optional<std::filesystem::path> vit_dir;
   // The state dict as saved (no model semantics, one output file): for write_torch_file.
   bool as_saved = false;
   unsigned threads = 0;  // files read at once (0: one per core)

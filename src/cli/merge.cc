@@ -114,6 +114,9 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                  args.conversion.hf_config,
                  "directory with the model's config.json and tokenizer (RLinf: the base model; "
                  "older verl: --hf_model_path), when the checkpoint has none beside it");
+  cmd.add_option("--vit_dir,--vit-dir", args.conversion.vit_dir,
+                 "Megatron vision-language models: a Hugging Face model directory whose vision "
+                 "tower is written when the checkpoint holds none (as verl's flag)");
   cmd.add_option("--iteration", args.conversion.iteration,
                  "Megatron: the iteration to read (iter_XXXXXXX), instead of the one "
                  "latest_checkpointed_iteration.txt names");

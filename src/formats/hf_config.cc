@@ -107,6 +107,15 @@ Result<HfConfig> parse_config(element doc) {
       config.architectures.emplace_back(text);
     }
   }
+  element vision;
+  if (!doc["vision_config"].get(vision) && vision.is_object()) {
+    HfVisionConfig v;
+    auto status = read_optional(vision, "depth", v.depth);
+    if (status.ok()) status = read_optional(vision, "hidden_size", v.hidden_size);
+    if (status.ok()) status = read_optional(vision, "num_heads", v.num_heads);
+    if (!status.ok()) return status.error().with_context("vision_config");
+    config.vision_config = v;
+  }
   element text_config;
   if (!doc["text_config"].get(text_config) && text_config.is_object()) {
     auto nested = read_text_config(text_config);

@@ -36,6 +36,13 @@ struct HfTextConfig {
   std::optional<std::int64_t> num_nextn_predict_layers;  // DeepSeek MTP layers
 };
 
+// A vision-language model's vision tower ("vision_config").
+struct HfVisionConfig {
+  std::optional<std::int64_t> depth;  // blocks
+  std::optional<std::int64_t> hidden_size;
+  std::optional<std::int64_t> num_heads;
+};
+
 struct HfConfig {
   std::filesystem::path path;  // for messages
   std::vector<std::string> architectures;
@@ -48,6 +55,7 @@ struct HfConfig {
   std::vector<std::string> remote_code_modules;
   HfTextConfig top;  // the top-level keys
   std::optional<HfTextConfig> text_config;
+  std::optional<HfVisionConfig> vision_config;
 
   const std::string& model_type() const { return top.model_type; }
   // Top-level value, else text_config's.

@@ -124,4 +124,33 @@ Result<HfSafetensorsModel> read_hf_safetensors(const fs::path& path, const HfRea
   return model;
 }
 
+Result<SourceTensors> read_hf_source_tensors(const fs::path& dir) {
+  CKPT_ASSIGN_OR_RETURN(HfSafetensorsModel model, read_hf_safetensors(dir));
+  SourceTensors out;
+  for (const auto& file : model.files) {
+    std::size_t input = out.inputs.size();
+    out.inputs.push_back(model.dir / file.name);
+    for (const auto& entry : file.header.tensors) {
+      TensorRef ref;
+      ref.input = input;
+      ref.storage_begin = file.header.data_start + entry.data_begin;
+      ref.storage_nbytes = entry.data_end - entry.data_begin;
+      ref.dtype = entry.dtype;
+      ref.shape = entry.shape;
+      ref.strides = Shape(entry.shape.size(), 1);
+      for (std::size_t d = entry.shape.size(); d-- > 1;)
+        ref.strides[d - 1] = ref.strides[d] * entry.shape[d];
+      LogicalTensor t;
+      t.name = entry.name;
+      t.source_dtype = t.dtype = entry.dtype;
+      t.shape = entry.shape;
+      t.fragments.push_back(Fragment{std::move(ref), Shape(entry.shape.size(), 0)});
+      out.tensors.push_back(std::move(t));
+    }
+  }
+  out.notes.push_back(std::to_string(out.tensors.size()) +
+                      " tensors of the Hugging Face model in " + model.dir.string());
+  return out;
+}
+
 }  // namespace ckptstream

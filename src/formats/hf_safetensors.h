@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "ckptstream/result.h"
+#include "formats/source_model.h"
 #include "io/input_file.h"
 #include "safetensors/safetensors.h"
 
@@ -54,5 +55,9 @@ struct HfReadOptions {
 // (mismatch with lenient, else invalid input); unreadable files without lenient.
 Result<HfSafetensorsModel> read_hf_safetensors(const std::filesystem::path& path,
                                                const HfReadOptions& options = {});
+
+// The tensors of a Hugging Face directory (read_hf_safetensors) as a source to read from: one
+// input per file, one fragment per tensor (its bytes where the header puts them).
+Result<SourceTensors> read_hf_source_tensors(const std::filesystem::path& dir);
 
 }  // namespace ckptstream

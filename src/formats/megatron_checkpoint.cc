@@ -63,20 +63,30 @@ void add_per_expert(LogicalTensor tensor, std::vector<LogicalTensor>& out) {
   }
 }
 
+// Where "decoder.layers." starts in a key: at its start, or after a model's prefix
+// ("language_model.", "vision_model." of a vision-language model); npos if nowhere.
+std::size_t layers_at(std::string_view name) {
+  if (starts_with(name, kLayers)) return 0;
+  auto at = name.find(std::string(".") + std::string(kLayers));
+  return at == std::string_view::npos ? at : at + 1;
+}
+
 // torch_dist: stacked layers (a leading layer axis) and expert axes made per layer and expert.
 std::vector<LogicalTensor> unstack(std::vector<LogicalTensor> tensors) {
   std::vector<LogicalTensor> out;
   for (auto& t : tensors) {
     std::string_view name = t.name;
-    if (!starts_with(name, kLayers) || leading_number(name.substr(kLayers.size())) ||
+    auto at = layers_at(name);
+    if (at == std::string_view::npos || leading_number(name.substr(at + kLayers.size())) ||
         t.shape.empty()) {
       add_per_expert(std::move(t), out);
       continue;
     }
-    std::string rest(name.substr(kLayers.size()));
+    std::string head(name.substr(0, at + kLayers.size()));
+    std::string rest(name.substr(at + kLayers.size()));
     for (std::int64_t layer = 0; layer < t.shape[0]; ++layer) {
       LogicalTensor one = select(t, 0, layer);
-      one.name = std::string(kLayers) + std::to_string(layer) + "." + rest;
+      one.name = head + std::to_string(layer) + "." + rest;
       add_per_expert(std::move(one), out);
     }
   }
@@ -217,7 +227,7 @@ Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> sh
   TpSplit split = tp_split_of(name, gated);
   // A value head (verl's critic, mbridge's make_value_model) is a plain one-row Linear that
   // every TP rank holds whole, where a vocabulary head would be split.
-  if (name == "output_layer.weight" && shards.front().tensor.shape.size() == 2 &&
+  if (ends_with(name, "output_layer.weight") && shards.front().tensor.shape.size() == 2 &&
       shards.front().tensor.shape[0] == 1)
     split = TpSplit::kReplicated;
   if (split == TpSplit::kReplicated || size == 1) {
@@ -312,26 +322,33 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
   if (local.find("_extra_state") != std::string_view::npos) return std::optional<std::string>();
   std::string head;  // the layer's canonical prefix
   std::string rest;  // what follows it
-  if (starts_with(local, kLayers)) {
-    auto layer = leading_number(local.substr(kLayers.size()));
+  // A vision-language model's towers sit under "language_model." and "vision_model."; the
+  // vision tower is not pipelined (its layers keep their numbers).
+  auto at = layers_at(local);
+  bool vision = starts_with(local, "vision_model.");
+  if (at != std::string_view::npos) {
+    auto layer = leading_number(local.substr(at + kLayers.size()));
     if (!layer) return invalid_input(where + ": '" + std::string(local) + "' has no layer number");
-    CKPT_ASSIGN_OR_RETURN(std::int64_t offset, megatron_layer_offset(args, rank.pp, vp));
+    std::int64_t offset = 0;
+    if (!vision) {
+      CKPT_ASSIGN_OR_RETURN(offset, megatron_layer_offset(args, rank.pp, vp));
+    }
     std::int64_t global = offset + layer->first;
-    if (global >= args.num_layers)
+    if (!vision && global >= args.num_layers)
       return invalid_input(where + ": '" + std::string(local) + "' (pipeline stage " +
                            std::to_string(rank.pp) + ", chunk " + std::to_string(vp) +
                            ") would be layer " + std::to_string(global) + ", but args say " +
                            std::to_string(args.num_layers) + " layers");
-    head = std::string(kLayers) + std::to_string(global) + ".";
+    head = std::string(local.substr(0, at + kLayers.size())) + std::to_string(global) + ".";
     rest = std::string(layer->second);
   } else {
     // MTP layers keep their numbers; their inner transformer layer holds experts too.
     rest = std::string(local);
     for (std::string_view inner : {".mtp_model_layer.", ".transformer_layer."}) {
-      auto at = rest.find(inner);
-      if (starts_with(rest, "mtp.layers.") && at != std::string::npos) {
-        head = rest.substr(0, at + inner.size());
-        rest = rest.substr(at + inner.size());
+      auto inner_at = rest.find(inner);
+      if (starts_with(rest, "mtp.layers.") && inner_at != std::string::npos) {
+        head = rest.substr(0, inner_at + inner.size());
+        rest = rest.substr(inner_at + inner.size());
         break;
       }
     }
@@ -427,13 +444,15 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
         ++extra_state;
         continue;
       }
-      if (*name == "embedding.word_embeddings.weight" && rank.pp != 0) {
+      std::string_view plain = *name;  // without a vision-language model's prefix
+      if (starts_with(plain, "language_model.")) plain.remove_prefix(15);
+      if (plain == "embedding.word_embeddings.weight" && rank.pp != 0) {
         // Multi-token prediction on the last stage embeds there too: megatron-core keeps that
         // stage a copy of the first stage's embedding, in sync as with a tied output layer.
         ++mtp_embedding_copies;
         continue;
       }
-      if (*name == "output_layer.weight" && !args.untied_output) {
+      if (plain == "output_layer.weight" && !args.untied_output) {
         ++tied_output_copies;
         continue;
       }
@@ -467,8 +486,10 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
   for (const auto& name : order) {
     bool expert = name.find(".mlp.experts.") != std::string::npos;
     std::int64_t size = expert ? args.etp : args.tp;
-    CKPT_ASSIGN_OR_RETURN(auto joined, join_shards(name, std::move(shards[name]), size,
-                                                   args.gated_mlp, layout.checkpoint_dir.string()));
+    // A vision model's projection (its patch merger) is a plain MLP whatever the model's is.
+    bool gated = args.gated_mlp && name.find("vision_model.projection.") == std::string::npos;
+    CKPT_ASSIGN_OR_RETURN(auto joined, join_shards(name, std::move(shards[name]), size, gated,
+                                                   layout.checkpoint_dir.string()));
     out.tensors.tensors.push_back(std::move(joined));
   }
   if (tied_output_copies)

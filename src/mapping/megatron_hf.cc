@@ -84,7 +84,8 @@ struct Family {
   std::string_view moe = "mlp";
   std::array<std::string_view, 3> expert = {"gate_proj", "up_proj", "down_proj"};
   std::string_view shared = "shared_experts";
-  bool mla = false;  // multi-latent attention; MTP layers carry copies of embedding and head
+  bool mla = false;     // multi-latent attention; MTP layers carry copies of embedding and head
+  bool vision = false;  // a vision-language model: language_model.* and vision_model.*
 };
 
 constexpr Family kFamilies[] = {
@@ -100,6 +101,40 @@ constexpr Family kFamilies[] = {
      {"gate_proj", "up_proj", "down_proj"},
      "shared_experts",
      true},
+    {"qwen2_5_vl",
+     {"qwen2_5_vl"},
+     "mlp",
+     {"gate_proj", "up_proj", "down_proj"},
+     "shared_experts",
+     false,
+     true},
+};
+
+// A vision tower's parameters (below "vision_model."; layer rules below "decoder.layers.{i}."),
+// and the Hugging Face names they become (below "visual."; layer rules below "blocks.{i}.").
+// kQkv here is the vision attention's fused qkv, heads interleaved [q, k, v] per head, which
+// Hugging Face keeps as three blocks [q; k; v].
+constexpr Rule kVisionRules[] = {
+    {"patch_embed.proj.weight", Op::kCopy, {"patch_embed.proj.weight"}},
+    {"decoder.final_layernorm.weight", Op::kCopy, {"merger.ln_q.weight"}},
+    {"projection.encoder.linear_fc1.weight", Op::kCopy, {"merger.mlp.0.weight"}},
+    {"projection.encoder.linear_fc1.bias", Op::kCopy, {"merger.mlp.0.bias"}},
+    {"projection.encoder.linear_fc2.weight", Op::kCopy, {"merger.mlp.2.weight"}},
+    {"projection.encoder.linear_fc2.bias", Op::kCopy, {"merger.mlp.2.bias"}},
+};
+constexpr Rule kVisionLayerRules[] = {
+    {"input_layernorm.weight", Op::kCopy, {"norm1.weight"}},
+    {"self_attention.linear_qkv.layer_norm_weight", Op::kCopy, {"norm1.weight"}},
+    {"pre_mlp_layernorm.weight", Op::kCopy, {"norm2.weight"}},
+    {"mlp.linear_fc1.layer_norm_weight", Op::kCopy, {"norm2.weight"}},
+    {"self_attention.linear_qkv.weight", Op::kQkv, {"attn.qkv.weight"}},
+    {"self_attention.linear_qkv.bias", Op::kQkv, {"attn.qkv.bias"}},
+    {"self_attention.linear_proj.weight", Op::kCopy, {"attn.proj.weight"}},
+    {"self_attention.linear_proj.bias", Op::kCopy, {"attn.proj.bias"}},
+    {"mlp.linear_fc1.weight", Op::kGateUp, {"mlp.gate_proj.weight", "mlp.up_proj.weight"}},
+    {"mlp.linear_fc1.bias", Op::kGateUp, {"mlp.gate_proj.bias", "mlp.up_proj.bias"}},
+    {"mlp.linear_fc2.weight", Op::kCopy, {"mlp.down_proj.weight"}},
+    {"mlp.linear_fc2.bias", Op::kCopy, {"mlp.down_proj.bias"}},
 };
 
 const Family* family_of(const std::string& model_type) {
@@ -135,6 +170,14 @@ class Mapper {
 
   // Maps one canonical tensor; false when no rule knows it.
   Result<bool> map(LogicalTensor tensor) {
+    if (family_.vision && starts_with(tensor.name, "language_model.")) {
+      tensor.name.erase(0, 15);  // the language model: named as a text-only model's
+      return map(std::move(tensor));
+    }
+    if (family_.vision && starts_with(tensor.name, "vision_model.")) {
+      has_vision_ = true;
+      return vision_param(std::move(tensor));
+    }
     std::string_view name = tensor.name;
     if (name == "embedding.word_embeddings.weight")
       return vocab_rows(std::move(tensor), "model.embed_tokens.weight");
@@ -164,6 +207,7 @@ class Mapper {
   }
 
   std::vector<LogicalTensor>& outputs() { return outputs_; }
+  bool has_vision() const { return has_vision_; }
 
   // transformers' token-classification head (score) has a bias; Megatron value heads usually do
   // not (mbridge's make_value_model, verl's critic): a zero bias computes the same values and
@@ -249,6 +293,63 @@ class Mapper {
     return false;
   }
 
+  Result<bool> vision_param(LogicalTensor tensor) {
+    std::string rest = tensor.name.substr(13);
+    for (const auto& rule : kVisionRules)
+      if (rest == rule.mcore) return add(std::move(tensor), "visual." + std::string(rule.hf[0]));
+    if (!starts_with(rest, "decoder.layers.")) return false;
+    auto block = leading_number(std::string_view(rest).substr(15));
+    if (!block) return false;
+    std::string prefix = "visual.blocks." + std::to_string(block->first) + ".";
+    for (const auto& rule : kVisionLayerRules) {
+      if (block->second != rule.mcore) continue;
+      std::array<std::string, 3> names;
+      for (std::size_t i = 0; i < 3; ++i)
+        if (!rule.hf[i].empty()) names[i] = prefix + std::string(rule.hf[i]);
+      switch (rule.op) {
+        case Op::kCopy:
+          return add(std::move(tensor), names[0]);
+        case Op::kQkv:
+          return vision_qkv(tensor, names[0]);
+        case Op::kGateUp:
+          return split_gate_up(tensor, names);
+      }
+    }
+    return false;
+  }
+
+  // [heads * 3 * d, ...] with [q, k, v] per head -> [q of all heads; k; v].
+  Result<bool> vision_qkv(const LogicalTensor& t, const std::string& name) {
+    std::int64_t heads = config_.vision_config ? config_.vision_config->num_heads.value_or(0) : 0;
+    if (heads <= 0 || t.shape.empty() || t.shape[0] % (3 * heads))
+      return shape_error(t, "vision_config's num_heads " + std::to_string(heads) +
+                                " does not split the fused qkv into heads of [q, k, v]");
+    std::int64_t sizes[] = {heads, 3, t.shape[0] / (3 * heads)};
+    CKPT_ASSIGN_OR_RETURN(LogicalTensor grouped, unflatten(t, 0, sizes));
+    std::vector<LogicalTensor> parts;
+    for (std::int64_t j = 0; j < 3; ++j) {
+      CKPT_ASSIGN_OR_RETURN(LogicalTensor part, flatten(narrow(grouped, 1, j, 1), 0, 2));
+      parts.push_back(std::move(part));
+    }
+    CKPT_ASSIGN_OR_RETURN(LogicalTensor qkv, concat(parts, 0, name));
+    outputs_.push_back(std::move(qkv));
+    return true;
+  }
+
+ public:
+  // Vision weights from elsewhere (--vit_dir): Hugging Face names already, "visual.*" (or
+  // transformers 5's "model.visual.*").
+  void add_vision_weights(const SourceTensors& weights, std::size_t first_input) {
+    for (auto t : weights.tensors) {
+      std::string_view name = t.name;
+      if (starts_with(name, "model.visual.")) t.name.erase(0, 6);
+      if (!starts_with(t.name, "visual.")) continue;
+      for (auto& f : t.fragments) f.source.input += first_input;
+      outputs_.push_back(std::move(t));
+    }
+  }
+
+ private:
   Result<bool> add(LogicalTensor tensor, std::string hf_name) {
     tensor.name = std::move(hf_name);
     outputs_.push_back(std::move(tensor));
@@ -336,6 +437,7 @@ class Mapper {
   MegatronMapOptions options_;
   std::vector<LogicalTensor> outputs_;
   mutable std::set<std::int64_t> mtp_layers_;
+  bool has_vision_ = false;
 
  public:
   std::int64_t trimmed_ = 0;
@@ -364,6 +466,15 @@ std::vector<std::string> missing_names(const Family& family, const HfConfig& con
     need("score.weight");
   else if (!config.tie_word_embeddings.value_or(false))
     need("lm_head.weight");
+  if (family.vision && config.vision_config) {
+    for (auto name : {"patch_embed.proj.weight", "merger.ln_q.weight", "merger.mlp.0.weight",
+                      "merger.mlp.2.weight"})
+      need("visual." + std::string(name));
+    for (std::int64_t b = 0; b < config.vision_config->depth.value_or(0); ++b)
+      for (auto name : {"norm1.weight", "norm2.weight", "attn.qkv.weight", "attn.proj.weight",
+                        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+        need("visual.blocks." + std::to_string(b) + "." + name);
+  }
   std::int64_t layers =
       text.num_hidden_layers.value_or(0) + static_cast<std::int64_t>(mtp_layers.size());
   std::int64_t experts = text.num_experts.value_or(0);
@@ -432,6 +543,13 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
                          " table maps these megatron-core tensors (nothing is dropped silently): " +
                          list_names(unmapped));
   mapper.add_mtp_copies();
+  bool vision_from_dir = false;
+  if (family->vision && !mapper.has_vision() && options.vision_weights) {
+    mapper.add_vision_weights(*options.vision_weights, out.inputs.size());
+    out.inputs.insert(out.inputs.end(), options.vision_weights->inputs.begin(),
+                      options.vision_weights->inputs.end());
+    vision_from_dir = true;
+  }
   bool zero_bias = options.value_model && mapper.add_zero_value_bias();
   auto& tensors = mapper.outputs();
   std::set<std::string> have;
@@ -442,7 +560,11 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
   auto missing = missing_names(*family, config, options, mapper.mtp_layers(), have);
   if (!missing.empty())
     return invalid_input("the checkpoint lacks what " + config.path.string() + " (" +
-                         config.model_type() + ") needs: " + list_names(missing));
+                         config.model_type() + ") needs: " + list_names(missing) +
+                         (family->vision && !mapper.has_vision() && !options.vision_weights
+                              ? " (it holds no vision tower: --vit_dir DIR takes it from a "
+                                "Hugging Face model)"
+                              : ""));
   std::sort(tensors.begin(), tensors.end(), [](const LogicalTensor& a, const LogicalTensor& b) {
     return dot_natural_less(a.name, b.name);
   });
@@ -461,6 +583,8 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
                         std::to_string(*text.num_nextn_predict_layers) + ", the checkpoint has " +
                         std::to_string(mtp_count) +
                         " MTP layer(s) (trained without them; transformers does not load them)");
+  if (vision_from_dir)
+    out.notes.push_back("vision tower: not in the checkpoint, taken from --vit_dir");
   if (zero_bias)
     out.notes.push_back(
         "value head: score.bias written as zeros (the checkpoint's head has no "

@@ -17,6 +17,7 @@
 // norms and MLP, every expert, the embedding, the final norm, lm_head unless tied).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,9 @@ struct MegatronMapOptions {
   // A one-row output layer is a value head: written as score.weight (the model is then a
   // token-classification model with num_labels 1, as verl's critic is).
   bool value_model = false;
+  // A vision-language model's vision tower in Hugging Face names ("visual.*"), used when the
+  // checkpoint holds none (verl's --vit_dir: a frozen tower is not saved with the run).
+  std::optional<SourceTensors> vision_weights;
 };
 
 // The families with a table, for messages: "llama, mistral, qwen2, qwen3, ...".

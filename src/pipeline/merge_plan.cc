@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <unordered_map>
 
+#include "formats/hf_safetensors.h"
 #include "formats/torch_sources.h"
 #include "io/input_file.h"
 #include "mapping/experts.h"
@@ -138,6 +139,9 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
                          "config.json; name its directory with --hf-config DIR");
     MegatronMapOptions map;
     map.value_model = options.value_model;
+    if (options.vit_dir) {
+      CKPT_ASSIGN_OR_RETURN(map.vision_weights, read_hf_source_tensors(*options.vit_dir));
+    }
     CKPT_ASSIGN_OR_RETURN(source.tensors,
                           map_megatron_to_hf(std::move(source.tensors), *config, map));
     for (auto& note : source.tensors.notes) merge.notes.push_back(std::move(note));

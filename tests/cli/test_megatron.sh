@@ -104,6 +104,19 @@ grep -q "decoder.layers.1.self_attention.linear_qkv.weight  *bfloat16  *\[64, 32
   pass "the torch file holds the global megatron-core tensors" ||
   fail "convert --to torch: $(head -5 "$WORK/mcore")"
 
+# A vision-language checkpoint without its vision tower: refused naming --vit_dir; with it, the
+# tower comes from the Hugging Face model given, and the model is whole.
+NOVIT="$FIXTURES/megatron_novit/qwen25vl_novit"
+run_ckpt "$WORK/novit" merge --local_dir "$NOVIT/megatron" --hf-config "$NOVIT/hf" \
+  --target_dir "$WORK/novit-out"
+[ "$RC" = 3 ] && grep -q -- "--vit_dir" "$WORK/novit.err" && [ ! -e "$WORK/novit-out" ] &&
+  pass "no vision tower: exit 3 naming --vit_dir, nothing written" ||
+  fail "no vision tower: exit $RC, $(cat "$WORK/novit.err")"
+expect_rc 0 "--vit_dir" merge --local_dir "$NOVIT/megatron" --hf-config "$NOVIT/hf" \
+  --vit_dir "$NOVIT/hf" --target_dir "$WORK/vit"
+cmp -s "$WORK/vit/model.safetensors" "$NOVIT/hf/model.safetensors" &&
+  pass "--vit_dir: byte-identical to the whole model" || fail "--vit_dir: output differs"
+
 # Bad input: a clear message naming the problem, a non-zero exit, nothing in the target.
 expect_failure() {  # expect_failure WHAT RC PATTERN ARGS...
   local what=$1 want=$2 pattern=$3; shift 3
