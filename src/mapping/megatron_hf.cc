@@ -256,7 +256,8 @@ class Mapper {
 
   std::string fill(std::string_view pattern, std::optional<std::int64_t> expert) const {
     std::string text(pattern);
-    text = replace_all(std::move(text), "{moe}", family_.moe);
+    // In memory (packed experts) transformers 5 calls every MoE block "mlp" (Mixtral's too).
+    text = replace_all(std::move(text), "{moe}", options_.packed_experts ? "mlp" : family_.moe);
     text = replace_all(std::move(text), "{eg}", family_.expert[0]);
     text = replace_all(std::move(text), "{eu}", family_.expert[1]);
     text = replace_all(std::move(text), "{ed}", family_.expert[2]);
@@ -273,7 +274,16 @@ class Mapper {
     if (starts_with(rest, kExperts)) {
       if (auto e = leading_number(std::string_view(rest).substr(kExperts.size()))) {
         expert = e->first;
-        rest = std::string(kExperts) + "{e}." + std::string(e->second);
+        std::string param(e->second);  // e views `rest`, which is about to change
+        rest = std::string(kExperts) + "{e}." + param;
+        if (options_.packed_experts &&
+            (param == "linear_fc1.weight" || param == "linear_fc2.weight")) {
+          // Packed as transformers 5 holds them: fc1 [2F, H] is already [gate; up].
+          auto& slot = packed_[{layer, param == "linear_fc1.weight" ? 0 : 1}];
+          if (!slot.emplace(*expert, std::move(tensor)).second) return false;
+          layer_name(layer, "");  // notes an MTP layer
+          return true;
+        }
       }
     }
     for (const auto& rule : kLayerRules) {
@@ -337,6 +347,32 @@ class Mapper {
   }
 
  public:
+  // --keep-packed-experts: each layer's experts as one tensor per projection, named as
+  // transformers 5 holds them in memory (model.layers.{i}.mlp.experts.gate_up_proj [E, 2F, H],
+  // ...down_proj [E, H, F]; Mixtral's block is "mlp" there too). Every expert must be there.
+  Status add_packed_experts() {
+    for (auto& [key, experts] : packed_) {
+      auto [layer, which] = key;
+      std::string name =
+          layer_name(layer, which == 0 ? "mlp.experts.gate_up_proj" : "mlp.experts.down_proj");
+      std::vector<LogicalTensor> parts;
+      std::int64_t next = 0;
+      for (auto& [e, t] : experts) {
+        if (e != next)
+          return invalid_input("'" + name + "': expert " + std::to_string(next) +
+                               " is missing from the checkpoint");
+        ++next;
+        std::int64_t sizes[] = {1, t.shape.empty() ? 0 : t.shape[0]};
+        CKPT_ASSIGN_OR_RETURN(LogicalTensor one, unflatten(t, 0, sizes));
+        parts.push_back(std::move(one));
+      }
+      CKPT_ASSIGN_OR_RETURN(LogicalTensor packed, concat(parts, 0, name));
+      outputs_.push_back(std::move(packed));
+    }
+    return {};
+  }
+  bool packed() const { return !packed_.empty(); }
+
   // Vision weights from elsewhere (--vit_dir): Hugging Face names already, "visual.*" (or
   // transformers 5's "model.visual.*").
   void add_vision_weights(const SourceTensors& weights, std::size_t first_input) {
@@ -438,6 +474,8 @@ class Mapper {
   std::vector<LogicalTensor> outputs_;
   mutable std::set<std::int64_t> mtp_layers_;
   bool has_vision_ = false;
+  // --keep-packed-experts: (layer, 0 for fc1 / 1 for fc2) -> expert -> tensor.
+  std::map<std::pair<std::int64_t, int>, std::map<std::int64_t, LogicalTensor>> packed_;
 
  public:
   std::int64_t trimmed_ = 0;
@@ -493,8 +531,11 @@ std::vector<std::string> missing_names(const Family& family, const HfConfig& con
       for (auto name :
            {"enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight"})
         need(p + name);
-    std::string moe = p + std::string(family.moe) + ".";
-    if (experts > 0 && have.count(moe + "gate.weight")) {
+    std::string moe = p + std::string(options.packed_experts ? "mlp" : family.moe) + ".";
+    if (experts > 0 && have.count(moe + "gate.weight") && options.packed_experts) {
+      need(p + "mlp.experts.gate_up_proj");
+      need(p + "mlp.experts.down_proj");
+    } else if (experts > 0 && have.count(moe + "gate.weight")) {
       for (std::int64_t e = 0; e < experts; ++e)
         for (auto proj : family.expert)
           need(moe + "experts." + std::to_string(e) + "." + std::string(proj) + ".weight");
@@ -542,6 +583,7 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
     return invalid_input("no rule of the " + std::string(family->name) +
                          " table maps these megatron-core tensors (nothing is dropped silently): " +
                          list_names(unmapped));
+  CKPT_TRY(mapper.add_packed_experts());
   mapper.add_mtp_copies();
   bool vision_from_dir = false;
   if (family->vision && !mapper.has_vision() && options.vision_weights) {
@@ -583,6 +625,10 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
                         std::to_string(*text.num_nextn_predict_layers) + ", the checkpoint has " +
                         std::to_string(mtp_count) +
                         " MTP layer(s) (trained without them; transformers does not load them)");
+  if (mapper.packed())
+    out.notes.push_back(
+        "experts packed per layer as transformers 5 holds them in memory "
+        "(mlp.experts.gate_up_proj, down_proj): --keep-packed-experts");
   if (vision_from_dir)
     out.notes.push_back("vision tower: not in the checkpoint, taken from --vit_dir");
   if (zero_bias)

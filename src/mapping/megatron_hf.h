@@ -34,6 +34,9 @@ struct MegatronMapOptions {
   // A vision-language model's vision tower in Hugging Face names ("visual.*"), used when the
   // checkpoint holds none (verl's --vit_dir: a frozen tower is not saved with the run).
   std::optional<SourceTensors> vision_weights;
+  // Experts packed per layer and projection as transformers 5 holds them in memory
+  // (--keep-packed-experts), instead of one tensor per expert as the hub's models are.
+  bool packed_experts = false;
 };
 
 // The families with a table, for messages: "llama, mistral, qwen2, qwen3, ...".

@@ -139,6 +139,7 @@ Result<MergePlan> plan_found(const FoundCheckpoint& found, const fs::path& local
                          "config.json; name its directory with --hf-config DIR");
     MegatronMapOptions map;
     map.value_model = options.value_model;
+    map.packed_experts = options.keep_packed_experts;
     if (options.vit_dir) {
       CKPT_ASSIGN_OR_RETURN(map.vision_weights, read_hf_source_tensors(*options.vit_dir));
     }
