@@ -101,6 +101,7 @@ constexpr Family kFamilies[] = {
      {"gate_proj", "up_proj", "down_proj"},
      "shared_experts",
      true},
+    {"glm4_moe", {"glm4_moe"}},  // GLM-4.5: DeepSeek's MoE names, grouped-query attention
     {"qwen2_5_vl",
      {"qwen2_5_vl"},
      "mlp",
