@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <map>
 #include <set>
+#include <span>
 
 #include "dcp/dcp_metadata.h"
 #include "formats/dcp_checkpoint.h"
@@ -373,11 +374,55 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
                            "': not a grouped expert weight megatron-core writes");
     rest = "mlp.experts." + std::to_string(rank.ep * local_experts + e->first) + "." +
            rest.substr(12, w + 7 - 12);
-  } else if (starts_with(rest, "mlp.experts.weight")) {
-    return unsupported(where + ": '" + std::string(local) +
-                       "': the legacy GroupedMLP layout (weight1/weight2) is not supported yet");
+  } else if (starts_with(rest, "mlp.experts.weight") && rest != "mlp.experts.weight1" &&
+             rest != "mlp.experts.weight2") {
+    return invalid_input(where + ": '" + std::string(local) + "': not a GroupedMLP weight");
   }
   return std::optional<std::string>(head + rest);
+}
+
+// The legacy GroupedMLP (megatron-core <= 0.1x, moe_grouped_gemm with the old kernel; §3f) keeps a
+// layer's local experts in two tensors transposed relative to nn.Linear, expert-major in memory:
+//   weight1 [H, E_local * 2F/etp] = E_local blocks of [H, 2F/etp]   (fc1_e transposed)
+//   weight2 [E_local * F/etp, H]  = E_local blocks of [F/etp, H]    (fc2_e transposed)
+// Each block is one expert's shard: transposed back, it is what SequentialMLP holds (fc1_e
+// [2F/etp, H] = [gate_r; up_r], fc2_e [H, F/etp]), named with the global expert number.
+Result<std::vector<LogicalTensor>> grouped_mlp_experts(const LogicalTensor& tensor,
+                                                       const MegatronArgs& args,
+                                                       const MegatronRankDir& rank,
+                                                       const std::string& where) {
+  bool fc1 = ends_with(tensor.name, "weight1");
+  std::int64_t local = args.num_experts > 0 ? args.num_experts / args.ep : 0;
+  // "decoder.layers.{l}.mlp.experts." (the name ends with weight1 or weight2)
+  std::string head = tensor.name.substr(0, tensor.name.size() - std::string("weight1").size());
+  auto fail = [&] {
+    return invalid_input(where + ": '" + tensor.name + "' " + shape_text(tensor.shape) +
+                         " is not " + std::to_string(local) +
+                         " GroupedMLP experts of the hidden size args give (" +
+                         std::to_string(args.hidden_size) + ")");
+  };
+  if (local <= 0 || tensor.shape.size() != 2) return fail();
+  std::int64_t rows = tensor.shape[0];
+  std::int64_t cols = tensor.shape[1];
+  if (fc1 ? (rows != args.hidden_size || cols % local) : (cols != args.hidden_size || rows % local))
+    return fail();
+  std::int64_t per_expert = fc1 ? cols / local : rows / local;  // 2F/etp or F/etp
+  // Expert-major memory: flatten, then [E_local, H, 2F/etp] (fc1) or [E_local, F/etp, H] (fc2).
+  CKPT_ASSIGN_OR_RETURN(LogicalTensor flat, flatten(tensor, 0, 1));
+  std::int64_t fc1_sizes[] = {local, args.hidden_size, per_expert};
+  std::int64_t fc2_sizes[] = {local, per_expert, args.hidden_size};
+  CKPT_ASSIGN_OR_RETURN(LogicalTensor blocks,
+                        unflatten(flat, 0,
+                                  fc1 ? std::span<const std::int64_t>(fc1_sizes)
+                                      : std::span<const std::int64_t>(fc2_sizes)));
+  std::vector<LogicalTensor> out;
+  for (std::int64_t e = 0; e < local; ++e) {
+    CKPT_ASSIGN_OR_RETURN(LogicalTensor expert, transpose(select(blocks, 0, e), 0, 1));
+    expert.name = head + std::to_string(rank.ep * local + e) +
+                  (fc1 ? ".linear_fc1.weight" : ".linear_fc2.weight");
+    out.push_back(std::move(expert));
+  }
+  return out;
 }
 
 Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
@@ -462,25 +507,33 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
       // them: dense tensors by TP rank (the same in every expert rank's file), experts by expert
       // TP rank (all one with ETP 1). The same shard in another file is a replica, read once; the
       // same shard from two pipeline stages means the layer numbering is wrong.
-      bool expert = name->find(".mlp.experts.") != std::string::npos;
-      std::int64_t split_rank = expert && args.etp == 1 ? 0 : rank.tp;
-      auto& list = shards[*name];
-      if (list.empty()) order.push_back(*name);
-      const Shard* seen = nullptr;
-      for (const auto& s : list)
-        if (s.tp == split_rank) seen = &s;
-      if (seen && seen->pp != rank.pp)
-        return invalid_input(where + ": '" + *name + "' is in pipeline stages " +
-                             std::to_string(seen->pp) + " and " + std::to_string(rank.pp) +
-                             " (local layer numbers collide: the pipeline split of args does not "
-                             "match the files)");
-      if (seen) continue;
       LogicalTensor tensor;
       tensor.name = *name;
       tensor.source_dtype = tensor.dtype = t.dtype;
       tensor.shape = t.shape;
       tensor.fragments.push_back(Fragment{file.ref(i, input), Shape(t.shape.size(), 0)});
-      list.push_back(Shard{split_rank, rank.pp, std::move(tensor)});
+      std::vector<LogicalTensor> pieces;
+      if (ends_with(*name, ".mlp.experts.weight1") || ends_with(*name, ".mlp.experts.weight2")) {
+        CKPT_ASSIGN_OR_RETURN(pieces, grouped_mlp_experts(tensor, args, rank, where));
+      } else {
+        pieces.push_back(std::move(tensor));
+      }
+      for (auto& piece : pieces) {
+        bool expert = piece.name.find(".mlp.experts.") != std::string::npos;
+        std::int64_t split_rank = expert && args.etp == 1 ? 0 : rank.tp;
+        auto& list = shards[piece.name];
+        if (list.empty()) order.push_back(piece.name);
+        const Shard* seen = nullptr;
+        for (const auto& s : list)
+          if (s.tp == split_rank) seen = &s;
+        if (seen && seen->pp != rank.pp)
+          return invalid_input(where + ": '" + piece.name + "' is in pipeline stages " +
+                               std::to_string(seen->pp) + " and " + std::to_string(rank.pp) +
+                               " (local layer numbers collide: the pipeline split of args does "
+                               "not match the files)");
+        if (seen) continue;
+        list.push_back(Shard{split_rank, rank.pp, std::move(piece)});
+      }
     }
   }
   for (const auto& name : order) {

@@ -111,17 +111,22 @@ void flatten_fragment(const Fragment& fragment, const Shape& logical, std::size_
 
 }  // namespace
 
-LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
-                     std::int64_t length) {
-  // Everything but the fragments (and the LoRA delta, which a slice does not keep): copying the
-  // whole tensor and clearing its fragments would keep their capacity, and a tensor cut into
-  // many small views (256 experts of a stacked tensor) would hold that many times its fragments.
+// Everything of a tensor but its fragments (and its LoRA delta, which no view keeps): copying
+// the whole tensor and clearing its fragments would keep their capacity, and a tensor cut into
+// many small views (256 experts of a stacked tensor) would hold that many times its fragments.
+LogicalTensor without_fragments(const LogicalTensor& tensor) {
   LogicalTensor out;
   out.name = tensor.name;
   out.source_dtype = tensor.source_dtype;
   out.dtype = tensor.dtype;
   out.shape = tensor.shape;
   out.shard_group = tensor.shard_group;
+  return out;
+}
+
+LogicalTensor narrow(const LogicalTensor& tensor, std::size_t dim, std::int64_t start,
+                     std::int64_t length) {
+  LogicalTensor out = without_fragments(tensor);
   out.shape[dim] = length;
   for (const Fragment& fragment : tensor.fragments) {
     std::int64_t begin = fragment.offsets[dim];
@@ -202,16 +207,14 @@ Result<LogicalTensor> unflatten(const LogicalTensor& tensor, std::size_t dim,
                          shape_text(Shape(sizes.begin(), sizes.end())));
   if (tensor.lora) return unsupported(named(tensor) + " has a LoRA delta: cannot reshape it");
   if (sizes.size() == 1) return tensor;
-  LogicalTensor out = tensor;
+  LogicalTensor out = without_fragments(tensor);
   if (product == 0) {  // no element: nothing to split
     out.shape.erase(out.shape.begin() + static_cast<long>(dim));
     out.shape.insert(out.shape.begin() + static_cast<long>(dim), sizes.begin(), sizes.end());
-    out.fragments.clear();
     return out;
   }
   const std::int64_t inner = product / sizes[0];
   replace_at(out.shape, dim, {sizes[0], inner});
-  out.fragments.clear();
   for (const Fragment& fragment : tensor.fragments)
     if (checked_numel(fragment.source.shape).value_or(0) > 0)
       split_rows(fragment, dim, inner, out.fragments);
@@ -225,16 +228,32 @@ Result<LogicalTensor> flatten(const LogicalTensor& tensor, std::size_t first, st
                          ": cannot flatten dims " + std::to_string(first) + ".." +
                          std::to_string(last));
   if (tensor.lora) return unsupported(named(tensor) + " has a LoRA delta: cannot reshape it");
-  LogicalTensor out = tensor;
+  LogicalTensor out = without_fragments(tensor);
   std::int64_t merged = 1;
   for (std::size_t d = first; d <= last; ++d) merged *= tensor.shape[d];
   out.shape.erase(out.shape.begin() + static_cast<long>(first),
                   out.shape.begin() + static_cast<long>(last) + 1);
   out.shape.insert(out.shape.begin() + static_cast<long>(first), merged);
-  out.fragments.clear();
   for (const Fragment& fragment : tensor.fragments)
     if (checked_numel(fragment.source.shape).value_or(0) > 0)
       flatten_fragment(fragment, tensor.shape, first, last, out.fragments);
+  return out;
+}
+
+Result<LogicalTensor> transpose(const LogicalTensor& tensor, std::size_t a, std::size_t b) {
+  if (a >= tensor.shape.size() || b >= tensor.shape.size())
+    return invalid_input(named(tensor) + " of shape " + shape_text(tensor.shape) +
+                         ": cannot swap dims " + std::to_string(a) + " and " + std::to_string(b));
+  if (tensor.lora) return unsupported(named(tensor) + " has a LoRA delta: cannot transpose it");
+  LogicalTensor out = without_fragments(tensor);
+  std::swap(out.shape[a], out.shape[b]);
+  out.fragments.reserve(tensor.fragments.size());
+  for (Fragment fragment : tensor.fragments) {
+    std::swap(fragment.source.shape[a], fragment.source.shape[b]);
+    std::swap(fragment.source.strides[a], fragment.source.strides[b]);
+    std::swap(fragment.offsets[a], fragment.offsets[b]);
+    out.fragments.push_back(std::move(fragment));
+  }
   return out;
 }
 

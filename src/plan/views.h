@@ -7,6 +7,7 @@
 //   concat              tensors side by side along a dim (torch.cat)
 //   unflatten / flatten split one dim into several / merge adjacent dims (torch.unflatten,
 //                       torch.flatten); a fragment whose strides do not merge is split
+//   transpose           two dims swapped (torch.transpose)
 //   zeros               a region of zeros, read from no file (Megatron pads the vocab with them)
 //   chunk_range         torch.chunk's piece `index` of `pieces` (ceil-sized, trailing pieces
 //                       shorter or empty): FSDP Shard(d), and TP/EP splits
@@ -43,6 +44,11 @@ Result<LogicalTensor> unflatten(const LogicalTensor& tensor, std::size_t dim,
                                 std::span<const std::int64_t> sizes);
 // torch.flatten(tensor, first, last): dims [first, last] become one.
 Result<LogicalTensor> flatten(const LogicalTensor& tensor, std::size_t first, std::size_t last);
+
+// torch.transpose(tensor, a, b): dims a and b swapped, a view (each fragment swaps its strides;
+// the executor reads the transposed elements where they are). Megatron's legacy GroupedMLP keeps
+// its experts' weights transposed relative to nn.Linear.
+Result<LogicalTensor> transpose(const LogicalTensor& tensor, std::size_t a, std::size_t b);
 
 // A tensor of zeros of `dtype` and `shape`: one fragment read from no input (TensorRef::zeros).
 LogicalTensor zeros(std::string name, DType dtype, const Shape& shape);
