@@ -313,6 +313,71 @@ std::optional<std::pair<std::int64_t, std::string_view>> model_entry(std::string
   return chunk;
 }
 
+// Megatron-LM's pre-mcore GPT model (megatron/legacy/model, docs §2.2, §4.6) keeps its tensors
+// under language_model: embedding.word_embeddings, encoder (v2.x: transformer).layers.{i}
+// (input_norm or input_layernorm, self_attention (very old: attention).query_key_value / .dense,
+// post_attention_norm or post_attention_layernorm, mlp.dense_h_to_4h / dense_4h_to_h),
+// encoder.final_norm (final_layernorm), output_layer. Their megatron-core names; the name as it
+// is for anything else.
+std::string mcore_name_of(std::string_view local) {
+  constexpr std::string_view kLm = "language_model.";
+  if (!starts_with(local, kLm)) return std::string(local);
+  std::string_view rest = local.substr(kLm.size());
+  if (starts_with(rest, "embedding.") || starts_with(rest, "output_layer."))
+    return std::string(rest);
+  std::string_view stack;
+  for (std::string_view s : {"encoder.", "transformer."})
+    if (starts_with(rest, s)) stack = s;
+  if (stack.empty()) return std::string(local);  // megatron-core's own language_model.decoder...
+  rest.remove_prefix(stack.size());
+  for (std::string_view final_norm : {"final_norm.", "final_layernorm."})
+    if (starts_with(rest, final_norm))
+      return "decoder.final_layernorm." + std::string(rest.substr(final_norm.size()));
+  if (!starts_with(rest, "layers.")) return std::string(local);
+  std::string out = "decoder." + std::string(rest);
+  static constexpr std::pair<std::string_view, std::string_view> kRenames[] = {
+      {".input_norm.", ".input_layernorm."},
+      {".post_attention_norm.", ".pre_mlp_layernorm."},
+      {".post_attention_layernorm.", ".pre_mlp_layernorm."},
+      {".self_attention.query_key_value.", ".self_attention.linear_qkv."},
+      {".attention.query_key_value.", ".self_attention.linear_qkv."},
+      {".self_attention.dense.", ".self_attention.linear_proj."},
+      {".attention.dense.", ".self_attention.linear_proj."},
+      {".mlp.dense_h_to_4h.", ".mlp.linear_fc1."},
+      {".mlp.dense_4h_to_h.", ".mlp.linear_fc2."},
+  };
+  for (auto [from, to] : kRenames) {
+    auto at = out.find(from);
+    if (at != std::string::npos) out.replace(at, from.size(), to);
+  }
+  return out;
+}
+
+// A rank's fused QKV rows in the order of checkpoint_version >= 2, [heads, 3, head_dim] (one
+// head per group, as pre-GQA models are): version 0 keeps [3, heads, head_dim], 1.0
+// [heads, head_dim, 3] (Megatron-LM's fix_query_key_value_ordering, as views).
+Result<LogicalTensor> qkv_in_current_order(const LogicalTensor& t, const MegatronArgs& args,
+                                           const std::string& where) {
+  std::int64_t heads = args.tp > 0 ? args.num_attention_heads / args.tp : 0;
+  std::int64_t dim = args.kv_channels;
+  if (args.num_query_groups != args.num_attention_heads || heads <= 0 || dim <= 0 ||
+      t.shape.empty() || t.shape[0] != heads * 3 * dim)
+    return invalid_input(where + ": '" + t.name + "' " + shape_text(t.shape) +
+                         ": not the QKV rows of " + std::to_string(heads) + " heads of " +
+                         std::to_string(dim) + " (checkpoint_version " +
+                         std::to_string(args.checkpoint_version) + " orders them per head)");
+  bool v0 = args.checkpoint_version < 1.0;
+  std::int64_t v0_sizes[] = {3, heads, dim};
+  std::int64_t v1_sizes[] = {heads, dim, 3};
+  CKPT_ASSIGN_OR_RETURN(LogicalTensor split,
+                        unflatten(t, 0,
+                                  v0 ? std::span<const std::int64_t>(v0_sizes)
+                                     : std::span<const std::int64_t>(v1_sizes)));
+  CKPT_ASSIGN_OR_RETURN(LogicalTensor ordered,
+                        v0 ? transpose(split, 0, 1) : transpose(split, 1, 2));
+  return flatten(ordered, 0, 2);
+}
+
 // The canonical name of a legacy tensor of rank `rank`, chunk `vp`; nullopt for one a rule skips
 // (told in `skipped`).
 Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
@@ -435,13 +500,9 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
     return invalid_input(first_path.string() +
                          ": no 'args' (the run's arguments say its parallel sizes)");
   CKPT_ASSIGN_OR_RETURN(MegatronArgs args, read_megatron_args(*args_value, first_path.string()));
-  if (auto version = first.root->find("checkpoint_version")) {
+  // As Megatron-LM reads it: absent means 0 (the oldest QKV order).
+  if (auto version = first.root->find("checkpoint_version"))
     args.checkpoint_version = version->as_float().value_or(0);
-    if (args.checkpoint_version < 2.0)
-      return unsupported(first_path.string() + ": checkpoint_version " +
-                         std::to_string(args.checkpoint_version) +
-                         " (QKV rows in a pre-2.0 order) is not supported yet");
-  }
   if (args.etp != 1 && args.etp != args.tp)
     return unsupported(first_path.string() + ": expert tensor parallel size " +
                        std::to_string(args.etp) + " with TP " + std::to_string(args.tp) +
@@ -483,8 +544,9 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
         return invalid_input(where + ": '" + t.name +
                              "' is in a virtual pipeline chunk, but args " +
                              "say no virtual pipeline");
+      std::string mcore = mcore_name_of(entry->second);
       CKPT_ASSIGN_OR_RETURN(auto name,
-                            canonical_legacy_name(entry->second, args, rank, entry->first, where));
+                            canonical_legacy_name(mcore, args, rank, entry->first, where));
       if (!name) {
         ++extra_state;
         continue;
@@ -512,6 +574,14 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
       tensor.source_dtype = tensor.dtype = t.dtype;
       tensor.shape = t.shape;
       tensor.fragments.push_back(Fragment{file.ref(i, input), Shape(t.shape.size(), 0)});
+      if (args.checkpoint_version < 2.0 && (ends_with(*name, "self_attention.linear_qkv.weight") ||
+                                            ends_with(*name, "self_attention.linear_qkv.bias"))) {
+        if (t.name.find("query_key_value") == std::string::npos)
+          return invalid_input(where + ": '" + t.name + "': megatron-core names in a file of " +
+                               "checkpoint_version " + std::to_string(args.checkpoint_version) +
+                               " (megatron-core writes 3.0)");
+        CKPT_ASSIGN_OR_RETURN(tensor, qkv_in_current_order(tensor, args, where));
+      }
       std::vector<LogicalTensor> pieces;
       if (ends_with(*name, ".mlp.experts.weight1") || ends_with(*name, ".mlp.experts.weight2")) {
         CKPT_ASSIGN_OR_RETURN(pieces, grouped_mlp_experts(tensor, args, rank, where));
