@@ -95,7 +95,8 @@ void add_checkpoint_options(CLI::App& cmd, CheckpointArgs& args, bool local_dir_
                "accepted for verl compatibility; nothing is executed either way");
   cmd.add_flag("--use_cpu_initialization,--use-cpu-initialization", args.use_cpu_initialization,
                "accepted for verl compatibility; ckptstream always runs on the CPU");
-  cmd.add_flag("--keep-packed-experts,--keep_packed_experts", args.conversion.keep_packed_experts,
+  cmd.add_flag("--keep-packed-experts,--keep_packed_experts,--packed-experts,--packed_experts",
+               args.conversion.keep_packed_experts,
                "write MoE experts packed as transformers v5 holds them in memory");
   cmd.add_option("--lora", args.conversion.lora,
                  "LoRA checkpoints: fuse (W + alpha/r * B A into the weights) or adapter "

@@ -164,6 +164,11 @@ Result<std::optional<MegatronLayout>> find_megatron_checkpoint(
   for (const fs::path& hf : {candidate.parent_path() / "huggingface", dir / "huggingface"})
     if (present(hf / "config.json")) {
       layout.hf_dir = hf;
+      // verl saves the Hugging Face weights there too when its checkpoint contents include
+      // hf_model: say so, the merge may be unneeded.
+      if (present(hf / "model.safetensors") || present(hf / "model.safetensors.index.json"))
+        layout.notes.push_back(hf.string() +
+                               " already holds Hugging Face weights (verl saved hf_model)");
       break;
     }
   return std::optional<MegatronLayout>(std::move(layout));

@@ -632,6 +632,11 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
         "(mlp.experts.gate_up_proj, down_proj): --keep-packed-experts");
   if (vision_from_dir)
     out.notes.push_back("vision tower: not in the checkpoint, taken from --vit_dir");
+  if (options.value_model && !config.architectures.empty() &&
+      config.architectures.front().find("ForTokenClassification") == std::string::npos)
+    out.notes.push_back("value model: config.json names " + config.architectures.front() +
+                        "; the weights are a token-classification model's (score, num_labels 1): "
+                        "set \"architectures\" accordingly to load them");
   if (zero_bias)
     out.notes.push_back(
         "value head: score.bias written as zeros (the checkpoint's head has no "

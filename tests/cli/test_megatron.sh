@@ -69,6 +69,20 @@ expect_rc 0 "verl layout: actor/dist_ckpt + actor/huggingface, no --hf-config" m
   --backend megatron --local_dir "$actor" --target_dir "$WORK/verl-out"
 cmp -s "$WORK/verl-out/model.safetensors" "$MEG/qwen2_tp2_dist/hf/model.safetensors" &&
   pass "verl layout: byte-identical" || fail "verl layout: output differs"
+run_ckpt "$WORK/verl-plan" plan --summary --local_dir "$actor"
+grep -q "huggingface already holds Hugging Face weights" "$WORK/verl-plan.err" &&
+  pass "verl's huggingface/ with weights in it: said" || fail "no note on verl's HF weights"
+run_ckpt "$WORK/value-plan" plan --summary --is-value-model --local_dir \
+  "$MEG/qwen2_value_tp2_dist/megatron" --hf-config "$MEG/qwen2_tp2_dist/hf"
+grep -q "value model: config.json names Qwen2ForCausalLM" "$WORK/value-plan.err" &&
+  pass "a value model with a causal-LM config.json: the config change is said" ||
+  fail "value model note: $(cat "$WORK/value-plan.err")"
+expect_rc 0 "--packed-experts (the issue's spelling of --keep-packed-experts)" merge \
+  --local_dir "$MEG/qwen3moe_ep2_dist/megatron" --hf-config "$MEG/qwen3moe_ep2_dist/hf" \
+  --packed-experts --target_dir "$WORK/packed"
+run_ckpt "$WORK/packed-list" inspect "$WORK/packed/model.safetensors"
+grep -q "model.layers.1.mlp.experts.gate_up_proj  *bfloat16  *\[4, 32, 32\]" "$WORK/packed-list" &&
+  pass "--packed-experts: gate_up_proj [E, 2F, H]" || fail "packed: $(grep experts "$WORK/packed-list" | head -3)"
 
 # verl's older spelling of the config directory, and a merge split between two processes
 # (--world-size / --rank, small shards) that writes what one process writes.
