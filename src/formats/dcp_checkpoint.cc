@@ -262,6 +262,7 @@ Result<SourceTensors> read_dcp_entries(const fs::path& dir, const DcpOptions& op
                       (md.version.empty() ? "" : " version " + md.version) + ", " +
                       std::to_string(tensors) + " tensors, " + std::to_string(bytes) +
                       " byte items, not read)");
+  if (keys.inspect) keys.inspect(md);
   std::string prefix = keys.prefix(md, out.notes);
 
   std::vector<ChunkJob> jobs;  // every chunk item to locate, in state-dict order

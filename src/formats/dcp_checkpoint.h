@@ -55,6 +55,9 @@ struct DcpKeyPolicy {
   std::function<bool(std::string_view fqn)> skip;
   // The tensor's name from what follows the prefix.
   std::function<std::string(std::string_view key)> rename;
+  // Optional: shown the metadata once, for what a format keeps beside its tensors (megatron-core's
+  // common_state byte item, which holds the run's args).
+  std::function<void(const dcp::Metadata&)> inspect;
 };
 // The rule above; `prefix`: the app-state prefix given (--prefix), nullopt to detect it.
 DcpKeyPolicy model_state_dict_keys(std::optional<std::string> prefix);

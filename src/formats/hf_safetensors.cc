@@ -137,9 +137,7 @@ Result<SourceTensors> read_hf_source_tensors(const fs::path& dir) {
       ref.storage_nbytes = entry.data_end - entry.data_begin;
       ref.dtype = entry.dtype;
       ref.shape = entry.shape;
-      ref.strides = Shape(entry.shape.size(), 1);
-      for (std::size_t d = entry.shape.size(); d-- > 1;)
-        ref.strides[d - 1] = ref.strides[d] * entry.shape[d];
+      ref.strides = contiguous_strides(entry.shape);
       LogicalTensor t;
       t.name = entry.name;
       t.source_dtype = t.dtype = entry.dtype;

@@ -6,10 +6,12 @@
 #include <map>
 #include <set>
 #include <span>
+#include <thread>
 
 #include "dcp/dcp_metadata.h"
 #include "formats/dcp_checkpoint.h"
 #include "formats/hf_config.h"
+#include "formats/rank_files.h"
 #include "io/input_file.h"
 #include "pickle/value.h"
 #include "plan/views.h"
@@ -19,32 +21,14 @@ namespace ckptstream {
 namespace fs = std::filesystem;
 namespace {
 
-bool starts_with(std::string_view text, std::string_view prefix) {
-  return text.substr(0, prefix.size()) == prefix;
-}
-bool ends_with(std::string_view text, std::string_view suffix) {
-  return text.size() >= suffix.size() && text.substr(text.size() - suffix.size()) == suffix;
-}
-
-// "12" of "12.rest" (and the rest); nullopt when `text` does not start with a number.
-std::optional<std::pair<std::int64_t, std::string_view>> leading_number(std::string_view text) {
-  std::int64_t value = 0;
-  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end == text.data() || value < 0) return std::nullopt;
-  std::string_view rest(end, text.data() + text.size() - end);
-  if (!rest.empty() && rest.front() != '.') return std::nullopt;
-  if (!rest.empty()) rest.remove_prefix(1);
-  return std::make_pair(value, rest);
-}
-
 constexpr std::string_view kLayers = "decoder.layers.";
 constexpr std::string_view kStackedExperts = "mlp.experts.experts.";
 
 // Keys of a torch_dist checkpoint that are not model weights (§1.5): never read.
 bool is_training_state(std::string_view fqn) {
-  return starts_with(fqn, "optimizer.") || starts_with(fqn, "chained_") ||
-         starts_with(fqn, "rng_state") || starts_with(fqn, "rerun_state_machine") ||
-         starts_with(fqn, "common_state") || fqn.find("_extra_state") != std::string_view::npos;
+  return fqn.starts_with("optimizer.") || fqn.starts_with("chained_") ||
+         fqn.starts_with("rng_state") || fqn.starts_with("rerun_state_machine") ||
+         fqn.starts_with("common_state") || fqn.find("_extra_state") != std::string_view::npos;
 }
 
 // A per-layer tensor whose first dim is the expert axis ("...mlp.experts.experts.linear_fc1.weight"
@@ -67,7 +51,7 @@ void add_per_expert(LogicalTensor tensor, std::vector<LogicalTensor>& out) {
 // Where "decoder.layers." starts in a key: at its start, or after a model's prefix
 // ("language_model.", "vision_model." of a vision-language model); npos if nowhere.
 std::size_t layers_at(std::string_view name) {
-  if (starts_with(name, kLayers)) return 0;
+  if (name.starts_with(kLayers)) return 0;
   auto at = name.find(std::string(".") + std::string(kLayers));
   return at == std::string_view::npos ? at : at + 1;
 }
@@ -78,7 +62,7 @@ std::vector<LogicalTensor> unstack(std::vector<LogicalTensor> tensors) {
   for (auto& t : tensors) {
     std::string_view name = t.name;
     auto at = layers_at(name);
-    if (at == std::string_view::npos || leading_number(name.substr(at + kLayers.size())) ||
+    if (at == std::string_view::npos || megatron_key_number(name.substr(at + kLayers.size())) ||
         t.shape.empty()) {
       add_per_expert(std::move(t), out);
       continue;
@@ -139,13 +123,14 @@ Result<MegatronTensors> read_torch_dist(const MegatronLayout& layout, const Read
   dcp.interrupt = options.interrupt;
   DcpKeyPolicy keys;
   bool under_module = layout.keys_under_module;
-  std::optional<dcp::StorageInfo> common_item;
-  keys.prefix = [under_module, &common_item](const dcp::Metadata& md,
-                                             std::vector<std::string>& notes) {
+  std::optional<dcp::StorageInfo> common_item;  // megatron-core >= 0.19's common state
+  keys.inspect = [&common_item](const dcp::Metadata& md) {
     for (const auto& e : md.entries)
-      if (e.kind == dcp::StateDictEntry::Kind::kBytes && starts_with(e.fqn, "common_state/") &&
+      if (e.kind == dcp::StateDictEntry::Kind::kBytes && e.fqn.starts_with("common_state/") &&
           e.storage)
         common_item = *e.storage;
+  };
+  keys.prefix = [under_module](const dcp::Metadata&, std::vector<std::string>& notes) {
     notes.push_back(under_module ? "model keys: megatron-core names under 'module.'"
                                  : "model keys: megatron-core names");
     return std::string(under_module ? "module." : "");
@@ -203,13 +188,13 @@ Status cross_check(const MegatronArgs& args, const HfConfig& config, const std::
 enum class TpSplit { kReplicated, kRows, kColumns, kGatedRows };
 
 TpSplit tp_split_of(std::string_view name, bool gated) {
-  if (ends_with(name, "linear_fc1.weight") || ends_with(name, "linear_fc1.bias"))
+  if (name.ends_with("linear_fc1.weight") || name.ends_with("linear_fc1.bias"))
     return gated ? TpSplit::kGatedRows : TpSplit::kRows;
   for (std::string_view rows :
        {"linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight",
         "linear_q_up_proj.weight", "linear_kv_up_proj.weight", "linear_q_proj.weight"})
-    if (ends_with(name, rows)) return TpSplit::kRows;
-  if (ends_with(name, "linear_proj.weight") || ends_with(name, "linear_fc2.weight"))
+    if (name.ends_with(rows)) return TpSplit::kRows;
+  if (name.ends_with("linear_proj.weight") || name.ends_with("linear_fc2.weight"))
     return TpSplit::kColumns;
   return TpSplit::kReplicated;
 }
@@ -228,7 +213,7 @@ Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> sh
   TpSplit split = tp_split_of(name, gated);
   // A value head (verl's critic, mbridge's make_value_model) is a plain one-row Linear that
   // every TP rank holds whole, where a vocabulary head would be split.
-  if (ends_with(name, "output_layer.weight") && shards.front().tensor.shape.size() == 2 &&
+  if (name.ends_with("output_layer.weight") && shards.front().tensor.shape.size() == 2 &&
       shards.front().tensor.shape[0] == 1)
     split = TpSplit::kReplicated;
   if (split == TpSplit::kReplicated || size == 1) {
@@ -305,10 +290,10 @@ Result<fs::path> first_rank_dir(const fs::path& checkpoint_dir) {
 
 // "model.decoder.layers.3.x" or "model1.decoder..." -> (virtual chunk, "decoder.layers.3.x").
 std::optional<std::pair<std::int64_t, std::string_view>> model_entry(std::string_view name) {
-  if (!starts_with(name, "model")) return std::nullopt;
+  if (!name.starts_with("model")) return std::nullopt;
   std::string_view rest = name.substr(5);
-  if (starts_with(rest, ".")) return std::make_pair(std::int64_t{0}, rest.substr(1));
-  auto chunk = leading_number(rest);
+  if (rest.starts_with(".")) return std::make_pair(std::int64_t{0}, rest.substr(1));
+  auto chunk = megatron_key_number(rest);
   if (!chunk || chunk->second.empty()) return std::nullopt;
   return chunk;
 }
@@ -321,19 +306,18 @@ std::optional<std::pair<std::int64_t, std::string_view>> model_entry(std::string
 // is for anything else.
 std::string mcore_name_of(std::string_view local) {
   constexpr std::string_view kLm = "language_model.";
-  if (!starts_with(local, kLm)) return std::string(local);
+  if (!local.starts_with(kLm)) return std::string(local);
   std::string_view rest = local.substr(kLm.size());
-  if (starts_with(rest, "embedding.") || starts_with(rest, "output_layer."))
-    return std::string(rest);
+  if (rest.starts_with("embedding.") || rest.starts_with("output_layer.")) return std::string(rest);
   std::string_view stack;
   for (std::string_view s : {"encoder.", "transformer."})
-    if (starts_with(rest, s)) stack = s;
+    if (rest.starts_with(s)) stack = s;
   if (stack.empty()) return std::string(local);  // megatron-core's own language_model.decoder...
   rest.remove_prefix(stack.size());
   for (std::string_view final_norm : {"final_norm.", "final_layernorm."})
-    if (starts_with(rest, final_norm))
+    if (rest.starts_with(final_norm))
       return "decoder.final_layernorm." + std::string(rest.substr(final_norm.size()));
-  if (!starts_with(rest, "layers.")) return std::string(local);
+  if (!rest.starts_with("layers.")) return std::string(local);
   std::string out = "decoder." + std::string(rest);
   static constexpr std::pair<std::string_view, std::string_view> kRenames[] = {
       {".input_norm.", ".input_layernorm."},
@@ -379,7 +363,7 @@ Result<LogicalTensor> qkv_in_current_order(const LogicalTensor& t, const Megatro
 }
 
 // The canonical name of a legacy tensor of rank `rank`, chunk `vp`; nullopt for one a rule skips
-// (told in `skipped`).
+// (Transformer Engine's _extra_state).
 Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
                                                          const MegatronArgs& args,
                                                          const MegatronRankDir& rank,
@@ -391,9 +375,9 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
   // A vision-language model's towers sit under "language_model." and "vision_model."; the
   // vision tower is not pipelined (its layers keep their numbers).
   auto at = layers_at(local);
-  bool vision = starts_with(local, "vision_model.");
+  bool vision = local.starts_with("vision_model.");
   if (at != std::string_view::npos) {
-    auto layer = leading_number(local.substr(at + kLayers.size()));
+    auto layer = megatron_key_number(local.substr(at + kLayers.size()));
     if (!layer) return invalid_input(where + ": '" + std::string(local) + "' has no layer number");
     std::int64_t offset = 0;
     if (!vision) {
@@ -412,7 +396,7 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
     rest = std::string(local);
     for (std::string_view inner : {".mtp_model_layer.", ".transformer_layer."}) {
       auto inner_at = rest.find(inner);
-      if (starts_with(rest, "mtp.layers.") && inner_at != std::string::npos) {
+      if (rest.starts_with("mtp.layers.") && inner_at != std::string::npos) {
         head = rest.substr(0, inner_at + inner.size());
         rest = rest.substr(inner_at + inner.size());
         break;
@@ -423,23 +407,23 @@ Result<std::optional<std::string>> canonical_legacy_name(std::string_view local,
   std::int64_t local_experts = args.num_experts > 0 ? args.num_experts / args.ep : 0;
   constexpr std::string_view kSequential = "mlp.experts.local_experts.";
   constexpr std::string_view kGrouped = "mlp.experts.linear_fc";
-  if (starts_with(rest, kSequential)) {
-    auto e = leading_number(std::string_view(rest).substr(kSequential.size()));
+  if (rest.starts_with(kSequential)) {
+    auto e = megatron_key_number(std::string_view(rest).substr(kSequential.size()));
     if (!e || e->first >= local_experts)
       return invalid_input(where + ": '" + std::string(local) + "': expert number outside the " +
                            std::to_string(local_experts) + " local experts args give");
     rest = "mlp.experts." + std::to_string(rank.ep * local_experts + e->first) + "." +
            std::string(e->second);
-  } else if (starts_with(rest, kGrouped)) {
+  } else if (rest.starts_with(kGrouped)) {
     auto w = rest.find(".weight");
     auto e = w == std::string::npos ? std::nullopt
-                                    : leading_number(std::string_view(rest).substr(w + 7));
+                                    : megatron_key_number(std::string_view(rest).substr(w + 7));
     if (!e || e->first >= local_experts)
       return invalid_input(where + ": '" + std::string(local) +
                            "': not a grouped expert weight megatron-core writes");
     rest = "mlp.experts." + std::to_string(rank.ep * local_experts + e->first) + "." +
            rest.substr(12, w + 7 - 12);
-  } else if (starts_with(rest, "mlp.experts.weight") && rest != "mlp.experts.weight1" &&
+  } else if (rest.starts_with("mlp.experts.weight") && rest != "mlp.experts.weight1" &&
              rest != "mlp.experts.weight2") {
     return invalid_input(where + ": '" + std::string(local) + "': not a GroupedMLP weight");
   }
@@ -456,7 +440,7 @@ Result<std::vector<LogicalTensor>> grouped_mlp_experts(const LogicalTensor& tens
                                                        const MegatronArgs& args,
                                                        const MegatronRankDir& rank,
                                                        const std::string& where) {
-  bool fc1 = ends_with(tensor.name, "weight1");
+  bool fc1 = tensor.name.ends_with("weight1");
   std::int64_t local = args.num_experts > 0 ? args.num_experts / args.ep : 0;
   // "decoder.layers.{l}.mlp.experts." (the name ends with weight1 or weight2)
   std::string head = tensor.name.substr(0, tensor.name.size() - std::string("weight1").size());
@@ -490,7 +474,7 @@ Result<std::vector<LogicalTensor>> grouped_mlp_experts(const LogicalTensor& tens
   return out;
 }
 
-Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
+Result<MegatronTensors> read_legacy(const MegatronLayout& layout, const ReadOptions& options) {
   MegatronTensors out;
   CKPT_ASSIGN_OR_RETURN(fs::path first_dir, first_rank_dir(layout.checkpoint_dir));
   CKPT_ASSIGN_OR_RETURN(fs::path first_path, rank_file(first_dir));
@@ -521,15 +505,31 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
   std::size_t training = 0;
   std::size_t tied_output_copies = 0;
   std::size_t mtp_embedding_copies = 0;
+  std::vector<fs::path> paths;
   for (const auto& rank : ranks) {
     CKPT_ASSIGN_OR_RETURN(fs::path path, rank_file(rank.dir));
+    paths.push_back(std::move(path));
+  }
+  // The first file, read whole for its args, is used as it is; the others come through the
+  // shared rank-file reader (read ahead, unpickled streaming, memory of a few files).
+  bool first_read = !paths.empty() && paths.front() == first_path;
+  std::vector<fs::path> others(paths.begin() + (first_read ? 1 : 0), paths.end());
+  TorchReadOptions streaming{options.sampled_headers};
+  streaming.stream_items = true;
+  RankFileReader reader(
+      others, options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency()),
+      streaming);
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    CKPT_TRY(check_interrupt(options.interrupt));
+    const MegatronRankDir& rank = ranks[r];
+    const fs::path& path = paths[r];
     TorchCheckpoint file;
-    if (path == first_path) {
+    if (r == 0 && first_read) {
       file = std::move(first);
+      file.root.reset();  // the pickle graph: args read already, tensors listed
     } else {
-      CKPT_ASSIGN_OR_RETURN(file, read_torch_file(path));
+      CKPT_ASSIGN_OR_RETURN(file, reader.next());
     }
-    file.root.reset();  // the pickle graph: args read already, tensors listed
     std::size_t input = out.tensors.inputs.size();
     out.tensors.inputs.push_back(path);
     std::string where = path.string();
@@ -552,7 +552,7 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
         continue;
       }
       std::string_view plain = *name;  // without a vision-language model's prefix
-      if (starts_with(plain, "language_model.")) plain.remove_prefix(15);
+      if (plain.starts_with("language_model.")) plain.remove_prefix(15);
       if (plain == "embedding.word_embeddings.weight" && rank.pp != 0) {
         // Multi-token prediction on the last stage embeds there too: megatron-core keeps that
         // stage a copy of the first stage's embedding, in sync as with a tied output layer.
@@ -574,8 +574,8 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
       tensor.source_dtype = tensor.dtype = t.dtype;
       tensor.shape = t.shape;
       tensor.fragments.push_back(Fragment{file.ref(i, input), Shape(t.shape.size(), 0)});
-      if (args.checkpoint_version < 2.0 && (ends_with(*name, "self_attention.linear_qkv.weight") ||
-                                            ends_with(*name, "self_attention.linear_qkv.bias"))) {
+      if (args.checkpoint_version < 2.0 && (name->ends_with("self_attention.linear_qkv.weight") ||
+                                            name->ends_with("self_attention.linear_qkv.bias"))) {
         if (t.name.find("query_key_value") == std::string::npos)
           return invalid_input(where + ": '" + t.name + "': megatron-core names in a file of " +
                                "checkpoint_version " + std::to_string(args.checkpoint_version) +
@@ -583,7 +583,7 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
         CKPT_ASSIGN_OR_RETURN(tensor, qkv_in_current_order(tensor, args, where));
       }
       std::vector<LogicalTensor> pieces;
-      if (ends_with(*name, ".mlp.experts.weight1") || ends_with(*name, ".mlp.experts.weight2")) {
+      if (name->ends_with(".mlp.experts.weight1") || name->ends_with(".mlp.experts.weight2")) {
         CKPT_ASSIGN_OR_RETURN(pieces, grouped_mlp_experts(tensor, args, rank, where));
       } else {
         pieces.push_back(std::move(tensor));
@@ -605,6 +605,7 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout) {
         list.push_back(Shard{split_rank, rank.pp, std::move(piece)});
       }
     }
+    RankFileReader::release_freed_memory();  // peak memory stays that of a few rank files
   }
   for (const auto& name : order) {
     bool expert = name.find(".mlp.experts.") != std::string::npos;
@@ -692,10 +693,21 @@ FoundCheckpoint found_megatron(const fs::path& dir, MegatronLayout layout) {
 
 }  // namespace
 
+std::optional<std::pair<std::int64_t, std::string_view>> megatron_key_number(
+    std::string_view text) {
+  std::int64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (error != std::errc() || end == text.data() || value < 0) return std::nullopt;
+  std::string_view rest(end, text.data() + text.size() - end);
+  if (!rest.empty() && rest.front() != '.') return std::nullopt;
+  if (!rest.empty()) rest.remove_prefix(1);
+  return std::make_pair(value, rest);
+}
+
 Result<MegatronTensors> read_megatron_tensors(const MegatronLayout& layout,
                                               const ReadOptions& options) {
   return layout.format == MegatronFormat::kTorchDist ? read_torch_dist(layout, options)
-                                                     : read_legacy(layout);
+                                                     : read_legacy(layout, options);
 }
 
 Result<FoundCheckpoint> find_megatron(const fs::path& dir, bool required) {

@@ -25,6 +25,8 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ckptstream/result.h"
@@ -39,6 +41,11 @@ struct MegatronTensors {
   SourceTensors tensors;
   std::optional<MegatronArgs> args;  // the run's arguments, where the checkpoint keeps them
 };
+
+// The number a megatron-core key component starts with, and what follows its dot: "12.rest" ->
+// (12, "rest"), "12" -> (12, ""); nullopt when `text` does not start with a number (the layer,
+// expert and MTP numbers of the canonical names).
+std::optional<std::pair<std::int64_t, std::string_view>> megatron_key_number(std::string_view text);
 
 // The canonical tensors of the checkpoint `layout` describes.
 Result<MegatronTensors> read_megatron_tensors(const MegatronLayout& layout,

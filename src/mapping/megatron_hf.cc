@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <map>
 #include <set>
 
+#include "formats/megatron_checkpoint.h"
 #include "mapping/experts.h"
 #include "plan/views.h"
 
@@ -145,19 +145,6 @@ const Family* family_of(const std::string& model_type) {
   return nullptr;
 }
 
-bool starts_with(std::string_view text, std::string_view prefix) {
-  return text.substr(0, prefix.size()) == prefix;
-}
-
-std::optional<std::pair<std::int64_t, std::string_view>> leading_number(std::string_view text) {
-  std::int64_t value = 0;
-  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end == text.data() || value < 0) return std::nullopt;
-  std::string_view rest(end, text.data() + text.size() - end);
-  if (rest.empty() || rest.front() != '.') return std::nullopt;
-  return std::make_pair(value, rest.substr(1));
-}
-
 std::string replace_all(std::string text, std::string_view from, std::string_view to) {
   for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
     text.replace(at, from.size(), to);
@@ -171,11 +158,11 @@ class Mapper {
 
   // Maps one canonical tensor; false when no rule knows it.
   Result<bool> map(LogicalTensor tensor) {
-    if (family_.vision && starts_with(tensor.name, "language_model.")) {
+    if (family_.vision && tensor.name.starts_with("language_model.")) {
       tensor.name.erase(0, 15);  // the language model: named as a text-only model's
       return map(std::move(tensor));
     }
-    if (family_.vision && starts_with(tensor.name, "vision_model.")) {
+    if (family_.vision && tensor.name.starts_with("vision_model.")) {
       has_vision_ = true;
       return vision_param(std::move(tensor));
     }
@@ -187,18 +174,19 @@ class Mapper {
       return add(std::move(tensor), "score.bias");
     if (name == "decoder.final_layernorm.weight")
       return add(std::move(tensor), "model.norm.weight");
-    if (starts_with(name, "decoder.layers.")) {
-      auto layer = leading_number(name.substr(15));
+    if (name.starts_with("decoder.layers.")) {
+      auto layer = megatron_key_number(name.substr(15));
       if (!layer) return false;
       return layer_param(std::move(tensor), layer->first, std::string(layer->second));
     }
-    if (starts_with(name, "mtp.layers.")) {
-      auto k = leading_number(name.substr(11));
+    if (name.starts_with("mtp.layers.")) {
+      auto k = megatron_key_number(name.substr(11));
       if (!k || !text_.num_hidden_layers) return false;
       std::int64_t layer = *text_.num_hidden_layers + k->first;
+      mtp_layers_.insert(layer);
       std::string rest(k->second);
       for (std::string_view inner : {"mtp_model_layer.", "transformer_layer."})
-        if (starts_with(rest, inner))
+        if (rest.starts_with(inner))
           return layer_param(std::move(tensor), layer, rest.substr(inner.size()));
       for (const auto& rule : kMtpRules)
         if (rest == rule.mcore) return add(std::move(tensor), layer_name(layer, rule.hf[0]));
@@ -209,6 +197,7 @@ class Mapper {
 
   std::vector<LogicalTensor>& outputs() { return outputs_; }
   bool has_vision() const { return has_vision_; }
+  std::int64_t trimmed_rows() const { return trimmed_; }
 
   // transformers' token-classification head (score) has a bias; Megatron value heads usually do
   // not (mbridge's make_value_model, verl's critic): a zero bias computes the same values and
@@ -250,8 +239,7 @@ class Mapper {
   }
 
  private:
-  std::string layer_name(std::int64_t layer, std::string_view hf) const {
-    if (layer >= text_.num_hidden_layers.value_or(INT64_MAX)) mtp_layers_.insert(layer);
+  static std::string layer_name(std::int64_t layer, std::string_view hf) {
     return "model.layers." + std::to_string(layer) + "." + std::string(hf);
   }
 
@@ -272,8 +260,8 @@ class Mapper {
   Result<bool> layer_param(LogicalTensor tensor, std::int64_t layer, std::string rest) {
     std::optional<std::int64_t> expert;
     constexpr std::string_view kExperts = "mlp.experts.";
-    if (starts_with(rest, kExperts)) {
-      if (auto e = leading_number(std::string_view(rest).substr(kExperts.size()))) {
+    if (rest.starts_with(kExperts)) {
+      if (auto e = megatron_key_number(std::string_view(rest).substr(kExperts.size()))) {
         expert = e->first;
         std::string param(e->second);  // e views `rest`, which is about to change
         rest = std::string(kExperts) + "{e}." + param;
@@ -281,9 +269,7 @@ class Mapper {
             (param == "linear_fc1.weight" || param == "linear_fc2.weight")) {
           // Packed as transformers 5 holds them: fc1 [2F, H] is already [gate; up].
           auto& slot = packed_[{layer, param == "linear_fc1.weight" ? 0 : 1}];
-          if (!slot.emplace(*expert, std::move(tensor)).second) return false;
-          layer_name(layer, "");  // notes an MTP layer
-          return true;
+          return slot.emplace(*expert, std::move(tensor)).second;
         }
       }
     }
@@ -308,8 +294,8 @@ class Mapper {
     std::string rest = tensor.name.substr(13);
     for (const auto& rule : kVisionRules)
       if (rest == rule.mcore) return add(std::move(tensor), "visual." + std::string(rule.hf[0]));
-    if (!starts_with(rest, "decoder.layers.")) return false;
-    auto block = leading_number(std::string_view(rest).substr(15));
+    if (!rest.starts_with("decoder.layers.")) return false;
+    auto block = megatron_key_number(std::string_view(rest).substr(15));
     if (!block) return false;
     std::string prefix = "visual.blocks." + std::to_string(block->first) + ".";
     for (const auto& rule : kVisionLayerRules) {
@@ -379,8 +365,8 @@ class Mapper {
   void add_vision_weights(const SourceTensors& weights, std::size_t first_input) {
     for (auto t : weights.tensors) {
       std::string_view name = t.name;
-      if (starts_with(name, "model.visual.")) t.name.erase(0, 6);
-      if (!starts_with(t.name, "visual.")) continue;
+      if (name.starts_with("model.visual.")) t.name.erase(0, 6);
+      if (!t.name.starts_with("visual.")) continue;
       for (auto& f : t.fragments) f.source.input += first_input;
       outputs_.push_back(std::move(t));
     }
@@ -473,13 +459,11 @@ class Mapper {
   const HfTextConfig& text_;
   MegatronMapOptions options_;
   std::vector<LogicalTensor> outputs_;
-  mutable std::set<std::int64_t> mtp_layers_;
+  std::set<std::int64_t> mtp_layers_;  // model.layers numbers of the MTP layers met
   bool has_vision_ = false;
   // --keep-packed-experts: (layer, 0 for fc1 / 1 for fc2) -> expert -> tensor.
   std::map<std::pair<std::int64_t, int>, std::map<std::int64_t, LogicalTensor>> packed_;
-
- public:
-  std::int64_t trimmed_ = 0;
+  std::int64_t trimmed_ = 0;  // vocabulary padding rows dropped
 };
 
 std::string list_names(const std::vector<std::string>& names) {
@@ -641,8 +625,8 @@ Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& c
     out.notes.push_back(
         "value head: score.bias written as zeros (the checkpoint's head has no "
         "bias; transformers' token-classification head has one)");
-  if (mapper.trimmed_)
-    out.notes.push_back("vocab padding trimmed: " + std::to_string(mapper.trimmed_) +
+  if (mapper.trimmed_rows())
+    out.notes.push_back("vocab padding trimmed: " + std::to_string(mapper.trimmed_rows()) +
                         " rows past config.json's vocab_size");
   out.tensors = std::move(tensors);
   return out;

@@ -16,6 +16,12 @@ std::int64_t numel(const Shape& shape) {
   return n;
 }
 
+Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size(), 1);
+  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
+  return strides;
+}
+
 bool is_contiguous(const Shape& shape, const Shape& strides) {
   if (strides.size() != shape.size()) return false;
   std::int64_t expected = 1;

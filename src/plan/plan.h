@@ -78,6 +78,8 @@ std::int64_t numel(const Shape& shape);
 std::string shape_text(const Shape& shape);
 // Row-major contiguous (size-1 dimensions may have any stride), as torch's is_contiguous().
 bool is_contiguous(const Shape& shape, const Shape& strides);
+// The row-major strides of a contiguous tensor of `shape`.
+Shape contiguous_strides(const Shape& shape);
 std::uint64_t nbytes(const LogicalTensor& tensor);  // in the written dtype
 // The shape a safetensors header gives a tensor of this dtype and (torch) shape: the same,
 // except F4, whose header counts fp4 values (two per byte of torch.float4_e2m1fn_x2).

@@ -18,12 +18,6 @@ void replace_at(std::vector<T>& values, std::size_t dim, std::initializer_list<T
   values.insert(values.begin() + static_cast<long>(dim), with);
 }
 
-Shape contiguous_strides(const Shape& shape) {
-  Shape strides(shape.size(), 1);
-  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
-  return strides;
-}
-
 // A fragment's box narrowed to [start, start + length) of its own `dim` (local coordinates).
 Fragment narrow_box(const Fragment& fragment, std::size_t dim, std::int64_t start,
                     std::int64_t length) {

@@ -1,6 +1,6 @@
 // Builders for the hand-made plans of the executor tests: the raw bytes of typed values (to
-// write as an input file or to compare with an output), contiguous strides, a logical tensor
-// from its fragments, and an output file that places its tensors back to back after an 8-byte
+// write as an input file or to compare with an output), a logical tensor from its fragments, and
+// an output file that places its tensors back to back after an 8-byte
 // stand-in header ("HEADER!!"), so that a test need not make a real safetensors header.
 #pragma once
 
@@ -20,12 +20,6 @@ std::vector<std::byte> bytes_of(const std::vector<T>& values) {
   std::vector<std::byte> bytes(values.size() * sizeof(T));
   std::memcpy(bytes.data(), values.data(), bytes.size());
   return bytes;
-}
-
-inline Shape contiguous_strides(const Shape& shape) {
-  Shape strides(shape.size(), 1);
-  for (std::size_t d = shape.size(); d-- > 1;) strides[d - 1] = strides[d] * shape[d];
-  return strides;
 }
 
 inline LogicalTensor tensor(const std::string& name, Shape shape, std::vector<Fragment> fragments,

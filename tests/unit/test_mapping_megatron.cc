@@ -26,7 +26,7 @@ LogicalTensor rows_tensor(const std::string& name, std::int64_t rows, std::int64
   TensorRef ref;
   ref.dtype = DType::kF32;
   ref.shape = cols ? Shape{rows, cols} : Shape{rows};
-  ref.strides = ckptstream::testing::contiguous_strides(ref.shape);
+  ref.strides = contiguous_strides(ref.shape);
   ref.storage_nbytes = static_cast<std::uint64_t>(rows * (cols ? cols : 1) * 4);
   return ckptstream::testing::tensor(name, ref.shape, {Fragment{ref, Shape(ref.shape.size(), 0)}});
 }

@@ -28,7 +28,6 @@
 using namespace ckptstream;
 namespace fs = std::filesystem;
 using ckptstream::testing::bytes_of;
-using ckptstream::testing::contiguous_strides;
 using ckptstream::testing::TempDir;
 using ckptstream::testing::write_file;
 
