@@ -1,7 +1,7 @@
 // Builders for the hand-made plans of the executor tests: the raw bytes of typed values (to
 // write as an input file or to compare with an output), a logical tensor from its fragments, and
-// an output file that places its tensors back to back after an 8-byte
-// stand-in header ("HEADER!!"), so that a test need not make a real safetensors header.
+// an output file that places its tensors back to back after an 8-byte stand-in header
+// ("HEADER!!"), so that a test need not make a real safetensors header.
 #pragma once
 
 #include <cstddef>
