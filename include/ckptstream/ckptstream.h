@@ -96,6 +96,22 @@ Result<ConversionPlan> plan_checkpoint(const std::filesystem::path& dir,
 Result<ConversionPlan> plan_torch_files(const std::vector<std::filesystem::path>& sources,
                                         const ConversionOptions& options);
 
+// A Hugging Face model to a Megatron-Core checkpoint (convert --to megatron): the parallel layout
+// to write it for, spelled as the command line spells it.
+struct MegatronOptions {
+  std::int64_t tp = 1, pp = 1, vpp = 1, ep = 1;
+  std::int64_t etp = 0;                 // expert tensor parallel; 0: 1, megatron-core's default
+  std::int64_t first_stage_layers = 0;  // uneven pipeline: layers of the first / last stage
+  std::int64_t last_stage_layers = 0;
+  std::string layer_spec = "te";       // te (Transformer Engine, GPU training) or local
+  std::string format = "torch_dist";   // torch_dist or torch (legacy per-rank files)
+  std::string layout = "megatron-lm";  // megatron-lm (tracker + release/) or flat
+  std::int64_t vocab_divisor = 128;    // --make-vocab-size-divisible-by
+  std::string dtype = "auto";          // auto (config.json's), keep, bf16, fp16, fp32
+};
+Result<ConversionPlan> plan_megatron_checkpoint(const std::filesystem::path& hf_dir,
+                                                const MegatronOptions& options);
+
 struct WriteOptions {
   bool overwrite = false;            // replace a model already in the target
   std::string owner = "ckptstream";  // what the target's lock file says of this run

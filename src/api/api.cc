@@ -9,6 +9,7 @@
 #include "exec/launch_env.h"
 #include "exec/manifest.h"
 #include "exec/output_dir.h"
+#include "pipeline/megatron_write.h"
 #include "pipeline/merge_plan.h"
 #include "plan/report.h"
 #include "verify/compare.h"
@@ -234,6 +235,38 @@ Result<ConversionPlan> plan_checkpoint(const fs::path& dir, const ConversionOpti
 Result<ConversionPlan> plan_torch_files(const std::vector<fs::path>& sources,
                                         const ConversionOptions& options) {
   CKPT_ASSIGN_OR_RETURN(auto merge, plan_convert(sources, options));
+  return wrap(std::move(merge));
+}
+
+Result<ConversionPlan> plan_megatron_checkpoint(const fs::path& hf_dir,
+                                                const MegatronOptions& options) {
+  MegatronWriteOptions write;
+  write.parallel = {options.tp,
+                    options.pp,
+                    options.vpp,
+                    options.ep,
+                    options.etp > 0 ? options.etp : 1,
+                    options.first_stage_layers,
+                    options.last_stage_layers};
+  if (options.layer_spec == "te" || options.layer_spec == "transformer_engine")
+    write.spec = MegatronSpec::kTransformerEngine;
+  else if (options.layer_spec == "local")
+    write.spec = MegatronSpec::kLocal;
+  else
+    return usage_error("--layer-spec " + options.layer_spec + ": te or local");
+  if (options.format == "torch_dist")
+    write.format = MegatronFormat::kTorchDist;
+  else if (options.format == "torch")
+    write.format = MegatronFormat::kLegacy;
+  else
+    return usage_error("--format " + options.format + ": torch_dist or torch");
+  if (options.layout != "megatron-lm" && options.layout != "flat")
+    return usage_error("--layout " + options.layout + ": megatron-lm or flat");
+  write.flat = options.layout == "flat";
+  if (options.vocab_divisor < 1) return usage_error("--make-vocab-size-divisible-by must be >= 1");
+  write.vocab_divisor = options.vocab_divisor;
+  write.dtype = options.dtype;
+  CKPT_ASSIGN_OR_RETURN(auto merge, plan_hf_to_megatron(hf_dir, write));
   return wrap(std::move(merge));
 }
 

@@ -54,8 +54,12 @@ struct ConvertArgs {
   std::vector<std::filesystem::path> sources;
   std::filesystem::path target_dir;
   std::string to = "safetensors";
-  std::filesystem::path target_file;  // --to torch
-  std::string prefix;                 // --to torch from DCP
+  std::filesystem::path target_file;    // --to torch
+  std::string prefix;                   // --to torch from DCP
+  MegatronOptions megatron;             // --to megatron
+  std::filesystem::path hf_model_path;  // verl's converter spelling of the source
+  std::filesystem::path output_path;    // ... and of the target
+  bool use_cpu_initialization = false;  // accepted (no GPU is used)
   std::string dtype = "auto";
   std::string max_shard_size = "5GB";
   bool overwrite = false;
@@ -67,6 +71,7 @@ struct ConvertArgs {
 void add_convert(CLI::App& app, ConvertArgs& args);
 int run_convert(const ConvertArgs& args);
 int run_convert_to_torch(const ConvertArgs& args);
+int run_convert_to_megatron(const ConvertArgs& args);
 
 // The options every command that reads a training checkpoint shares (merge, plan, test,
 // verify --source), spelled as verl's model merger spells them (dashes and underscores both).

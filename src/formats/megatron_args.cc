@@ -136,6 +136,10 @@ Result<MegatronArgs> read_megatron_args(const pickle::Value& args, const std::st
     auto text = layout->as_string();
     out.pipeline_layout = text ? std::string(*text) : std::string(layout->class_name());
   }
+  if (const auto* impl = field(args, "transformer_impl")) {
+    auto text = impl->as_string();
+    out.local_spec = text && *text == "local";
+  }
   CKPT_TRY(read_int(args, "num_layers", out.num_layers, where, true));
   CKPT_TRY(read_int(args, "hidden_size", out.hidden_size, where, true));
   CKPT_TRY(read_int(args, "num_attention_heads", out.num_attention_heads, where, true));

@@ -43,6 +43,9 @@ struct MegatronArgs {
   std::int64_t padded_vocab_size = 0;
   std::int64_t mtp_num_layers = 0;
   bool gated_mlp = false;  // swiglu: linear_fc1 holds [gate; up]
+  // transformer_impl "local": MLA's down projections are column-parallel (split across TP),
+  // where Transformer Engine's are duplicated on every rank.
+  bool local_spec = false;
   bool untied_output = false;
   double checkpoint_version = 0;  // of the file, not of args; set by the reader
 };

@@ -187,13 +187,17 @@ Status cross_check(const MegatronArgs& args, const HfConfig& config, const std::
 // How a TP-split parameter was cut (§3a); experts use the same rules over expert TP.
 enum class TpSplit { kReplicated, kRows, kColumns, kGatedRows };
 
-TpSplit tp_split_of(std::string_view name, bool gated) {
+TpSplit tp_split_of(std::string_view name, bool gated, bool local_spec) {
   if (name.ends_with("linear_fc1.weight") || name.ends_with("linear_fc1.bias"))
     return gated ? TpSplit::kGatedRows : TpSplit::kRows;
   for (std::string_view rows :
        {"linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight",
-        "linear_q_up_proj.weight", "linear_kv_up_proj.weight", "linear_q_proj.weight"})
+        "linear_q_up_proj.weight", "linear_kv_up_proj.weight", "linear_q_proj.weight",
+        "eh_proj.weight"})
     if (name.ends_with(rows)) return TpSplit::kRows;
+  if (local_spec &&
+      (name.ends_with("linear_q_down_proj.weight") || name.ends_with("linear_kv_down_proj.weight")))
+    return TpSplit::kRows;
   if (name.ends_with("linear_proj.weight") || name.ends_with("linear_fc2.weight"))
     return TpSplit::kColumns;
   return TpSplit::kReplicated;
@@ -207,10 +211,11 @@ struct Shard {
 
 // The global tensor `name` from its TP shards (one per rank of `size`), as the split rule says.
 Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> shards,
-                                  std::int64_t size, bool gated, const std::string& where) {
+                                  std::int64_t size, bool gated, bool local_spec,
+                                  const std::string& where) {
   std::sort(shards.begin(), shards.end(),
             [](const Shard& a, const Shard& b) { return a.tp < b.tp; });
-  TpSplit split = tp_split_of(name, gated);
+  TpSplit split = tp_split_of(name, gated, local_spec);
   // A value head (verl's critic, mbridge's make_value_model) is a plain one-row Linear that
   // every TP rank holds whole, where a vocabulary head would be split.
   if (name.ends_with("output_layer.weight") && shards.front().tensor.shape.size() == 2 &&
@@ -612,8 +617,9 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout, const ReadOpti
     std::int64_t size = expert ? args.etp : args.tp;
     // A vision model's projection (its patch merger) is a plain MLP whatever the model's is.
     bool gated = args.gated_mlp && name.find("vision_model.projection.") == std::string::npos;
-    CKPT_ASSIGN_OR_RETURN(auto joined, join_shards(name, std::move(shards[name]), size, gated,
-                                                   layout.checkpoint_dir.string()));
+    CKPT_ASSIGN_OR_RETURN(auto joined,
+                          join_shards(name, std::move(shards[name]), size, gated, args.local_spec,
+                                      layout.checkpoint_dir.string()));
     out.tensors.tensors.push_back(std::move(joined));
   }
   if (tied_output_copies)

@@ -531,7 +531,294 @@ std::vector<std::string> missing_names(const Family& family, const HfConfig& con
   return missing;
 }
 
+// The reverse of the table: Hugging Face tensors -> megatron-core's canonical global tensors
+// (the names formats/megatron_checkpoint.h gives: one tensor per layer and per expert, the
+// norms under the local spec's module names). Each rule is run backwards: its Hugging Face
+// tensors, all present, become its megatron-core tensor by the inverse view (concat for gate_up,
+// the per-group interleave for qkv). The fused Transformer Engine norm names are left to the
+// writer, which knows the spec.
+class ReverseMapper {
+ public:
+  ReverseMapper(const Family& family, const HfConfig& config, std::int64_t padded_vocab)
+      : family_(family), config_(config), text_(config.language()), padded_vocab_(padded_vocab) {}
+
+  Status run(std::vector<LogicalTensor> hf) {
+    for (auto& t : hf) {
+      std::string name = t.name;
+      if (!by_name_.emplace(name, std::move(t)).second)
+        return invalid_input("'" + name + "' appears twice in the Hugging Face model");
+    }
+    if (auto e = take("model.embed_tokens.weight"))
+      CKPT_TRY(padded(std::move(*e), "embedding.word_embeddings.weight"));
+    if (auto n = take("model.norm.weight")) add(std::move(*n), "decoder.final_layernorm.weight");
+    if (auto head = take("lm_head.weight")) {
+      if (config_.tie_word_embeddings.value_or(false))
+        notes_.push_back("lm_head.weight left out: config.json ties it to the embedding");
+      else
+        CKPT_TRY(padded(std::move(*head), "output_layer.weight"));
+    }
+    std::int64_t layers = text_.num_hidden_layers.value_or(0);
+    for (std::int64_t n = 0; n <= last_layer(); ++n) {
+      std::string prefix;
+      if (n < layers) {
+        prefix = "decoder.layers." + std::to_string(n) + ".";
+      } else if (family_.mla) {
+        std::string mtp = "mtp.layers." + std::to_string(n - layers) + ".";
+        mtp_layers_.insert(n);
+        for (const auto& rule : kMtpRules)
+          if (auto t = take(layer_name(n, rule.hf[0])))
+            add(std::move(*t), mtp + std::string(rule.mcore));
+        // DeepSeek's own copies of the embedding and the head: megatron-core shares the model's.
+        for (auto copy : {"embed_tokens.weight", "shared_head.head.weight"})
+          if (take(layer_name(n, copy))) ++dropped_copies_;
+        prefix = mtp + "transformer_layer.";
+      } else {
+        continue;  // reported as unmapped below
+      }
+      CKPT_TRY(unpack_experts(n));
+      for (const auto& rule : kLayerRules) {
+        if (rule.mcore.find("layer_norm_weight") != std::string_view::npos) continue;
+        if (rule.mcore.find("{e}") == std::string_view::npos) {
+          CKPT_TRY(apply(rule, n, prefix, std::nullopt));
+          continue;
+        }
+        for (std::int64_t e : experts_of(n)) CKPT_TRY(apply(rule, n, prefix, e));
+      }
+    }
+    return {};
+  }
+
+  std::vector<LogicalTensor>& outputs() { return outputs_; }
+  const std::map<std::string, LogicalTensor>& left() const { return by_name_; }
+  const std::set<std::string>& hf_names() const { return hf_names_; }
+  const std::set<std::int64_t>& mtp_layers() const { return mtp_layers_; }
+  bool packed_input() const { return packed_input_; }
+  std::vector<std::string>& notes() { return notes_; }
+  std::int64_t dropped_copies() const { return dropped_copies_; }
+
+ private:
+  static std::string layer_name(std::int64_t layer, std::string_view hf) {
+    return "model.layers." + std::to_string(layer) + "." + std::string(hf);
+  }
+
+  std::string fill(std::string_view pattern, std::optional<std::int64_t> expert) const {
+    std::string text(pattern);
+    text = replace_all(std::move(text), "{moe}", family_.moe);
+    text = replace_all(std::move(text), "{eg}", family_.expert[0]);
+    text = replace_all(std::move(text), "{eu}", family_.expert[1]);
+    text = replace_all(std::move(text), "{ed}", family_.expert[2]);
+    text = replace_all(std::move(text), "{shared}", family_.shared);
+    text = replace_all(std::move(text), "{qnorm}",
+                       family_.mla ? "self_attn.q_a_layernorm.weight" : "self_attn.q_norm.weight");
+    if (expert) text = replace_all(std::move(text), "{e}", std::to_string(*expert));
+    return text;
+  }
+
+  std::optional<LogicalTensor> take(const std::string& name) {
+    auto it = by_name_.find(name);
+    if (it == by_name_.end()) return std::nullopt;
+    hf_names_.insert(name);
+    LogicalTensor t = std::move(it->second);
+    by_name_.erase(it);
+    return t;
+  }
+
+  std::int64_t last_layer() const {
+    std::int64_t last = -1;
+    for (const auto& [name, t] : by_name_)
+      if (name.starts_with("model.layers."))
+        if (auto n = megatron_key_number(std::string_view(name).substr(13)))
+          last = std::max(last, n->first);
+    return last;
+  }
+
+  std::set<std::int64_t> experts_of(std::int64_t layer) const {
+    std::set<std::int64_t> experts;
+    std::string prefix = layer_name(layer, std::string(family_.moe) + ".experts.");
+    for (auto it = by_name_.lower_bound(prefix);
+         it != by_name_.end() && it->first.starts_with(prefix); ++it)
+      if (auto e = megatron_key_number(std::string_view(it->first).substr(prefix.size())))
+        experts.insert(e->first);
+    return experts;
+  }
+
+  // transformers 5's packed experts (mlp.experts.gate_up_proj [E, 2F, H], down_proj [E, H, F])
+  // as the per-expert tensors the hub's models hold, so that one set of rules maps both.
+  Status unpack_experts(std::int64_t layer) {
+    auto gate_up = take(layer_name(layer, "mlp.experts.gate_up_proj"));
+    auto down = take(layer_name(layer, "mlp.experts.down_proj"));
+    if (!gate_up && !down) return {};
+    if (!gate_up || !down || gate_up->shape.size() != 3 || down->shape.size() != 3 ||
+        gate_up->shape[0] != down->shape[0])
+      return invalid_input("layer " + std::to_string(layer) +
+                           ": packed experts need gate_up_proj [E, 2F, H] and down_proj [E, H, F]");
+    packed_input_ = true;
+    for (std::int64_t e = 0; e < gate_up->shape[0]; ++e) {
+      std::string expert = std::string(family_.moe) + ".experts." + std::to_string(e) + ".";
+      LogicalTensor fc1 = select(*gate_up, 0, e);
+      std::int64_t half = fc1.shape[0] / 2;
+      LogicalTensor g = narrow(fc1, 0, 0, half), u = narrow(fc1, 0, half, half);
+      g.name = layer_name(layer, expert + std::string(family_.expert[0]) + ".weight");
+      u.name = layer_name(layer, expert + std::string(family_.expert[1]) + ".weight");
+      LogicalTensor d = select(*down, 0, e);
+      d.name = layer_name(layer, expert + std::string(family_.expert[2]) + ".weight");
+      for (auto* t : {&g, &u, &d}) by_name_.emplace(t->name, std::move(*t));
+    }
+    return {};
+  }
+
+  Status apply(const Rule& rule, std::int64_t layer, const std::string& prefix,
+               std::optional<std::int64_t> expert) {
+    std::vector<std::string> names;
+    for (auto hf : rule.hf)
+      if (!hf.empty()) names.push_back(layer_name(layer, fill(hf, expert)));
+    for (const auto& name : names)
+      if (!by_name_.count(name)) return {};
+    std::vector<LogicalTensor> parts;
+    for (const auto& name : names) parts.push_back(*take(name));
+    std::string mcore = prefix + std::string(rule.mcore);
+    if (expert) mcore = replace_all(std::move(mcore), "{e}", std::to_string(*expert));
+    switch (rule.op) {
+      case Op::kCopy:
+        add(std::move(parts[0]), std::move(mcore));
+        return {};
+      case Op::kGateUp: {
+        if (parts[0].shape != parts[1].shape)
+          return shape_error(parts[1], "differs from " + parts[0].name + " " +
+                                           shape_text(parts[0].shape) + " (gate and up halves)");
+        CKPT_ASSIGN_OR_RETURN(LogicalTensor fc1, concat(parts, 0, mcore));
+        outputs_.push_back(std::move(fc1));
+        return {};
+      }
+      case Op::kQkv:
+        return join_qkv(parts, std::move(mcore));
+    }
+    return {};
+  }
+
+  // q [nh*d, ...], k [ng*d, ...], v [ng*d, ...] -> [ng * (nh/ng + 2) * d, ...] (§3b).
+  Status join_qkv(std::vector<LogicalTensor>& parts, std::string name) {
+    std::int64_t heads = text_.num_attention_heads.value_or(0);
+    std::int64_t groups = text_.num_key_value_heads.value_or(heads);
+    std::int64_t hidden = text_.hidden_size.value_or(0);
+    std::int64_t dim = text_.head_dim.value_or(heads ? hidden / heads : 0);
+    if (heads <= 0 || groups <= 0 || dim <= 0 || heads % groups)
+      return shape_error(parts[0], "config.json gives " + std::to_string(heads) + " heads, " +
+                                       std::to_string(groups) + " key-value heads, head_dim " +
+                                       std::to_string(dim) + ": not a grouped-query layout");
+    const std::int64_t rows[] = {heads * dim, groups * dim, groups * dim};
+    for (int i = 0; i < 3; ++i)
+      if (parts[i].shape.empty() || parts[i].shape[0] != rows[i])
+        return shape_error(parts[i], "config.json's " + std::to_string(heads) + " heads, " +
+                                         std::to_string(groups) + " key-value heads of head_dim " +
+                                         std::to_string(dim) + " need " + std::to_string(rows[i]) +
+                                         " rows");
+    std::vector<LogicalTensor> grouped;
+    const std::int64_t per_group[] = {heads / groups * dim, dim, dim};
+    for (int i = 0; i < 3; ++i) {
+      std::int64_t sizes[] = {groups, per_group[i]};
+      CKPT_ASSIGN_OR_RETURN(LogicalTensor g, unflatten(parts[i], 0, sizes));
+      grouped.push_back(std::move(g));
+    }
+    CKPT_ASSIGN_OR_RETURN(LogicalTensor joined, concat(grouped, 1, name));
+    CKPT_ASSIGN_OR_RETURN(joined, flatten(joined, 0, 1));
+    joined.name = std::move(name);
+    outputs_.push_back(std::move(joined));
+    return {};
+  }
+
+  // Megatron's vocabulary padding (§3d): zero rows up to the padded size.
+  Status padded(LogicalTensor t, std::string name) {
+    if (t.shape.size() != 2) return shape_error(t, "not a [vocab, hidden] matrix");
+    if (text_.vocab_size && t.shape[0] != *text_.vocab_size)
+      return shape_error(t, "config.json's vocab_size is " + std::to_string(*text_.vocab_size));
+    if (padded_vocab_ > t.shape[0]) {
+      padded_rows_ = padded_vocab_ - t.shape[0];
+      LogicalTensor pad = zeros(name, t.source_dtype, Shape{padded_rows_, t.shape[1]});
+      pad.dtype = t.dtype;
+      std::vector<LogicalTensor> parts{std::move(t), std::move(pad)};
+      CKPT_ASSIGN_OR_RETURN(t, concat(parts, 0, name));
+    }
+    add(std::move(t), std::move(name));
+    return {};
+  }
+
+  void add(LogicalTensor t, std::string name) {
+    t.name = std::move(name);
+    outputs_.push_back(std::move(t));
+  }
+
+  Error shape_error(const LogicalTensor& t, const std::string& what) const {
+    return invalid_input("'" + t.name + "' " + shape_text(t.shape) + ": " + what + " (" +
+                         config_.path.string() + ")");
+  }
+
+  const Family& family_;
+  const HfConfig& config_;
+  const HfTextConfig& text_;
+  std::int64_t padded_vocab_;
+  std::map<std::string, LogicalTensor> by_name_;  // not mapped yet
+  std::set<std::string> hf_names_;                // mapped
+  std::vector<LogicalTensor> outputs_;
+  std::set<std::int64_t> mtp_layers_;
+  std::vector<std::string> notes_;
+  std::int64_t dropped_copies_ = 0;
+  std::int64_t padded_rows_ = 0;
+  bool packed_input_ = false;
+
+ public:
+  std::int64_t padded_rows() const { return padded_rows_; }
+};
+
 }  // namespace
+
+Result<SourceTensors> map_hf_to_megatron(SourceTensors hf, const HfConfig& config,
+                                         std::int64_t padded_vocab) {
+  const Family* family = family_of(config.model_type());
+  if (!family || family->vision)
+    return unsupported(
+        config.path.string() + ": model_type '" + config.model_type() +
+        "' has no Hugging Face -> Megatron table (there are: " + megatron_family_names() +
+        (family ? "; vision-language models not yet" : "") + ")");
+  for (auto& t : hf.tensors)
+    if (t.name.ends_with(".rotary_emb.inv_freq")) t.name.clear();  // recomputed, never loaded
+  std::erase_if(hf.tensors, [](const LogicalTensor& t) { return t.name.empty(); });
+  ReverseMapper mapper(*family, config, padded_vocab);
+  CKPT_TRY(mapper.run(std::move(hf.tensors)));
+  if (!mapper.left().empty()) {
+    std::vector<std::string> names;
+    for (const auto& [name, t] : mapper.left()) names.push_back(name);
+    return invalid_input("no rule of the " + std::string(family->name) +
+                         " table maps these Hugging Face tensors to megatron-core (nothing is "
+                         "dropped silently): " +
+                         list_names(names));
+  }
+  // What config.json's architecture needs; a tied model needs no lm_head
+  MegatronMapOptions options;
+  // (packed experts were read as the per-expert tensors they hold).
+  auto missing = missing_names(*family, config, options, mapper.mtp_layers(), mapper.hf_names());
+  if (!missing.empty())
+    return invalid_input("the Hugging Face model lacks what " + config.path.string() + " (" +
+                         config.model_type() + ") needs: " + list_names(missing));
+  SourceTensors out;
+  out.inputs = std::move(hf.inputs);
+  out.tensors = std::move(mapper.outputs());
+  out.notes.push_back("family " + std::string(family->name) + ": " +
+                      std::to_string(mapper.hf_names().size()) +
+                      " Hugging Face tensors mapped to " + std::to_string(out.tensors.size()) +
+                      " megatron-core tensors, 0 unmapped");
+  if (mapper.packed_input())
+    out.notes.push_back("experts read from transformers 5's packed tensors");
+  if (mapper.padded_rows())
+    out.notes.push_back("vocab padded with " + std::to_string(mapper.padded_rows()) +
+                        " zero rows to " + std::to_string(padded_vocab) + " (as Megatron pads)");
+  if (mapper.dropped_copies())
+    out.notes.push_back(
+        "MTP layers' copies of the embedding and head left out (megatron-core "
+        "shares the model's)");
+  for (auto& n : mapper.notes()) out.notes.push_back(std::move(n));
+  return out;
+}
 
 std::string megatron_family_names() {
   std::string names;

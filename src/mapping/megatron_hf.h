@@ -50,4 +50,15 @@ std::string megatron_family_names();
 Result<SourceTensors> map_megatron_to_hf(SourceTensors source, const HfConfig& config,
                                          const MegatronMapOptions& options);
 
+// The reverse: the tensors of a Hugging Face model (Hugging Face names, per-expert or
+// transformers 5's packed experts) as megatron-core's canonical global tensors: one per layer and
+// per expert, named as formats/megatron_checkpoint.h names what it reads (decoder.layers.{i}.*,
+// decoder.layers.{i}.mlp.experts.{e}.linear_fc1.weight, mtp.layers.{k}.transformer_layer.*), the
+// norms under the local spec's module names (input_layernorm, pre_mlp_layernorm, q_layernorm,
+// kv_layernorm), the embedding and output rows zero-padded to `padded_vocab` (0: as they are).
+// Errors: an unknown family, Hugging Face tensors no rule maps (listed), tensors config.json's
+// architecture needs that the model lacks, shapes that disagree with config.json.
+Result<SourceTensors> map_hf_to_megatron(SourceTensors hf, const HfConfig& config,
+                                         std::int64_t padded_vocab);
+
 }  // namespace ckptstream

@@ -187,6 +187,13 @@ class PickleBuilder {
   PickleBuilder(const std::vector<TorchWriteTensor>& tensors, const std::vector<TensorFacts>& facts)
       : tensors_(tensors), facts_(facts), keys_(tensors.size()) {}
 
+  std::string build(const TorchObject& root) {
+    p_.proto();
+    object(root);
+    p_.stop();
+    return p_.take();
+  }
+
   std::string build(const DictNode& root, bool ordered_dict) {
     p_.proto();
     if (ordered_dict) {
@@ -203,6 +210,13 @@ class PickleBuilder {
   }
 
   // Storage keys, per tensor, in the order the pickle met them.
+  // Tensors a root object met more than once, or never (empty: each once).
+  std::string reference_problem() const {
+    for (std::size_t t = 0; t < keys_.size(); ++t)
+      if (keys_[t].empty()) return "tensor " + std::to_string(t) + " is not in the saved object";
+    return duplicate_;
+  }
+
   std::vector<std::string> take_keys() { return std::move(keys_); }
 
  private:
@@ -224,6 +238,89 @@ class PickleBuilder {
         }
       }
       p_.op(n > 1 ? pickle::opcode::kSetItems : pickle::opcode::kSetItem);
+    }
+  }
+
+  // CPython's save() for the kinds of TorchObject (protocol 2).
+  void object(const TorchObject& o) {
+    using K = TorchObject::Kind;
+    switch (o.kind) {
+      case K::kNone:
+        p_.none();
+        return;
+      case K::kBool:
+        p_.boolean(o.boolean);
+        return;
+      case K::kInt:
+        p_.integer(o.integer);
+        return;
+      case K::kFloat:
+        p_.floating(o.real);
+        return;
+      case K::kString:
+        p_.string(o.text);
+        return;
+      case K::kGlobal: {
+        auto space = o.text.find(' ');
+        p_.global(o.text.substr(0, space),
+                  space == std::string::npos ? "" : o.text.substr(space + 1));
+        return;
+      }
+      case K::kTensor:
+        if (o.tensor >= tensors_.size()) {
+          duplicate_ = "a reference to tensor " + std::to_string(o.tensor) + " of " +
+                       std::to_string(tensors_.size());
+          p_.none();
+          return;
+        }
+        if (!keys_[o.tensor].empty())
+          duplicate_ = "tensor " + std::to_string(o.tensor) + " is met twice in the saved object";
+        tensor(o.tensor);
+        return;
+      case K::kList: {
+        p_.empty_list();
+        std::size_t n = o.items.size();
+        for (std::size_t begin = 0; begin < n; begin += 1000) {
+          std::size_t count = std::min<std::size_t>(1000, n - begin);
+          if (count > 1) p_.mark();
+          for (std::size_t i = begin; i < begin + count; ++i) object(o.items[i]);
+          p_.op(count > 1 ? pickle::opcode::kAppends : pickle::opcode::kAppend);
+        }
+        return;
+      }
+      case K::kOrderedDict:
+        p_.global("collections", "OrderedDict");
+        p_.op(pickle::opcode::kEmptyTuple);
+        p_.op(pickle::opcode::kReduce);
+        p_.put();
+        entries(o);
+        return;
+      case K::kDict:
+        p_.empty_dict();
+        entries(o);
+        return;
+      case K::kNamespace:
+        p_.global("argparse", "Namespace");
+        p_.op(pickle::opcode::kEmptyTuple);
+        p_.op(pickle::opcode::kNewObj);
+        p_.put();
+        p_.empty_dict();
+        entries(o);
+        p_.op(pickle::opcode::kBuild);
+        return;
+    }
+  }
+
+  void entries(const TorchObject& o) {
+    std::size_t n = o.entries.size();
+    for (std::size_t begin = 0; begin < n; begin += 1000) {
+      std::size_t count = std::min<std::size_t>(1000, n - begin);
+      if (count > 1) p_.mark();
+      for (std::size_t i = begin; i < begin + count; ++i) {
+        p_.string(o.entries[i].first);
+        object(o.entries[i].second);
+      }
+      p_.op(count > 1 ? pickle::opcode::kSetItems : pickle::opcode::kSetItem);
     }
   }
 
@@ -269,6 +366,7 @@ class PickleBuilder {
   const std::vector<TorchWriteTensor>& tensors_;
   const std::vector<TensorFacts>& facts_;
   std::vector<std::string> keys_;
+  std::string duplicate_;
   std::size_t next_key_ = 0;
   pickle::Pickler p_;
 };
@@ -321,13 +419,17 @@ Result<TorchZipLayout> plan_torch_zip(const std::vector<TorchWriteTensor>& tenso
     CKPT_ASSIGN_OR_RETURN(auto f, tensor_facts(tensor));
     facts.push_back(std::move(f));
   }
-  CKPT_ASSIGN_OR_RETURN(DictNode root, build_tree(tensors));
-
   TorchZipLayout layout;
   layout.prefix = options.prefix;
   layout.serialization_id = options.serialization_id;
   PickleBuilder builder(tensors, facts);
-  layout.pickle = builder.build(root, options.ordered_dict);
+  if (options.root) {
+    layout.pickle = builder.build(*options.root);
+    if (auto problem = builder.reference_problem(); !problem.empty()) return invalid_input(problem);
+  } else {
+    CKPT_ASSIGN_OR_RETURN(DictNode root, build_tree(tensors));
+    layout.pickle = builder.build(root, options.ordered_dict);
+  }
   layout.tensor_key = builder.take_keys();
 
   // Record order of torch 2.6: data.pkl, byteorder, data/<keys in string order>, version, id.
@@ -606,6 +708,76 @@ class TorchZipFraming final : public FileFraming {
 };
 
 }  // namespace
+
+std::string torch_zip_bytes(const TorchZipLayout& layout) {
+  return TorchZipFraming(layout).header();
+}
+
+TorchZipFrames::TorchZipFrames(TorchZipLayout layout)
+    : framing_(std::make_shared<TorchZipFraming>(std::move(layout))) {}
+TorchZipFrames::~TorchZipFrames() = default;
+const TorchZipLayout& TorchZipFrames::layout() const {
+  return static_cast<const TorchZipFraming&>(*framing_).layout();
+}
+std::size_t TorchZipFrames::tensors() const {
+  return static_cast<const TorchZipFraming&>(*framing_).tensors();
+}
+std::string TorchZipFrames::header() const {
+  return static_cast<const TorchZipFraming&>(*framing_).header();
+}
+std::string TorchZipFrames::after_tensor(std::size_t index,
+                                         std::span<const WrittenTensor> written) const {
+  return framing_->after_tensor(index, written);
+}
+std::uint64_t TorchZipFrames::tail_bytes() const {
+  return static_cast<const TorchZipFraming&>(*framing_).tail_bytes();
+}
+
+TorchObject TorchObject::of(bool value) {
+  TorchObject o;
+  o.kind = Kind::kBool;
+  o.boolean = value;
+  return o;
+}
+TorchObject TorchObject::of(std::int64_t value) {
+  TorchObject o;
+  o.kind = Kind::kInt;
+  o.integer = value;
+  return o;
+}
+TorchObject TorchObject::of(double value) {
+  TorchObject o;
+  o.kind = Kind::kFloat;
+  o.real = value;
+  return o;
+}
+TorchObject TorchObject::of(std::string value) {
+  TorchObject o;
+  o.kind = Kind::kString;
+  o.text = std::move(value);
+  return o;
+}
+TorchObject TorchObject::global(std::string module_and_name) {
+  TorchObject o;
+  o.kind = Kind::kGlobal;
+  o.text = std::move(module_and_name);
+  return o;
+}
+TorchObject TorchObject::tensor_at(std::size_t index) {
+  TorchObject o;
+  o.kind = Kind::kTensor;
+  o.tensor = index;
+  return o;
+}
+TorchObject TorchObject::container(Kind kind) {
+  TorchObject o;
+  o.kind = kind;
+  return o;
+}
+TorchObject& TorchObject::set(std::string key, TorchObject value) {
+  entries.emplace_back(std::move(key), std::move(value));
+  return entries.back().second;
+}
 
 Result<OutputFile> torch_zip_output_file(std::string name, TorchZipLayout layout,
                                          std::vector<LogicalTensor> tensors) {

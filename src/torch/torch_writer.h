@@ -40,6 +40,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -61,10 +63,52 @@ struct TorchWriteTensor {
   Shape shape;
 };
 
+// A Python object saved around the tensors, for files that hold more than a dict of tensors
+// (Megatron's model_optim_rng.pt: args as an argparse.Namespace, floats, nested OrderedDicts; a
+// DCP chunk: one bare tensor; a ShardedObject: a list). Pickled as CPython's pickler does at
+// protocol 2: a Namespace as NEWOBJ of argparse.Namespace then BUILD with its attribute dict.
+struct TorchObject {
+  enum class Kind {
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kOrderedDict,
+    kNamespace,
+    kGlobal,
+    kTensor
+  };
+  Kind kind = Kind::kNone;
+  bool boolean = false;
+  std::int64_t integer = 0;
+  double real = 0;
+  std::string text;  // kString; kGlobal: "module name" ("torch bfloat16")
+  std::vector<std::pair<std::string, TorchObject>> entries;  // dicts and Namespace attributes
+  std::vector<TorchObject> items;                            // kList
+  std::size_t tensor = 0;  // kTensor: an index into plan_torch_zip's tensors (each met once)
+
+  static TorchObject none() { return {}; }
+  static TorchObject of(bool value);
+  static TorchObject of(std::int64_t value);
+  static TorchObject of(double value);
+  static TorchObject of(std::string value);
+  static TorchObject global(std::string module_and_name);
+  static TorchObject tensor_at(std::size_t index);
+  static TorchObject container(Kind kind);  // an empty list, dict, OrderedDict or Namespace
+  // Adds `value` under `key` (dicts, Namespace) and returns it.
+  TorchObject& set(std::string key, TorchObject value);
+};
+
 struct TorchWriteOptions {
   // The root container: dcp_to_torch_save saves a plain dict; a state_dict() is an OrderedDict
   // (saved without its _metadata attribute). Nested dicts are always plain dicts.
   bool ordered_dict = false;
+  // When set, the saved object, whose tensors are TorchObject::tensor_at references (their
+  // paths are then unused); otherwise the dict the tensors' paths make.
+  std::optional<TorchObject> root;
   std::string prefix = "archive";  // the archive's directory name (torch_archive_name)
   bool serialization_id = true;    // write .data/serialization_id as torch 2.6 does
 };
@@ -113,6 +157,28 @@ Result<TorchZipLayout> plan_torch_zip(const std::vector<TorchWriteTensor>& tenso
 std::string torch_zip_local_header(const TorchZipLayout& layout, const TorchZipRecord& record);
 std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZipRecord& record,
                                     std::uint32_t crc);
+
+// The bytes of an archive that holds no tensor (a pickled object only): a whole torch.save file.
+std::string torch_zip_bytes(const TorchZipLayout& layout);
+
+// The bytes of an archive around its tensors' data, for a file that embeds archives among other
+// bytes (a DCP .distcp file is a sequence of torch.save archives): everything before the first
+// tensor's data, the bytes after tensor `index`'s data (its data descriptor, then the next
+// tensor's local header, or after the last tensor the closing records and central directory,
+// which depend on the CRC-32s in `written`), and how many bytes come after the last tensor.
+class TorchZipFrames {
+ public:
+  explicit TorchZipFrames(TorchZipLayout layout);
+  ~TorchZipFrames();
+  const TorchZipLayout& layout() const;
+  std::size_t tensors() const;
+  std::string header() const;
+  std::string after_tensor(std::size_t index, std::span<const WrittenTensor> written) const;
+  std::uint64_t tail_bytes() const;
+
+ private:
+  std::shared_ptr<const FileFraming> framing_;
+};
 
 // The archive as an output file of a plan (plan.h), written by the executor like any other:
 // `tensors` (in plan_torch_zip's input order, each holding its record's bytes) are placed at
