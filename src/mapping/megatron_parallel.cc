@@ -365,7 +365,8 @@ class Layouter {
             if (data.shape.empty()) return invalid_input("'" + t.name + "': a 0-d layer parameter");
             CKPT_ASSIGN_OR_RETURN(data, unflatten(data, 0, sizes));
           }
-          data.name = key;
+          // Names in plans and manifests are unique per file: the chunk's box says which.
+          data.name = key + "@" + join(chunk_offsets);
           out.push_back(MegatronPiece{key, global, chunk_offsets, std::move(data)});
         }
       }

@@ -64,7 +64,6 @@ TorchObject megatron_args(const HfTextConfig& text, const MegatronWriteOptions& 
   args.set("swiglu", TorchObject::of(true));
   args.set("normalization", TorchObject::of(std::string("RMSNorm")));
   args.set("position_embedding_type", TorchObject::of(std::string("rope")));
-  args.set("add_position_embedding", TorchObject::of(false));
   args.set("untie_embeddings_and_output_weights", TorchObject::of(!tied));
   args.set("make_vocab_size_divisible_by", TorchObject::of(options.vocab_divisor));
   args.set("padded_vocab_size", TorchObject::of(vocab_rows));
@@ -143,6 +142,8 @@ Result<std::vector<OutputFile>> legacy_files(MegatronRankLayout& layout, const T
       for (auto& piece : rank_file.models[v]) {
         model.set(piece.key, TorchObject::tensor_at(tensors.size()));
         tensors.push_back({{piece.key}, piece.data.dtype, piece.data.shape});
+        // VPP chunks number their layers locally: the chunk keeps names unique in the file.
+        piece.data.name = chunks > 1 ? "model" + std::to_string(v) + "/" + piece.key : piece.key;
         data.push_back(std::move(piece.data));
       }
       for (const auto& name : rank_file.extra_states[v]) model.set(name, TorchObject::none());
@@ -163,7 +164,8 @@ Result<std::vector<OutputFile>> legacy_files(MegatronRankLayout& layout, const T
 
 Result<MergePlan> plan_hf_to_megatron(const fs::path& hf_dir, const MegatronWriteOptions& options) {
   fs::path config_json = hf_dir / "config.json";
-  if (!regular_file_exists(config_json))
+  CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(config_json));
+  if (!has_config)
     return usage_error(hf_dir.string() +
                        ": no config.json (a Hugging Face model directory is needed: its "
                        "architecture decides the Megatron names)");

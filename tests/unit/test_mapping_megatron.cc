@@ -199,3 +199,51 @@ TEST_CASE("experts, routers and shared experts named per family") {
   CHECK(q.error().message.find("model.layers.0.mlp.experts.2.gate_proj.weight") !=
         std::string::npos);
 }
+
+TEST_CASE("Hugging Face -> megatron-core is the table run backwards: rows come back in place") {
+  TempDir dir("megatron_map");
+  auto config = config_of(dir, kLlama);
+  auto hf = map_megatron_to_hf(dense_model(4, 2, 1, 8, 3, false), config, {});
+  REQUIRE(hf.ok());
+  auto back = map_hf_to_megatron(*hf, config, 8);
+  REQUIRE(back.ok());
+  auto t = by_name(*back);
+  // QKV re-interleaved per query group and [gate; up] rejoined: the original rows, in order.
+  CHECK(source_rows(t.at("decoder.layers.1.self_attention.linear_qkv.weight")) ==
+        std::vector<std::int64_t>{0, 1, 2, 3, 4, 5, 6, 7});
+  CHECK(source_rows(t.at("decoder.layers.0.mlp.linear_fc1.weight")) ==
+        std::vector<std::int64_t>{0, 1, 2, 3, 4, 5});
+  // The vocabulary padded again: 5 rows read, 3 zero rows read from nowhere.
+  const LogicalTensor& embed = t.at("embedding.word_embeddings.weight");
+  CHECK(embed.shape == Shape{8, 2});
+  std::int64_t zero_rows = 0;
+  for (const auto& f : embed.fragments)
+    if (f.source.zeros) zero_rows += f.source.shape[0];
+  CHECK(zero_rows == 3);
+  // Norms under the local spec's module names (the writer renames them per spec).
+  CHECK(t.count("decoder.layers.0.input_layernorm.weight"));
+  CHECK(t.count("decoder.layers.0.pre_mlp_layernorm.weight"));
+  CHECK(t.size() == hf->tensors.size() - 2 * 3);  // per layer q, k, v -> qkv; gate, up -> fc1
+
+  // Completeness: a tensor no rule maps, one config.json needs that is missing.
+  auto extra = *hf;
+  extra.tensors.push_back(rows_tensor("model.layers.0.mystery.weight", 2));
+  auto unmapped = map_hf_to_megatron(extra, config, 8);
+  REQUIRE_FALSE(unmapped.ok());
+  CHECK(unmapped.error().message.find("model.layers.0.mystery.weight") != std::string::npos);
+  auto lacking = *hf;
+  std::erase_if(lacking.tensors, [](const LogicalTensor& x) {
+    return x.name == "model.layers.1.self_attn.o_proj.weight";
+  });
+  auto missing = map_hf_to_megatron(lacking, config, 8);
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.error().message.find("model.layers.1.self_attn.o_proj.weight") !=
+        std::string::npos);
+  // A k_proj of the wrong size for config.json's groups.
+  auto wrong = *hf;
+  for (auto& x : wrong.tensors)
+    if (x.name == "model.layers.0.self_attn.k_proj.weight") x = rows_tensor(x.name, 3);
+  auto shape = map_hf_to_megatron(wrong, config, 8);
+  REQUIRE_FALSE(shape.ok());
+  CHECK(shape.error().message.find("need 2 rows") != std::string::npos);
+}
