@@ -190,8 +190,19 @@ Status check_tensor(const LogicalTensor& tensor, std::span<const InputFile> inpu
     auto fragment_fail = [&](const Error& error) {
       return fail(error.with_context("fragment " + std::to_string(i)));
     };
-    if (fragment.source.dtype != tensor.source_dtype)
+    if (const auto& scale = fragment.source.block_scale) {
+      if (tensor.source_dtype != DType::kF32 || element_size(fragment.source.dtype) != 1 ||
+          scale->weight_cols <= 0 || scale->block_rows <= 0 || scale->block_cols <= 0 ||
+          scale->grid_rows <= 0 || scale->grid_cols <= 0)
+        return fragment_fail(invalid_input("a block-scaled view must be 8-bit, read as float32"));
+      if (scale->input >= inputs.size() ||
+          scale->storage_begin +
+                  static_cast<std::uint64_t>(scale->grid_rows * scale->grid_cols) * 4 >
+              inputs[scale->input].size())
+        return fragment_fail(invalid_input("its block scales lie outside their file"));
+    } else if (fragment.source.dtype != tensor.source_dtype) {
       return fragment_fail(invalid_input("dtype differs from the tensor's source dtype"));
+    }
     if (auto status = check_view_shape(fragment, tensor.shape); !status.ok())
       return fragment_fail(status.error());
     if (auto status = check_view_bytes(fragment.source, inputs); !status.ok())

@@ -1,7 +1,10 @@
 #include "exec/tensor_writer.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "exec/dtype_convert.h"
 #include "exec/manifest.h"
@@ -84,7 +87,8 @@ TensorStream::TensorStream(const LogicalTensor& tensor, ExecContext& context)
 }
 
 std::uint64_t TensorStream::file_byte(const Source& source, std::int64_t element) const {
-  return source.fragment->source.storage_begin + static_cast<std::uint64_t>(element) * source_size_;
+  return source.fragment->source.storage_begin +
+         static_cast<std::uint64_t>(element) * element_size(source.fragment->source.dtype);
 }
 
 namespace {
@@ -226,6 +230,10 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
     std::int64_t last = source.geometry.count_before(end);
     if (first >= last) continue;
     const TensorRef& view = source.fragment->source;
+    if (view.block_scale) {
+      CKPT_TRY(gather_dequantized(source, first, last, begin, window));
+      continue;
+    }
     if (view.zeros) {
       source.geometry.for_each_line(first, last, [&](const Line& line) {
         auto at = [&](std::int64_t k) {
@@ -250,6 +258,68 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
     CKPT_TRY(gather.finish());
   }
   return {};
+}
+
+namespace {
+
+// float8_e4m3fn -> float32, exactly (every value is representable): sign, 4 exponent bits of
+// bias 7, 3 mantissa bits; exponent 0 is subnormal; S.1111.111 is NaN (no infinities).
+float e4m3fn_to_float(std::uint8_t bits) {
+  int exponent = (bits >> 3) & 0xF;
+  int mantissa = bits & 0x7;
+  float magnitude;
+  if (exponent == 0xF && mantissa == 0x7)
+    magnitude = std::numeric_limits<float>::quiet_NaN();
+  else if (exponent == 0)
+    magnitude = std::ldexp(static_cast<float>(mantissa), -9);  // m/8 * 2^-6
+  else
+    magnitude = std::ldexp(static_cast<float>(8 + mantissa), exponent - 10);  // (1 + m/8) 2^(e-7)
+  return bits & 0x80 ? -magnitude : magnitude;
+}
+
+}  // namespace
+
+Status TensorStream::gather_dequantized(const Source& source, std::int64_t first, std::int64_t last,
+                                        std::int64_t begin, std::byte* window) {
+  const TensorRef& view = source.fragment->source;
+  const BlockScaleRef& scale = *view.block_scale;
+  const InputFile& file = context_.inputs[view.input];
+  const std::vector<float>* grid = nullptr;
+  for (const auto& [ref, values] : scales_)
+    if (ref == &scale) grid = &values;
+  if (!grid) {
+    std::vector<float> values(static_cast<std::size_t>(scale.grid_rows * scale.grid_cols));
+    CKPT_TRY(context_.inputs[scale.input].read_at(scale.storage_begin,
+                                                  std::as_writable_bytes(std::span(values))));
+    scales_.emplace_back(&scale, std::move(values));
+    grid = &scales_.back().second;
+  }
+  static const std::array<float, 256> kValues = [] {
+    std::array<float, 256> table{};
+    for (int b = 0; b < 256; ++b) table[b] = e4m3fn_to_float(static_cast<std::uint8_t>(b));
+    return table;
+  }();
+  Status status;
+  source.geometry.for_each_line(first, last, [&](const Line& line) {
+    if (!status.ok()) return;
+    // The line's stored bytes: one read spanning it (contiguous lines are the rule).
+    std::uint64_t span = static_cast<std::uint64_t>((line.count - 1) * line.src_stride + 1);
+    stored_.resize(span);
+    status = file.read_at(view.storage_begin + static_cast<std::uint64_t>(line.src), stored_);
+    if (!status.ok()) return;
+    for (std::int64_t k = 0; k < line.count; ++k) {
+      std::int64_t s = line.src + k * line.src_stride;
+      std::int64_t row = s / scale.weight_cols, col = s % scale.weight_cols;
+      float factor = (*grid)[static_cast<std::size_t>((row / scale.block_rows) * scale.grid_cols +
+                                                      col / scale.block_cols)];
+      float value = kValues[static_cast<std::uint8_t>(
+                        stored_[static_cast<std::size_t>(k * line.src_stride)])] *
+                    factor;
+      std::memcpy(window + static_cast<std::size_t>(line.dst + k * line.dst_stride - begin) * 4,
+                  &value, 4);
+    }
+  });
+  return status;
 }
 
 // Drops input pages that will not be read again: for fragments read front to back, everything

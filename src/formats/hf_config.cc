@@ -1,5 +1,7 @@
 #include "formats/hf_config.h"
 
+#include <cctype>
+
 #include <simdjson.h>
 
 #include <string_view>
@@ -82,6 +84,35 @@ std::vector<std::string> remote_code_modules(element doc) {
   return modules;
 }
 
+// The end of the JSON value that starts at text[at] (after whitespace): strings with escapes,
+// nested objects and arrays, scalars up to the next ',' '}' or ']'.
+std::size_t json_value_end(std::string_view text, std::size_t at) {
+  int depth = 0;
+  bool in_string = false;
+  for (std::size_t i = at; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
+      if (!in_string && depth == 0) return i + 1;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      if (depth == 0) return i;
+      if (--depth == 0) return i + 1;
+    } else if (c == ',' && depth == 0) {
+      return i;
+    }
+  }
+  return text.size();
+}
+
 Result<HfConfig> parse_config(element doc) {
   if (!doc.is_object()) return invalid_input("not a JSON object");
   HfConfig config;
@@ -115,6 +146,25 @@ Result<HfConfig> parse_config(element doc) {
     if (status.ok()) status = read_optional(vision, "num_heads", v.num_heads);
     if (!status.ok()) return status.error().with_context("vision_config");
     config.vision_config = v;
+  }
+  element quantization;
+  if (!doc["quantization_config"].get(quantization) && quantization.is_object()) {
+    CKPT_TRY(read_string(quantization, "quant_method", config.quant_method));
+    simdjson::dom::array block;
+    if (!quantization["weight_block_size"].get(block)) {
+      std::vector<std::int64_t> sizes;
+      for (element e : block) {
+        std::int64_t v = 0;
+        if (e.get(v) || v <= 0)
+          return invalid_input(
+              "quantization_config.weight_block_size is not a list of positive "
+              "integers");
+        sizes.push_back(v);
+      }
+      if (sizes.size() != 2)
+        return invalid_input("quantization_config.weight_block_size needs [rows, columns]");
+      config.weight_block_size = {sizes[0], sizes[1]};
+    }
   }
   element text_config;
   if (!doc["text_config"].get(text_config) && text_config.is_object()) {
@@ -151,6 +201,41 @@ Result<HfConfig> read_hf_config(const std::filesystem::path& config_json) {
   if (!config) return config.error().with_context(config_json.string());
   config->path = config_json;
   return config;
+}
+
+Result<std::string> config_text_without(std::string_view text, std::string_view key) {
+  std::string quoted = "\"" + std::string(key) + "\"";
+  // Top-level keys only: walk the object's members at depth 1.
+  std::size_t open = text.find('{');
+  if (open == std::string_view::npos) return invalid_input("config.json is not a JSON object");
+  std::size_t i = open + 1;
+  std::size_t member_start = i;  // after '{' or the previous ','
+  while (i < text.size()) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    if (i >= text.size() || text[i] == '}') break;
+    std::size_t name_end = json_value_end(text, i);
+    std::string_view name = text.substr(i, name_end - i);
+    std::size_t colon = text.find(':', name_end);
+    if (colon == std::string_view::npos) return invalid_input("config.json: a key without value");
+    std::size_t value = colon + 1;
+    while (value < text.size() && std::isspace(static_cast<unsigned char>(text[value]))) ++value;
+    std::size_t value_end = json_value_end(text, value);
+    std::size_t next = value_end;
+    while (next < text.size() && std::isspace(static_cast<unsigned char>(text[next]))) ++next;
+    bool last = next >= text.size() || text[next] != ',';
+    if (name == quoted) {
+      std::string out(text);
+      if (!last) return out.erase(member_start, next + 1 - member_start);
+      // The last member: drop the comma before it instead.
+      std::size_t comma = text.rfind(',', member_start);
+      std::size_t from = comma != std::string_view::npos && comma > open ? comma : member_start;
+      return out.erase(from, value_end - from);
+    }
+    if (last) break;
+    i = next + 1;
+    member_start = i;
+  }
+  return std::string(text);
 }
 
 }  // namespace ckptstream

@@ -56,6 +56,10 @@ struct HfConfig {
   HfTextConfig top;  // the top-level keys
   std::optional<HfTextConfig> text_config;
   std::optional<HfVisionConfig> vision_config;
+  // "quantization_config": its quant_method ("fp8"), and for block-quantized weights (DeepSeek's
+  // fine-grained FP8) weight_block_size [rows, cols]. Empty / absent when not quantized.
+  std::string quant_method;
+  std::optional<std::pair<std::int64_t, std::int64_t>> weight_block_size;
 
   const std::string& model_type() const { return top.model_type; }
   // Top-level value, else text_config's.
@@ -65,6 +69,11 @@ struct HfConfig {
   // The language model's settings: text_config's when there is one, else the top level's.
   const HfTextConfig& language() const { return text_config ? *text_config : top; }
 };
+
+// config.json's text without its top-level key `key` (and that key's value): what a converted
+// model's config says once the conversion undid what the key describes ("quantization_config"
+// after dequantizing). The rest of the text is kept byte for byte. Errors: not a JSON object.
+Result<std::string> config_text_without(std::string_view text, std::string_view key);
 
 // Reads config.json. Errors name the file: unreadable, not a JSON object, or a known key with the
 // wrong JSON type (e.g. "num_local_experts": "8").

@@ -6,6 +6,7 @@
 #include "formats/hf_config.h"
 #include "formats/hf_safetensors.h"
 #include "io/input_file.h"
+#include "mapping/fp8_blocks.h"
 #include "mapping/megatron_hf.h"
 #include "pipeline/output_rules.h"
 #include "torch/torch_writer.h"
@@ -174,6 +175,15 @@ Result<MergePlan> plan_hf_to_megatron(const fs::path& hf_dir, const MegatronWrit
   CKPT_ASSIGN_OR_RETURN(SourceTensors hf, read_hf_source_tensors(hf_dir));
   CKPT_ASSIGN_OR_RETURN(DTypeChoice choice, parse_dtype_choice(options.dtype));
   CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, config));
+  // A Megatron checkpoint holds no FP8 scales: block-quantized weights are dequantized, to
+  // bfloat16 unless another dtype is asked for.
+  CKPT_ASSIGN_OR_RETURN(std::size_t quantized, count_block_fp8(hf));
+  std::vector<std::string> fp8_notes;
+  if (quantized) {
+    CKPT_TRY(dequantize_block_fp8(hf, config));
+    fp8_notes = hf.notes;
+    if (!float_dtype) float_dtype = DType::kBF16;
+  }
   set_output_dtypes(hf.tensors, float_dtype);
 
   const MegatronParallel& par = options.parallel;
@@ -200,7 +210,8 @@ Result<MergePlan> plan_hf_to_megatron(const fs::path& hf_dir, const MegatronWrit
   merge.layout =
       "Hugging Face model (" + config.model_type() + ") -> Megatron-Core " + layout.description;
   merge.config_json = config_json;
-  merge.notes = canonical.notes;
+  merge.notes = std::move(fp8_notes);
+  merge.notes.insert(merge.notes.end(), canonical.notes.begin(), canonical.notes.end());
   std::string prefix = options.flat ? "" : "release/";
   TorchObject args = megatron_args(text, options, vocab_rows, float_dtype, facts.tied_embeddings);
   Plan& plan = merge.model;

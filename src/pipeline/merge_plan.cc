@@ -1,5 +1,8 @@
 #include "pipeline/merge_plan.h"
 
+#include "formats/hf_safetensors.h"
+#include "mapping/fp8_blocks.h"
+
 #include <cstdio>
 #include <unordered_map>
 
@@ -190,10 +193,63 @@ Result<MergePlan> plan_merge(const fs::path& local_dir, const ConversionOptions&
   return plan_found(found, local_dir, options);
 }
 
+namespace {
+
+// A Hugging Face safetensors model directory converted to another (resharded, cast to another
+// dtype, block-quantized FP8 weights dequantized unless --dtype keep; then config.json loses
+// its quantization_config).
+Result<MergePlan> plan_safetensors_convert(const fs::path& dir, const ConversionOptions& options) {
+  CKPT_ASSIGN_OR_RETURN(SourceTensors source, read_hf_source_tensors(dir));
+  CKPT_ASSIGN_OR_RETURN(bool has_config, regular_file_exists(dir / "config.json"));
+  std::optional<fs::path> config_json;
+  if (has_config) config_json = dir / "config.json";
+  CKPT_ASSIGN_OR_RETURN(auto config, read_config_if_any(config_json));
+  CKPT_ASSIGN_OR_RETURN(auto dtype, output_dtype_choice(options));
+  CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(dtype, config));
+  CKPT_ASSIGN_OR_RETURN(std::size_t quantized, count_block_fp8(source));
+  MergePlan merge;
+  merge.layout = "Hugging Face safetensors model in " + dir.string();
+  CKPT_ASSIGN_OR_RETURN(merge.model.side_files, find_side_files(dir));
+  if (quantized && float_dtype) {
+    if (!config) return invalid_input(dir.string() + ": FP8 weights but no config.json");
+    CKPT_TRY(dequantize_block_fp8(source, *config));
+    CKPT_ASSIGN_OR_RETURN(std::string text, read_small_file(dir / "config.json"));
+    CKPT_ASSIGN_OR_RETURN(std::string without, config_text_without(text, "quantization_config"));
+    std::erase_if(merge.model.side_files,
+                  [](const SideFile& f) { return f.name == "config.json"; });
+    merge.model.text_files.push_back({"config.json", std::move(without)});
+    merge.notes.push_back(
+        "config.json written without its quantization_config (the weights "
+        "are dequantized)");
+  } else if (quantized) {
+    merge.notes.push_back(std::to_string(quantized) +
+                          " block-quantized float8_e4m3fn weights and their scales kept as they "
+                          "are (--dtype keep)");
+  }
+  set_output_dtypes(source.tensors, float_dtype);
+  merge.notes.insert(merge.notes.end(), source.notes.begin(), source.notes.end());
+  merge.config_json = config_json;
+  for (const auto& t : source.tensors) merge.tensor_order.push_back(t.name);
+  merge.model.inputs = std::move(source.inputs);
+  CKPT_TRY(
+      safetensors::plan_output(std::move(source.tensors), {options.max_shard_size}, merge.model));
+  return merge;
+}
+
+bool is_safetensors_model_dir(const fs::path& dir) {
+  std::error_code ec;
+  return fs::is_directory(dir, ec) && (fs::exists(dir / "model.safetensors", ec) ||
+                                       fs::exists(dir / std::string(kIndexFileName), ec));
+}
+
+}  // namespace
+
 Result<MergePlan> plan_convert(const std::vector<fs::path>& sources,
                                const ConversionOptions& options) {
   CKPT_TRY(check_options(options));
   std::error_code ec;
+  if (!options.as_saved && sources.size() == 1 && is_safetensors_model_dir(sources.front()))
+    return plan_safetensors_convert(sources.front(), options);
   if (options.as_saved && sources.size() == 1 && fs::is_directory(sources.front(), ec)) {
     CKPT_ASSIGN_OR_RETURN(auto found, detect_checkpoint(sources.front()));
     if (found) return plan_found(found, sources.front(), options);

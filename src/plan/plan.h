@@ -19,6 +19,22 @@ namespace ckptstream {
 
 using Shape = std::vector<std::int64_t>;
 
+// Block-quantized weights (DeepSeek's and Kimi's FP8 checkpoints): a [rows, cols] weight stored
+// in 8-bit floats, with one float32 scale per block of block_rows x block_cols (edge blocks
+// partial) in a [grid_rows, grid_cols] tensor of its own. A view of such a weight produces
+// float32 values float32(w) * scale[r / block_rows][c / block_cols], where (r, c) is the
+// element's place in the weight (its storage index s: r = s / weight_cols, c = s % weight_cols),
+// as torch computes `w.to(float32) * scale_expanded`; any view of the weight keeps that place.
+struct BlockScaleRef {
+  std::size_t input = 0;            // the scales' file (Plan::inputs)
+  std::uint64_t storage_begin = 0;  // byte offset of scale [0][0], row-major float32
+  std::int64_t grid_rows = 0;
+  std::int64_t grid_cols = 0;
+  std::int64_t weight_cols = 0;
+  std::int64_t block_rows = 128;
+  std::int64_t block_cols = 128;
+};
+
 // A strided view of a tensor whose storage lies in an input file. Shape, strides and offset are
 // in elements of `dtype`, exactly as torch records them (the storage may be larger than the view).
 struct TensorRef {
@@ -39,6 +55,9 @@ struct TensorRef {
   // plan/views.h zeros()). `input`, the storage and `offset` are unused; the executor writes
   // zeros and reads nothing.
   bool zeros = false;
+  // Stored block-quantized: the view produces float32 values (BlockScaleRef); `dtype` stays the
+  // stored one (float8_e4m3fn), the logical tensor's source dtype is float32.
+  std::shared_ptr<const BlockScaleRef> block_scale = nullptr;
 };
 
 // "This box of a source tensor lands at these offsets of a logical tensor": the source view's
