@@ -8,6 +8,7 @@
     gen_ckpt.py megatron-dist OUT --size 5GB [--tp 2] [--pp 2] [--dtype bf16|fp32]
     gen_ckpt.py megatron-moe OUT --size 5GB [--ep 8]          (Qwen3-MoE shapes, torch_dist)
     gen_ckpt.py megatron-deepseek OUT [--ep 8] [--layers 61]  (DeepSeek-V3 + MTP, sparse)
+    gen_ckpt.py deepseek-hf OUT [--layers 61] [--no-fp8]      (DeepSeek-V3 as published, sparse)
 
 fsdp: a verl FSDP2 actor directory (docs/formats/verl.md §1):
   model_world_size_W_rank_R.pt   torch.save zip of the rank's state dict, byte for byte as torch
@@ -41,6 +42,13 @@ megatron-dist: the same model as a Megatron-core dist_ckpt, torch_dist backend (
   Both: the data of each global tensor is a function of (--seed, its name) only (GlobalData), so
   the two layouts of one seed hold the same model at any TP/PP and validate_megatron.py recomputes
   every tensor.
+
+deepseek-hf: DeepSeek-V3 (671B) as deepseek-ai/DeepSeek-V3 publishes it on the hub: 163
+  model-000NN-of-000163.safetensors + model.safetensors.index.json + config.json, every linear
+  weight float8_e4m3fn with its float32 <name>_scale_inv [ceil(M/128), ceil(N/128)]
+  (quantization_config weight_block_size [128, 128]); embeddings, norms, routers, head bf16
+  (--no-fp8: all bf16). Every tensor's data is a hole: for `convert --to megatron --dry-run` at
+  scale, never to be converted for real.
 
 Sizes: a Qwen2.5 config (0.5B/1.5B/3B/7B/14B/32B shapes: hidden, intermediate, heads, vocab) is
 picked by the requested size and its layer count scaled so the tensor bytes match it (+-1 layer).
@@ -183,6 +191,60 @@ def deepseek_v3(layers=61):
         "max_position_embeddings": 163840,
     }
     return config, t
+
+
+def write_deepseek_hf(out, layers, fp8):
+    """The hub layout of DeepSeek-V3 (see the module doc), data as holes."""
+    import json
+    import struct
+    config, tensors = deepseek_v3(layers)
+    entries = []  # (name, dtype, shape, nbytes)
+    quantized = 0
+    for name, shape, kind in tensors:
+        if kind == "buffer":
+            entries.append((name, "F32", shape, numel(shape) * 4))
+            continue
+        linear = (len(shape) == 2 and name.endswith(".weight") and "embed_tokens" not in name
+                  and "lm_head" not in name and "mlp.gate.weight" not in name)
+        if fp8 and linear:
+            entries.append((name, "F8_E4M3", shape, numel(shape)))
+            grid = (-(-shape[0] // 128), -(-shape[1] // 128))
+            entries.append((name + "_scale_inv", "F32", grid, numel(grid) * 4))
+            quantized += 1
+        else:
+            entries.append((name, "BF16", shape, numel(shape) * 2))
+    files, current, size = [], [], 0
+    per_file = sum(e[3] for e in entries) // 163 + 1
+    for e in entries:
+        if current and size + e[3] > per_file:
+            files.append(current)
+            current, size = [], 0
+        current.append(e)
+        size += e[3]
+    files.append(current)
+    os.makedirs(out, exist_ok=True)
+    weight_map, total = {}, 0
+    for i, group in enumerate(files):
+        fname = f"model-{i + 1:05d}-of-{len(files):05d}.safetensors"
+        header, offset = {"__metadata__": {"format": "pt"}}, 0
+        for name, dtype, shape, nbytes in group:
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            weight_map[name] = fname
+            offset += nbytes
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        with open(os.path.join(out, fname), "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            f.truncate(8 + len(text) + offset)
+        total += offset
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if fp8:
+        config["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
+                                         "quant_method": "fp8", "weight_block_size": [128, 128]}
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return total, len(files), quantized
 
 
 def chunk_rows(n, w, r):
@@ -1338,7 +1400,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("layout", choices=["fsdp", "dcp", "deepseek", "megatron", "megatron-dist",
-                                       "megatron-moe", "megatron-deepseek"])
+                                       "megatron-moe", "megatron-deepseek", "deepseek-hf"])
     ap.add_argument("--ep", type=int, default=8, help="megatron-moe/-deepseek: expert-parallel size")
     ap.add_argument("out")
     ap.add_argument("--size", default="1GB", help="tensor bytes (decimal GB, or GiB)")
@@ -1358,10 +1420,17 @@ def main(argv=None):
     ap.add_argument("--dist-optim", action="store_true",
                     help="megatron: saved with the distributed optimizer (legacy files: each "
                          "stage's parameters are views into one DDP buffer storage)")
+    ap.add_argument("--no-fp8", dest="fp8", action="store_false",
+                    help="deepseek-hf: bf16 weights instead of the published FP8 ones")
     a = ap.parse_args(argv)
     t0 = time.time()
     if os.path.exists(a.out) and os.listdir(a.out):
         raise SystemExit(f"{a.out} exists and is not empty")
+    if a.layout == "deepseek-hf":
+        total, n_files, quantized = write_deepseek_hf(a.out, a.layers or 61, a.fp8)
+        print(f"done: {total} tensor bytes declared (holes) in {n_files} files, {quantized} "
+              f"FP8 weights, in {time.time() - t0:.1f} s")
+        return 0
     if a.layout in ("megatron-moe", "megatron-deepseek"):
         if a.layout == "megatron-deepseek":
             config, entries = mcore_moe_deepseek(a.layers or 61)

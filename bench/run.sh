@@ -12,14 +12,17 @@
 # to a CSV. Needs root (drop_caches; the oracle). Not part of ctest. See bench/README.md.
 #
 #   bench/run.sh [--bin PATH] [--dir /var/tmp/ckptstream-bench] [--sizes "1 5"] [--runs 3]
-#                [--world-size 8] [--dtype bf16|fp32] [--layout fsdp|dcp|megatron|megatron-dist]
-#                [--tp 2] [--pp 1] [--torch-max-gb 5]
+#                [--world-size 8] [--dtype bf16|fp32] [--layout fsdp|dcp|megatron|megatron-dist|
+#                 hf-megatron-dist|hf-megatron] [--tp 2] [--pp 1] [--torch-max-gb 5]
 #                [--no-torch] [--deepseek-world 16] [--no-deepseek] [--no-merge]
 #                [--caches "cold warm"] [--csv FILE] [--threads N] [--plan-timeout 120]
 #                [--baseline OLD_BINARY]
 # --baseline: another build's merge is measured right after this one's in each run, in the same
 # cache state (method "baseline"), so that a change is judged on figures of one run.
 # The DeepSeek checkpoint (2.2 GB on disk at W=16) is kept in --dir for reuse; delete it after.
+# hf-megatron-dist / hf-megatron: the other direction, `convert --to megatron` of a Hugging Face
+# model (Qwen2-shaped safetensors, made by merging a generated checkpoint) to a torch_dist /
+# legacy checkpoint at --tp x --pp; the limit and cp count the model's safetensors files.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin="${CKPTSTREAM_BIN:-$repo/build/ckptstream}"
@@ -134,21 +137,39 @@ if [ "$do_merge" = 1 ]; then
       megatron*) shape=(--tp "$tp" --pp "$pp") ;;
       *) shape=(--world-size "$world") ;;
     esac
-    echo "== ${size} GB: generating $layout ${shape[*]} $dtype in $ck"
-    python3 "$repo/bench/gen_ckpt.py" "$layout" "$ck" --size "${size}GB" "${shape[@]}" \
-      --dtype "$dtype" | tail -n 1
+    # What is timed: a merge of the checkpoint, or (hf-*) a convert of the Hugging Face model.
+    job=("$bin" merge --local_dir "$ck")
+    case "$layout" in
+      hf-megatron*)
+        echo "== ${size} GB: generating a Hugging Face model ($dtype) in $ck"
+        python3 "$repo/bench/gen_ckpt.py" megatron-dist "$ck-src" --size "${size}GB" --tp 1 \
+          --dtype "$dtype" | tail -n 1
+        "$bin" merge --local_dir "$ck-src" -o "$ck" --quiet "${thr[@]}"
+        rm -rf "$ck-src"
+        format=torch_dist
+        [ "$layout" = hf-megatron ] && format=torch
+        job=("$bin" convert --to megatron "$ck" --tp "$tp" --pp "$pp" --format "$format")
+        ;;
+      *)
+        echo "== ${size} GB: generating $layout ${shape[*]} $dtype in $ck"
+        python3 "$repo/bench/gen_ckpt.py" "$layout" "$ck" --size "${size}GB" "${shape[@]}" \
+          --dtype "$dtype" | tail -n 1
+        ;;
+    esac
     case "$layout" in
       fsdp) inputs=("$ck"/model_world_size_*.pt) ;;
       megatron) inputs=("$ck"/iter_*/mp_rank_*/model_optim_rng.pt) ;;
       megatron-dist) inputs=("$ck"/iter_*/__*.distcp) ;;
+      hf-megatron*) inputs=("$ck"/*.safetensors) ;;
       *) inputs=("$ck"/__*.distcp) ;;
     esac
     bytes_in=$(cat "${inputs[@]}" | wc -c)
-    # the output size, from one untimed merge
-    "$bin" merge --local_dir "$ck" -o "$work/out-probe" --quiet "${thr[@]}"
-    bytes_out=$(du -cb "$work/out-probe"/*.safetensors | tail -n 1 | cut -f1)
+    # the output size, from one untimed run
+    "${job[@]}" -o "$work/out-probe" --quiet "${thr[@]}"
+    bytes_out=$(find "$work/out-probe" -type f \( -name '*.safetensors' -o -name '*.distcp' -o \
+      -name '*.pt' \) -printf '%s\n' | awk '{s += $1} END {print s}')
     rm -rf "$work/out-probe"
-    echo "   inputs ${#inputs[@]} files, $bytes_in bytes; output $bytes_out bytes of safetensors; load $(loadavg)"
+    echo "   inputs ${#inputs[@]} files, $bytes_in bytes; output $bytes_out bytes of tensor files; load $(loadavg)"
     for cache in $caches; do
       for run in $(seq 1 "$runs"); do
         # limit = read the inputs + write the output's bytes durably, in the same cache state
@@ -165,7 +186,7 @@ if [ "$do_merge" = 1 ]; then
         rm -rf "$work/cp-out"
         prepare "$cache" "${inputs[@]}"
         measure "$size" "$cache" ckptstream "$run" "$bytes_in" "$bytes_out" -- \
-          "$bin" merge --local_dir "$ck" -o "$work/out-ck" --quiet "${thr[@]}"
+          "${job[@]}" -o "$work/out-ck" --quiet "${thr[@]}"
         rm -rf "$work/out-ck"
         if [ -n "$baseline" ]; then
           prepare "$cache" "${inputs[@]}"

@@ -60,6 +60,8 @@ struct ConvertArgs {
   std::filesystem::path hf_model_path;  // verl's converter spelling of the source
   std::filesystem::path output_path;    // ... and of the target
   bool use_cpu_initialization = false;  // accepted (no GPU is used)
+  bool dry_run = false;                 // --to megatron: print the plan, write nothing
+  bool json = false;                    // ... as JSON
   std::string dtype = "auto";
   std::string max_shard_size = "5GB";
   bool overwrite = false;

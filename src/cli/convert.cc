@@ -89,6 +89,10 @@ void add_convert(CLI::App& app, ConvertArgs& args) {
   cmd->add_option("--output_path,--output-path", args.output_path,
                   "verl's converter spelling of --target_dir")
       ->group(group);
+  cmd->add_flag("--dry-run,--dry_run", args.dry_run,
+                "print what would be written (files, tensor pieces, bytes), write nothing")
+      ->group(group);
+  cmd->add_flag("--json", args.json, "--dry-run as JSON (schema ckptstream.plan/1)")->group(group);
   cmd->add_flag("--use_cpu_initialization,--use-cpu-initialization", args.use_cpu_initialization,
                 "accepted for verl's converter; nothing runs on a GPU")
       ->group(group);
@@ -100,7 +104,7 @@ int run_convert_to_megatron(const ConvertArgs& args) {
   if (sources.size() != 1)
     return report_error(usage_error("--to megatron takes one Hugging Face model directory"));
   fs::path target = !args.output_path.empty() ? args.output_path : args.target_dir;
-  if (target.empty())
+  if (target.empty() && !args.dry_run)
     return report_error(usage_error("--target_dir (or --output_path) is required"));
   MegatronOptions megatron = args.megatron;
   megatron.dtype = args.dtype;
@@ -109,6 +113,14 @@ int run_convert_to_megatron(const ConvertArgs& args) {
   if (!args.quiet) {
     std::fprintf(stderr, "found: %s\n", plan->layout().c_str());
     for (const auto& note : plan->notes()) std::fprintf(stderr, "note: %s\n", note.c_str());
+  }
+  if (args.dry_run) {
+    auto sink = [](std::string_view text) { std::fwrite(text.data(), 1, text.size(), stdout); };
+    if (args.json)
+      plan->write_json(sink, false);
+    else
+      plan->write_text(sink, false);
+    return kExitOk;
   }
   ProgressBar bar("convert", args.quiet);
   WriteOptions options = write_options(args.dist, args.overwrite, args.quiet, "convert",

@@ -551,6 +551,16 @@ class ReverseMapper {
     if (auto e = take("model.embed_tokens.weight"))
       CKPT_TRY(padded(std::move(*e), "embedding.word_embeddings.weight"));
     if (auto n = take("model.norm.weight")) add(std::move(*n), "decoder.final_layernorm.weight");
+    // A value model (verl's critic, a token-classification model with one label): its score
+    // head is Megatron's one-row output layer, which has no bias and no vocabulary padding.
+    if (auto score = take("score.weight")) {
+      value_model_ = true;
+      add(std::move(*score), "output_layer.weight");
+      if (take("score.bias"))
+        notes_.push_back(
+            "score.bias left out: a Megatron value head has no bias (merge writes "
+            "zeros there)");
+    }
     if (auto head = take("lm_head.weight")) {
       if (config_.tie_word_embeddings.value_or(false))
         notes_.push_back("lm_head.weight left out: config.json ties it to the embedding");
@@ -593,6 +603,7 @@ class ReverseMapper {
   const std::set<std::string>& hf_names() const { return hf_names_; }
   const std::set<std::int64_t>& mtp_layers() const { return mtp_layers_; }
   bool packed_input() const { return packed_input_; }
+  bool value_model() const { return value_model_; }
   std::vector<std::string>& notes() { return notes_; }
   std::int64_t dropped_copies() const { return dropped_copies_; }
 
@@ -765,6 +776,7 @@ class ReverseMapper {
   std::int64_t dropped_copies_ = 0;
   std::int64_t padded_rows_ = 0;
   bool packed_input_ = false;
+  bool value_model_ = false;
 
  public:
   std::int64_t padded_rows() const { return padded_rows_; }
@@ -795,6 +807,7 @@ Result<SourceTensors> map_hf_to_megatron(SourceTensors hf, const HfConfig& confi
   }
   // What config.json's architecture needs; a tied model needs no lm_head
   MegatronMapOptions options;
+  options.value_model = mapper.value_model();
   // (packed experts were read as the per-expert tensors they hold).
   auto missing = missing_names(*family, config, options, mapper.mtp_layers(), mapper.hf_names());
   if (!missing.empty())

@@ -77,7 +77,7 @@ struct Split {
   bool expert = false;  // over the expert tensor-parallel group
 };
 
-Split split_of(const Param& p, MegatronSpec spec) {
+Split split_of(const Param& p, const Shape& shape, MegatronSpec spec) {
   const std::string module = module_of(p.rest);
   const bool weight = p.rest.ends_with(".weight");
   const bool bias = p.rest.ends_with(".bias");
@@ -87,6 +87,8 @@ Split split_of(const Param& p, MegatronSpec spec) {
     return {};
   }
   if (p.where == Param::Where::kTop) {
+    // A one-row output layer is a value head: a plain Linear every TP rank holds whole.
+    if (p.rest == "output_layer.weight" && !shape.empty() && shape[0] == 1) return {};
     if (p.rest == "embedding.word_embeddings.weight" || p.rest == "output_layer.weight")
       return {0, false, false};
     return {};
@@ -314,7 +316,8 @@ class Layouter {
 
   Status place(const Param& p, const LogicalTensor& t) {
     const LayerFacts& layer = facts_of(p);
-    Split split = split_of(p, spec_);
+    Split split = split_of(p, t.shape, spec_);
+    if (p.rest == "output_layer.weight" && !t.shape.empty() && t.shape[0] == 1) value_head_ = true;
     std::int64_t ranks = split.expert ? par_.etp : par_.tp;
     Stage st = stage(p);
     std::string rest = spec_name(p.rest, layer, spec_, format_);
@@ -503,8 +506,9 @@ class Layouter {
         }
       }
     }
-    // The legacy output layer module (ColumnParallelLinear) saves one even when tied.
-    if (format_ == MegatronFormat::kLegacy)
+    // The legacy output layer module (ColumnParallelLinear) saves one even when tied; a value
+    // head (a plain Linear) has none.
+    if (format_ == MegatronFormat::kLegacy && !value_head_)
       for (std::int64_t tp = 0; tp < par_.tp; ++tp)
         for (std::int64_t e = 0; e < par_.ep; ++e)
           file(par_.pp - 1, tp, e)
@@ -518,6 +522,7 @@ class Layouter {
   MegatronFormat format_;
   std::int64_t plane_ = 1;
   bool stacked_ = false;
+  bool value_head_ = false;  // a one-row output layer (a critic's)
   std::map<std::int64_t, Stage> stage_of_;
   std::map<std::int64_t, LayerFacts> layer_facts_;
   std::map<std::int64_t, LayerFacts> mtp_facts_;

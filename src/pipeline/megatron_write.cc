@@ -5,6 +5,7 @@
 #include "dcp/dcp_writer.h"
 #include "formats/hf_config.h"
 #include "formats/hf_safetensors.h"
+#include "formats/torch_sources.h"
 #include "io/input_file.h"
 #include "mapping/fp8_blocks.h"
 #include "mapping/megatron_hf.h"
@@ -161,6 +162,27 @@ Result<std::vector<OutputFile>> legacy_files(MegatronRankLayout& layout, const T
   return out;
 }
 
+// The model's tensors: safetensors (model.safetensors or shards + index), else torch.save files
+// (pytorch_model.bin or shards + index) through the torch reader.
+Result<SourceTensors> read_hf_model(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::exists(dir / "model.safetensors", ec) ||
+      fs::exists(dir / std::string(kIndexFileName), ec))
+    return read_hf_source_tensors(dir);
+  auto set = find_torch_sources({dir});
+  if (!set.ok())
+    return invalid_input(dir.string() +
+                         ": neither model.safetensors, a safetensors index nor torch .bin files (" +
+                         set.error().message + ")");
+  CKPT_ASSIGN_OR_RETURN(TorchConversion conversion, plan_torch_conversion(*set, std::nullopt));
+  SourceTensors out;
+  out.inputs = std::move(conversion.inputs);
+  out.tensors = std::move(conversion.tensors);
+  out.notes = set->notes;
+  for (const auto& alias : conversion.dropped_aliases) out.notes.push_back("not read: " + alias);
+  return out;
+}
+
 }  // namespace
 
 Result<MergePlan> plan_hf_to_megatron(const fs::path& hf_dir, const MegatronWriteOptions& options) {
@@ -172,7 +194,7 @@ Result<MergePlan> plan_hf_to_megatron(const fs::path& hf_dir, const MegatronWrit
                        "architecture decides the Megatron names)");
   CKPT_ASSIGN_OR_RETURN(HfConfig config, read_hf_config(config_json));
   const HfTextConfig& text = config.language();
-  CKPT_ASSIGN_OR_RETURN(SourceTensors hf, read_hf_source_tensors(hf_dir));
+  CKPT_ASSIGN_OR_RETURN(SourceTensors hf, read_hf_model(hf_dir));
   CKPT_ASSIGN_OR_RETURN(DTypeChoice choice, parse_dtype_choice(options.dtype));
   CKPT_ASSIGN_OR_RETURN(auto float_dtype, resolve_float_dtype(choice, config));
   // A Megatron checkpoint holds no FP8 scales: block-quantized weights are dequantized, to

@@ -97,6 +97,30 @@ for input in sharded packed; do
     pass "$input input: round trip byte-identical" || fail "$input input: round trip differs"
 done
 
+# A value model (verl's critic: score.weight, one row), and torch .bin input.
+VAL="$MEG/qwen2_value_tp2_dist/hf"
+for format in torch_dist torch; do
+  expect_rc 0 "value model ($format)" convert --to megatron "$VAL" --target_dir "$WORK/val-$format" \
+    --tp 2 --format "$format"
+  expect_rc 0 "value model merged back ($format)" merge --local_dir "$WORK/val-$format" \
+    --hf-config "$VAL" --is-value-model --target_dir "$WORK/val-$format-hf"
+  cmp -s "$WORK/val-$format-hf/model.safetensors" "$VAL/model.safetensors" &&
+    pass "value model ($format): round trip byte-identical" || fail "value model ($format) differs"
+done
+expect_rc 0 "pytorch_model.bin input" convert --to megatron "$FIXTURES/sample" --target_dir \
+  "$WORK/bin" --tp 2
+expect_rc 0 "  merged back" merge --local_dir "$WORK/bin" --hf-config "$FIXTURES/sample" \
+  --target_dir "$WORK/bin-hf"
+expect_rc 0 "  the torch file's model, cast as config.json says" convert "$FIXTURES/sample" \
+  --target_dir "$WORK/bin-ref"
+expect_rc 0 "  equal" verify "$WORK/bin-hf" --reference "$WORK/bin-ref"
+
+# --dry-run: the plan, nothing written.
+expect_rc 0 "--dry-run" convert --to megatron "$hf" --tp 2 --pp 2 --dry-run
+run_ckpt "$WORK/dry.json" convert --to megatron "$hf" --tp 2 --dry-run --json -q
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert len(d["files"]) == 2' \
+  "$WORK/dry.json" && pass "--dry-run --json: two rank files" || fail "--dry-run --json"
+
 # Bad input: a clear message, a non-zero exit, nothing in the target.
 bad_case() {  # bad_case WANT_RC DESCRIPTION PATTERN SOURCE FLAGS...
   local want=$1 what=$2 pattern=$3 src=$4; shift 4

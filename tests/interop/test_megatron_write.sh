@@ -13,7 +13,7 @@ compared=0
 for dir in "$MEG"/*; do
   c=$(basename "$dir")
   [ -f "$dir/case.json" ] || continue  # derived by torch, not written by megatron-core
-  case "$c" in *vl_*|*_value_*) continue ;; esac  # not convertible yet (closing note)
+  case "$c" in *vl_*) continue ;; esac  # vision-language models: not convertible yet
   read -r fmt flags < <(python3 - "$dir/case.json" <<'PY'
 import json, sys
 case = json.load(open(sys.argv[1]))
@@ -46,6 +46,6 @@ PY
     fail "$c: differs from what megatron-core wrote:"; show "$log" 30
   fi
 done
-[ "$compared" -ge 15 ] && pass "$compared checkpoints equal to megatron-core's" ||
+[ "$compared" -ge 20 ] && pass "$compared checkpoints equal to megatron-core's" ||
   fail "only $compared checkpoints compared"
 finish
