@@ -148,7 +148,11 @@ if [ "$do_merge" = 1 ]; then
         rm -rf "$ck-src"
         format=torch_dist
         [ "$layout" = hf-megatron ] && format=torch
-        job=("$bin" convert --to megatron "$ck" --tp "$tp" --pp "$pp" --format "$format")
+        # An uneven first stage where the layers do not split evenly (as Megatron-LM's
+        # --decoder-first-pipeline-num-layers does).
+        first=$(python3 -c "import json, sys; n = json.load(open(sys.argv[1]))['num_hidden_layers']; p = int(sys.argv[2]); print(n - (p - 1) * (n // p) if n % p else 0)" "$ck/config.json" "$pp")
+        job=("$bin" convert --to megatron "$ck" --tp "$tp" --pp "$pp" --format "$format"
+             --first-stage-layers "$first")
         ;;
       *)
         echo "== ${size} GB: generating $layout ${shape[*]} $dtype in $ck"
@@ -167,7 +171,7 @@ if [ "$do_merge" = 1 ]; then
     # the output size, from one untimed run
     "${job[@]}" -o "$work/out-probe" --quiet "${thr[@]}"
     bytes_out=$(find "$work/out-probe" -type f \( -name '*.safetensors' -o -name '*.distcp' -o \
-      -name '*.pt' \) -printf '%s\n' | awk '{s += $1} END {print s}')
+      -name '*.pt' \) -printf '%s\n' | awk '{s += $1} END {printf "%.0f\n", s}')
     rm -rf "$work/out-probe"
     echo "   inputs ${#inputs[@]} files, $bytes_in bytes; output $bytes_out bytes of tensor files; load $(loadavg)"
     for cache in $caches; do

@@ -544,6 +544,10 @@ class ReverseMapper {
 
   Status run(std::vector<LogicalTensor> hf) {
     for (auto& t : hf) {
+      // transformers 5 holds a vision-language model as model.visual.* and
+      // model.language_model.*; its checkpoints on the hub say visual.* and model.*.
+      if (t.name.starts_with("model.visual.")) t.name.erase(0, 6);
+      if (t.name.starts_with("model.language_model.")) t.name.erase(6, 15);
       std::string name = t.name;
       if (!by_name_.emplace(name, std::move(t)).second)
         return invalid_input("'" + name + "' appears twice in the Hugging Face model");
@@ -594,6 +598,11 @@ class ReverseMapper {
         }
         for (std::int64_t e : experts_of(n)) CKPT_TRY(apply(rule, n, prefix, e));
       }
+    }
+    if (family_.vision) {
+      // The language model under language_model., the vision tower under vision_model.
+      for (auto& t : outputs_) t.name = "language_model." + t.name;
+      CKPT_TRY(vision());
     }
     return {};
   }
@@ -651,6 +660,63 @@ class ReverseMapper {
       if (auto e = megatron_key_number(std::string_view(it->first).substr(prefix.size())))
         experts.insert(e->first);
     return experts;
+  }
+
+  // The vision tower (visual.*) by the vision tables, run backwards.
+  Status vision() {
+    for (const auto& rule : kVisionRules)
+      if (auto t = take("visual." + std::string(rule.hf[0])))
+        add(std::move(*t), "vision_model." + std::string(rule.mcore));
+    std::int64_t last = -1;
+    for (const auto& [name, t] : by_name_)
+      if (name.starts_with("visual.blocks."))
+        if (auto n = megatron_key_number(std::string_view(name).substr(14)))
+          last = std::max(last, n->first);
+    for (std::int64_t b = 0; b <= last; ++b) {
+      std::string hf_prefix = "visual.blocks." + std::to_string(b) + ".";
+      std::string prefix = "vision_model.decoder.layers." + std::to_string(b) + ".";
+      for (const auto& rule : kVisionLayerRules) {
+        if (rule.mcore.find("layer_norm_weight") != std::string_view::npos) continue;
+        std::vector<std::string> names;
+        for (auto hf : rule.hf)
+          if (!hf.empty()) names.push_back(hf_prefix + std::string(hf));
+        if (!std::all_of(names.begin(), names.end(),
+                         [&](const std::string& n) { return by_name_.count(n) > 0; }))
+          continue;
+        std::vector<LogicalTensor> parts;
+        for (const auto& n : names) parts.push_back(*take(n));
+        std::string mcore = prefix + std::string(rule.mcore);
+        switch (rule.op) {
+          case Op::kCopy:
+            add(std::move(parts[0]), std::move(mcore));
+            break;
+          case Op::kGateUp: {
+            CKPT_ASSIGN_OR_RETURN(LogicalTensor fc1, concat(parts, 0, mcore));
+            outputs_.push_back(std::move(fc1));
+            break;
+          }
+          case Op::kQkv:
+            CKPT_TRY(vision_qkv(parts[0], std::move(mcore)));
+            break;
+        }
+      }
+    }
+    return {};
+  }
+
+  // Hugging Face's [q; k; v] (all heads each) -> the vision attention's [q, k, v] per head.
+  Status vision_qkv(const LogicalTensor& t, std::string name) {
+    std::int64_t heads = config_.vision_config ? config_.vision_config->num_heads.value_or(0) : 0;
+    if (heads <= 0 || t.shape.empty() || t.shape[0] % (3 * heads))
+      return shape_error(t, "vision_config's num_heads " + std::to_string(heads) +
+                                " does not split the fused qkv into q, k, v of whole heads");
+    std::int64_t sizes[] = {3, heads, t.shape[0] / (3 * heads)};
+    CKPT_ASSIGN_OR_RETURN(LogicalTensor split, unflatten(t, 0, sizes));
+    CKPT_ASSIGN_OR_RETURN(split, transpose(split, 0, 1));
+    CKPT_ASSIGN_OR_RETURN(split, flatten(split, 0, 2));
+    split.name = std::move(name);
+    outputs_.push_back(std::move(split));
+    return {};
   }
 
   // transformers 5's packed experts (mlp.experts.gate_up_proj [E, 2F, H], down_proj [E, H, F])
@@ -787,11 +853,10 @@ class ReverseMapper {
 Result<SourceTensors> map_hf_to_megatron(SourceTensors hf, const HfConfig& config,
                                          std::int64_t padded_vocab) {
   const Family* family = family_of(config.model_type());
-  if (!family || family->vision)
+  if (!family)
     return unsupported(
         config.path.string() + ": model_type '" + config.model_type() +
-        "' has no Hugging Face -> Megatron table (there are: " + megatron_family_names() +
-        (family ? "; vision-language models not yet" : "") + ")");
+        "' has no Hugging Face -> Megatron table (there are: " + megatron_family_names() + ")");
   for (auto& t : hf.tensors)
     if (t.name.ends_with(".rotary_emb.inv_freq")) t.name.clear();  // recomputed, never loaded
   std::erase_if(hf.tensors, [](const LogicalTensor& t) { return t.name.empty(); });

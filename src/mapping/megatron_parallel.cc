@@ -86,6 +86,12 @@ Split split_of(const Param& p, const Shape& shape, MegatronSpec spec) {
     if (module == "mlp.experts.linear_fc2") return {1, false, true};
     return {};
   }
+  if (p.where == Param::Where::kTop && module.starts_with("projection.")) {
+    // A vision model's projection (patch merger): a plain MLP, column then row parallel.
+    if (ends_with_module(module, "linear_fc1") && (weight || bias)) return {0, false, false};
+    if (ends_with_module(module, "linear_fc2") && weight) return {1, false, false};
+    return {};
+  }
   if (p.where == Param::Where::kTop) {
     // A one-row output layer is a value head: a plain Linear every TP rank holds whole.
     if (p.rest == "output_layer.weight" && !shape.empty() && shape[0] == 1) return {};
@@ -93,7 +99,8 @@ Split split_of(const Param& p, const Shape& shape, MegatronSpec spec) {
       return {0, false, false};
     return {};
   }
-  if (ends_with_module(module, "linear_fc1") && (weight || bias)) return {0, true, false};
+  if (ends_with_module(module, "linear_fc1") && (weight || bias))
+    return {0, module.find("projection.") == std::string::npos, false};
   if (ends_with_module(module, "linear_qkv") && (weight || bias)) return {0, false, false};
   if (weight && (ends_with_module(module, "linear_fc2") || ends_with_module(module, "linear_proj")))
     return {1, false, false};
@@ -120,8 +127,9 @@ bool is_linear(const std::string& module) {
 
 // Everything known about the layers before pieces are cut.
 struct LayerFacts {
-  bool moe = false;  // has a router
-  bool mla = false;  // multi-latent attention
+  bool moe = false;     // has a router
+  bool mla = false;     // multi-latent attention
+  bool vision = false;  // a vision tower's layer (its specs have no keys map)
 };
 
 // The key of a parameter below its layer, as the spec and format name it (see the header).
@@ -129,9 +137,10 @@ std::string spec_name(const std::string& rest, const LayerFacts& layer, Megatron
                       MegatronFormat format) {
   const bool te = spec == MegatronSpec::kTransformerEngine;
   const bool dist = format == MegatronFormat::kTorchDist;
-  if (!layer.mla && rest == "input_layernorm.weight" && (te || dist))
+  const bool keys_map = dist && !layer.mla && !layer.vision;  // the local spec's
+  if (!layer.mla && rest == "input_layernorm.weight" && (te || keys_map))
     return "self_attention.linear_qkv.layer_norm_weight";
-  if (rest == "pre_mlp_layernorm.weight" && ((te && !layer.moe) || (!te && dist && !layer.mla)))
+  if (rest == "pre_mlp_layernorm.weight" && ((te && !layer.moe) || (!te && keys_map)))
     return "mlp.linear_fc1.layer_norm_weight";
   if (te && layer.mla && rest == "self_attention.q_layernorm.weight")
     return "self_attention.linear_q_up_proj.layer_norm_weight";
@@ -162,9 +171,10 @@ std::string join(const Shape& values) {
 
 class Layouter {
  public:
+  // `vision`: a vision tower, all on the first pipeline stage.
   Layouter(const MegatronModelFacts& facts, const MegatronParallel& parallel, MegatronSpec spec,
-           MegatronFormat format)
-      : facts_(facts), par_(parallel), spec_(spec), format_(format) {
+           MegatronFormat format, bool vision = false)
+      : facts_(facts), par_(parallel), spec_(spec), format_(format), vision_(vision) {
     plane_ = std::max(par_.tp, par_.ep * par_.etp);
   }
 
@@ -182,6 +192,7 @@ class Layouter {
       auto& facts = p.where == Param::Where::kLayer ? layer_facts_[p.layer] : mtp_facts_[p.layer];
       if (p.rest.starts_with("mlp.router.")) facts.moe = true;
       if (p.rest.starts_with("self_attention.linear_kv_")) facts.mla = true;
+      facts.vision = vision_;
       if (p.where == Param::Where::kLayer) decoder_rests[p.layer].insert(p.rest);
     }
     stacked_ = format_ == MegatronFormat::kTorchDist && !decoder_rests.empty();
@@ -213,6 +224,10 @@ class Layouter {
  private:
   // Global layer -> (pipeline stage, virtual chunk, local number), by megatron-core's offsets.
   Status stage_table() {
+    if (vision_) {
+      for (std::int64_t n = 0; n < facts_.num_layers; ++n) stage_of_[n] = {0, 0, n};
+      return {};
+    }
     MegatronArgs args;
     args.tp = par_.tp;
     args.pp = par_.pp;
@@ -244,7 +259,7 @@ class Layouter {
     if (p.where == Param::Where::kLayer) return stage_of_.at(p.layer);
     Stage last{par_.pp - 1, par_.vpp - 1, 0};
     if (p.where == Param::Where::kMtp) return last;
-    if (p.rest.starts_with("embedding.")) return Stage{};
+    if (vision_ || p.rest.starts_with("embedding.")) return Stage{};
     return last;  // final norm, output layer
   }
 
@@ -326,6 +341,17 @@ class Layouter {
     const std::int64_t local_experts = par_.ep > 0 && experts ? experts / par_.ep : 0;
     std::int64_t ep_rank = p.expert && local_experts ? *p.expert / local_experts : 0;
     // Modules with a weight of their own (a fused norm's layer_norm_weight names its linear's).
+    if (p.where == Param::Where::kTop && p.rest.ends_with(".weight") &&
+        module_of(p.rest).starts_with("projection.")) {
+      std::string name = module_of(p.rest) + "._extra_state";
+      auto& extra = file(0, 0, 0).extra_states[0];
+      extra.push_back(format_ == MegatronFormat::kTorchDist ? name + "/shard_0_1" : name);
+      if (format_ == MegatronFormat::kLegacy)
+        for (std::int64_t tp = 1; tp < par_.tp; ++tp)
+          for (std::int64_t e = 0; e < par_.ep; ++e) file(0, tp, e).extra_states[0].push_back(name);
+      if (format_ == MegatronFormat::kLegacy)
+        for (std::int64_t e = 1; e < par_.ep; ++e) file(0, 0, e).extra_states[0].push_back(name);
+    }
     if (p.where != Param::Where::kTop && p.rest.ends_with(".weight")) {
       std::tuple<bool, std::int64_t, std::string> where{p.where == Param::Where::kMtp, p.layer,
                                                         p.prefix};
@@ -508,7 +534,7 @@ class Layouter {
     }
     // The legacy output layer module (ColumnParallelLinear) saves one even when tied; a value
     // head (a plain Linear) has none.
-    if (format_ == MegatronFormat::kLegacy && !value_head_)
+    if (format_ == MegatronFormat::kLegacy && !value_head_ && !vision_)
       for (std::int64_t tp = 0; tp < par_.tp; ++tp)
         for (std::int64_t e = 0; e < par_.ep; ++e)
           file(par_.pp - 1, tp, e)
@@ -522,6 +548,7 @@ class Layouter {
   MegatronFormat format_;
   std::int64_t plane_ = 1;
   bool stacked_ = false;
+  bool vision_ = false;
   bool value_head_ = false;  // a one-row output layer (a critic's)
   std::map<std::int64_t, Stage> stage_of_;
   std::map<std::int64_t, LayerFacts> layer_facts_;
@@ -576,8 +603,64 @@ Result<MegatronRankLayout> layout_megatron(const std::vector<LogicalTensor>& ten
   if (format == MegatronFormat::kLegacy && parallel.ep > 1 && parallel.etp != parallel.tp &&
       parallel.etp != 1)
     return unsupported("legacy torch format: --etp must be 1 or --tp");
-  Layouter layouter(facts, parallel, spec, format);
-  return layouter.run(tensors);
+  // A vision-language model: its language model and vision tower laid out apart (the tower on
+  // the first stage), their keys under language_model. / vision_model., one file per rank.
+  std::vector<LogicalTensor> language, vision;
+  for (const auto& t : tensors) {
+    if (t.name.starts_with("vision_model.")) {
+      vision.push_back(t);
+      vision.back().name.erase(0, 13);
+    } else if (t.name.starts_with("language_model.")) {
+      language.push_back(t);
+      language.back().name.erase(0, 15);
+    }
+  }
+  if (vision.empty() && language.empty()) {
+    Layouter layouter(facts, parallel, spec, format);
+    return layouter.run(tensors);
+  }
+  Layouter text_layouter(facts, parallel, spec, format);
+  CKPT_ASSIGN_OR_RETURN(MegatronRankLayout out, text_layouter.run(language));
+  MegatronModelFacts tower;
+  std::set<std::int64_t> blocks;
+  for (const auto& t : vision)
+    if (t.name.starts_with("decoder.layers."))
+      if (auto n = megatron_key_number(std::string_view(t.name).substr(15)))
+        blocks.insert(n->first);
+  tower.num_layers = static_cast<std::int64_t>(blocks.size());
+  Layouter vision_layouter(tower, parallel, spec, format, true);
+  CKPT_ASSIGN_OR_RETURN(MegatronRankLayout towers, vision_layouter.run(vision));
+  auto prefix = [](MegatronRankLayout& layout, const std::string& model) {
+    for (auto& f : layout.files) {
+      for (auto& chunk : f.models)
+        for (auto& piece : chunk) {
+          piece.key = model + piece.key;
+          piece.data.name = model + piece.data.name;
+        }
+      for (auto& chunk : f.extra_states)
+        for (auto& name : chunk) name = model + name;
+    }
+  };
+  prefix(out, "language_model.");
+  prefix(towers, "vision_model.");
+  for (auto& f : towers.files) {
+    auto it = std::find_if(out.files.begin(), out.files.end(),
+                           [&](const MegatronRankFile& g) { return g.rank == f.rank; });
+    if (it == out.files.end()) {
+      out.files.push_back(std::move(f));
+      continue;
+    }
+    for (std::size_t v = 0; v < f.models.size() && v < it->models.size(); ++v) {
+      auto& models = it->models[v];
+      models.insert(models.begin(), f.models[v].begin(), f.models[v].end());
+      auto& extra = it->extra_states[v];
+      extra.insert(extra.begin(), f.extra_states[v].begin(), f.extra_states[v].end());
+    }
+  }
+  std::sort(out.files.begin(), out.files.end(),
+            [](const MegatronRankFile& a, const MegatronRankFile& b) { return a.rank < b.rank; });
+  out.description += "; a vision tower of " + std::to_string(tower.num_layers) + " layers";
+  return out;
 }
 
 }  // namespace ckptstream

@@ -20,6 +20,7 @@ families=(
   "qwen3moe_ep2_dist|--ep 2;--pp 2 --ep 2;--tp 2 --etp 2"
   "deepseek_v3_mtp_ep2_dist|--ep 2;--tp 2;--pp 3 --first-stage-layers 1 --last-stage-layers 1;--tp 2 --ep 2"
   "glm45_ep2_dist|--ep 2;--tp 2 --pp 3;--tp 2 --ep 2 --etp 2"
+  "qwen25vl_tp2_dist|--tp 2;--tp 2 --pp 2"
 )
 trips=0
 for entry in "${families[@]}"; do

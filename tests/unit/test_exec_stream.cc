@@ -495,3 +495,70 @@ TEST_CASE("LoRA fusion matches torch: (W.float() + scale * (B.float() @ A.float(
     }
   }
 }
+
+// Block-quantized FP8 (plan.h BlockScaleRef): every float8_e4m3fn value, known decodings, each
+// element scaled by its own block's scale, through any view of the weight.
+TEST_CASE("block-scaled float8_e4m3fn views stream as float32(w) * scale of the element's block") {
+  TempDir dir("fp8");
+  // A [16, 16] weight holding the 256 byte values in order, 2 x 2 blocks of 8 x 8, scales after.
+  Bytes file(256 + 4 * 4);
+  for (int b = 0; b < 256; ++b) file[static_cast<std::size_t>(b)] = static_cast<std::byte>(b);
+  const float scales[] = {1.0f, 2.0f, 0.5f, -4.0f};
+  std::memcpy(file.data() + 256, scales, sizeof scales);
+  write_file(dir / "in/w.bin", file);
+  auto ref = std::make_shared<BlockScaleRef>();
+  ref->storage_begin = 256;
+  ref->grid_rows = ref->grid_cols = 2;
+  ref->weight_cols = 16;
+  ref->block_rows = ref->block_cols = 8;
+  auto scaled = [&](Shape shape, Shape strides, std::int64_t offset) {
+    TensorRef v = view(0, 0, 256, DType::kF8E4M3FN, std::move(shape), std::move(strides), offset);
+    v.block_scale = ref;
+    return v;
+  };
+  Plan plan;
+  plan.inputs = {dir / "in/w.bin"};
+  plan.files.push_back(output_file(
+      "model.safetensors",
+      {tensor("whole", {16, 16}, {{scaled({16, 16}, {}, 0), {0, 0}}}, DType::kF32, DType::kF32),
+       // rows 4..11, columns 6..9 transposed: elements keep their own blocks' scales
+       tensor("view", {4, 8}, {{scaled({4, 8}, {1, 16}, 4 * 16 + 6), {0, 0}}}, DType::kF32,
+              DType::kF32)}));
+  std::map<std::string, std::vector<float>> got;
+  auto status = stream_plan(plan, small_options(64),
+                            [&](const OutputFile&, const PlacedTensor& placed, std::uint64_t,
+                                std::span<const std::byte> bytes) -> Status {
+                              auto& v = got[placed.tensor.name];
+                              std::size_t at = v.size();
+                              v.resize(at + bytes.size() / 4);
+                              std::memcpy(v.data() + at, bytes.data(), bytes.size());
+                              return {};
+                            });
+  REQUIRE(status.ok());
+  const auto& w = got["whole"];
+  REQUIRE(w.size() == 256);
+  auto value = [&](int b) { return w[static_cast<std::size_t>(b)]; };
+  // Row 0 (block row 0): bytes 0..7 scale 1, 8..15 scale 2.
+  CHECK(value(0x00) == 0.0f);
+  CHECK(value(0x01) == std::ldexp(1.0f, -9));      // the smallest subnormal
+  CHECK(value(0x07) == 7 * std::ldexp(1.0f, -9));  // the largest subnormal
+  CHECK(value(0x08) == 2 * std::ldexp(1.0f, -6));  // the smallest normal, block (0, 1)
+  // Byte b sits at row b / 16, column b % 16: block (row / 8, column / 8).
+  CHECK(value(0x38) == 1.0f * 2);         // row 3, column 8: 1.0 in block (0, 1)
+  CHECK(value(0x7E) == 448.0f * 2);       // row 7, column 14: the largest value
+  CHECK(value(0xC0) == -2.0f * 0.5f);     // row 12, column 0: block (1, 0)
+  CHECK(value(0xF8) == -256.0f * -4.0f);  // row 15, column 8: block (1, 1)
+  CHECK(std::isnan(value(0x7F)));
+  CHECK(std::isnan(value(0xFF)));
+  CHECK(value(0x80) == -0.0f);
+  CHECK(std::signbit(value(0x80)));
+  // The transposed view reads each element where it is, with its block's scale.
+  const auto& v = got["view"];
+  REQUIRE(v.size() == 32);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 8; ++j) {
+      float want = w[static_cast<std::size_t>(70 + i + 16 * j)];
+      float have = v[static_cast<std::size_t>(i * 8 + j)];
+      CHECK((have == want || (std::isnan(have) && std::isnan(want))));
+    }
+}

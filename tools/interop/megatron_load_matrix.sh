@@ -32,6 +32,8 @@ cases=(
   "deepseek-ep2|deepseek_v3_mtp_ep2_dist|--ep 2|{\"family\":\"deepseek_v3\",\"fmt\":\"torch_dist\",\"ep\":2}|1"
   "deepseek-legacy-pp2|deepseek_v3_mtp_pp2_legacy|--pp 2 --first-stage-layers 1 --format torch|{\"family\":\"deepseek_v3\",\"fmt\":\"torch\",\"pp\":2,\"first_stage_layers\":1}|1"
   "deepseek-ep2-as-pp2|deepseek_v3_mtp_ep2_dist|--ep 2|{\"family\":\"deepseek_v3\",\"fmt\":\"torch_dist\",\"pp\":2,\"first_stage_layers\":1}|1"
+  "qwen25vl-tp2|qwen25vl_tp2_dist|--tp 2|{\"family\":\"qwen2_5_vl\",\"fmt\":\"torch_dist\",\"tp\":2}|1"
+  "qwen25vl-legacy-tp2|qwen25vl_tp2_dist|--tp 2 --format torch|{\"family\":\"qwen2_5_vl\",\"fmt\":\"torch\",\"tp\":2}|1"
   "glm45-ep2|glm45_ep2_dist|--ep 2|{\"family\":\"glm4_moe\",\"fmt\":\"torch_dist\",\"ep\":2}|16"
 )
 for entry in "${cases[@]}"; do
