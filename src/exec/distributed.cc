@@ -120,9 +120,13 @@ Result<RankReport> execute_rank(const Plan& plan, const fs::path& target_dir,
   }
   if (pending.empty()) return report;
   std::error_code ec;
-  fs::create_directories(target_dir / kMarkerDirName, ec);
-  if (ec)
-    return io_error((target_dir / kMarkerDirName).string() + ": cannot create: " + ec.message());
+  // Markers mirror the files' names, subdirectories included (a Megatron checkpoint's
+  // release/__0_0.distcp).
+  for (std::size_t index : pending) {
+    fs::path marker_dir = (target_dir / marker_name(plan.files[index])).parent_path();
+    fs::create_directories(marker_dir, ec);
+    if (ec) return io_error(marker_dir.string() + ": cannot create: " + ec.message());
+  }
   CKPT_ASSIGN_OR_RETURN(OutputStaging staging,
                         OutputStaging::create(target_dir, "rank" + std::to_string(rank)));
   auto write_and_mark = [&](const OutputFile& file, ExecContext& context) -> Result<FileDigest> {

@@ -151,6 +151,22 @@ std::string replace_all(std::string text, std::string_view from, std::string_vie
   return text;
 }
 
+// A rule's Hugging Face name pattern filled in for the family (and expert `expert`); `packed`:
+// the MoE block named as transformers 5 holds packed experts in memory.
+std::string fill_hf_name(const Family& family, std::string_view pattern,
+                         std::optional<std::int64_t> expert, bool packed) {
+  std::string text(pattern);
+  text = replace_all(std::move(text), "{moe}", packed ? "mlp" : family.moe);
+  text = replace_all(std::move(text), "{eg}", family.expert[0]);
+  text = replace_all(std::move(text), "{eu}", family.expert[1]);
+  text = replace_all(std::move(text), "{ed}", family.expert[2]);
+  text = replace_all(std::move(text), "{shared}", family.shared);
+  text = replace_all(std::move(text), "{qnorm}",
+                     family.mla ? "self_attn.q_a_layernorm.weight" : "self_attn.q_norm.weight");
+  if (expert) text = replace_all(std::move(text), "{e}", std::to_string(*expert));
+  return text;
+}
+
 class Mapper {
  public:
   Mapper(const Family& family, const HfConfig& config, const MegatronMapOptions& options)
@@ -244,17 +260,8 @@ class Mapper {
   }
 
   std::string fill(std::string_view pattern, std::optional<std::int64_t> expert) const {
-    std::string text(pattern);
     // In memory (packed experts) transformers 5 calls every MoE block "mlp" (Mixtral's too).
-    text = replace_all(std::move(text), "{moe}", options_.packed_experts ? "mlp" : family_.moe);
-    text = replace_all(std::move(text), "{eg}", family_.expert[0]);
-    text = replace_all(std::move(text), "{eu}", family_.expert[1]);
-    text = replace_all(std::move(text), "{ed}", family_.expert[2]);
-    text = replace_all(std::move(text), "{shared}", family_.shared);
-    text = replace_all(std::move(text), "{qnorm}",
-                       family_.mla ? "self_attn.q_a_layernorm.weight" : "self_attn.q_norm.weight");
-    if (expert) text = replace_all(std::move(text), "{e}", std::to_string(*expert));
-    return text;
+    return fill_hf_name(family_, pattern, expert, options_.packed_experts);
   }
 
   Result<bool> layer_param(LogicalTensor tensor, std::int64_t layer, std::string rest) {
@@ -622,16 +629,7 @@ class ReverseMapper {
   }
 
   std::string fill(std::string_view pattern, std::optional<std::int64_t> expert) const {
-    std::string text(pattern);
-    text = replace_all(std::move(text), "{moe}", family_.moe);
-    text = replace_all(std::move(text), "{eg}", family_.expert[0]);
-    text = replace_all(std::move(text), "{eu}", family_.expert[1]);
-    text = replace_all(std::move(text), "{ed}", family_.expert[2]);
-    text = replace_all(std::move(text), "{shared}", family_.shared);
-    text = replace_all(std::move(text), "{qnorm}",
-                       family_.mla ? "self_attn.q_a_layernorm.weight" : "self_attn.q_norm.weight");
-    if (expert) text = replace_all(std::move(text), "{e}", std::to_string(*expert));
-    return text;
+    return fill_hf_name(family_, pattern, expert, false);
   }
 
   std::optional<LogicalTensor> take(const std::string& name) {

@@ -156,10 +156,15 @@ std::vector<std::string> extra_state_modules(const std::set<std::string>& module
   std::vector<std::string> out;
   for (const auto& m : modules)
     if (is_linear(m)) out.push_back(m);
+  // Transformer Engine: its attention kernel, and (TE 2) the norms that are modules of their own
+  // (TENorm: a MoE layer's pre-MLP norm, MLA's input norm, q/k norms, MTP's norms); a loader
+  // ignores an object its model lacks, but not a missing one.
   if (spec == MegatronSpec::kTransformerEngine)
-    for (const auto& m : modules)
+    for (const auto& m : modules) {
       if (m.ends_with("self_attention.linear_proj"))
         out.push_back(m.substr(0, m.size() - 11) + "core_attention");
+      if (m.ends_with("layernorm") || m == "enorm" || m == "hnorm") out.push_back(m);
+    }
   return out;
 }
 
@@ -206,7 +211,7 @@ class Layouter {
     add_extra_states();
     MegatronRankLayout layout;
     for (auto& [rank, file] : files_) layout.files.push_back(std::move(file));
-    layout.world_size = format_ == MegatronFormat::kTorchDist ? par_.pp * plane_ : par_.pp * plane_;
+    layout.world_size = par_.pp * plane_;
     layout.description =
         "TP " + std::to_string(par_.tp) + " x PP " + std::to_string(par_.pp) +
         (par_.vpp > 1 ? " (VPP " + std::to_string(par_.vpp) + ")" : "") + " x EP " +
@@ -214,12 +219,10 @@ class Layouter {
         ", " +
         (format_ == MegatronFormat::kTorchDist
              ? std::string("torch_dist, ") + (stacked_ ? "stacked layers" : "per-layer keys")
-             : std::string("legacy torch, ") + std::to_string(files_count_) + " rank files") +
+             : std::string("legacy torch, ") + std::to_string(files_.size()) + " rank files") +
         ", " + (spec_ == MegatronSpec::kLocal ? "local" : "transformer_engine") + " layer spec";
     return layout;
   }
-
-  std::size_t files_count_ = 0;
 
  private:
   // Global layer -> (pipeline stage, virtual chunk, local number), by megatron-core's offsets.
@@ -268,7 +271,6 @@ class Layouter {
     if (format_ == MegatronFormat::kLegacy) rank = (pp * par_.ep + ep) * par_.tp + r;
     auto [it, fresh] = files_.try_emplace(rank);
     if (fresh) {
-      ++files_count_;
       it->second.rank = rank;
       it->second.models.resize(format_ == MegatronFormat::kLegacy ? par_.vpp : 1);
       it->second.extra_states.resize(it->second.models.size());
@@ -342,22 +344,19 @@ class Layouter {
     std::int64_t ep_rank = p.expert && local_experts ? *p.expert / local_experts : 0;
     // Modules with a weight of their own (a fused norm's layer_norm_weight names its linear's).
     if (p.where == Param::Where::kTop && p.rest.ends_with(".weight") &&
-        module_of(p.rest).starts_with("projection.")) {
-      std::string name = module_of(p.rest) + "._extra_state";
-      auto& extra = file(0, 0, 0).extra_states[0];
-      extra.push_back(format_ == MegatronFormat::kTorchDist ? name + "/shard_0_1" : name);
-      if (format_ == MegatronFormat::kLegacy)
-        for (std::int64_t tp = 1; tp < par_.tp; ++tp)
-          for (std::int64_t e = 0; e < par_.ep; ++e) file(0, tp, e).extra_states[0].push_back(name);
-      if (format_ == MegatronFormat::kLegacy)
-        for (std::int64_t e = 1; e < par_.ep; ++e) file(0, 0, e).extra_states[0].push_back(name);
-    }
-    if (p.where != Param::Where::kTop && p.rest.ends_with(".weight")) {
+        module_of(p.rest).starts_with("projection."))
+      add_everywhere(st, module_of(p.rest) + "._extra_state");
+    if (p.where != Param::Where::kTop && rest.ends_with(".weight") &&
+        !rest.ends_with(".layer_norm_weight")) {
       std::tuple<bool, std::int64_t, std::string> where{p.where == Param::Where::kMtp, p.layer,
                                                         p.prefix};
-      modules_[where].insert(module_of(p.rest));
-      if (p.expert) expert_modules_[where].insert(module_of(p.rest));
+      modules_[where].insert(module_of(rest));
+      if (p.expert) expert_modules_[where].insert(module_of(rest));
     }
+    // Transformer Engine's final norm (TENorm) has one too.
+    if (p.where == Param::Where::kTop && spec_ == MegatronSpec::kTransformerEngine &&
+        p.rest == "decoder.final_layernorm.weight")
+      add_everywhere(st, "decoder.final_layernorm._extra_state");
 
     if (format_ == MegatronFormat::kTorchDist) {
       // The key and the prepended axes (layer, expert) of the global tensor.
@@ -449,6 +448,18 @@ class Layouter {
         }
     }
     return {};
+  }
+
+  // A module's _extra_state outside the layers: torch_dist one object (rank tp 0 of its stage),
+  // legacy an entry in every file of its stage.
+  void add_everywhere(const Stage& st, const std::string& name) {
+    if (format_ == MegatronFormat::kTorchDist) {
+      file(st.pp, 0, 0).extra_states[0].push_back(name + "/shard_0_1");
+      return;
+    }
+    for (std::int64_t tp = 0; tp < par_.tp; ++tp)
+      for (std::int64_t e = 0; e < par_.ep; ++e)
+        file(st.pp, tp, e).extra_states[static_cast<std::size_t>(st.vp)].push_back(name);
   }
 
   static std::string legacy_mtp_prefix(std::string prefix) {

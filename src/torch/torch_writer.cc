@@ -734,45 +734,25 @@ std::uint64_t TorchZipFrames::tail_bytes() const {
 }
 
 TorchObject TorchObject::of(bool value) {
-  TorchObject o;
-  o.kind = Kind::kBool;
-  o.boolean = value;
-  return o;
+  return {.kind = Kind::kBool, .boolean = value};
 }
 TorchObject TorchObject::of(std::int64_t value) {
-  TorchObject o;
-  o.kind = Kind::kInt;
-  o.integer = value;
-  return o;
+  return {.kind = Kind::kInt, .integer = value};
 }
 TorchObject TorchObject::of(double value) {
-  TorchObject o;
-  o.kind = Kind::kFloat;
-  o.real = value;
-  return o;
+  return {.kind = Kind::kFloat, .real = value};
 }
 TorchObject TorchObject::of(std::string value) {
-  TorchObject o;
-  o.kind = Kind::kString;
-  o.text = std::move(value);
-  return o;
+  return {.kind = Kind::kString, .text = std::move(value)};
 }
 TorchObject TorchObject::global(std::string module_and_name) {
-  TorchObject o;
-  o.kind = Kind::kGlobal;
-  o.text = std::move(module_and_name);
-  return o;
+  return {.kind = Kind::kGlobal, .text = std::move(module_and_name)};
 }
 TorchObject TorchObject::tensor_at(std::size_t index) {
-  TorchObject o;
-  o.kind = Kind::kTensor;
-  o.tensor = index;
-  return o;
+  return {.kind = Kind::kTensor, .tensor = index};
 }
 TorchObject TorchObject::container(Kind kind) {
-  TorchObject o;
-  o.kind = kind;
-  return o;
+  return {.kind = kind};
 }
 TorchObject& TorchObject::set(std::string key, TorchObject value) {
   entries.emplace_back(std::move(key), std::move(value));

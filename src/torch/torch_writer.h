@@ -85,9 +85,9 @@ struct TorchObject {
   bool boolean = false;
   std::int64_t integer = 0;
   double real = 0;
-  std::string text;  // kString; kGlobal: "module name" ("torch bfloat16")
-  std::vector<std::pair<std::string, TorchObject>> entries;  // dicts and Namespace attributes
-  std::vector<TorchObject> items;                            // kList
+  std::string text = {};  // kString; kGlobal: "module name" ("torch bfloat16")
+  std::vector<std::pair<std::string, TorchObject>> entries = {};  // dicts, Namespace attributes
+  std::vector<TorchObject> items = {};                            // kList
   std::size_t tensor = 0;  // kTensor: an index into plan_torch_zip's tensors (each met once)
 
   static TorchObject none() { return {}; }

@@ -116,6 +116,19 @@ expect_rc 0 "  the torch file's model, cast as config.json says" convert "$FIXTU
   --target_dir "$WORK/bin-ref"
 expect_rc 0 "  equal" verify "$WORK/bin-hf" --reference "$WORK/bin-ref"
 
+# A distributed run: two processes write their rank files; the result is byte for byte one
+# process's.
+expect_rc 0 "one process" convert --to megatron "$moe/hf" --target_dir "$WORK/single" --ep 2 --tp 2
+"$CKPT" convert --to megatron "$moe/hf" --target_dir "$WORK/dist" --ep 2 --tp 2 --world-size 2 \
+  --rank 1 --quiet </dev/null >"$WORK/rank1.log" 2>&1 &
+rank1=$!
+expect_rc 0 "rank 0 of 2" convert --to megatron "$moe/hf" --target_dir "$WORK/dist" --ep 2 --tp 2 \
+  --world-size 2 --rank 0
+wait "$rank1" && pass "rank 1 of 2: exit 0" || fail "rank 1: $(head -c 300 "$WORK/rank1.log")"
+diff -r "$WORK/single" "$WORK/dist" >/dev/null &&
+  pass "two ranks wrote what one process writes, byte for byte" ||
+  fail "distributed output differs: $(diff -rq "$WORK/single" "$WORK/dist" | head -3)"
+
 # --dry-run: the plan, nothing written.
 expect_rc 0 "--dry-run" convert --to megatron "$hf" --tp 2 --pp 2 --dry-run
 run_ckpt "$WORK/dry.json" convert --to megatron "$hf" --tp 2 --dry-run --json -q
