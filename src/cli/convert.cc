@@ -11,7 +11,10 @@ namespace ckptstream::cli {
 namespace fs = std::filesystem;
 void add_convert(CLI::App& app, ConvertArgs& args) {
   auto* cmd = app.add_subcommand(
-      "convert", "Convert torch.save files (.pt/.bin, HF sharded .bin) to safetensors");
+      "convert",
+      "Convert torch.save files (.pt/.bin, HF sharded .bin) or a safetensors model to safetensors "
+      "(FP8 block-quantized weights dequantized); --to torch: one torch.save file; --to "
+      "megatron: a Hugging Face model to a Megatron-Core checkpoint");
   cmd->add_option("sources", args.sources,
                   "torch.save files, a *.bin.index.json, or directories holding them; --to "
                   "megatron: a Hugging Face model directory");
