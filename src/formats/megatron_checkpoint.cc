@@ -184,25 +184,6 @@ Status cross_check(const MegatronArgs& args, const HfConfig& config, const std::
 
 // ---- legacy (mp_rank_*) ----
 
-// How a TP-split parameter was cut (§3a); experts use the same rules over expert TP.
-enum class TpSplit { kReplicated, kRows, kColumns, kGatedRows };
-
-TpSplit tp_split_of(std::string_view name, bool gated, bool local_spec) {
-  if (name.ends_with("linear_fc1.weight") || name.ends_with("linear_fc1.bias"))
-    return gated ? TpSplit::kGatedRows : TpSplit::kRows;
-  for (std::string_view rows :
-       {"linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight",
-        "linear_q_up_proj.weight", "linear_kv_up_proj.weight", "linear_q_proj.weight",
-        "eh_proj.weight"})
-    if (name.ends_with(rows)) return TpSplit::kRows;
-  if (local_spec &&
-      (name.ends_with("linear_q_down_proj.weight") || name.ends_with("linear_kv_down_proj.weight")))
-    return TpSplit::kRows;
-  if (name.ends_with("linear_proj.weight") || name.ends_with("linear_fc2.weight"))
-    return TpSplit::kColumns;
-  return TpSplit::kReplicated;
-}
-
 struct Shard {
   std::int64_t tp = 0;  // its rank in the group that splits it (TP, or expert TP)
   std::int64_t pp = 0;  // the pipeline stage of its file
@@ -215,13 +196,10 @@ Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> sh
                                   const std::string& where) {
   std::sort(shards.begin(), shards.end(),
             [](const Shard& a, const Shard& b) { return a.tp < b.tp; });
-  TpSplit split = tp_split_of(name, gated, local_spec);
-  // A value head (verl's critic, mbridge's make_value_model) is a plain one-row Linear that
-  // every TP rank holds whole, where a vocabulary head would be split.
-  if (name.ends_with("output_layer.weight") && shards.front().tensor.shape.size() == 2 &&
-      shards.front().tensor.shape[0] == 1)
-    split = TpSplit::kReplicated;
-  if (split == TpSplit::kReplicated || size == 1) {
+  const Shape& first = shards.front().tensor.shape;
+  using Split = MegatronTpSplit;
+  Split split = megatron_tp_split(name, first.empty() ? 0 : first[0], gated, local_spec);
+  if (split == Split::kReplicated || size == 1) {
     // Every rank holds the whole tensor: rank 0's copy.
     if (shards.front().tp != 0)
       return invalid_input(where + ": '" + name + "' is missing from tensor-parallel rank 0");
@@ -242,7 +220,7 @@ Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> sh
       return invalid_input(where + ": '" + name + "' appears twice on TP rank " +
                            std::to_string(shards[r].tp));
   std::vector<LogicalTensor> parts;
-  if (split == TpSplit::kGatedRows) {
+  if (split == Split::kGatedRows) {
     // Each rank holds [gate_r; up_r]: the global tensor is [gate_0..gate_n; up_0..up_n] (§3c).
     std::vector<LogicalTensor> ups;
     for (auto& s : shards) {
@@ -258,7 +236,7 @@ Result<LogicalTensor> join_shards(const std::string& name, std::vector<Shard> sh
   } else {
     for (auto& s : shards) parts.push_back(std::move(s.tensor));
   }
-  auto joined = concat(parts, split == TpSplit::kColumns ? 1 : 0, name);
+  auto joined = concat(parts, split == Split::kColumns ? 1 : 0, name);
   if (!joined) return joined.error().with_context(where);
   return joined;
 }
@@ -615,11 +593,9 @@ Result<MegatronTensors> read_legacy(const MegatronLayout& layout, const ReadOpti
   for (const auto& name : order) {
     bool expert = name.find(".mlp.experts.") != std::string::npos;
     std::int64_t size = expert ? args.etp : args.tp;
-    // A vision model's projection (its patch merger) is a plain MLP whatever the model's is.
-    bool gated = args.gated_mlp && name.find("vision_model.projection.") == std::string::npos;
     CKPT_ASSIGN_OR_RETURN(auto joined,
-                          join_shards(name, std::move(shards[name]), size, gated, args.local_spec,
-                                      layout.checkpoint_dir.string()));
+                          join_shards(name, std::move(shards[name]), size, args.gated_mlp,
+                                      args.local_spec, layout.checkpoint_dir.string()));
     out.tensors.tensors.push_back(std::move(joined));
   }
   if (tied_output_copies)
@@ -708,6 +684,28 @@ std::optional<std::pair<std::int64_t, std::string_view>> megatron_key_number(
   if (!rest.empty() && rest.front() != '.') return std::nullopt;
   if (!rest.empty()) rest.remove_prefix(1);
   return std::make_pair(value, rest);
+}
+
+MegatronTpSplit megatron_tp_split(std::string_view name, std::int64_t rows, bool gated_mlp,
+                                  bool local_spec) {
+  using Split = MegatronTpSplit;
+  if (name.ends_with("output_layer.weight") && rows == 1) return Split::kReplicated;
+  if (name.ends_with("linear_fc1.weight") || name.ends_with("linear_fc1.bias")) {
+    // A vision model's projection (its patch merger) is a plain MLP whatever the model's is.
+    bool gated = gated_mlp && name.find("projection.") == std::string_view::npos;
+    return gated ? Split::kGatedRows : Split::kRows;
+  }
+  for (std::string_view row_split :
+       {"linear_qkv.weight", "linear_qkv.bias", "word_embeddings.weight", "output_layer.weight",
+        "linear_q_up_proj.weight", "linear_kv_up_proj.weight", "linear_q_proj.weight",
+        "eh_proj.weight"})
+    if (name.ends_with(row_split)) return Split::kRows;
+  if (local_spec &&
+      (name.ends_with("linear_q_down_proj.weight") || name.ends_with("linear_kv_down_proj.weight")))
+    return Split::kRows;
+  if (name.ends_with("linear_proj.weight") || name.ends_with("linear_fc2.weight"))
+    return Split::kColumns;
+  return Split::kReplicated;
 }
 
 Result<MegatronTensors> read_megatron_tensors(const MegatronLayout& layout,

@@ -47,6 +47,16 @@ struct MegatronTensors {
 // expert and MTP numbers of the canonical names).
 std::optional<std::pair<std::int64_t, std::string_view>> megatron_key_number(std::string_view text);
 
+// How megatron-core splits a parameter across its tensor-parallel group (TP; expert TP for
+// experts), §3a: rows (column-parallel), columns (row-parallel), gated rows (each rank holds
+// [gate_r; up_r]), or whole on every rank. `name` ends with the parameter (legacy, canonical
+// or sharded keys alike); `rows` is its first dim (a one-row output layer is a value head, a
+// plain Linear every rank holds whole); `gated_mlp`: SwiGLU (a vision projection never is);
+// `local_spec`: MLA's down projections are split (Transformer Engine duplicates them).
+enum class MegatronTpSplit { kReplicated, kRows, kColumns, kGatedRows };
+MegatronTpSplit megatron_tp_split(std::string_view name, std::int64_t rows, bool gated_mlp,
+                                  bool local_spec);
+
 // The canonical tensors of the checkpoint `layout` describes.
 Result<MegatronTensors> read_megatron_tensors(const MegatronLayout& layout,
                                               const ReadOptions& options);

@@ -70,7 +70,7 @@ bool ends_with_module(const std::string& module, std::string_view name) {
   return module == name || module.ends_with("." + std::string(name));
 }
 
-// How a parameter is split across tensor-parallel ranks (§3a).
+// How a parameter is split across tensor-parallel ranks: the reader's rule (§3a), as a dim.
 struct Split {
   int dim = -1;         // -1: replicated
   bool gated = false;   // [gate; up] halves split each (linear_fc1 of a SwiGLU MLP)
@@ -78,39 +78,25 @@ struct Split {
 };
 
 Split split_of(const Param& p, const Shape& shape, MegatronSpec spec) {
-  const std::string module = module_of(p.rest);
-  const bool weight = p.rest.ends_with(".weight");
-  const bool bias = p.rest.ends_with(".bias");
-  if (p.expert) {
-    if (module == "mlp.experts.linear_fc1") return {0, true, true};
-    if (module == "mlp.experts.linear_fc2") return {1, false, true};
-    return {};
+  Split split;
+  split.expert = p.expert.has_value();
+  // Every family of the tables has a SwiGLU MLP.
+  switch (
+      megatron_tp_split(p.rest, shape.empty() ? 0 : shape[0], true, spec == MegatronSpec::kLocal)) {
+    case MegatronTpSplit::kReplicated:
+      break;
+    case MegatronTpSplit::kRows:
+      split.dim = 0;
+      break;
+    case MegatronTpSplit::kGatedRows:
+      split.dim = 0;
+      split.gated = true;
+      break;
+    case MegatronTpSplit::kColumns:
+      split.dim = 1;
+      break;
   }
-  if (p.where == Param::Where::kTop && module.starts_with("projection.")) {
-    // A vision model's projection (patch merger): a plain MLP, column then row parallel.
-    if (ends_with_module(module, "linear_fc1") && (weight || bias)) return {0, false, false};
-    if (ends_with_module(module, "linear_fc2") && weight) return {1, false, false};
-    return {};
-  }
-  if (p.where == Param::Where::kTop) {
-    // A one-row output layer is a value head: a plain Linear every TP rank holds whole.
-    if (p.rest == "output_layer.weight" && !shape.empty() && shape[0] == 1) return {};
-    if (p.rest == "embedding.word_embeddings.weight" || p.rest == "output_layer.weight")
-      return {0, false, false};
-    return {};
-  }
-  if (ends_with_module(module, "linear_fc1") && (weight || bias))
-    return {0, module.find("projection.") == std::string::npos, false};
-  if (ends_with_module(module, "linear_qkv") && (weight || bias)) return {0, false, false};
-  if (weight && (ends_with_module(module, "linear_fc2") || ends_with_module(module, "linear_proj")))
-    return {1, false, false};
-  for (auto column : {"linear_q_proj", "linear_q_up_proj", "linear_kv_up_proj", "eh_proj"})
-    if (weight && ends_with_module(module, column)) return {0, false, false};
-  // MLA's down projections: Transformer Engine duplicates them, the local spec splits them.
-  for (auto down : {"linear_q_down_proj", "linear_kv_down_proj"})
-    if (weight && ends_with_module(module, down))
-      return spec == MegatronSpec::kLocal ? Split{0, false, false} : Split{};
-  return {};
+  return split;
 }
 
 constexpr std::string_view kLinearModules[] = {"linear_qkv",        "linear_proj",
