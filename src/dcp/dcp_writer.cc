@@ -19,7 +19,7 @@ constexpr std::string_view kMetadataModule = "torch.distributed.checkpoint.metad
 // comes from frames[i]; after the last archive nothing follows.
 class DistcpFraming final : public FileFraming {
  public:
-  explicit DistcpFraming(std::vector<TorchZipFrames> frames) : frames_(std::move(frames)) {}
+  explicit DistcpFraming(std::vector<TorchZipFraming> frames) : frames_(std::move(frames)) {}
 
   std::string after_tensor(std::size_t index,
                            std::span<const WrittenTensor> written) const override {
@@ -29,7 +29,7 @@ class DistcpFraming final : public FileFraming {
   }
 
  private:
-  std::vector<TorchZipFrames> frames_;
+  std::vector<TorchZipFraming> frames_;
 };
 
 struct ChunkRecord {
@@ -228,7 +228,7 @@ Result<DcpOutput> plan_dcp_output(std::vector<FileToWrite> files, const std::str
       cursor += item.bytes.size();
       before += item.bytes;
     }
-    std::vector<TorchZipFrames> frames;
+    std::vector<TorchZipFraming> frames;
     std::vector<PlacedTensor> placed;
     std::string header;
     for (auto& chunk : file.chunks) {
@@ -266,7 +266,7 @@ Result<DcpOutput> plan_dcp_output(std::vector<FileToWrite> files, const std::str
       std::uint64_t data_at = cursor + record.data_offset;
       entry.chunks.push_back(
           {chunk.offsets, box, StorageInfo{file.name, cursor, archive_size, {}}});
-      TorchZipFrames frame(std::move(layout));
+      TorchZipFraming frame(std::move(layout));
       if (frames.empty()) header = before + frame.header();
       std::uint64_t begin = data_at - header.size();
       placed.push_back(PlacedTensor{std::move(chunk.data), begin, begin + record.size});

@@ -124,6 +124,13 @@ Result<HfSafetensorsModel> read_hf_safetensors(const fs::path& path, const HfRea
   return model;
 }
 
+bool is_safetensors_model_dir(const std::filesystem::path& dir) {
+  std::error_code ec;
+  return std::filesystem::is_directory(dir, ec) &&
+         (std::filesystem::is_regular_file(dir / "model.safetensors", ec) ||
+          std::filesystem::is_regular_file(dir / std::string(safetensors::kIndexFileName), ec));
+}
+
 Result<SourceTensors> read_hf_source_tensors(const fs::path& dir) {
   CKPT_ASSIGN_OR_RETURN(HfSafetensorsModel model, read_hf_safetensors(dir));
   SourceTensors out;

@@ -56,6 +56,9 @@ struct HfReadOptions {
 Result<HfSafetensorsModel> read_hf_safetensors(const std::filesystem::path& path,
                                                const HfReadOptions& options = {});
 
+// Is `dir` a Hugging Face safetensors model directory (model.safetensors or an index there)?
+bool is_safetensors_model_dir(const std::filesystem::path& dir);
+
 // The tensors of a Hugging Face directory (read_hf_safetensors) as a source to read from: one
 // input per file, one fragment per tensor (its bytes where the header puts them).
 Result<SourceTensors> read_hf_source_tensors(const std::filesystem::path& dir);

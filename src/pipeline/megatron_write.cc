@@ -165,10 +165,7 @@ Result<std::vector<OutputFile>> legacy_files(MegatronRankLayout& layout, const T
 // The model's tensors: safetensors (model.safetensors or shards + index), else torch.save files
 // (pytorch_model.bin or shards + index) through the torch reader.
 Result<SourceTensors> read_hf_model(const fs::path& dir) {
-  std::error_code ec;
-  if (fs::exists(dir / "model.safetensors", ec) ||
-      fs::exists(dir / std::string(kIndexFileName), ec))
-    return read_hf_source_tensors(dir);
+  if (is_safetensors_model_dir(dir)) return read_hf_source_tensors(dir);
   auto set = find_torch_sources({dir});
   if (!set.ok())
     return invalid_input(dir.string() +

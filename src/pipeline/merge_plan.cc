@@ -236,12 +236,6 @@ Result<MergePlan> plan_safetensors_convert(const fs::path& dir, const Conversion
   return merge;
 }
 
-bool is_safetensors_model_dir(const fs::path& dir) {
-  std::error_code ec;
-  return fs::is_directory(dir, ec) && (fs::exists(dir / "model.safetensors", ec) ||
-                                       fs::exists(dir / std::string(kIndexFileName), ec));
-}
-
 }  // namespace
 
 Result<MergePlan> plan_convert(const std::vector<fs::path>& sources,

@@ -608,129 +608,96 @@ std::string descriptor(const TorchZipRecord& record, std::uint32_t crc) {
   return out;
 }
 
-// The bytes of a torch zip around its tensors' data. Tensor records are consecutive in the
-// file (data/<key> in key order), from record kFirstTensorRecord on; the records before them and
-// after them have constant payloads, except .data/serialization_id, which combines every other
-// record's CRC (so it is known only once the last tensor is written).
-class TorchZipFraming final : public FileFraming {
- public:
-  static constexpr std::size_t kFirstTensorRecord = 2;  // after data.pkl and byteorder
-
-  explicit TorchZipFraming(TorchZipLayout layout) : layout_(std::move(layout)) {}
-
-  std::size_t tensors() const { return layout_.tensor_record.size(); }
-  const TorchZipLayout& layout() const { return layout_; }
-
-  // Every byte before the first tensor's data; with no tensor, the whole file.
-  std::string header() const {
-    std::string out;
-    const auto& records = layout_.records;
-    std::size_t r = 0;
-    for (; r < kFirstTensorRecord; ++r) out += constant_record(r);
-    if (tensors() > 0) return out + torch_zip_local_header(layout_, records[r]);
-    return out + tail({});
-  }
-
-  std::string after_tensor(std::size_t index,
-                           std::span<const WrittenTensor> written) const override {
-    const std::size_t r = kFirstTensorRecord + index;
-    std::string out = descriptor(layout_.records[r], written[index].crc32);
-    if (index + 1 < tensors()) return out + torch_zip_local_header(layout_, layout_.records[r + 1]);
-    return out + tail(written);
-  }
-
-  // The file bytes after the last tensor's data.
-  std::uint64_t tail_bytes() const {
-    const auto& last = layout_.records[kFirstTensorRecord + tensors() - 1];
-    return layout_.file_size - (last.data_offset + last.size);
-  }
-
- private:
-  std::string constant_record(std::size_t r) const {
-    const TorchZipRecord& record = layout_.records[r];
-    std::string_view payload = constant_payload(layout_, record);
-    return torch_zip_local_header(layout_, record) + std::string(payload) +
-           descriptor(record, crc32_update(0, std::as_bytes(std::span(payload))));
-  }
-
-  // Records after the tensors (version, the serialization id), the central directory and the
-  // end records.
-  std::string tail(std::span<const WrittenTensor> written) const {
-    const auto& records = layout_.records;
-    std::vector<std::uint32_t> crc(records.size(), 0);
-    // The CRC half of the serialization id: torch combines the CRC of every data descriptor it
-    // writes, in file order, and also (a quirk of its write callback) bytes 4..8 of any record
-    // whose data starts with the descriptor signature.
-    std::uint64_t combined = 0;
-    std::size_t id_record = records.size();
-    for (std::size_t r = 0; r < records.size(); ++r) {
-      const TorchZipRecord& record = records[r];
-      if (record.name == kSerializationIdRecord) {
-        id_record = r;
-        continue;
-      }
-      std::array<unsigned char, 8> head = {};
-      bool is_tensor = r >= kFirstTensorRecord && r < kFirstTensorRecord + tensors();
-      if (is_tensor) {
-        const WrittenTensor& t = written[r - kFirstTensorRecord];
-        crc[r] = t.crc32;
-        std::memcpy(head.data(), t.head.data(), head.size());
-      } else {
-        std::string_view payload = constant_payload(layout_, record);
-        crc[r] = crc32_update(0, std::as_bytes(std::span(payload)));
-        std::memcpy(head.data(), payload.data(), std::min(head.size(), payload.size()));
-      }
-      if (record.size >= 8 && load_le32(head.data()) == kDescriptorSig)
-        combined = hash_combine(combined, load_le32(head.data() + 4));
-      if (record.size > 0) combined = hash_combine(combined, crc[r]);
-    }
-    std::string out;
-    for (std::size_t r = kFirstTensorRecord + tensors(); r < records.size(); ++r) {
-      const TorchZipRecord& record = records[r];
-      if (r != id_record) {
-        out += constant_record(r);
-        continue;
-      }
-      char id[kSerializationIdSize + 1];
-      std::snprintf(id, sizeof id, "%020llu%020llu",
-                    static_cast<unsigned long long>(layout_.name_hash),
-                    static_cast<unsigned long long>(combined));
-      crc[r] = crc32_update(0, std::as_bytes(std::span<const char>(id, kSerializationIdSize)));
-      out += torch_zip_local_header(layout_, record) + std::string(id, kSerializationIdSize) +
-             descriptor(record, crc[r]);
-    }
-    for (std::size_t r = 0; r < records.size(); ++r)
-      out += torch_zip_central_entry(layout_, records[r], crc[r]);
-    return out + zip_trailer(layout_);
-  }
-
-  TorchZipLayout layout_;
-};
-
 }  // namespace
+
+TorchZipFraming::TorchZipFraming(TorchZipLayout layout) : layout_(std::move(layout)) {}
+
+std::size_t TorchZipFraming::tensors() const {
+  return layout_.tensor_record.size();
+}
+
+std::string TorchZipFraming::header() const {
+  std::string out;
+  const auto& records = layout_.records;
+  std::size_t r = 0;
+  for (; r < kFirstTensorRecord; ++r) out += constant_record(r);
+  if (tensors() > 0) return out + torch_zip_local_header(layout_, records[r]);
+  return out + tail({});
+}
+
+std::string TorchZipFraming::after_tensor(std::size_t index,
+                                          std::span<const WrittenTensor> written) const {
+  const std::size_t r = kFirstTensorRecord + index;
+  std::string out = descriptor(layout_.records[r], written[index].crc32);
+  if (index + 1 < tensors()) return out + torch_zip_local_header(layout_, layout_.records[r + 1]);
+  return out + tail(written);
+}
+
+std::uint64_t TorchZipFraming::tail_bytes() const {
+  const auto& last = layout_.records[kFirstTensorRecord + tensors() - 1];
+  return layout_.file_size - (last.data_offset + last.size);
+}
+
+std::string TorchZipFraming::constant_record(std::size_t r) const {
+  const TorchZipRecord& record = layout_.records[r];
+  std::string_view payload = constant_payload(layout_, record);
+  return torch_zip_local_header(layout_, record) + std::string(payload) +
+         descriptor(record, crc32_update(0, std::as_bytes(std::span(payload))));
+}
+
+// Records after the tensors (version, the serialization id), the central directory and the
+// end records.
+std::string TorchZipFraming::tail(std::span<const WrittenTensor> written) const {
+  const auto& records = layout_.records;
+  std::vector<std::uint32_t> crc(records.size(), 0);
+  // The CRC half of the serialization id: torch combines the CRC of every data descriptor it
+  // writes, in file order, and also (a quirk of its write callback) bytes 4..8 of any record
+  // whose data starts with the descriptor signature.
+  std::uint64_t combined = 0;
+  std::size_t id_record = records.size();
+  for (std::size_t r = 0; r < records.size(); ++r) {
+    const TorchZipRecord& record = records[r];
+    if (record.name == kSerializationIdRecord) {
+      id_record = r;
+      continue;
+    }
+    std::array<unsigned char, 8> head = {};
+    bool is_tensor = r >= kFirstTensorRecord && r < kFirstTensorRecord + tensors();
+    if (is_tensor) {
+      const WrittenTensor& t = written[r - kFirstTensorRecord];
+      crc[r] = t.crc32;
+      std::memcpy(head.data(), t.head.data(), head.size());
+    } else {
+      std::string_view payload = constant_payload(layout_, record);
+      crc[r] = crc32_update(0, std::as_bytes(std::span(payload)));
+      std::memcpy(head.data(), payload.data(), std::min(head.size(), payload.size()));
+    }
+    if (record.size >= 8 && load_le32(head.data()) == kDescriptorSig)
+      combined = hash_combine(combined, load_le32(head.data() + 4));
+    if (record.size > 0) combined = hash_combine(combined, crc[r]);
+  }
+  std::string out;
+  for (std::size_t r = kFirstTensorRecord + tensors(); r < records.size(); ++r) {
+    const TorchZipRecord& record = records[r];
+    if (r != id_record) {
+      out += constant_record(r);
+      continue;
+    }
+    char id[kSerializationIdSize + 1];
+    std::snprintf(id, sizeof id, "%020llu%020llu",
+                  static_cast<unsigned long long>(layout_.name_hash),
+                  static_cast<unsigned long long>(combined));
+    crc[r] = crc32_update(0, std::as_bytes(std::span<const char>(id, kSerializationIdSize)));
+    out += torch_zip_local_header(layout_, record) + std::string(id, kSerializationIdSize) +
+           descriptor(record, crc[r]);
+  }
+  for (std::size_t r = 0; r < records.size(); ++r)
+    out += torch_zip_central_entry(layout_, records[r], crc[r]);
+  return out + zip_trailer(layout_);
+}
 
 std::string torch_zip_bytes(const TorchZipLayout& layout) {
   return TorchZipFraming(layout).header();
-}
-
-TorchZipFrames::TorchZipFrames(TorchZipLayout layout)
-    : framing_(std::make_shared<TorchZipFraming>(std::move(layout))) {}
-TorchZipFrames::~TorchZipFrames() = default;
-const TorchZipLayout& TorchZipFrames::layout() const {
-  return static_cast<const TorchZipFraming&>(*framing_).layout();
-}
-std::size_t TorchZipFrames::tensors() const {
-  return static_cast<const TorchZipFraming&>(*framing_).tensors();
-}
-std::string TorchZipFrames::header() const {
-  return static_cast<const TorchZipFraming&>(*framing_).header();
-}
-std::string TorchZipFrames::after_tensor(std::size_t index,
-                                         std::span<const WrittenTensor> written) const {
-  return framing_->after_tensor(index, written);
-}
-std::uint64_t TorchZipFrames::tail_bytes() const {
-  return static_cast<const TorchZipFraming&>(*framing_).tail_bytes();
 }
 
 TorchObject TorchObject::of(bool value) {

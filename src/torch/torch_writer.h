@@ -161,23 +161,31 @@ std::string torch_zip_central_entry(const TorchZipLayout& layout, const TorchZip
 // The bytes of an archive that holds no tensor (a pickled object only): a whole torch.save file.
 std::string torch_zip_bytes(const TorchZipLayout& layout);
 
-// The bytes of an archive around its tensors' data, for a file that embeds archives among other
-// bytes (a DCP .distcp file is a sequence of torch.save archives): everything before the first
-// tensor's data, the bytes after tensor `index`'s data (its data descriptor, then the next
-// tensor's local header, or after the last tensor the closing records and central directory,
-// which depend on the CRC-32s in `written`), and how many bytes come after the last tensor.
-class TorchZipFrames {
+// The bytes of an archive around its tensors' data (tensor records are consecutive, data/<key>
+// in key order, after data.pkl and byteorder; the records before and after them have constant
+// payloads, except .data/serialization_id, which combines every other record's CRC, so it is
+// known only once the last tensor is written): everything before the first tensor's data (with
+// no tensor, the whole archive), the bytes after tensor `index`'s data (its data descriptor,
+// then the next tensor's local header, or after the last tensor the closing records and central
+// directory), and how many bytes come after the last tensor. The framing of
+// torch_zip_output_file; a file embedding archives among other bytes (a DCP .distcp file)
+// strings several together.
+class TorchZipFraming final : public FileFraming {
  public:
-  explicit TorchZipFrames(TorchZipLayout layout);
-  ~TorchZipFrames();
-  const TorchZipLayout& layout() const;
+  explicit TorchZipFraming(TorchZipLayout layout);
+  const TorchZipLayout& layout() const { return layout_; }
   std::size_t tensors() const;
   std::string header() const;
-  std::string after_tensor(std::size_t index, std::span<const WrittenTensor> written) const;
+  std::string after_tensor(std::size_t index,
+                           std::span<const WrittenTensor> written) const override;
   std::uint64_t tail_bytes() const;
 
  private:
-  std::shared_ptr<const FileFraming> framing_;
+  static constexpr std::size_t kFirstTensorRecord = 2;  // after data.pkl and byteorder
+  std::string constant_record(std::size_t r) const;
+  std::string tail(std::span<const WrittenTensor> written) const;
+
+  TorchZipLayout layout_;
 };
 
 // The archive as an output file of a plan (plan.h), written by the executor like any other:
