@@ -231,7 +231,7 @@ Status TensorStream::gather_window(std::int64_t begin, std::int64_t end, std::by
     if (first >= last) continue;
     const TensorRef& view = source.fragment->source;
     if (view.block_scale) {
-      CKPT_TRY(gather_dequantized(source, first, last, begin, window));
+      CKPT_TRY(gather_dequantized(source, first, last, begin, end, window));
       continue;
     }
     if (view.zeros) {
@@ -280,10 +280,9 @@ float e4m3fn_to_float(std::uint8_t bits) {
 }  // namespace
 
 Status TensorStream::gather_dequantized(const Source& source, std::int64_t first, std::int64_t last,
-                                        std::int64_t begin, std::byte* window) {
+                                        std::int64_t begin, std::int64_t end, std::byte* window) {
   const TensorRef& view = source.fragment->source;
   const BlockScaleRef& scale = *view.block_scale;
-  const InputFile& file = context_.inputs[view.input];
   const std::vector<float>* grid = nullptr;
   for (const auto& [ref, values] : scales_)
     if (ref == &scale) grid = &values;
@@ -299,24 +298,26 @@ Status TensorStream::gather_dequantized(const Source& source, std::int64_t first
     for (int b = 0; b < 256; ++b) table[b] = e4m3fn_to_float(static_cast<std::uint8_t>(b));
     return table;
   }();
+  // The stored 8-bit values, gathered as any view's bytes are (one byte per element of the
+  // window), then each scaled by its block's factor into the float32 window.
+  stored_.resize(static_cast<std::size_t>(end - begin));
+  SourceGather gather(context_.inputs[view.input], view, context_.gather, stored_.data(), begin,
+                      context_.records);
   Status status;
   source.geometry.for_each_line(first, last, [&](const Line& line) {
-    if (!status.ok()) return;
-    // The line's stored bytes: one read spanning it (contiguous lines are the rule).
-    std::uint64_t span = static_cast<std::uint64_t>((line.count - 1) * line.src_stride + 1);
-    stored_.resize(span);
-    status = file.read_at(view.storage_begin + static_cast<std::uint64_t>(line.src), stored_);
-    if (!status.ok()) return;
+    if (status.ok()) status = gather.add(line);
+  });
+  CKPT_TRY(status);
+  CKPT_TRY(gather.finish());
+  source.geometry.for_each_line(first, last, [&](const Line& line) {
     for (std::int64_t k = 0; k < line.count; ++k) {
       std::int64_t s = line.src + k * line.src_stride;
       std::int64_t row = s / scale.weight_cols, col = s % scale.weight_cols;
       float factor = (*grid)[static_cast<std::size_t>((row / scale.block_rows) * scale.grid_cols +
                                                       col / scale.block_cols)];
-      float value = kValues[static_cast<std::uint8_t>(
-                        stored_[static_cast<std::size_t>(k * line.src_stride)])] *
-                    factor;
-      std::memcpy(window + static_cast<std::size_t>(line.dst + k * line.dst_stride - begin) * 4,
-                  &value, 4);
+      auto at = static_cast<std::size_t>(line.dst + k * line.dst_stride - begin);
+      float value = kValues[static_cast<std::uint8_t>(stored_[at])] * factor;
+      std::memcpy(window + at * 4, &value, 4);
     }
   });
   return status;

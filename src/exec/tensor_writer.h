@@ -113,7 +113,7 @@ class TensorStream {
   Status gather_window(std::int64_t begin, std::int64_t end, std::byte* window);
   // A block-quantized fragment's elements of [begin, end) as float32 (BlockScaleRef).
   Status gather_dequantized(const Source& source, std::int64_t first, std::int64_t last,
-                            std::int64_t begin, std::byte* window);
+                            std::int64_t begin, std::int64_t end, std::byte* window);
   void release_inputs(std::int64_t written_end, bool finished);
   std::uint64_t file_byte(const Source& source, std::int64_t element) const;
 
@@ -126,7 +126,7 @@ class TensorStream {
   std::unique_ptr<LoraFactors> lora_;  // loaded by run() when the tensor has a delta
   // Block scales read so far, per BlockScaleRef (a tensor's fragments share one).
   std::vector<std::pair<const BlockScaleRef*, std::vector<float>>> scales_;
-  std::vector<std::byte> stored_;  // a line's stored 8-bit values
+  std::vector<std::byte> stored_;  // a window's stored 8-bit values
 };
 
 }  // namespace ckptstream
