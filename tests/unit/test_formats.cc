@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include "formats/hf_config.h"
+
 #include "temp_dir.h"
 
 #include <filesystem>
@@ -109,4 +111,24 @@ TEST_CASE("file kinds are detected from the first bytes") {
   std::string st("\x08\0\0\0\0\0\0\0{}      ", 16);
   CHECK(detect_file_kind(dir.write("s", st)).value() == FileKind::kSafetensors);
   CHECK(detect_file_kind(dir.write("o", "hello world")).value() == FileKind::kOther);
+}
+
+TEST_CASE("config_text_without: one top-level key and its value out, every other byte kept") {
+  const std::string middle =
+      "{\n  \"a\": 1,\n  \"quantization_config\": {\"fmt\": \"e4m3\", \"s\": \"}{,\\\"\", "
+      "\"weight_block_size\": [128, 128]},\n  \"z\": [1, {\"quantization_config\": 2}]\n}\n";
+  auto out = config_text_without(middle, "quantization_config");
+  REQUIRE(out.ok());
+  CHECK(*out == "{\n  \"a\": 1,\n  \"z\": [1, {\"quantization_config\": 2}]\n}\n");
+  const std::string last = "{\"a\": \"x\", \"quantization_config\": {\"b\": [1, 2]}}";
+  auto trimmed = config_text_without(last, "quantization_config");
+  REQUIRE(trimmed.ok());
+  CHECK(*trimmed == "{\"a\": \"x\"}");
+  auto only = config_text_without("{\"quantization_config\": null}", "quantization_config");
+  REQUIRE(only.ok());
+  CHECK(*only == "{}");
+  // Absent (or only nested deeper): the text as it was.
+  CHECK(*config_text_without(last, "nothing") == last);
+  CHECK(*config_text_without("{\"z\": {\"k\": 1}}", "k") == "{\"z\": {\"k\": 1}}");
+  CHECK_FALSE(config_text_without("[1, 2]", "k").ok());
 }
