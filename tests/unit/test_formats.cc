@@ -2,14 +2,13 @@
 
 #include <doctest/doctest.h>
 
-#include "formats/hf_config.h"
-
 #include "temp_dir.h"
 
 #include <filesystem>
 #include <fstream>
 
 #include "formats/detect.h"
+#include "formats/hf_config.h"
 #include "formats/torch_sources.h"
 
 using namespace ckptstream;
