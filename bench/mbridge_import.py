@@ -14,21 +14,14 @@ install on CPU); the vocabulary padded to 128 x TP, as convert --to megatron's d
 import argparse
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools",
                                 "fixtures"))
 import make_megatron_fixtures as mmf  # noqa: E402  (stubs the triton-only modules first)
-import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 
-def worker(rank, world, hf_dir, out, init_file):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      CUDA_DEVICE_MAX_CONNECTIONS="1")
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    mmf._cpu_stand_ins()
-    mmf._gloo_without_bf16()
+def worker(rank, world, hf_dir, out):
     import transformers
     from megatron.core import dist_checkpointing, parallel_state as mpu, tensor_parallel
 
@@ -42,21 +35,15 @@ def worker(rank, world, hf_dir, out, init_file):
         os.makedirs(out, exist_ok=True)
     dist.barrier()
     dist_checkpointing.save(model[0].sharded_state_dict(), out)
-    dist.barrier()
-    sys.stdout.flush()
-    os._exit(0)
 
 
 def main():
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("hf_dir")
     parser.add_argument("out")
     parser.add_argument("--tp", type=int, default=2)
     opts = parser.parse_args()
-    init_file = tempfile.mktemp(prefix="mbridge-import-")
-    torch.multiprocessing.spawn(worker, args=(opts.tp, opts.hf_dir, opts.out, init_file),
-                                nprocs=opts.tp)
+    mmf.spawn_ranks(worker, opts.tp, opts.hf_dir, opts.out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures"))
 import make_megatron_fixtures as mmf  # noqa: E402  (stubs the triton-only modules first)
 import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
 
 
 def world_of(case):
@@ -35,14 +34,7 @@ def world_of(case):
     return tp * pp * dp
 
 
-def worker(rank, case, save_dir, hf_dir, divisor, init_file, result_file):
-    world = world_of(case)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                      CUDA_DEVICE_MAX_CONNECTIONS="1")
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world)
-    mmf._cpu_stand_ins()
-    mmf._gloo_without_bf16()
+def worker(rank, world, case, save_dir, hf_dir, divisor, result_file):
     mmf._DIVISIBLE_BY = divisor
     import transformers
     from megatron.core import dist_checkpointing, parallel_state as mpu, tensor_parallel
@@ -115,13 +107,9 @@ def worker(rank, case, save_dir, hf_dir, divisor, init_file, result_file):
     with open(f"{result_file}.{rank}", "w") as f:
         json.dump({"rank": rank, "iteration": iteration, "compared": compared,
                    "problems": problems}, f)
-    dist.barrier()
-    sys.stdout.flush()
-    os._exit(0)
 
 
 def main():
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("save_dir")
     parser.add_argument("hf_dir")
@@ -130,10 +118,8 @@ def main():
                         help="--make-vocab-size-divisible-by the checkpoint was written with")
     opts = parser.parse_args()
     case = json.loads(opts.case)
-    init_file = tempfile.mktemp(prefix="mcore-load-")
     result = tempfile.mktemp(prefix="mcore-load-result-")
-    torch.multiprocessing.spawn(worker, args=(case, opts.save_dir, opts.hf_dir, opts.divisor,
-                                              init_file, result), nprocs=world_of(case))
+    mmf.spawn_ranks(worker, world_of(case), case, opts.save_dir, opts.hf_dir, opts.divisor, result)
     problems, compared = [], 0
     for rank in range(world_of(case)):
         with open(f"{result}.{rank}") as f:
